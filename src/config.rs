@@ -1,0 +1,407 @@
+//! The configuration file (`knock.toml`): serde structs with defaults that run out of the
+//! box, human units (`"5m"`, `"25MiB"`), unknown keys refused, and one validation pass at
+//! load whose errors name the key. Owns nothing at run time.
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the engine listens for HTTP by default; the client subcommands use it too.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8025";
+pub const DEFAULT_SMTP_LISTEN: &str = "127.0.0.1:2525";
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub smtp: SmtpConfig,
+    pub http: HttpConfig,
+    pub spool: SpoolConfig,
+    pub retry: RetryConfig,
+    pub delivery: DeliveryConfig,
+    /// Domain → hosts ("host" or "host:port", tried in order); `"*"` is the smart host.
+    pub routes: BTreeMap<String, Vec<String>>,
+    pub events: EventsConfig,
+    pub dns: DnsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: SocketAddr,
+    /// The name in the greeting, in EHLO (inbound and outbound) and in DSNs.
+    pub hostname: String,
+    pub trusted_networks: Vec<IpNet>,
+    #[serde(deserialize_with = "de_size")]
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_errors: u32,
+    pub max_connections: usize,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_SMTP_LISTEN.parse().unwrap(),
+            hostname: "knock.localdomain".into(),
+            trusted_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            idle_timeout: Duration::from_secs(300),
+            max_errors: 20,
+            max_connections: 1000,
+        }
+    }
+}
+
+impl SmtpConfig {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address it is.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_HTTP_LISTEN.parse().unwrap(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub path: PathBuf,
+    /// How long a finished message's record (states and attempts) stays queryable.
+    #[serde(with = "humantime_serde")]
+    pub history: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            path: "knock-data".into(),
+            history: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Wait after the nth temporary failure; the last step repeats.
+    #[serde(deserialize_with = "de_durations")]
+    pub schedule: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Up to this share of a wait is added at random so a backlog does not return at once.
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        Self {
+            schedule: vec![m(5), m(15), m(30), m(60), m(120), m(240)],
+            max_age: Duration::from_secs(72 * 3600),
+            jitter: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// The port MX hosts are reached on.
+    pub port: u16,
+    /// Open connections per recipient domain at most.
+    pub max_connections_per_domain: usize,
+    /// Messages sent over one connection before it is closed.
+    pub messages_per_connection: usize,
+    /// Recipients in one SMTP transaction at most (RFC 5321 requires receivers to take 100).
+    pub max_recipients_per_transaction: usize,
+    pub timeouts: TimeoutConfig,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            port: 25,
+            max_connections_per_domain: 10,
+            messages_per_connection: 100,
+            max_recipients_per_transaction: 100,
+            timeouts: TimeoutConfig::default(),
+        }
+    }
+}
+
+/// SMTP client timeouts, RFC 5321 section 4.5.3.2 by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    #[serde(with = "humantime_serde")]
+    pub greeting: Duration,
+    /// EHLO, MAIL and RCPT replies.
+    #[serde(with = "humantime_serde")]
+    pub command: Duration,
+    /// The 354 reply to DATA.
+    #[serde(with = "humantime_serde")]
+    pub data_init: Duration,
+    /// Writing one block of the message.
+    #[serde(with = "humantime_serde")]
+    pub data_block: Duration,
+    /// The reply to the final dot.
+    #[serde(with = "humantime_serde")]
+    pub data_done: Duration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        Self {
+            connect: s(30),
+            greeting: s(300),
+            command: s(300),
+            data_init: s(120),
+            data_block: s(180),
+            data_done: s(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub path: PathBuf,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            path: "knock-data/events.jsonl".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; every error names its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.smtp.hostname.trim().is_empty() {
+            bail!("smtp.hostname: must not be empty");
+        }
+        if self.smtp.max_message_size == 0 {
+            bail!("smtp.max_message_size: must be greater than zero");
+        }
+        if self.smtp.max_recipients == 0 {
+            bail!("smtp.max_recipients: must be at least 1");
+        }
+        if self.retry.schedule.is_empty() {
+            bail!("retry.schedule: needs at least one step");
+        }
+        if let Some(i) = self.retry.schedule.iter().position(|d| d.is_zero()) {
+            bail!("retry.schedule[{i}]: a wait of zero would hammer the receiver");
+        }
+        if self.retry.max_age.is_zero() {
+            bail!("retry.max_age: must be greater than zero");
+        }
+        if !(0.0..=1.0).contains(&self.retry.jitter) {
+            bail!("retry.jitter: must be between 0 and 1");
+        }
+        if self.delivery.max_connections_per_domain == 0 {
+            bail!("delivery.max_connections_per_domain: must be at least 1");
+        }
+        if self.delivery.messages_per_connection == 0 {
+            bail!("delivery.messages_per_connection: must be at least 1");
+        }
+        if self.delivery.max_recipients_per_transaction == 0 {
+            bail!("delivery.max_recipients_per_transaction: must be at least 1");
+        }
+        for (domain, hosts) in &self.routes {
+            if hosts.is_empty() {
+                bail!("routes.\"{domain}\": needs at least one host");
+            }
+            for (i, host) in hosts.iter().enumerate() {
+                parse_host_port(host, 25)
+                    .map_err(|e| anyhow::anyhow!("routes.\"{domain}\"[{i}]: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `"host"`, `"host:port"`, `"[v6]:port"` or `"v6"` into host and port.
+pub fn parse_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((addr.ip().to_string(), addr.port()));
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((ip.to_string(), default_port));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("bad port in {text:?}"))?;
+            (host, port)
+        }
+        None => (text, default_port),
+    };
+    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err(format!("bad host name in {text:?}"));
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| serde::de::Error::custom(format!("bad size {text:?}: {e}"))),
+    }
+}
+
+fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| {
+            humantime::parse_duration(t)
+                .map_err(|e| serde::de::Error::custom(format!("bad duration {t:?}: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"
+[smtp]
+listen = "127.0.0.1:2525"
+hostname = "knock.localdomain"
+trusted_networks = ["127.0.0.0/8", "::1/128"]
+max_message_size = "25MiB"
+[http]
+listen = "127.0.0.1:8025"
+[spool]
+path = "knock-data"
+[retry]
+schedule = ["5m", "15m", "30m", "1h", "2h", "4h"]
+max_age = "72h"
+[routes]
+"example.test" = ["127.0.0.1:2600"]
+[events]
+path = "knock-data/events.jsonl"
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(ISSUE_EXAMPLE).unwrap();
+        assert_eq!(c.smtp.max_message_size, 25 * 1024 * 1024);
+        assert_eq!(c.retry.schedule.len(), 6);
+        assert_eq!(c.retry.schedule[3], Duration::from_secs(3600));
+        assert_eq!(c.retry.max_age, Duration::from_secs(72 * 3600));
+        assert_eq!(c.routes["example.test"], vec!["127.0.0.1:2600"]);
+        assert!(c.smtp.is_trusted("127.0.0.9".parse().unwrap()));
+        assert!(c.smtp.is_trusted("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!c.smtp.is_trusted("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.smtp.listen.to_string(), DEFAULT_SMTP_LISTEN);
+        assert_eq!(c.http.listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert_eq!(c.spool.path, PathBuf::from("knock-data"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[smtp]\nlisten_on = \"x\"", "listen_on"),
+            ("[smtp]\nmax_message_size = \"lots\"", "max_message_size"),
+            ("[retry]\nschedule = [\"5 parsecs\"]", "schedule"),
+            ("[retry]\nschedule = []", "retry.schedule"),
+            ("[retry]\nschedule = [\"0s\"]", "retry.schedule[0]"),
+            ("[routes]\n\"a.test\" = [\"bad host!\"]", "routes.\"a.test\"[0]"),
+            ("[smtp]\ntrusted_networks = [\"10.0.0.0/33\"]", "trusted_networks"),
+            ("[bogus]\nx = 1", "bogus"),
+        ];
+        for (text, key) in cases {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(err.contains(key), "{text:?}: error {err:?} does not name {key}");
+        }
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(parse_host_port("mx.a.test", 25).unwrap(), ("mx.a.test".into(), 25));
+        assert_eq!(parse_host_port("MX.a.test:2600", 25).unwrap(), ("mx.a.test".into(), 2600));
+        assert_eq!(parse_host_port("127.0.0.1:26", 25).unwrap(), ("127.0.0.1".into(), 26));
+        assert_eq!(parse_host_port("[::1]:26", 25).unwrap(), ("::1".into(), 26));
+        assert_eq!(parse_host_port("::1", 25).unwrap(), ("::1".into(), 25));
+        assert!(parse_host_port("a.test:x", 25).is_err());
+    }
+}

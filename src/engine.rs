@@ -1,0 +1,153 @@
+//! Wires the parts together: opens the spool and the event log, recovers what the spool
+//! holds, starts the scheduler, the SMTP listener and the HTTP API, and stops them in order.
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::dispatch::{self, Dispatcher};
+use crate::event::Events;
+use crate::ingest::{self, Intake};
+use crate::resolve::{DnsResolver, Resolver};
+use crate::schedule::Schedule;
+use crate::scheduler::{self, Job, Scheduler};
+use crate::spool::{RedbSpool, Spool};
+use crate::time::Timestamp;
+use crate::transport::{SmtpTransport, Transport};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight deliveries get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+pub struct Engine {
+    pub smtp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    events_writer: JoinHandle<()>,
+}
+
+impl Engine {
+    /// Starts with real DNS.
+    pub async fn start(config: Config) -> anyhow::Result<Engine> {
+        let resolver = DnsResolver::from_system(config.dns.timeout, config.dns.attempts).context("setting up the DNS resolver")?;
+        Self::start_with(config, Arc::new(resolver)).await
+    }
+
+    /// Starts with the given resolver (tests use a static one).
+    pub async fn start_with(config: Config, resolver: Arc<dyn Resolver>) -> anyhow::Result<Engine> {
+        config.validate()?;
+        let transport = SmtpTransport::new(resolver, &config.routes, config.delivery.clone(), config.smtp.hostname.clone());
+        Self::start_with_transport(config, Arc::new(transport)).await
+    }
+
+    pub async fn start_with_transport(config: Config, transport: Arc<dyn Transport>) -> anyhow::Result<Engine> {
+        let spool_dir = config.spool.path.clone();
+        let spool: Arc<dyn Spool> = Arc::new(
+            tokio::task::spawn_blocking(move || RedbSpool::open(&spool_dir))
+                .await?
+                .with_context(|| format!("spool.path: opening the spool in {}", config.spool.path.display()))?,
+        );
+        let (events, events_writer) = Events::open(&config.events.path).await?;
+        let smtp_listener = TcpListener::bind(config.smtp.listen)
+            .await
+            .with_context(|| format!("smtp.listen: cannot listen on {}", config.smtp.listen))?;
+        let http_listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+        let shutdown = CancellationToken::new();
+
+        let (handle, commands) = scheduler::channel();
+        let dispatcher = Dispatcher::new(dispatch::Inner {
+            transport,
+            spool: spool.clone(),
+            events: events.clone(),
+            schedule: Schedule::from_config(&config.retry),
+            scheduler: handle.clone(),
+            hostname: config.smtp.hostname.clone(),
+            messages_per_connection: config.delivery.messages_per_connection,
+            max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
+        });
+        let scheduler = Scheduler::new(commands, dispatcher, config.delivery.max_connections_per_domain);
+        let mut tasks = vec![tokio::spawn(scheduler.run(shutdown.clone(), SHUTDOWN_GRACE))];
+
+        let recover_spool = spool.clone();
+        let recovered = tokio::task::spawn_blocking(move || recover_spool.recover()).await??;
+        if recovered.set_aside > 0 {
+            tracing::error!(entries = recovered.set_aside, "unreadable spool entries were set aside (table set_aside in the spool)");
+        }
+        tracing::info!(groups = recovered.pending.len(), "recovered the queue from the spool");
+        handle.enqueue(
+            recovered
+                .pending
+                .into_iter()
+                .map(|(envelope, group)| Job { envelope, group, body: None })
+                .collect(),
+        );
+
+        let intake = Arc::new(Intake { spool: spool.clone(), scheduler: handle, events });
+        let smtp_addr = smtp_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        tasks.push(tokio::spawn(ingest::run_smtp(smtp_listener, intake.clone(), config.smtp.clone(), shutdown.clone())));
+        let app = api::router(Arc::new(ApiState {
+            intake,
+            hostname: config.smtp.hostname.clone(),
+            max_message_size: config.smtp.max_message_size,
+        }));
+        let http_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        }));
+        tasks.push(tokio::spawn(purge_loop(spool, config.spool.history, shutdown.clone())));
+        tracing::info!(smtp = %smtp_addr, http = %http_addr, "knock is running");
+        Ok(Engine { smtp_addr, http_addr, shutdown, tasks, events_writer })
+    }
+
+    /// Stops accepting, lets in-flight deliveries finish (within a grace period), flushes
+    /// the event log and closes the spool.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.events_writer.await;
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn purge_loop(spool: Arc<dyn Spool>, keep: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let spool = spool.clone();
+        let before = Timestamp(Timestamp::now().millis().saturating_sub(keep.as_millis() as u64));
+        match tokio::task::spawn_blocking(move || spool.purge(before)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(messages = n, "purged finished messages from the spool"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging the spool failed"),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Events: one record of something that happened to one recipient, written as one JSON
+//! line to the event log (`[events] path`). The schema is documented in `docs/events.md`.
+//! Events are produced where things happen and written by one task, so a slow disk never
+//! holds up delivery; the log is flushed whenever the queue of events runs empty.
+
+use crate::outcome::Class;
+use crate::reply::Enhanced;
+use crate::time::Timestamp;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Processed,
+    Deferred,
+    Delivered,
+    Bounced,
+    Expired,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub event: Kind,
+    pub timestamp: Timestamp,
+    pub message_id: String,
+    pub recipient: String,
+    pub domain: String,
+    /// The envelope sender; empty for the null sender.
+    pub from: String,
+    /// The attempt this event reports, 1 for the first; absent on `processed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mx: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<Enhanced>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ee_seconds: Option<f64>,
+}
+
+impl Event {
+    /// An event with the identity fields set and the rest empty.
+    pub fn new(event: Kind, message_id: String, recipient: String, domain: String, from: String) -> Event {
+        Event {
+            event,
+            timestamp: Timestamp::now(),
+            message_id,
+            recipient,
+            domain,
+            from,
+            attempt: None,
+            mx: None,
+            local_ip: None,
+            code: None,
+            enhanced: None,
+            text: None,
+            class: None,
+            next_attempt: None,
+            ee_seconds: None,
+        }
+    }
+}
+
+/// Where events go. Cheap to clone; sending never blocks delivery for long.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Event>,
+}
+
+impl Events {
+    pub async fn emit(&self, event: Event) {
+        if self.tx.send(event).await.is_err() {
+            tracing::warn!("event log is closed; event dropped");
+        }
+    }
+
+    /// Opens the log for appending and starts its writer; the writer ends, flushed, once
+    /// every `Events` handle is dropped.
+    pub async fn open(path: &Path) -> anyhow::Result<(Events, tokio::task::JoinHandle<()>)> {
+        use anyhow::Context;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .with_context(|| format!("events.path: creating {}", dir.display()))?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .with_context(|| format!("events.path: opening {}", path.display()))?;
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let task = tokio::spawn(write_loop(file, rx, path.to_path_buf()));
+        Ok((Events { tx }, task))
+    }
+}
+
+async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Event>, path: PathBuf) {
+    let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut line = Vec::with_capacity(512);
+    while let Some(event) = rx.recv().await {
+        let mut next = Some(event);
+        while let Some(event) = next {
+            line.clear();
+            if serde_json::to_writer(&mut line, &event).is_ok() {
+                line.push(b'\n');
+                if let Err(e) = out.write_all(&line).await {
+                    tracing::error!(path = %path.display(), error = %e, "writing the event log failed");
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush().await {
+            tracing::error!(path = %path.display(), error = %e, "flushing the event log failed");
+        }
+    }
+    let _ = out.flush().await;
+}

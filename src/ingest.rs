@@ -1,0 +1,143 @@
+//! Taking mail in. [`Intake`] is the one path into the queue that SMTP and HTTP share: it
+//! makes the message durable in the spool, and only then answers, records `processed`
+//! events and hands the message to the scheduler. The SMTP listener here applies the relay
+//! rule (trusted networks only) and the connection limit.
+
+use crate::address::Address;
+use crate::config::SmtpConfig;
+use crate::dispatch::{emit_processed, jobs_for};
+use crate::event::Events;
+use crate::message::{Envelope, MessageId, NewMessage, group_by_domain, new_id};
+use crate::reply::Reply;
+use crate::scheduler::SchedulerHandle;
+use crate::smtp::server::{self, Handler, Limits, Session};
+use crate::spool::{Op, Spool, SpoolError};
+use crate::time::{Timestamp, rfc5322};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Intake {
+    pub spool: Arc<dyn Spool>,
+    pub scheduler: SchedulerHandle,
+    pub events: Events,
+}
+
+impl Intake {
+    /// Stores the message durably, then queues it. Returns once it is on disk.
+    pub async fn accept(&self, id: MessageId, from: String, rcpts: &[Address], body: Bytes, source: String) -> Result<NewMessage, SpoolError> {
+        let now = Timestamp::now();
+        let message = NewMessage {
+            envelope: Envelope { id, from, received_at: now, size: body.len() as u64, source, done_at: None },
+            groups: group_by_domain(rcpts, now),
+            body,
+        };
+        self.spool.commit(vec![Op::Store(message.clone())]).await?;
+        emit_processed(&self.events, &message).await;
+        self.scheduler.enqueue(jobs_for(message.clone()));
+        Ok(message)
+    }
+}
+
+struct IngestHandler {
+    intake: Arc<Intake>,
+    config: SmtpConfig,
+}
+
+#[async_trait]
+impl Handler for IngestHandler {
+    async fn mail(&self, _session: &Session, _from: &str) -> Reply {
+        Reply::new(250, "2.1.0", "Ok")
+    }
+
+    async fn rcpt(&self, session: &Session, rcpt: &Address) -> Reply {
+        if !self.config.is_trusted(session.peer.ip()) {
+            return Reply::new(554, "5.7.1", format!("<{rcpt}>: Relay access denied"));
+        }
+        Reply::new(250, "2.1.5", "Ok")
+    }
+
+    async fn data(&self, session: &Session, body: Vec<u8>) -> Reply {
+        let id = new_id();
+        let from = session.from.clone().unwrap_or_default();
+        let body = with_received(&self.config.hostname, session, id, body);
+        let source = format!("smtp {}", session.peer);
+        match self.intake.accept(id, from, &session.rcpts, body, source).await {
+            Ok(_) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+            Err(e) => {
+                tracing::error!(error = %e, "could not store an incoming message");
+                Reply::new(451, "4.3.0", "Error: queue file write error")
+            }
+        }
+    }
+}
+
+/// Prepends the trace header every MTA adds (RFC 5321 section 4.4).
+fn with_received(hostname: &str, session: &Session, id: MessageId, body: Vec<u8>) -> Bytes {
+    let helo = session.helo.as_deref().unwrap_or("unknown");
+    let rcpt = match session.rcpts.as_slice() {
+        [one] => format!("\r\n\tfor <{one}>"),
+        _ => String::new(),
+    };
+    let header = format!(
+        "Received: from {helo} ([{}])\r\n\tby {hostname} (knock) with ESMTP id {id}{rcpt};\r\n\t{}\r\n",
+        session.peer.ip(),
+        rfc5322(Timestamp::now())
+    );
+    let mut out = Vec::with_capacity(header.len() + body.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+/// Accepts SMTP connections until `shutdown`; open sessions are told 421 and closed.
+pub async fn run_smtp(listener: TcpListener, intake: Arc<Intake>, config: SmtpConfig, shutdown: CancellationToken) {
+    let limits = Arc::new(Limits {
+        hostname: config.hostname.clone(),
+        max_message_size: config.max_message_size,
+        max_recipients: config.max_recipients,
+        idle_timeout: config.idle_timeout,
+        max_errors: config.max_errors,
+    });
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let hostname = config.hostname.clone();
+    let handler = Arc::new(IngestHandler { intake, config });
+    let sessions = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an SMTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "SMTP connection limit reached");
+            sessions.spawn(refuse(stream, hostname.clone()));
+            continue;
+        };
+        let (handler, limits, shutdown) = (handler.clone(), limits.clone(), shutdown.clone());
+        sessions.spawn(async move {
+            server::serve(stream, handler, limits, shutdown).await;
+            drop(permit);
+        });
+    }
+    sessions.close();
+    sessions.wait().await;
+}
+
+async fn refuse(mut stream: tokio::net::TcpStream, hostname: String) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = Vec::new();
+    Reply::new(421, "4.7.0", format!("{hostname} Error: too many connections")).write_to(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,172 @@
+//! What knock keeps about a message: the envelope, and per recipient domain a [`Group`] of
+//! recipients with their states and attempts. A group is the unit of delivery (one SMTP
+//! transaction to one domain) and of scheduling (it has one next-attempt time).
+
+use crate::outcome::Class;
+use crate::reply::Enhanced;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type MessageId = uuid::Uuid;
+
+/// A new, time-ordered message id.
+pub fn new_id() -> MessageId {
+    uuid::Uuid::now_v7()
+}
+
+/// The envelope and facts that never change after acceptance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: MessageId,
+    /// The reverse path; empty for the null sender `<>`.
+    pub from: String,
+    pub received_at: Timestamp,
+    pub size: u64,
+    /// Where it came from: `smtp 127.0.0.1:40000` or `http`.
+    pub source: String,
+    /// When every recipient reached a final state; the body is gone from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<Timestamp>,
+}
+
+impl Envelope {
+    pub fn is_null_sender(&self) -> bool {
+        self.from.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Deferred,
+    Delivered,
+    Bounced,
+    Expired,
+}
+
+impl State {
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Delivered | State::Bounced | State::Expired)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Deferred => "deferred",
+            State::Delivered => "delivered",
+            State::Bounced => "bounced",
+            State::Expired => "expired",
+        }
+    }
+}
+
+/// One try at delivering to a recipient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mx: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<Enhanced>,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub state: State,
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// The recipients of one message at one domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub domain: String,
+    pub recipients: Vec<Recipient>,
+    /// When the pending recipients are next tried; `None` once all are final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<Timestamp>,
+}
+
+impl Group {
+    pub fn is_done(&self) -> bool {
+        self.recipients.iter().all(|r| r.state.is_final())
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients.iter().filter(|r| !r.state.is_final())
+    }
+
+    /// Temporary failures so far: the attempts of its most-tried pending recipient.
+    pub fn failures(&self) -> u32 {
+        self.pending().map(|r| r.attempts.len() as u32).max().unwrap_or(0)
+    }
+
+    pub fn is_deferred(&self) -> bool {
+        self.pending().any(|r| r.state == State::Deferred)
+    }
+}
+
+/// Splits recipients by domain, keeping their order, in groups due at `now`.
+pub fn group_by_domain(rcpts: &[crate::address::Address], now: Timestamp) -> Vec<Group> {
+    let mut by_domain: BTreeMap<&str, Vec<Recipient>> = BTreeMap::new();
+    for a in rcpts {
+        let list = by_domain.entry(a.domain.as_str()).or_default();
+        let address = a.to_string();
+        if !list.iter().any(|r| r.address == address) {
+            list.push(Recipient { address, state: State::Queued, attempts: Vec::new() });
+        }
+    }
+    by_domain
+        .into_iter()
+        .map(|(domain, recipients)| Group {
+            domain: domain.to_string(),
+            recipients,
+            next_attempt: Some(now),
+        })
+        .collect()
+}
+
+/// A message as it enters the spool.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub envelope: Envelope,
+    pub groups: Vec<Group>,
+    pub body: bytes::Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Address;
+
+    #[test]
+    fn groups_by_domain_without_duplicates() {
+        let rcpts: Vec<Address> = ["a@x.test", "b@y.test", "c@X.test", "a@x.test"]
+            .iter()
+            .map(|t| Address::parse(t).unwrap())
+            .collect();
+        let groups = group_by_domain(&rcpts, Timestamp(5));
+        let summary: Vec<(String, Vec<String>)> = groups
+            .iter()
+            .map(|g| (g.domain.clone(), g.recipients.iter().map(|r| r.address.clone()).collect()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("x.test".to_string(), vec!["a@x.test".to_string(), "c@x.test".to_string()]),
+                ("y.test".to_string(), vec!["b@y.test".to_string()]),
+            ]
+        );
+        assert!(groups.iter().all(|g| g.next_attempt == Some(Timestamp(5))));
+    }
+}

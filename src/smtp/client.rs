@@ -1,0 +1,340 @@
+//! The SMTP client: one connection to one server, EHLO with HELO fallback, pipelined
+//! transactions where the server offers PIPELINING, and each RCPT's reply kept apart so the
+//! caller can treat every recipient on its own. Used by delivery and by `knock bench`.
+
+use crate::config::TimeoutConfig;
+use crate::reply::{Reply, ReplyError};
+use crate::smtp::wire::Wire;
+use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EhloResponse};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Longest reply accepted, all lines together.
+const MAX_REPLY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("connect to {addr} timed out")]
+    ConnectTimeout { addr: SocketAddr },
+    #[error("timed out waiting for the reply to {stage}")]
+    Timeout { stage: &'static str },
+    #[error("connection lost during {stage}: {source}")]
+    Io { stage: &'static str, source: std::io::Error },
+    #[error("connection closed by the server during {stage}")]
+    Closed { stage: &'static str },
+    #[error("protocol error during {stage}: {detail}")]
+    Protocol { stage: &'static str, detail: String },
+}
+
+/// What the server offered in its EHLO reply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub eightbitmime: bool,
+    /// Zero when the server announced no limit (or no SIZE).
+    pub size: Option<usize>,
+}
+
+/// The replies of one transaction, one per recipient in the order given.
+#[derive(Debug, Clone)]
+pub struct TransactionReplies {
+    pub per_recipient: Vec<Result<Reply, String>>,
+    /// Whether the connection can carry another transaction.
+    pub reusable: bool,
+}
+
+pub struct Client {
+    wire: Wire<TcpStream>,
+    timeouts: TimeoutConfig,
+    pub capabilities: Capabilities,
+    pub greeting: Option<Reply>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    broken: bool,
+    scratch: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, timeouts: &TimeoutConfig) -> Result<Client, ClientError> {
+        let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+            Err(_) => return Err(ClientError::ConnectTimeout { addr }),
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        Ok(Client {
+            wire: Wire::new(stream),
+            timeouts: timeouts.clone(),
+            capabilities: Capabilities::default(),
+            greeting: None,
+            peer: addr,
+            local,
+            broken: false,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Reads the greeting. A non-2xx greeting is returned as `Ok` for the caller to judge.
+    pub async fn read_greeting(&mut self) -> Result<Reply, ClientError> {
+        let reply = self.read_reply("greeting", self.timeouts.greeting).await?;
+        self.greeting = Some(reply.clone());
+        Ok(reply)
+    }
+
+    /// EHLO, falling back to HELO when the server refuses EHLO with a 5xx.
+    pub async fn hello(&mut self, name: &str) -> Result<Reply, ClientError> {
+        let raw = self.command_raw(format!("EHLO {name}\r\n"), "EHLO").await?;
+        let reply = parse_reply(&raw, "EHLO")?;
+        if reply.is_positive() {
+            if let Ok(ehlo) = EhloResponse::parse(&mut raw.iter()) {
+                self.capabilities = Capabilities {
+                    pipelining: ehlo.has_capability(EXT_PIPELINING),
+                    eightbitmime: ehlo.has_capability(EXT_8BIT_MIME),
+                    size: ehlo.has_capability(EXT_SIZE).then_some(ehlo.size),
+                };
+            }
+            return Ok(reply);
+        }
+        if reply.is_permanent() {
+            self.capabilities = Capabilities::default();
+            let raw = self.command_raw(format!("HELO {name}\r\n"), "HELO").await?;
+            return parse_reply(&raw, "HELO");
+        }
+        Ok(reply)
+    }
+
+    /// Sends one message to `rcpts` and returns each recipient's reply: its RCPT reply when
+    /// that refused it, else the reply to the end of data. A failure to talk is `Err(text)`
+    /// for every recipient not yet answered.
+    pub async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies {
+        let result = if self.capabilities.pipelining {
+            self.send_pipelined(from, rcpts, body).await
+        } else {
+            self.send_stepwise(from, rcpts, body).await
+        };
+        match result {
+            Ok(replies) => {
+                let reusable = !self.broken;
+                TransactionReplies { per_recipient: replies.into_iter().map(Ok).collect(), reusable }
+            }
+            Err(e) => {
+                self.broken = true;
+                let text = e.to_string();
+                TransactionReplies {
+                    per_recipient: rcpts.iter().map(|_| Err(text.clone())).collect(),
+                    reusable: false,
+                }
+            }
+        }
+    }
+
+    fn mail_command(&self, from: &str, size: usize) -> String {
+        let mut cmd = format!("MAIL FROM:<{from}>");
+        if self.capabilities.size.is_some() {
+            cmd.push_str(&format!(" SIZE={size}"));
+        }
+        if self.capabilities.eightbitmime {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        cmd.push_str("\r\n");
+        cmd
+    }
+
+    async fn send_pipelined(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> Result<Vec<Reply>, ClientError> {
+        let mut batch = self.mail_command(from, body.len());
+        for rcpt in rcpts {
+            batch.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+        }
+        batch.push_str("DATA\r\n");
+        self.write("MAIL", batch.as_bytes()).await?;
+        let mail = self.read_reply("MAIL", self.timeouts.command).await?;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            rcpt_replies.push(self.read_reply("RCPT", self.timeouts.command).await?);
+        }
+        let data = self.read_reply("DATA", self.timeouts.data_init).await?;
+        if !mail.is_positive() {
+            self.close_on_421(&mail);
+            if data.is_intermediate() {
+                self.finish_data(&[]).await?;
+            }
+            self.reset().await?;
+            return Ok(rcpts.iter().map(|_| mail.clone()).collect());
+        }
+        let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
+        if !data.is_intermediate() {
+            self.close_on_421(&data);
+            self.reset().await?;
+            return Ok(merge(rcpt_replies, &data));
+        }
+        if !any_accepted {
+            // RFC 2920: a server that answered 354 with no recipient gets an empty message.
+            self.finish_data(&[]).await?;
+            return Ok(rcpt_replies);
+        }
+        let done = self.finish_data(body).await?;
+        self.close_on_421(&done);
+        Ok(merge(rcpt_replies, &done))
+    }
+
+    async fn send_stepwise(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> Result<Vec<Reply>, ClientError> {
+        let mail_cmd = self.mail_command(from, body.len());
+        let mail = self.command(mail_cmd, "MAIL").await?;
+        if !mail.is_positive() {
+            self.close_on_421(&mail);
+            self.reset().await?;
+            return Ok(rcpts.iter().map(|_| mail.clone()).collect());
+        }
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            let reply = self.command(format!("RCPT TO:<{rcpt}>\r\n"), "RCPT").await?;
+            let closing = reply.code == 421;
+            rcpt_replies.push(reply);
+            if closing {
+                self.broken = true;
+                let last = rcpt_replies.last().cloned().expect("just pushed");
+                rcpt_replies.resize(rcpts.len(), last);
+                return Ok(rcpt_replies);
+            }
+        }
+        if !rcpt_replies.iter().any(Reply::is_positive) {
+            self.reset().await?;
+            return Ok(rcpt_replies);
+        }
+        let data = self.command("DATA\r\n".into(), "DATA").await?;
+        if !data.is_intermediate() {
+            self.close_on_421(&data);
+            self.reset().await?;
+            return Ok(merge(rcpt_replies, &data));
+        }
+        let done = self.finish_data(body).await?;
+        self.close_on_421(&done);
+        Ok(merge(rcpt_replies, &done))
+    }
+
+    async fn finish_data(&mut self, body: &[u8]) -> Result<Reply, ClientError> {
+        let mut data = std::mem::take(&mut self.scratch);
+        data.clear();
+        super::dot_stuff(body, &mut data);
+        let written = tokio::time::timeout(self.timeouts.data_block, self.wire.write_now(&data)).await;
+        self.scratch = data;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(ClientError::Io { stage: "message body", source }),
+            Err(_) => return Err(ClientError::Timeout { stage: "message body" }),
+        }
+        self.read_reply("end of data", self.timeouts.data_done).await
+    }
+
+    async fn reset(&mut self) -> Result<(), ClientError> {
+        if self.broken {
+            return Ok(());
+        }
+        let reply = self.command("RSET\r\n".into(), "RSET").await?;
+        if !reply.is_positive() {
+            self.broken = true;
+        }
+        Ok(())
+    }
+
+    fn close_on_421(&mut self, reply: &Reply) {
+        if reply.code == 421 {
+            self.broken = true;
+        }
+    }
+
+    /// Ends the session politely; errors are of no interest at this point.
+    pub async fn quit(mut self) {
+        if !self.broken {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.command("QUIT\r\n".into(), "QUIT")).await;
+        }
+        self.wire.shutdown().await;
+    }
+
+    async fn command(&mut self, cmd: String, stage: &'static str) -> Result<Reply, ClientError> {
+        let raw = self.command_raw(cmd, stage).await?;
+        parse_reply(&raw, stage)
+    }
+
+    async fn command_raw(&mut self, cmd: String, stage: &'static str) -> Result<Vec<u8>, ClientError> {
+        self.write(stage, cmd.as_bytes()).await?;
+        self.read_raw(stage, self.timeouts.command).await
+    }
+
+    async fn write(&mut self, stage: &'static str, bytes: &[u8]) -> Result<(), ClientError> {
+        match tokio::time::timeout(self.timeouts.command, self.wire.write_now(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => {
+                self.broken = true;
+                Err(ClientError::Io { stage, source })
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(ClientError::Timeout { stage })
+            }
+        }
+    }
+
+    async fn read_reply(&mut self, stage: &'static str, timeout: Duration) -> Result<Reply, ClientError> {
+        let raw = self.read_raw(stage, timeout).await?;
+        parse_reply(&raw, stage)
+    }
+
+    /// Reads the raw bytes of one complete (possibly multi-line) reply.
+    async fn read_raw(&mut self, stage: &'static str, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+        let result = tokio::time::timeout(timeout, self.read_raw_inner(stage)).await;
+        let result = result.unwrap_or(Err(ClientError::Timeout { stage }));
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    async fn read_raw_inner(&mut self, stage: &'static str) -> Result<Vec<u8>, ClientError> {
+        let mut raw = Vec::new();
+        loop {
+            match self.wire.read_line(MAX_REPLY).await {
+                Ok(Some(crate::smtp::wire::Line::Complete(line))) => {
+                    let last = line.len() < 4 || line[3] != b'-';
+                    raw.extend_from_slice(&line);
+                    if raw.len() > MAX_REPLY {
+                        return Err(ClientError::Protocol { stage, detail: "reply too long".into() });
+                    }
+                    if last {
+                        return Ok(raw);
+                    }
+                }
+                Ok(Some(crate::smtp::wire::Line::TooLong)) => {
+                    return Err(ClientError::Protocol { stage, detail: "reply line too long".into() });
+                }
+                Ok(None) => return Err(ClientError::Closed { stage }),
+                Err(source) => return Err(ClientError::Io { stage, source }),
+            }
+        }
+    }
+}
+
+fn parse_reply(raw: &[u8], stage: &'static str) -> Result<Reply, ClientError> {
+    Reply::parse(raw).map_err(|e| match e {
+        ReplyError::Incomplete => ClientError::Protocol { stage, detail: "incomplete reply".into() },
+        ReplyError::Malformed(detail) => ClientError::Protocol { stage, detail },
+    })
+}
+
+/// Each recipient's RCPT reply where it refused, else the transaction's final reply.
+fn merge(rcpt_replies: Vec<Reply>, final_reply: &Reply) -> Vec<Reply> {
+    rcpt_replies
+        .into_iter()
+        .map(|r| if r.is_positive() { final_reply.clone() } else { r })
+        .collect()
+}

@@ -1,0 +1,341 @@
+//! The SMTP server session engine (RFC 5321), shared by ingest and the sink. It owns the
+//! command sequence, the limits (line length, message size, recipients, errors, idle time)
+//! and pipelining; a [`Handler`] decides what to answer to MAIL, RCPT and the message.
+//! Every reply carries an enhanced status code.
+
+use crate::address::Address;
+use crate::reply::Reply;
+use crate::smtp::wire::{Line, Wire};
+use async_trait::async_trait;
+use smtp_proto::Request;
+use smtp_proto::request::receiver::DataReceiver;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Longest command line accepted, CRLF included (Postfix's `line_length_limit`).
+pub const MAX_COMMAND_LINE: usize = 2048;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub idle_timeout: Duration,
+    pub max_errors: u32,
+}
+
+/// What one connection knows about itself, passed to the handler.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub helo: Option<String>,
+    /// The reverse path of the open transaction; `Some("")` is the null sender.
+    pub from: Option<String>,
+    pub rcpts: Vec<Address>,
+}
+
+impl Session {
+    fn reset(&mut self) {
+        self.from = None;
+        self.rcpts.clear();
+    }
+}
+
+/// The decisions a server makes; the engine does the protocol.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// `Err(reply)` turns the client away at the greeting (the reply is sent, then closed).
+    async fn connect(&self, _session: &Session) -> Result<(), Reply> {
+        Ok(())
+    }
+    async fn mail(&self, session: &Session, from: &str) -> Reply;
+    async fn rcpt(&self, session: &Session, rcpt: &Address) -> Reply;
+    /// Called with the unstuffed message once the final dot has arrived.
+    async fn data(&self, session: &Session, body: Vec<u8>) -> Reply;
+}
+
+/// Runs one SMTP session to its end. Never panics on client input.
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let mut conn = Conn {
+        wire: Wire::new(stream),
+        session: Session {
+            peer,
+            local,
+            helo: None,
+            from: None,
+            rcpts: Vec::new(),
+        },
+        handler,
+        limits,
+        errors: 0,
+    };
+    if let Err(e) = conn.run(shutdown).await {
+        tracing::debug!(%peer, error = %e, "smtp session ended with an I/O error");
+    }
+    conn.wire.shutdown().await;
+}
+
+struct Conn<H> {
+    wire: Wire<TcpStream>,
+    session: Session,
+    handler: Arc<H>,
+    limits: Arc<Limits>,
+    errors: u32,
+}
+
+enum Next {
+    Continue,
+    Close,
+}
+
+impl<H: Handler> Conn<H> {
+    async fn run(&mut self, shutdown: CancellationToken) -> std::io::Result<()> {
+        if let Err(reply) = self.handler.connect(&self.session).await {
+            self.reply(&reply);
+            return self.wire.flush().await;
+        }
+        let greeting = Reply::new(220, "2.0.0", format!("{} ESMTP knock", self.limits.hostname));
+        self.reply(&greeting);
+        loop {
+            // Pipelining: answer everything buffered before waiting for more input.
+            let line = match self.wire.take_line(MAX_COMMAND_LINE) {
+                Some(line) => line,
+                None => {
+                    self.wire.flush().await?;
+                    match self.read_line(&shutdown).await? {
+                        Some(line) => line,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let next = match line {
+                Line::TooLong => self.error(Reply::new(500, "5.5.6", "Error: line too long")),
+                Line::Complete(line) => self.command(&line).await?,
+            };
+            if let Next::Close = next {
+                return self.wire.flush().await;
+            }
+        }
+    }
+
+    /// Waits for a line, answering idle clients and shutdown with a 421.
+    async fn read_line(&mut self, shutdown: &CancellationToken) -> std::io::Result<Option<Line>> {
+        let idle = self.limits.idle_timeout;
+        tokio::select! {
+            line = tokio::time::timeout(idle, self.wire.read_line(MAX_COMMAND_LINE)) => match line {
+                Ok(line) => line,
+                Err(_) => {
+                    let text = format!("{} Error: timeout exceeded", self.limits.hostname);
+                    self.reply(&Reply::new(421, "4.4.2", text));
+                    self.wire.flush().await?;
+                    Ok(None)
+                }
+            },
+            _ = shutdown.cancelled() => {
+                let text = format!("{} Service shutting down, closing transmission channel", self.limits.hostname);
+                self.reply(&Reply::new(421, "4.3.2", text));
+                self.wire.flush().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.wire.out);
+    }
+
+    /// Sends an error reply and closes the session when the client has made too many.
+    fn error(&mut self, reply: Reply) -> Next {
+        self.errors += 1;
+        self.reply(&reply);
+        if self.errors >= self.limits.max_errors {
+            self.reply(&Reply::new(421, "4.7.0", format!("{} Error: too many errors", self.limits.hostname)));
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    async fn command(&mut self, line: &[u8]) -> std::io::Result<Next> {
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request.into_owned(),
+            Err(smtp_proto::Error::UnknownCommand) => {
+                return Ok(self.error(Reply::new(500, "5.5.2", "Error: command not recognized")));
+            }
+            Err(smtp_proto::Error::InvalidSenderAddress) => {
+                return Ok(self.error(Reply::new(501, "5.1.7", "Bad sender address syntax")));
+            }
+            Err(smtp_proto::Error::InvalidRecipientAddress) => {
+                return Ok(self.error(Reply::new(501, "5.1.3", "Bad recipient address syntax")));
+            }
+            Err(smtp_proto::Error::SyntaxError { syntax }) => {
+                return Ok(self.error(Reply::new(501, "5.5.2", format!("Syntax: {syntax}"))));
+            }
+            Err(e) => return Ok(self.error(Reply::new(501, "5.5.4", format!("Error: {e}")))),
+        };
+        match request {
+            Request::Ehlo { host } => Ok(self.ehlo(host)),
+            Request::Helo { host } => {
+                self.session.reset();
+                self.session.helo = Some(host);
+                self.reply(&Reply::new(250, "2.0.0", self.limits.hostname.clone()));
+                Ok(Next::Continue)
+            }
+            Request::Lhlo { .. } => Ok(self.error(Reply::new(500, "5.5.1", "Error: LHLO is for LMTP"))),
+            Request::Mail { from } => Ok(self.mail(from).await),
+            Request::Rcpt { to } => Ok(self.rcpt(to.address).await),
+            Request::Data => self.data().await,
+            Request::Rset => {
+                self.session.reset();
+                self.reply(&Reply::new(250, "2.0.0", "Ok"));
+                Ok(Next::Continue)
+            }
+            Request::Noop { .. } => {
+                self.reply(&Reply::new(250, "2.0.0", "Ok"));
+                Ok(Next::Continue)
+            }
+            Request::Vrfy { .. } => {
+                self.reply(&Reply::new(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"));
+                Ok(Next::Continue)
+            }
+            Request::Quit => {
+                self.reply(&Reply::new(221, "2.0.0", "Bye"));
+                Ok(Next::Close)
+            }
+            other => Ok(self.error(Reply::new(502, "5.5.1", format!("Error: {} not implemented", other.name())))),
+        }
+    }
+
+    fn ehlo(&mut self, host: String) -> Next {
+        self.session.reset();
+        self.session.helo = Some(host);
+        let text = format!(
+            "{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
+            self.limits.hostname, self.limits.max_message_size
+        );
+        // EHLO replies carry no enhanced code on their keyword lines (RFC 2034 section 3).
+        self.reply(&Reply { code: 250, enhanced: None, text });
+        Next::Continue
+    }
+
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Next {
+        if self.session.helo.is_none() {
+            return self.error(Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"));
+        }
+        if self.session.from.is_some() {
+            return self.error(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
+        }
+        if from.size as u64 > self.limits.max_message_size {
+            return self.error(Reply::new(552, "5.3.4", "Error: message size exceeds fixed limit"));
+        }
+        if !from.address.is_empty() && Address::parse(&from.address).is_err() {
+            return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax"));
+        }
+        let reply = self.handler.mail(&self.session, &from.address).await;
+        if reply.is_positive() {
+            self.session.from = Some(from.address);
+        }
+        self.answer(reply)
+    }
+
+    async fn rcpt(&mut self, to: String) -> Next {
+        if self.session.from.is_none() {
+            return self.error(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+        }
+        if self.session.rcpts.len() >= self.limits.max_recipients {
+            return self.error(Reply::new(452, "4.5.3", "Error: too many recipients"));
+        }
+        let address = match Address::parse(&to) {
+            Ok(address) => address,
+            Err(e) => return self.error(Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {e}"))),
+        };
+        let reply = self.handler.rcpt(&self.session, &address).await;
+        if reply.is_positive() {
+            self.session.rcpts.push(address);
+        }
+        self.answer(reply)
+    }
+
+    /// Sends a handler's reply; a 421 from the handler closes the session.
+    fn answer(&mut self, reply: Reply) -> Next {
+        let close = reply.code == 421;
+        if reply.is_permanent() || reply.is_transient() {
+            if let Next::Close = self.error(reply) {
+                return Next::Close;
+            }
+        } else {
+            self.reply(&reply);
+        }
+        if close { Next::Close } else { Next::Continue }
+    }
+
+    async fn data(&mut self) -> std::io::Result<Next> {
+        if self.session.from.is_none() {
+            return Ok(self.error(Reply::new(503, "5.5.1", "Error: need MAIL command")));
+        }
+        if self.session.rcpts.is_empty() {
+            return Ok(self.error(Reply::new(503, "5.5.1", "Error: need RCPT command")));
+        }
+        self.reply(&Reply::new(354, "2.0.0", "End data with <CR><LF>.<CR><LF>"));
+        self.wire.flush().await?;
+        let Some(body) = self.receive_body().await? else {
+            return Ok(Next::Close);
+        };
+        let reply = match body {
+            Body::Complete(body) => self.handler.data(&self.session, body).await,
+            Body::TooBig => Reply::new(552, "5.3.4", "Error: message file too big"),
+        };
+        self.session.reset();
+        Ok(self.answer(reply))
+    }
+
+    /// Reads the message up to the final dot; `None` when the client went away or idled.
+    async fn receive_body(&mut self) -> std::io::Result<Option<Body>> {
+        let max = self.limits.max_message_size as usize;
+        let mut receiver = DataReceiver::new();
+        let mut body = Vec::with_capacity(8 * 1024);
+        let mut too_big = false;
+        loop {
+            let buffered = self.wire.buffered();
+            let mut iter = buffered.iter();
+            let done = receiver.ingest(&mut iter, &mut body);
+            let used = buffered.len() - iter.as_slice().len();
+            self.wire.consume(used);
+            if body.len() > max {
+                too_big = true;
+                body.clear();
+            }
+            if done {
+                return Ok(Some(if too_big { Body::TooBig } else { Body::Complete(body) }));
+            }
+            match tokio::time::timeout(self.limits.idle_timeout, self.wire.fill()).await {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let text = format!("{} Error: timeout exceeded", self.limits.hostname);
+                    self.reply(&Reply::new(421, "4.4.2", text));
+                    self.wire.flush().await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+enum Body {
+    Complete(Vec<u8>),
+    TooBig,
+}

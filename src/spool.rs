@@ -1,0 +1,446 @@
+//! The durable queue. A message is in the spool, fsync'd, before anyone is told it was
+//! accepted; recipient states and attempts are written back after every attempt, so a
+//! restart carries on where the last run stopped.
+//!
+//! [`RedbSpool`] keeps everything in one redb file. All writes go through one writer thread
+//! that commits whatever is waiting in a single transaction (group commit): concurrent
+//! sessions share one fsync, and each caller is answered only after the commit that holds
+//! its write. Reads use redb's MVCC read transactions and never wait for the writer.
+//!
+//! Not owned here: *when* anything happens (the scheduler) and what a state means.
+
+use crate::message::{Envelope, Group, MessageId, NewMessage};
+use crate::time::Timestamp;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+const ENVELOPES: TableDefinition<u128, &[u8]> = TableDefinition::new("envelopes");
+const BODIES: TableDefinition<u128, &[u8]> = TableDefinition::new("bodies");
+const GROUPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("groups");
+/// Finished messages by the time they finished, for purging their records.
+const HISTORY: TableDefinition<(u64, u128), ()> = TableDefinition::new("history");
+/// Entries that could not be read at recovery, kept for an operator to inspect.
+const SET_ASIDE: TableDefinition<&str, &[u8]> = TableDefinition::new("set_aside");
+
+/// Most writes committed together in one transaction.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool storage error: {0}")]
+    Storage(String),
+    #[error("spool is shut down")]
+    Closed,
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> SpoolError {
+    SpoolError::Storage(e.to_string())
+}
+
+/// One change to the spool.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// A newly accepted message.
+    Store(NewMessage),
+    /// A group's new states after an attempt. When it leaves every group of its message
+    /// final, the body is removed and the record kept until it is purged.
+    Update { id: MessageId, group: Group },
+}
+
+/// Everything the spool held that still needs delivering, read at start-up.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub pending: Vec<(Arc<Envelope>, Group)>,
+    /// Entries that could not be decoded (or lost their body) and were set aside.
+    pub set_aside: usize,
+}
+
+/// A message's record: its envelope and every group, final or not.
+pub type Record = (Envelope, Vec<Group>);
+
+#[async_trait::async_trait]
+pub trait Spool: Send + Sync + 'static {
+    /// Makes `ops` durable, all or nothing; returns once they are on disk.
+    async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError>;
+    fn body(&self, id: MessageId) -> Result<Option<Bytes>, SpoolError>;
+    fn record(&self, id: MessageId) -> Result<Option<Record>, SpoolError>;
+    /// Reads all pending groups, setting aside what cannot be read.
+    fn recover(&self) -> Result<Recovered, SpoolError>;
+    /// Forgets finished messages that finished before `before`; returns how many.
+    fn purge(&self, before: Timestamp) -> Result<usize, SpoolError>;
+}
+
+struct Batch {
+    ops: Vec<Op>,
+    done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+pub struct RedbSpool {
+    db: Arc<Database>,
+    tx: Option<mpsc::UnboundedSender<Batch>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl RedbSpool {
+    /// Opens (or creates) the spool in directory `dir`.
+    pub fn open(dir: &Path) -> Result<RedbSpool, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(|e| SpoolError::Storage(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join("spool.redb");
+        let db = Database::create(&path).map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(ENVELOPES).map_err(storage)?;
+            txn.open_table(BODIES).map_err(storage)?;
+            txn.open_table(GROUPS).map_err(storage)?;
+            txn.open_table(HISTORY).map_err(storage)?;
+            txn.open_table(SET_ASIDE).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer_loop(writer_db, rx))
+            .map_err(storage)?;
+        Ok(RedbSpool { db, tx: Some(tx), writer: Mutex::new(Some(writer)) })
+    }
+}
+
+impl Drop for RedbSpool {
+    fn drop(&mut self) {
+        // Close the channel and wait, so the file is released when this returns.
+        self.tx.take();
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn writer_loop(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batches = vec![first];
+        while batches.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&db, &batches);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, writes = batches.len(), "spool commit failed");
+        }
+        for b in batches {
+            let _ = b.done.send(result.clone());
+        }
+    }
+}
+
+fn apply(db: &Database, batches: &[Batch]) -> Result<(), SpoolError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+        let mut bodies = txn.open_table(BODIES).map_err(storage)?;
+        let mut groups = txn.open_table(GROUPS).map_err(storage)?;
+        let mut history = txn.open_table(HISTORY).map_err(storage)?;
+        for op in batches.iter().flat_map(|b| &b.ops) {
+            match op {
+                Op::Store(m) => {
+                    let id = m.envelope.id.as_u128();
+                    envelopes.insert(id, json(&m.envelope)?.as_slice()).map_err(storage)?;
+                    bodies.insert(id, m.body.as_ref()).map_err(storage)?;
+                    for g in &m.groups {
+                        groups.insert((id, g.domain.as_str()), json(g)?.as_slice()).map_err(storage)?;
+                    }
+                }
+                Op::Update { id, group } => {
+                    let id = id.as_u128();
+                    groups.insert((id, group.domain.as_str()), json(group)?.as_slice()).map_err(storage)?;
+                    if group.is_done() && all_done(&groups, id)? {
+                        bodies.remove(id).map_err(storage)?;
+                        let envelope = envelopes.get(id).map_err(storage)?.map(|v| v.value().to_vec());
+                        if let Some(bytes) = envelope {
+                            let mut env: Envelope = serde_json::from_slice(&bytes).map_err(storage)?;
+                            let now = Timestamp::now();
+                            env.done_at = Some(now);
+                            envelopes.insert(id, json(&env)?.as_slice()).map_err(storage)?;
+                            history.insert((now.millis(), id), ()).map_err(storage)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    txn.commit().map_err(storage)
+}
+
+fn all_done(groups: &redb::Table<(u128, &str), &[u8]>, id: u128) -> Result<bool, SpoolError> {
+    for entry in groups.range((id, "")..).map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        if key.value().0 != id {
+            break;
+        }
+        let group: Group = serde_json::from_slice(value.value()).map_err(storage)?;
+        if !group.is_done() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, SpoolError> {
+    serde_json::to_vec(value).map_err(storage)
+}
+
+#[async_trait::async_trait]
+impl Spool for RedbSpool {
+    async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(SpoolError::Closed)?;
+        tx.send(Batch { ops, done }).map_err(|_| SpoolError::Closed)?;
+        wait.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    fn body(&self, id: MessageId) -> Result<Option<Bytes>, SpoolError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let bodies = txn.open_table(BODIES).map_err(storage)?;
+        let body = bodies.get(id.as_u128()).map_err(storage)?;
+        Ok(body.map(|b| Bytes::copy_from_slice(b.value())))
+    }
+
+    fn record(&self, id: MessageId) -> Result<Option<Record>, SpoolError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+        let Some(env) = envelopes.get(id.as_u128()).map_err(storage)? else {
+            return Ok(None);
+        };
+        let envelope: Envelope = serde_json::from_slice(env.value()).map_err(storage)?;
+        let table = txn.open_table(GROUPS).map_err(storage)?;
+        let mut groups = Vec::new();
+        for entry in table.range((id.as_u128(), "")..).map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            if key.value().0 != id.as_u128() {
+                break;
+            }
+            groups.push(serde_json::from_slice(value.value()).map_err(storage)?);
+        }
+        Ok(Some((envelope, groups)))
+    }
+
+    fn recover(&self) -> Result<Recovered, SpoolError> {
+        let mut recovered = Recovered::default();
+        let mut bad_groups: Vec<(u128, String, Vec<u8>)> = Vec::new();
+        let mut bad_envelopes: BTreeSet<u128> = BTreeSet::new();
+        {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+            let bodies = txn.open_table(BODIES).map_err(storage)?;
+            let groups = txn.open_table(GROUPS).map_err(storage)?;
+            let mut cache: HashMap<u128, Option<Arc<Envelope>>> = HashMap::new();
+            for entry in groups.iter().map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                let (id, domain) = key.value();
+                let group: Group = match serde_json::from_slice(value.value()) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!(id = %uuid::Uuid::from_u128(id), domain, error = %e, "spool: unreadable recipient group set aside");
+                        bad_groups.push((id, domain.to_string(), value.value().to_vec()));
+                        continue;
+                    }
+                };
+                if group.is_done() {
+                    continue;
+                }
+                let envelope = cache.entry(id).or_insert_with(|| {
+                    let env = envelopes.get(id).ok().flatten()?;
+                    let has_body = bodies.get(id).ok().flatten().is_some();
+                    match serde_json::from_slice::<Envelope>(env.value()) {
+                        Ok(env) if has_body => Some(Arc::new(env)),
+                        Ok(_) => {
+                            tracing::error!(id = %uuid::Uuid::from_u128(id), "spool: message without a body set aside");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::error!(id = %uuid::Uuid::from_u128(id), error = %e, "spool: unreadable envelope set aside");
+                            None
+                        }
+                    }
+                });
+                match envelope {
+                    Some(env) => recovered.pending.push((env.clone(), group)),
+                    None => {
+                        bad_envelopes.insert(id);
+                        bad_groups.push((id, domain.to_string(), value.value().to_vec()));
+                    }
+                }
+            }
+        }
+        recovered.set_aside = bad_groups.len();
+        if !bad_groups.is_empty() {
+            self.set_aside(bad_groups, bad_envelopes)?;
+        }
+        Ok(recovered)
+    }
+
+    fn purge(&self, before: Timestamp) -> Result<usize, SpoolError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut purged = 0;
+        {
+            let mut history = txn.open_table(HISTORY).map_err(storage)?;
+            let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+            let mut groups = txn.open_table(GROUPS).map_err(storage)?;
+            let old: Vec<(u64, u128)> = history
+                .range(..(before.millis(), 0))
+                .map_err(storage)?
+                .filter_map(|e| e.ok().map(|(k, _)| k.value()))
+                .collect();
+            for (at, id) in old {
+                history.remove((at, id)).map_err(storage)?;
+                envelopes.remove(id).map_err(storage)?;
+                let mut domains = Vec::new();
+                for entry in groups.range((id, "")..).map_err(storage)? {
+                    let (key, _) = entry.map_err(storage)?;
+                    let (gid, domain) = key.value();
+                    if gid != id {
+                        break;
+                    }
+                    domains.push(domain.to_string());
+                }
+                for d in domains {
+                    groups.remove((id, d.as_str())).map_err(storage)?;
+                }
+                purged += 1;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(purged)
+    }
+}
+
+impl RedbSpool {
+    /// Moves unreadable entries to the `set_aside` table, out of the queue's way.
+    fn set_aside(&self, bad_groups: Vec<(u128, String, Vec<u8>)>, bad_envelopes: BTreeSet<u128>) -> Result<(), SpoolError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut aside = txn.open_table(SET_ASIDE).map_err(storage)?;
+            let mut groups = txn.open_table(GROUPS).map_err(storage)?;
+            let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+            let mut bodies = txn.open_table(BODIES).map_err(storage)?;
+            for (id, domain, raw) in &bad_groups {
+                let key = format!("group/{}/{domain}", uuid::Uuid::from_u128(*id));
+                aside.insert(key.as_str(), raw.as_slice()).map_err(storage)?;
+                groups.remove((*id, domain.as_str())).map_err(storage)?;
+            }
+            for id in bad_envelopes {
+                let name = uuid::Uuid::from_u128(id);
+                if let Some(raw) = envelopes.remove(id).map_err(storage)?.map(|v| v.value().to_vec()) {
+                    aside.insert(format!("envelope/{name}").as_str(), raw.as_slice()).map_err(storage)?;
+                }
+                if let Some(raw) = bodies.remove(id).map_err(storage)?.map(|v| v.value().to_vec()) {
+                    aside.insert(format!("body/{name}").as_str(), raw.as_slice()).map_err(storage)?;
+                }
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Writes raw bytes under a group key, as a damaged disk might; for tests.
+    #[doc(hidden)]
+    pub fn corrupt_group_for_test(&self, id: MessageId, domain: &str, raw: &[u8]) -> Result<(), SpoolError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(GROUPS).map_err(storage)?.insert((id.as_u128(), domain), raw).map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Address;
+    use crate::message::{State, group_by_domain, new_id};
+
+    fn message(rcpts: &[&str]) -> NewMessage {
+        let rcpts: Vec<Address> = rcpts.iter().map(|r| Address::parse(r).unwrap()).collect();
+        let id = new_id();
+        NewMessage {
+            envelope: Envelope {
+                id,
+                from: "s@a.test".into(),
+                received_at: Timestamp::now(),
+                size: 5,
+                source: "test".into(),
+                done_at: None,
+            },
+            groups: group_by_domain(&rcpts, Timestamp::now()),
+            body: Bytes::from_static(b"hello"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_updates_recovers_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = message(&["a@x.test", "b@y.test"]);
+        let id = m.envelope.id;
+        {
+            let spool = RedbSpool::open(dir.path()).unwrap();
+            spool.commit(vec![Op::Store(m.clone())]).await.unwrap();
+            let mut x = m.groups[0].clone();
+            x.recipients[0].state = State::Delivered;
+            x.next_attempt = None;
+            spool.commit(vec![Op::Update { id, group: x }]).await.unwrap();
+        }
+        let spool = RedbSpool::open(dir.path()).unwrap();
+        let recovered = spool.recover().unwrap();
+        assert_eq!(recovered.pending.len(), 1, "only y.test is pending");
+        assert_eq!(recovered.pending[0].1.domain, "y.test");
+        assert_eq!(spool.body(id).unwrap().as_deref(), Some(&b"hello"[..]));
+
+        let mut y = m.groups[1].clone();
+        y.recipients[0].state = State::Bounced;
+        spool.commit(vec![Op::Update { id, group: y }]).await.unwrap();
+        assert_eq!(spool.body(id).unwrap(), None, "body goes when every group is final");
+        let (env, groups) = spool.record(id).unwrap().unwrap();
+        assert!(env.done_at.is_some());
+        assert_eq!(groups.len(), 2);
+        assert_eq!(spool.recover().unwrap().pending.len(), 0);
+
+        assert_eq!(spool.purge(Timestamp(0)).unwrap(), 0);
+        assert_eq!(spool.purge(Timestamp::now() + std::time::Duration::from_secs(1)).unwrap(), 1);
+        assert!(spool.record(id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn corrupt_entries_are_set_aside_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = RedbSpool::open(dir.path()).unwrap();
+        let good = message(&["a@x.test"]);
+        let bad = message(&["b@x.test"]);
+        spool.commit(vec![Op::Store(good.clone()), Op::Store(bad.clone())]).await.unwrap();
+        spool.corrupt_group_for_test(bad.envelope.id, "x.test", b"{not json").unwrap();
+        let recovered = spool.recover().unwrap();
+        assert_eq!(recovered.set_aside, 1);
+        assert_eq!(recovered.pending.len(), 1);
+        assert_eq!(recovered.pending[0].0.id, good.envelope.id);
+        // Set aside once: the next start is clean.
+        assert_eq!(spool.recover().unwrap().set_aside, 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(RedbSpool::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let spool = spool.clone();
+            tasks.push(tokio::spawn(async move { spool.commit(vec![Op::Store(message(&["a@x.test"]))]).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(spool.recover().unwrap().pending.len(), 200);
+    }
+}

@@ -1,0 +1,104 @@
+//! Timestamps as knock persists and shows them: wall-clock UTC, millisecond precision,
+//! RFC 3339 text in JSON. Timing *inside* the scheduler uses `tokio::time`; these are what
+//! is written to the spool, the event log and the API.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    pub fn millis(self) -> u64 {
+        self.0
+    }
+
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// Time from now until `self`, zero if it has passed.
+    pub fn until_now(self) -> Duration {
+        self.since(Timestamp::now())
+    }
+}
+
+impl std::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, rhs: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(rhs.as_millis().min(u64::MAX as u128) as u64))
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        Timestamp(
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        )
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.to_system_time())
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text)
+            .map(Timestamp::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// RFC 5322 date-time, for Date headers and DSN fields.
+pub fn rfc5322(ts: Timestamp) -> String {
+    mail_builder::headers::date::Date::new((ts.0 / 1000) as i64).to_rfc822()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json() {
+        let ts = Timestamp(1_700_000_000_123);
+        let json = serde_json::to_string(&ts).unwrap();
+        assert_eq!(json, "\"2023-11-14T22:13:20.123Z\"");
+        let back: Timestamp = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ts);
+    }
+
+    #[test]
+    fn formats_rfc5322() {
+        assert_eq!(
+            rfc5322(Timestamp(1_700_000_000_000)),
+            "Tue, 14 Nov 2023 22:13:20 +0000"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The SMTP client side of delivery behind the [`Transport`] trait: from a recipient domain
+//! to an open, greeted connection (routes or MX lookup, each MX host and address in turn),
+//! and transactions over it. Tests may substitute a scripted transport.
+
+use crate::config::{DeliveryConfig, parse_host_port};
+use crate::outcome::Outcome;
+use crate::reply::Enhanced;
+use crate::resolve::{DnsError, Resolver};
+use crate::smtp::client::{Client, TransactionReplies};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// An open connection for `domain`, or the outcome that stands for every recipient
+    /// when there is none (DNS failure, every host down or refusing).
+    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, Outcome>;
+}
+
+#[async_trait]
+pub trait Connection: Send {
+    /// The MX host name this connection reached.
+    fn mx(&self) -> &str;
+    fn local_ip(&self) -> String;
+    fn is_reusable(&self) -> bool;
+    async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies;
+    async fn quit(self: Box<Self>);
+}
+
+/// One host to try: its name and its addresses.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+pub struct SmtpTransport {
+    resolver: Arc<dyn Resolver>,
+    routes: BTreeMap<String, Vec<(String, u16)>>,
+    config: DeliveryConfig,
+    helo_name: String,
+}
+
+impl SmtpTransport {
+    pub fn new(
+        resolver: Arc<dyn Resolver>,
+        routes: &BTreeMap<String, Vec<String>>,
+        config: DeliveryConfig,
+        helo_name: String,
+    ) -> SmtpTransport {
+        let routes = routes
+            .iter()
+            .map(|(domain, hosts)| {
+                let hosts = hosts
+                    .iter()
+                    .filter_map(|h| parse_host_port(h, config.port).ok())
+                    .collect();
+                (domain.to_ascii_lowercase(), hosts)
+            })
+            .collect();
+        SmtpTransport { resolver, routes, config, helo_name }
+    }
+
+    /// The hosts to try for `domain`, in order: a route when one matches, else its MX.
+    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, Outcome> {
+        let hosts: Vec<(String, u16)> = match self.routes.get(domain).or_else(|| self.routes.get("*")) {
+            Some(hosts) => hosts.clone(),
+            None => self
+                .resolver
+                .mx(domain)
+                .await
+                .map_err(dns_outcome)?
+                .into_iter()
+                .map(|mx| (mx.name, self.config.port))
+                .collect(),
+        };
+        let mut targets = Vec::with_capacity(hosts.len());
+        let mut last_error = None;
+        for (host, port) in hosts {
+            match self.resolver.addrs(&host, port).await {
+                Ok(addrs) => targets.push(Target { host, addrs }),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (targets.is_empty(), last_error) {
+            (true, Some(e)) => Err(dns_outcome(e)),
+            _ => Ok(targets),
+        }
+    }
+}
+
+/// RFC 3463 / RFC 7505 codes for what DNS said.
+fn dns_outcome(e: DnsError) -> Outcome {
+    let code = match &e {
+        DnsError::NxDomain(_) => Enhanced::new(5, 1, 2),
+        DnsError::NullMx(_) => Enhanced::new(5, 1, 10),
+        DnsError::NoAddress(_) => Enhanced::new(4, 4, 4),
+        DnsError::Temporary(..) => Enhanced::new(4, 4, 3),
+    };
+    Outcome::local(code, e.to_string())
+}
+
+#[async_trait]
+impl Transport for SmtpTransport {
+    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, Outcome> {
+        let targets = self.targets(domain).await?;
+        let mut failure = Outcome::network(format!("no mail exchanger for {domain}"));
+        for target in targets {
+            for addr in &target.addrs {
+                match self.open(&target.host, *addr).await {
+                    Ok(conn) => return Ok(Box::new(conn)),
+                    Err(outcome) => {
+                        tracing::debug!(domain, host = %target.host, %addr, reason = %outcome.diagnostic(), "MX host unusable, trying the next");
+                        failure = outcome;
+                    }
+                }
+            }
+        }
+        Err(failure)
+    }
+}
+
+impl SmtpTransport {
+    /// Connects, reads the greeting and says EHLO; any refusal is the outcome.
+    async fn open(&self, host: &str, addr: SocketAddr) -> Result<SmtpConnection, Outcome> {
+        let described = |text: String| format!("{host}[{}]: {text}", addr);
+        let mut client = Client::connect(addr, &self.config.timeouts)
+            .await
+            .map_err(|e| Outcome::network(described(e.to_string())))?;
+        let greeting = client
+            .read_greeting()
+            .await
+            .map_err(|e| Outcome::network(described(e.to_string())))?;
+        if !greeting.is_positive() {
+            client.quit().await;
+            return Err(Outcome::from_reply(&greeting));
+        }
+        let hello = client
+            .hello(&self.helo_name)
+            .await
+            .map_err(|e| Outcome::network(described(e.to_string())))?;
+        if !hello.is_positive() {
+            client.quit().await;
+            return Err(Outcome::from_reply(&hello));
+        }
+        Ok(SmtpConnection { client, mx: host.to_string() })
+    }
+}
+
+struct SmtpConnection {
+    client: Client,
+    mx: String,
+}
+
+#[async_trait]
+impl Connection for SmtpConnection {
+    fn mx(&self) -> &str {
+        &self.mx
+    }
+
+    fn local_ip(&self) -> String {
+        self.client.local.ip().to_string()
+    }
+
+    fn is_reusable(&self) -> bool {
+        !self.client.is_broken()
+    }
+
+    async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies {
+        self.client.send(from, rcpts, body).await
+    }
+
+    async fn quit(self: Box<Self>) {
+        self.client.quit().await
+    }
+}
