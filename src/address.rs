@@ -77,7 +77,10 @@ pub fn check_domain(domain: &str) -> Result<String, AddressError> {
     if domain.starts_with('[') && domain.ends_with(']') {
         let inner = &domain[1..domain.len() - 1];
         let ip = inner.strip_prefix("IPv6:").unwrap_or(inner);
-        return ip.parse::<std::net::IpAddr>().map(|_| domain.to_string()).map_err(|_| bad());
+        return ip
+            .parse::<std::net::IpAddr>()
+            .map(|_| domain.to_string())
+            .map_err(|_| bad());
     }
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     if domain.is_empty() || domain.len() > 253 {
@@ -104,22 +107,40 @@ mod tests {
     fn accepts_real_addresses() {
         for (text, local, domain) in [
             ("a@b.test", "a", "b.test"),
-            ("<First.Last+tag@Example.COM>", "First.Last+tag", "example.com"),
+            (
+                "<First.Last+tag@Example.COM>",
+                "First.Last+tag",
+                "example.com",
+            ),
             ("o'neil@x-y.test", "o'neil", "x-y.test"),
             ("\"john doe\"@a.test", "\"john doe\"", "a.test"),
             ("root@[127.0.0.1]", "root", "[127.0.0.1]"),
             ("user@b.test.", "user", "b.test"),
         ] {
             let a = Address::parse(text).unwrap();
-            assert_eq!((a.local.as_str(), a.domain.as_str()), (local, domain), "{text}");
+            assert_eq!(
+                (a.local.as_str(), a.domain.as_str()),
+                (local, domain),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn refuses_broken_addresses() {
         for text in [
-            "", "<>", "nodomain", "@a.test", "a@", "a b@c.test", "a@b..test", "a@-b.test",
-            ".a@b.test", "a..b@c.test", "a@b_c.test", "a@[not.an.ip]",
+            "",
+            "<>",
+            "nodomain",
+            "@a.test",
+            "a@",
+            "a b@c.test",
+            "a@b..test",
+            "a@-b.test",
+            ".a@b.test",
+            "a..b@c.test",
+            "a@b_c.test",
+            "a@[not.an.ip]",
         ] {
             assert!(Address::parse(text).is_err(), "{text:?} should be refused");
         }

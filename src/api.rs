@@ -25,7 +25,10 @@ pub struct ApiState {
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/api/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/api/v1/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .route("/api/v1/messages", post(post_message))
         .route("/api/v1/messages/{id}", get(get_message))
         .route("/api/v1/queue", get(get_queue))
@@ -42,11 +45,19 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        ApiError { status, error: error.into(), field: None }
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+        }
     }
 
     fn field(field: impl Into<String>, error: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, error: error.into(), field: Some(field.into()) }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: error.into(),
+            field: Some(field.into()),
+        }
     }
 }
 
@@ -80,9 +91,15 @@ pub struct SendResponse {
     pub recipients: Vec<String>,
 }
 
-async fn post_message(AxState(state): AxState<Arc<ApiState>>, body: Bytes) -> Result<(StatusCode, axum::Json<SendResponse>), ApiError> {
-    let req: SendRequest = serde_json::from_slice(&body).map_err(json_error)?;
-    let from = Address::parse(&req.from).map_err(|e| ApiError::field("from", format!("not a valid address: {e}")))?;
+async fn post_message(
+    AxState(state): AxState<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<SendResponse>), ApiError> {
+    let req: SendRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(json_error)?;
+    let from = Address::parse(&req.from)
+        .map_err(|e| ApiError::field("from", format!("not a valid address: {e}")))?;
     if req.to.is_empty() {
         return Err(ApiError::field("to", "at least one recipient is needed"));
     }
@@ -90,20 +107,45 @@ async fn post_message(AxState(state): AxState<Arc<ApiState>>, body: Bytes) -> Re
         .to
         .iter()
         .enumerate()
-        .map(|(i, t)| Address::parse(t).map_err(|e| ApiError::field(format!("to[{i}]"), format!("not a valid address: {e}"))))
+        .map(|(i, t)| {
+            Address::parse(t).map_err(|e| {
+                ApiError::field(format!("to[{i}]"), format!("not a valid address: {e}"))
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let id = new_id();
     let message = match (&req.raw, &req.subject, &req.text) {
         (Some(raw), None, None) => raw_message(raw)?,
-        (Some(_), _, _) => return Err(ApiError::field("raw", "give either raw or subject and text, not both")),
-        (None, Some(subject), Some(text)) => build_message(&state.hostname, id, &from, &rcpts, subject, text)?,
-        (None, None, _) => return Err(ApiError::field("subject", "needed (or give the whole message as raw)")),
-        (None, Some(_), None) => return Err(ApiError::field("text", "needed (or give the whole message as raw)")),
+        (Some(_), _, _) => {
+            return Err(ApiError::field(
+                "raw",
+                "give either raw or subject and text, not both",
+            ));
+        }
+        (None, Some(subject), Some(text)) => {
+            build_message(&state.hostname, id, &from, &rcpts, subject, text)?
+        }
+        (None, None, _) => {
+            return Err(ApiError::field(
+                "subject",
+                "needed (or give the whole message as raw)",
+            ));
+        }
+        (None, Some(_), None) => {
+            return Err(ApiError::field(
+                "text",
+                "needed (or give the whole message as raw)",
+            ));
+        }
     };
     if message.len() as u64 > state.max_message_size {
         return Err(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
-            error: format!("message is {} bytes; the limit is {}", message.len(), state.max_message_size),
+            error: format!(
+                "message is {} bytes; the limit is {}",
+                message.len(),
+                state.max_message_size
+            ),
             field: Some(if req.raw.is_some() { "raw" } else { "text" }.into()),
         });
     }
@@ -113,31 +155,53 @@ async fn post_message(AxState(state): AxState<Arc<ApiState>>, body: Bytes) -> Re
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "could not store a message from the API");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the spool could not store the message; try again")
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the spool could not store the message; try again",
+            )
         })?;
-    let recipients = stored.groups.iter().flat_map(|g| g.recipients.iter().map(|r| r.address.clone())).collect();
-    Ok((StatusCode::ACCEPTED, axum::Json(SendResponse { id: id.to_string(), recipients })))
+    let recipients = stored
+        .groups
+        .iter()
+        .flat_map(|g| g.recipients.iter().map(|r| r.address.clone()))
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(SendResponse {
+            id: id.to_string(),
+            recipients,
+        }),
+    ))
 }
 
-/// Names the field serde complained about where it can.
-fn json_error(e: serde_json::Error) -> ApiError {
-    let text = e.to_string();
-    let field = ["from", "to", "raw", "subject", "text"]
+/// Names the field serde complained about, where there is one.
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    // A missing field has no path of its own: serde names it only in its message.
+    let text = inner.to_string();
+    let named = ["from", "to", "raw", "subject", "text"]
         .into_iter()
-        .find(|f| text.contains(&format!("`{f}`")));
-    match field {
-        Some(f) => ApiError::field(f, format!("invalid request: {text}")),
-        None => ApiError::field("body", format!("invalid JSON: {text}")),
+        .find(|f| text.starts_with(&format!("missing field `{f}`")));
+    match (inner.classify(), named) {
+        (_, Some(field)) => ApiError::field(field, format!("invalid request: {inner}")),
+        (serde_json::error::Category::Data, _) if path != "." => {
+            ApiError::field(path, format!("invalid request: {inner}"))
+        }
+        _ => ApiError::field("body", format!("invalid JSON: {inner}")),
     }
 }
 
 fn raw_message(raw: &str) -> Result<Bytes, ApiError> {
-    let has_headers = raw
-        .lines()
-        .next()
-        .is_some_and(|l| l.split_once(':').is_some_and(|(name, _)| !name.is_empty() && !name.contains(' ')));
+    let has_headers = raw.lines().next().is_some_and(|l| {
+        l.split_once(':')
+            .is_some_and(|(name, _)| !name.is_empty() && !name.contains(' '))
+    });
     if !has_headers {
-        return Err(ApiError::field("raw", "not an RFC 5322 message: it must start with a header field"));
+        return Err(ApiError::field(
+            "raw",
+            "not an RFC 5322 message: it must start with a header field",
+        ));
     }
     // Normalise line endings to CRLF, as SMTP carries them.
     let mut out = String::with_capacity(raw.len() + raw.len() / 40);
@@ -148,7 +212,14 @@ fn raw_message(raw: &str) -> Result<Bytes, ApiError> {
     Ok(out.into())
 }
 
-fn build_message(hostname: &str, id: MessageId, from: &Address, to: &[Address], subject: &str, text: &str) -> Result<Bytes, ApiError> {
+fn build_message(
+    hostname: &str,
+    id: MessageId,
+    from: &Address,
+    to: &[Address],
+    subject: &str,
+    text: &str,
+) -> Result<Bytes, ApiError> {
     mail_builder::MessageBuilder::new()
         .from(from.to_string())
         .to(to.iter().map(|a| a.to_string()).collect::<Vec<_>>())
@@ -157,7 +228,12 @@ fn build_message(hostname: &str, id: MessageId, from: &Address, to: &[Address], 
         .text_body(text)
         .write_to_vec()
         .map(Bytes::from)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("building the message: {e}")))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("building the message: {e}"),
+            )
+        })
 }
 
 /// `GET /api/v1/messages/{id}`.
@@ -183,11 +259,23 @@ pub struct RecipientView {
     pub attempts: Vec<Attempt>,
 }
 
-async fn get_message(AxState(state): AxState<Arc<ApiState>>, Path(id): Path<String>) -> Result<axum::Json<MessageView>, ApiError> {
-    let id: MessageId = id.parse().map_err(|_| ApiError::field("id", format!("{id:?} is not a message id")))?;
-    let record = state.intake.spool.record(id).map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+async fn get_message(
+    AxState(state): AxState<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<MessageView>, ApiError> {
+    let id: MessageId = id
+        .parse()
+        .map_err(|_| ApiError::field("id", format!("{id:?} is not a message id")))?;
+    let record = state
+        .intake
+        .spool
+        .record(id)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let Some((envelope, groups)) = record else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no message {id} (never accepted, or finished and purged)")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no message {id} (never accepted, or finished and purged)"),
+        ));
     };
     let recipients = groups
         .into_iter()
@@ -220,5 +308,7 @@ pub struct QueueView {
 }
 
 async fn get_queue(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<QueueView> {
-    axum::Json(QueueView { domains: state.intake.scheduler.summary().await })
+    axum::Json(QueueView {
+        domains: state.intake.scheduler.summary().await,
+    })
 }

@@ -1,1 +1,184 @@
-//! todo
+//! The HTTP client behind `knock send` and `knock queue`: finds the engine (`--api`,
+//! `--config`, `KNOCK_API`, or the embedded default, in that order), calls the API, and
+//! formats what it returns for people.
+
+use crate::api::{MessageView, QueueView, SendRequest, SendResponse};
+use crate::config::{Config, DEFAULT_HTTP_LISTEN};
+use crate::time::Timestamp;
+use anyhow::{Context, bail};
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// The API's base URL from the flag, else the config file's `[http] listen`, else the
+/// `KNOCK_API` environment variable, else the embedded default.
+pub fn api_base(flag: Option<&str>, config: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(url) = flag {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    if let Some(path) = config {
+        let listen = Config::load(path)?.http.listen;
+        return Ok(format!("http://{listen}"));
+    }
+    if let Ok(url) = std::env::var("KNOCK_API")
+        && !url.is_empty()
+    {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    Ok(format!("http://{DEFAULT_HTTP_LISTEN}"))
+}
+
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: String) -> anyhow::Result<ApiClient> {
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(ApiClient { base, http })
+    }
+
+    pub async fn send(&self, req: &SendRequest) -> anyhow::Result<SendResponse> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/messages", self.base))
+            .json(req)
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
+    pub async fn queue(&self) -> anyhow::Result<QueueView> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/queue", self.base))
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
+    pub async fn message(&self, id: &str) -> anyhow::Result<MessageView> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/messages/{id}", self.base))
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Result<reqwest::Response>,
+    ) -> anyhow::Result<T> {
+        let resp = resp.with_context(|| {
+            format!(
+                "cannot reach knock at {} (is `knock serve` running? see --api)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.context("reading the API's answer")?;
+        if !status.is_success() {
+            let detail: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let error = detail["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            match detail["field"].as_str() {
+                Some(field) => bail!("{status}: {field}: {error}"),
+                None => bail!("{status}: {error}"),
+            }
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from {}", self.base))
+    }
+}
+
+fn age(seconds: u64) -> String {
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+fn relative(t: Timestamp) -> String {
+    let now = Timestamp::now();
+    if t <= now {
+        format!("{t} (due)")
+    } else {
+        format!("{t} (in {})", age(t.since(now).as_secs().max(1)))
+    }
+}
+
+/// `knock queue`: one line per domain.
+pub fn format_queue(q: &QueueView) -> String {
+    if q.domains.is_empty() {
+        return "queue is empty\n".into();
+    }
+    let mut out = format!(
+        "{:<32} {:>7} {:>9} {:>9} {:>12}  {}\n",
+        "DOMAIN", "QUEUED", "DEFERRED", "IN FLIGHT", "OLDEST", "NEXT ATTEMPT"
+    );
+    for d in &q.domains {
+        let next = d.next_attempt.map(relative).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<32} {:>7} {:>9} {:>9} {:>12}  {next}",
+            d.domain,
+            d.queued,
+            d.deferred,
+            d.in_flight,
+            age(d.oldest_age_seconds)
+        );
+    }
+    out
+}
+
+/// `knock queue show ID`: the message, each recipient and its attempts.
+pub fn format_message(m: &MessageView) -> String {
+    let from = if m.from.is_empty() { "<>" } else { &m.from };
+    let mut out = format!(
+        "message {}\n  from {from}, {} bytes, via {}\n  received {}\n",
+        m.id, m.size, m.source, m.received_at
+    );
+    if let Some(done) = m.done_at {
+        let _ = writeln!(out, "  finished {done}");
+    }
+    for r in &m.recipients {
+        let _ = write!(out, "\n  {} [{}]", r.address, r.state.as_str());
+        if let Some(next) = r.next_attempt {
+            let _ = write!(out, " next attempt {}", relative(next));
+        }
+        out.push('\n');
+        for (i, a) in r.attempts.iter().enumerate() {
+            let code = a
+                .code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "---".into());
+            let enhanced = a.enhanced.map(|e| e.to_string()).unwrap_or_default();
+            let class = a
+                .class
+                .map(|c| {
+                    format!(
+                        " [{}]",
+                        serde_json::to_value(c)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {}. {} {} {} {code} {enhanced} {}{class}",
+                i + 1,
+                a.at,
+                a.mx.as_deref().unwrap_or("-"),
+                a.local_ip.as_deref().unwrap_or("-"),
+                a.text
+            );
+        }
+    }
+    out
+}

@@ -299,11 +299,49 @@ pub fn parse_host_port(text: &str, default_port: u16) -> Result<(String, u16), S
         }
         None => (text, default_port),
     };
-    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
     {
         return Err(format!("bad host name in {text:?}"));
     }
     Ok((host.to_ascii_lowercase(), port))
+}
+
+/// A rate such as `"600/min"`, `"100/1m"` or `"5/10s"`: so many per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let (count, per) = text
+            .split_once('/')
+            .ok_or_else(|| format!("bad rate {text:?}: expected N/period, e.g. 600/min"))?;
+        let count = count
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("bad rate {text:?}: {count:?} is not a count"))?;
+        let per = match per.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86400),
+            other => {
+                humantime::parse_duration(other).map_err(|e| format!("bad rate {text:?}: {e}"))?
+            }
+        };
+        if count == 0 || per.is_zero() {
+            return Err(format!(
+                "bad rate {text:?}: count and period must be above zero"
+            ));
+        }
+        Ok(Rate { count, per })
+    }
 }
 
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -385,21 +423,50 @@ path = "knock-data/events.jsonl"
             ("[retry]\nschedule = [\"5 parsecs\"]", "schedule"),
             ("[retry]\nschedule = []", "retry.schedule"),
             ("[retry]\nschedule = [\"0s\"]", "retry.schedule[0]"),
-            ("[routes]\n\"a.test\" = [\"bad host!\"]", "routes.\"a.test\"[0]"),
-            ("[smtp]\ntrusted_networks = [\"10.0.0.0/33\"]", "trusted_networks"),
+            (
+                "[routes]\n\"a.test\" = [\"bad host!\"]",
+                "routes.\"a.test\"[0]",
+            ),
+            (
+                "[smtp]\ntrusted_networks = [\"10.0.0.0/33\"]",
+                "trusted_networks",
+            ),
             ("[bogus]\nx = 1", "bogus"),
         ];
         for (text, key) in cases {
             let err = format!("{:#}", Config::parse(text).unwrap_err());
-            assert!(err.contains(key), "{text:?}: error {err:?} does not name {key}");
+            assert!(
+                err.contains(key),
+                "{text:?}: error {err:?} does not name {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn rates() {
+        let r: Rate = "600/min".parse().unwrap();
+        assert_eq!((r.count, r.per), (600, Duration::from_secs(60)));
+        let r: Rate = "5/10s".parse().unwrap();
+        assert_eq!((r.count, r.per), (5, Duration::from_secs(10)));
+        for bad in ["600", "x/min", "0/min", "5/fortnight"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(parse_host_port("mx.a.test", 25).unwrap(), ("mx.a.test".into(), 25));
-        assert_eq!(parse_host_port("MX.a.test:2600", 25).unwrap(), ("mx.a.test".into(), 2600));
-        assert_eq!(parse_host_port("127.0.0.1:26", 25).unwrap(), ("127.0.0.1".into(), 26));
+        assert_eq!(
+            parse_host_port("mx.a.test", 25).unwrap(),
+            ("mx.a.test".into(), 25)
+        );
+        assert_eq!(
+            parse_host_port("MX.a.test:2600", 25).unwrap(),
+            ("mx.a.test".into(), 2600)
+        );
+        assert_eq!(
+            parse_host_port("127.0.0.1:26", 25).unwrap(),
+            ("127.0.0.1".into(), 26)
+        );
         assert_eq!(parse_host_port("[::1]:26", 25).unwrap(), ("::1".into(), 26));
         assert_eq!(parse_host_port("::1", 25).unwrap(), ("::1".into(), 25));
         assert!(parse_host_port("a.test:x", 25).is_err());

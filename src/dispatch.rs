@@ -38,7 +38,9 @@ pub struct Inner {
 
 impl Dispatcher {
     pub fn new(inner: Inner) -> Dispatcher {
-        Dispatcher { inner: Arc::new(inner) }
+        Dispatcher {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Starts a worker for `domain` with its first job. Must not block: called by the
@@ -76,15 +78,19 @@ impl Inner {
     }
 
     async fn deliver(&self, open: &mut Option<Open>, job: Job) {
-        let Job { envelope, group, body } = job;
+        let Job {
+            envelope,
+            group,
+            body,
+        } = job;
+        // Even past max_age the attempt is made: expiry applies when it fails again, as
+        // with Postfix's maximal_queue_lifetime, so a receiver that is back still gets it.
         let now = Timestamp::now();
-        if now >= self.schedule.deadline(envelope.received_at) {
-            // Waited past its lifetime (knock was down, or the queue was long): no attempt.
-            let updated = self.expire_unattempted(&envelope, group, now);
-            return self.finish(&envelope, updated, body).await;
-        }
         let (results, body) = match self.body(&envelope, body) {
-            Ok(body) => (self.attempt(open, &envelope, &group, &body).await, Some(body)),
+            Ok(body) => (
+                self.attempt(open, &envelope, &group, &body).await,
+                Some(body),
+            ),
             Err(outcome) => (same_for_all(&group, &outcome), None),
         };
         let updated = self.apply(&envelope, group, results, now);
@@ -99,17 +105,31 @@ impl Inner {
             Ok(Some(body)) => Ok(body),
             Ok(None) => {
                 tracing::error!(id = %envelope.id, "message body missing from the spool");
-                Err(Outcome::local(Enhanced::new(5, 3, 0), "message body missing from the spool"))
+                Err(Outcome::local(
+                    Enhanced::new(5, 3, 0),
+                    "message body missing from the spool",
+                ))
             }
-            Err(e) => Err(Outcome::local(Enhanced::new(4, 3, 0), format!("reading the spool: {e}"))),
+            Err(e) => Err(Outcome::local(
+                Enhanced::new(4, 3, 0),
+                format!("reading the spool: {e}"),
+            )),
         }
     }
 
     /// One attempt at every pending recipient of the group: reuse or open a connection,
     /// then one transaction per batch of recipients.
-    async fn attempt(&self, open: &mut Option<Open>, envelope: &Envelope, group: &Group, body: &[u8]) -> Vec<Result1> {
+    async fn attempt(
+        &self,
+        open: &mut Option<Open>,
+        envelope: &Envelope,
+        group: &Group,
+        body: &[u8],
+    ) -> Vec<Result1> {
         let pending: Vec<&str> = group.pending().map(|r| r.address.as_str()).collect();
-        if let Some(o) = open.take_if(|o| !o.conn.is_reusable() || o.sent >= self.messages_per_connection) {
+        if let Some(o) =
+            open.take_if(|o| !o.conn.is_reusable() || o.sent >= self.messages_per_connection)
+        {
             o.conn.quit().await;
         }
         if open.is_none() {
@@ -126,7 +146,10 @@ impl Inner {
             let replies = if o.conn.is_reusable() {
                 o.conn.send(&envelope.from, chunk, body).await.per_recipient
             } else {
-                chunk.iter().map(|_| Err("connection closed by the server".to_string())).collect()
+                chunk
+                    .iter()
+                    .map(|_| Err("connection closed by the server".to_string()))
+                    .collect()
             };
             o.sent += 1;
             for reply in replies {
@@ -134,14 +157,24 @@ impl Inner {
                     Ok(reply) => Outcome::from_reply(&reply),
                     Err(text) => Outcome::network(format!("{mx}: {text}")),
                 };
-                results.push(Result1 { outcome, mx: Some(mx.clone()), local_ip: Some(local_ip.clone()) });
+                results.push(Result1 {
+                    outcome,
+                    mx: Some(mx.clone()),
+                    local_ip: Some(local_ip.clone()),
+                });
             }
         }
         results
     }
 
     /// Records each pending recipient's attempt and moves it to its next state.
-    fn apply(&self, envelope: &Envelope, mut group: Group, results: Vec<Result1>, now: Timestamp) -> Updated {
+    fn apply(
+        &self,
+        envelope: &Envelope,
+        mut group: Group,
+        results: Vec<Result1>,
+        now: Timestamp,
+    ) -> Updated {
         let mut events = Vec::new();
         let mut failed = Vec::new();
         let mut next_attempt: Option<Timestamp> = None;
@@ -158,7 +191,13 @@ impl Inner {
                 class: o.class,
             });
             let attempt = rcpt.attempts.len() as u32;
-            let mut event = Event::new(Kind::Delivered, envelope.id.to_string(), rcpt.address.clone(), group.domain.clone(), envelope.from.clone());
+            let mut event = Event::new(
+                Kind::Delivered,
+                envelope.id.to_string(),
+                rcpt.address.clone(),
+                group.domain.clone(),
+                envelope.from.clone(),
+            );
             event.attempt = Some(attempt);
             event.mx = result.mx.clone();
             event.local_ip = result.local_ip.clone();
@@ -174,69 +213,64 @@ impl Inner {
                 Disposition::Permanent => {
                     rcpt.state = State::Bounced;
                     event.event = Kind::Bounced;
-                    failed.push(dsn::Failure { recipient: rcpt.address.clone(), outcome: o.clone(), mx: result.mx.clone(), state: State::Bounced });
+                    failed.push(dsn::Failure {
+                        recipient: rcpt.address.clone(),
+                        outcome: o.clone(),
+                        mx: result.mx.clone(),
+                        state: State::Bounced,
+                    });
                 }
-                Disposition::Transient => match self.schedule.next(envelope.received_at, now, attempt, fastrand::f64()) {
-                    Next::RetryAt(at) => {
-                        rcpt.state = State::Deferred;
-                        event.event = Kind::Deferred;
-                        event.next_attempt = Some(at);
-                        next_attempt = Some(next_attempt.map_or(at, |t| t.max(at)));
+                Disposition::Transient => {
+                    match self
+                        .schedule
+                        .next(envelope.received_at, now, attempt, fastrand::f64())
+                    {
+                        Next::RetryAt(at) => {
+                            rcpt.state = State::Deferred;
+                            event.event = Kind::Deferred;
+                            event.next_attempt = Some(at);
+                            next_attempt = Some(next_attempt.map_or(at, |t| t.max(at)));
+                        }
+                        Next::Expire => {
+                            rcpt.state = State::Expired;
+                            event.event = Kind::Expired;
+                            failed.push(dsn::Failure {
+                                recipient: rcpt.address.clone(),
+                                outcome: o.clone(),
+                                mx: result.mx.clone(),
+                                state: State::Expired,
+                            });
+                        }
                     }
-                    Next::Expire => {
-                        rcpt.state = State::Expired;
-                        event.event = Kind::Expired;
-                        failed.push(dsn::Failure { recipient: rcpt.address.clone(), outcome: o.clone(), mx: result.mx.clone(), state: State::Expired });
-                    }
-                },
+                }
             }
             events.push(event);
         }
         group.next_attempt = next_attempt;
-        Updated { group, events, failed }
-    }
-
-    /// Expires every pending recipient without an attempt; the last reply stays the reason.
-    fn expire_unattempted(&self, envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated {
-        let mut events = Vec::new();
-        let mut failed = Vec::new();
-        let age = humantime::format_duration(std::time::Duration::from_secs(now.since(envelope.received_at).as_secs()));
-        for rcpt in group.recipients.iter_mut().filter(|r| !r.state.is_final()) {
-            rcpt.state = State::Expired;
-            let last = rcpt.attempts.last();
-            let outcome = match last {
-                Some(a) => Outcome {
-                    disposition: Disposition::Transient,
-                    class: a.class,
-                    code: a.code,
-                    enhanced: a.enhanced,
-                    text: a.text.clone(),
-                },
-                None => Outcome::local(Enhanced::new(4, 4, 7), format!("message expired after {age} in the queue")),
-            };
-            let mut event = Event::new(Kind::Expired, envelope.id.to_string(), rcpt.address.clone(), group.domain.clone(), envelope.from.clone());
-            event.attempt = Some(rcpt.attempts.len() as u32);
-            let mx = last.and_then(|a| a.mx.clone());
-            event.mx = mx.clone();
-            event.code = outcome.code;
-            event.enhanced = outcome.enhanced;
-            event.text = Some(outcome.text.clone());
-            event.class = outcome.class;
-            events.push(event);
-            failed.push(dsn::Failure { recipient: rcpt.address.clone(), mx, outcome, state: State::Expired });
+        Updated {
+            group,
+            events,
+            failed,
         }
-        group.next_attempt = None;
-        Updated { group, events, failed }
     }
 
     /// Commits the new state (with the DSN, in the same transaction), then tells everyone.
     async fn finish(&self, envelope: &Envelope, updated: Updated, body: Option<Bytes>) {
-        let Updated { group, events, failed } = updated;
-        let mut ops = vec![Op::Update { id: envelope.id, group: group.clone() }];
+        let Updated {
+            group,
+            events,
+            failed,
+        } = updated;
+        let mut ops = vec![Op::Update {
+            id: envelope.id,
+            group: group.clone(),
+        }];
         let bounce = if failed.is_empty() || envelope.is_null_sender() {
             None
         } else {
-            let original = body.or_else(|| self.spool.body(envelope.id).ok().flatten()).unwrap_or_default();
+            let original = body
+                .or_else(|| self.spool.body(envelope.id).ok().flatten())
+                .unwrap_or_default();
             dsn::build(&self.hostname, envelope, &original, &failed)
         };
         if let Some(b) = &bounce {
@@ -258,7 +292,14 @@ impl Inner {
 
 /// The same outcome for every pending recipient: nothing was said to any of them apart.
 fn same_for_all(group: &Group, outcome: &Outcome) -> Vec<Result1> {
-    group.pending().map(|_| Result1 { outcome: outcome.clone(), mx: None, local_ip: None }).collect()
+    group
+        .pending()
+        .map(|_| Result1 {
+            outcome: outcome.clone(),
+            mx: None,
+            local_ip: None,
+        })
+        .collect()
 }
 
 /// A new message's groups as scheduler jobs, body kept in memory for the first attempt.
@@ -266,7 +307,11 @@ pub fn jobs_for(m: NewMessage) -> Vec<Job> {
     let envelope = Arc::new(m.envelope);
     m.groups
         .into_iter()
-        .map(|group| Job { envelope: envelope.clone(), group, body: Some(m.body.clone()) })
+        .map(|group| Job {
+            envelope: envelope.clone(),
+            group,
+            body: Some(m.body.clone()),
+        })
         .collect()
 }
 
@@ -274,7 +319,13 @@ pub fn jobs_for(m: NewMessage) -> Vec<Job> {
 pub async fn emit_processed(events: &Events, m: &NewMessage) {
     for g in &m.groups {
         for r in &g.recipients {
-            let e = Event::new(Kind::Processed, m.envelope.id.to_string(), r.address.clone(), g.domain.clone(), m.envelope.from.clone());
+            let e = Event::new(
+                Kind::Processed,
+                m.envelope.id.to_string(),
+                r.address.clone(),
+                g.domain.clone(),
+                m.envelope.from.clone(),
+            );
             events.emit(e).await;
         }
     }

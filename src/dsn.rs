@@ -24,7 +24,12 @@ pub struct Failure {
 
 /// The DSN for `failed` recipients of `envelope`, ready for the spool. `None` when the
 /// sender cannot receive one (the null sender, or an address that does not parse).
-pub fn build(hostname: &str, envelope: &Envelope, original: &[u8], failed: &[Failure]) -> Option<NewMessage> {
+pub fn build(
+    hostname: &str,
+    envelope: &Envelope,
+    original: &[u8],
+    failed: &[Failure],
+) -> Option<NewMessage> {
     if envelope.is_null_sender() {
         return None;
     }
@@ -32,17 +37,26 @@ pub fn build(hostname: &str, envelope: &Envelope, original: &[u8], failed: &[Fai
     let now = Timestamp::now();
     let id = new_id();
     let raw = MessageBuilder::new()
-        .from(MailAddress::new_address(Some("Mail Delivery System"), format!("MAILER-DAEMON@{hostname}")))
+        .from(MailAddress::new_address(
+            Some("Mail Delivery System"),
+            format!("MAILER-DAEMON@{hostname}"),
+        ))
         .to(sender.to_string())
         .subject(subject(failed))
         .message_id(format!("{id}@{hostname}"))
-        .header("Auto-Submitted", mail_builder::headers::raw::Raw::new("auto-replied"))
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-replied"),
+        )
         .body(MimePart::new(
             ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
             vec![
                 MimePart::new("text/plain", human_text(hostname, envelope, failed)),
                 MimePart::raw(delivery_status(hostname, envelope, failed, now)),
-                MimePart::raw(format!("Content-Type: text/rfc822-headers\r\n\r\n{}", header_section(original))),
+                MimePart::raw(format!(
+                    "Content-Type: text/rfc822-headers\r\n\r\n{}",
+                    header_section(original)
+                )),
             ],
         ))
         .write_to_vec()
@@ -81,16 +95,31 @@ fn human_text(hostname: &str, envelope: &Envelope, failed: &[Failure]) -> String
     );
     for f in failed {
         let why = match f.state {
-            State::Expired => "gave up after the message stayed in the queue too long; the last attempt said",
+            State::Expired => {
+                "gave up after the message stayed in the queue too long; the last attempt said"
+            }
             _ => "the receiving server said",
         };
-        let at = f.mx.as_deref().map(|mx| format!(" (host {mx})")).unwrap_or_default();
-        let _ = write!(t, "<{}>{at}: {why}:\r\n    {}\r\n\r\n", f.recipient, f.outcome.diagnostic());
+        let at =
+            f.mx.as_deref()
+                .map(|mx| format!(" (host {mx})"))
+                .unwrap_or_default();
+        let _ = write!(
+            t,
+            "<{}>{at}: {why}:\r\n    {}\r\n\r\n",
+            f.recipient,
+            f.outcome.diagnostic()
+        );
     }
     t
 }
 
-fn delivery_status(hostname: &str, envelope: &Envelope, failed: &[Failure], now: Timestamp) -> String {
+fn delivery_status(
+    hostname: &str,
+    envelope: &Envelope,
+    failed: &[Failure],
+    now: Timestamp,
+) -> String {
     let mut s = String::from("Content-Type: message/delivery-status\r\n\r\n");
     let _ = write!(
         s,
@@ -108,8 +137,17 @@ fn delivery_status(hostname: &str, envelope: &Envelope, failed: &[Failure], now:
         if let Some(mx) = &f.mx {
             let _ = write!(s, "Remote-MTA: dns; {mx}\r\n");
         }
-        let kind = if f.outcome.code.is_some() { "smtp" } else { "X-knock" };
-        let _ = write!(s, "Diagnostic-Code: {kind}; {}\r\nLast-Attempt-Date: {}\r\n", f.outcome.diagnostic(), rfc5322(now));
+        let kind = if f.outcome.code.is_some() {
+            "smtp"
+        } else {
+            "X-knock"
+        };
+        let _ = write!(
+            s,
+            "Diagnostic-Code: {kind}; {}\r\nLast-Attempt-Date: {}\r\n",
+            f.outcome.diagnostic(),
+            rfc5322(now)
+        );
     }
     s
 }
@@ -151,14 +189,18 @@ mod tests {
 
     #[test]
     fn dsn_has_the_three_parts_and_the_diagnostic() {
-        let reply = Reply::parse(b"550 5.1.1 <nobody@b.test>: Recipient address rejected: User unknown\r\n").unwrap();
+        let reply = Reply::parse(
+            b"550 5.1.1 <nobody@b.test>: Recipient address rejected: User unknown\r\n",
+        )
+        .unwrap();
         let failed = [Failure {
             recipient: "nobody@b.test".into(),
             outcome: Outcome::from_reply(&reply),
             mx: Some("mx.b.test".into()),
             state: State::Bounced,
         }];
-        let original = b"From: s@a.test\r\nTo: nobody@b.test\r\nSubject: hi there\r\n\r\nsecret body\r\n";
+        let original =
+            b"From: s@a.test\r\nTo: nobody@b.test\r\nSubject: hi there\r\n\r\nsecret body\r\n";
         let dsn = build("knock.test", &envelope("s@a.test"), original, &failed).unwrap();
         assert_eq!(dsn.envelope.from, "");
         assert_eq!(dsn.groups[0].recipients[0].address, "s@a.test");
@@ -177,9 +219,17 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
-        assert!(!text.contains("secret body"), "only the headers of the original are returned");
-        let parsed = mail_parser::MessageParser::default().parse(&dsn.body[..]).unwrap();
-        assert_eq!(parsed.subject(), Some("Undelivered Mail Returned to Sender"));
+        assert!(
+            !text.contains("secret body"),
+            "only the headers of the original are returned"
+        );
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&dsn.body[..])
+            .unwrap();
+        assert_eq!(
+            parsed.subject(),
+            Some("Undelivered Mail Returned to Sender")
+        );
     }
 
     #[test]

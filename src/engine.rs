@@ -35,23 +35,37 @@ pub struct Engine {
 impl Engine {
     /// Starts with real DNS.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
-        let resolver = DnsResolver::from_system(config.dns.timeout, config.dns.attempts).context("setting up the DNS resolver")?;
+        let resolver = DnsResolver::from_system(config.dns.timeout, config.dns.attempts)
+            .context("setting up the DNS resolver")?;
         Self::start_with(config, Arc::new(resolver)).await
     }
 
     /// Starts with the given resolver (tests use a static one).
     pub async fn start_with(config: Config, resolver: Arc<dyn Resolver>) -> anyhow::Result<Engine> {
         config.validate()?;
-        let transport = SmtpTransport::new(resolver, &config.routes, config.delivery.clone(), config.smtp.hostname.clone());
+        let transport = SmtpTransport::new(
+            resolver,
+            &config.routes,
+            config.delivery.clone(),
+            config.smtp.hostname.clone(),
+        );
         Self::start_with_transport(config, Arc::new(transport)).await
     }
 
-    pub async fn start_with_transport(config: Config, transport: Arc<dyn Transport>) -> anyhow::Result<Engine> {
+    pub async fn start_with_transport(
+        config: Config,
+        transport: Arc<dyn Transport>,
+    ) -> anyhow::Result<Engine> {
         let spool_dir = config.spool.path.clone();
         let spool: Arc<dyn Spool> = Arc::new(
             tokio::task::spawn_blocking(move || RedbSpool::open(&spool_dir))
                 .await?
-                .with_context(|| format!("spool.path: opening the spool in {}", config.spool.path.display()))?,
+                .with_context(|| {
+                    format!(
+                        "spool.path: opening the spool in {}",
+                        config.spool.path.display()
+                    )
+                })?,
         );
         let (events, events_writer) = Events::open(&config.events.path).await?;
         let smtp_listener = TcpListener::bind(config.smtp.listen)
@@ -73,27 +87,52 @@ impl Engine {
             messages_per_connection: config.delivery.messages_per_connection,
             max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
         });
-        let scheduler = Scheduler::new(commands, dispatcher, config.delivery.max_connections_per_domain);
-        let mut tasks = vec![tokio::spawn(scheduler.run(shutdown.clone(), SHUTDOWN_GRACE))];
+        let scheduler = Scheduler::new(
+            commands,
+            dispatcher,
+            config.delivery.max_connections_per_domain,
+        );
+        let mut tasks = vec![tokio::spawn(
+            scheduler.run(shutdown.clone(), SHUTDOWN_GRACE),
+        )];
 
         let recover_spool = spool.clone();
         let recovered = tokio::task::spawn_blocking(move || recover_spool.recover()).await??;
         if recovered.set_aside > 0 {
-            tracing::error!(entries = recovered.set_aside, "unreadable spool entries were set aside (table set_aside in the spool)");
+            tracing::error!(
+                entries = recovered.set_aside,
+                "unreadable spool entries were set aside (table set_aside in the spool)"
+            );
         }
-        tracing::info!(groups = recovered.pending.len(), "recovered the queue from the spool");
+        tracing::info!(
+            groups = recovered.pending.len(),
+            "recovered the queue from the spool"
+        );
         handle.enqueue(
             recovered
                 .pending
                 .into_iter()
-                .map(|(envelope, group)| Job { envelope, group, body: None })
+                .map(|(envelope, group)| Job {
+                    envelope,
+                    group,
+                    body: None,
+                })
                 .collect(),
         );
 
-        let intake = Arc::new(Intake { spool: spool.clone(), scheduler: handle, events });
+        let intake = Arc::new(Intake {
+            spool: spool.clone(),
+            scheduler: handle,
+            events,
+        });
         let smtp_addr = smtp_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
-        tasks.push(tokio::spawn(ingest::run_smtp(smtp_listener, intake.clone(), config.smtp.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(ingest::run_smtp(
+            smtp_listener,
+            intake.clone(),
+            config.smtp.clone(),
+            shutdown.clone(),
+        )));
         let app = api::router(Arc::new(ApiState {
             intake,
             hostname: config.smtp.hostname.clone(),
@@ -108,9 +147,19 @@ impl Engine {
                 tracing::error!(error = %e, "the HTTP API stopped");
             }
         }));
-        tasks.push(tokio::spawn(purge_loop(spool, config.spool.history, shutdown.clone())));
+        tasks.push(tokio::spawn(purge_loop(
+            spool,
+            config.spool.history,
+            shutdown.clone(),
+        )));
         tracing::info!(smtp = %smtp_addr, http = %http_addr, "knock is running");
-        Ok(Engine { smtp_addr, http_addr, shutdown, tasks, events_writer })
+        Ok(Engine {
+            smtp_addr,
+            http_addr,
+            shutdown,
+            tasks,
+            events_writer,
+        })
     }
 
     /// Stops accepting, lets in-flight deliveries finish (within a grace period), flushes
@@ -143,9 +192,15 @@ async fn purge_loop(spool: Arc<dyn Spool>, keep: Duration, shutdown: Cancellatio
             _ = shutdown.cancelled() => return,
         }
         let spool = spool.clone();
-        let before = Timestamp(Timestamp::now().millis().saturating_sub(keep.as_millis() as u64));
+        let before = Timestamp(
+            Timestamp::now()
+                .millis()
+                .saturating_sub(keep.as_millis() as u64),
+        );
         match tokio::task::spawn_blocking(move || spool.purge(before)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(messages = n, "purged finished messages from the spool"),
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(messages = n, "purged finished messages from the spool")
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "purging the spool failed"),
             _ => {}
         }

@@ -53,7 +53,13 @@ pub struct Event {
 
 impl Event {
     /// An event with the identity fields set and the rest empty.
-    pub fn new(event: Kind, message_id: String, recipient: String, domain: String, from: String) -> Event {
+    pub fn new(
+        event: Kind,
+        message_id: String,
+        recipient: String,
+        domain: String,
+        from: String,
+    ) -> Event {
         Event {
             event,
             timestamp: Timestamp::now(),

@@ -29,10 +29,24 @@ pub struct Intake {
 
 impl Intake {
     /// Stores the message durably, then queues it. Returns once it is on disk.
-    pub async fn accept(&self, id: MessageId, from: String, rcpts: &[Address], body: Bytes, source: String) -> Result<NewMessage, SpoolError> {
+    pub async fn accept(
+        &self,
+        id: MessageId,
+        from: String,
+        rcpts: &[Address],
+        body: Bytes,
+        source: String,
+    ) -> Result<NewMessage, SpoolError> {
         let now = Timestamp::now();
         let message = NewMessage {
-            envelope: Envelope { id, from, received_at: now, size: body.len() as u64, source, done_at: None },
+            envelope: Envelope {
+                id,
+                from,
+                received_at: now,
+                size: body.len() as u64,
+                source,
+                done_at: None,
+            },
             groups: group_by_domain(rcpts, now),
             body,
         };
@@ -66,7 +80,11 @@ impl Handler for IngestHandler {
         let from = session.from.clone().unwrap_or_default();
         let body = with_received(&self.config.hostname, session, id, body);
         let source = format!("smtp {}", session.peer);
-        match self.intake.accept(id, from, &session.rcpts, body, source).await {
+        match self
+            .intake
+            .accept(id, from, &session.rcpts, body, source)
+            .await
+        {
             Ok(_) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
             Err(e) => {
                 tracing::error!(error = %e, "could not store an incoming message");
@@ -95,7 +113,12 @@ fn with_received(hostname: &str, session: &Session, id: MessageId, body: Vec<u8>
 }
 
 /// Accepts SMTP connections until `shutdown`; open sessions are told 421 and closed.
-pub async fn run_smtp(listener: TcpListener, intake: Arc<Intake>, config: SmtpConfig, shutdown: CancellationToken) {
+pub async fn run_smtp(
+    listener: TcpListener,
+    intake: Arc<Intake>,
+    config: SmtpConfig,
+    shutdown: CancellationToken,
+) {
     let limits = Arc::new(Limits {
         hostname: config.hostname.clone(),
         max_message_size: config.max_message_size,
@@ -137,7 +160,12 @@ pub async fn run_smtp(listener: TcpListener, intake: Arc<Intake>, config: SmtpCo
 async fn refuse(mut stream: tokio::net::TcpStream, hostname: String) {
     use tokio::io::AsyncWriteExt;
     let mut out = Vec::new();
-    Reply::new(421, "4.7.0", format!("{hostname} Error: too many connections")).write_to(&mut out);
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} Error: too many connections"),
+    )
+    .write_to(&mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }

@@ -1,1 +1,257 @@
-fn main() {}
+//! The `knock` command: `serve` runs the engine; `send` and `queue` talk to a running
+//! engine over its HTTP API; `sink` and `bench` are the receiving MX and load generator
+//! for tests, benchmarks and trying a policy.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use knock::api::SendRequest;
+use knock::client::{ApiClient, api_base, format_message, format_queue};
+use knock::config::{Config, Rate};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "knock",
+    version,
+    about = "An outbound mail delivery engine that understands deferrals"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine (embedded defaults when no config file is given).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Inject a message through the HTTP API and print its id.
+    Send(SendArgs),
+    /// Show the queue per domain, or one message with `queue show ID`.
+    Queue {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        show: Option<QueueCommand>,
+    },
+    /// Run a scriptable receiving MX.
+    Sink(SinkArgs),
+    /// Send N messages over C concurrent SMTP sessions and report the rates.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// One message's recipients and attempts.
+    Show { id: String },
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Base URL of the engine's HTTP API (else --config's [http] listen, else KNOCK_API).
+    #[arg(long)]
+    api: Option<String>,
+    /// Read the API address from this config file's [http] listen.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::new(api_base(self.api.as_deref(), self.config.as_deref())?)
+    }
+}
+
+#[derive(Args)]
+struct SendArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[arg(long)]
+    from: String,
+    #[arg(long, required = true)]
+    to: Vec<String>,
+    #[arg(long, requires = "text", conflicts_with = "file")]
+    subject: Option<String>,
+    #[arg(long, requires = "subject", conflicts_with = "file")]
+    text: Option<String>,
+    /// A whole RFC 5322 message.
+    #[arg(long, required_unless_present = "subject")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    #[arg(long, default_value = "127.0.0.1:2600")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "sink.localdomain")]
+    hostname: String,
+    /// Save each accepted message as N.eml in this directory.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Greylist the first attempt of each (client IP, sender, recipient) for this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    greylist: Option<Duration>,
+    /// Answer 421 4.7.0 past N messages per period per client, e.g. 100/min.
+    #[arg(long)]
+    rate: Option<Rate>,
+    /// Defer this share of recipients at random with 450 4.7.1 (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    defer_share: f64,
+    /// Wait this long before every reply.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<Duration>,
+    /// Serve the counters as JSON at http://ADDR/stats.
+    #[arg(long)]
+    stats: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Where to send (knock's SMTP listener).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp: std::net::SocketAddr,
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    count: usize,
+    #[arg(long, default_value = "5KiB")]
+    size: bytesize::ByteSize,
+    #[arg(long, short = 'c', default_value_t = 20)]
+    concurrency: usize,
+    #[arg(long, default_value = "bench@knock.test")]
+    from: String,
+    #[arg(long, default_value = "user@example.test")]
+    to: String,
+    /// A sink's stats URL (http://ADDR/stats): wait for delivery and report its rate.
+    #[arg(long)]
+    sink_stats: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    knock::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KNOCK_LOG")
+                .unwrap_or_else(|_| "knock=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            knock::engine::Engine::start(config)
+                .await?
+                .run_until_signal()
+                .await
+        }
+        Command::Send(args) => send(args).await,
+        Command::Queue { api, json, show } => {
+            let client = api.client()?;
+            match show {
+                Some(QueueCommand::Show { id }) => {
+                    let m = client.message(&id).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&m)?);
+                    } else {
+                        print!("{}", format_message(&m));
+                    }
+                }
+                None => {
+                    let q = client.queue().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&q)?);
+                    } else {
+                        print!("{}", format_queue(&q));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Sink(args) => sink(args).await,
+        Command::Bench(args) => {
+            let report = knock::bench::run(knock::bench::BenchConfig {
+                target: args.smtp,
+                count: args.count,
+                size: args.size.as_u64() as usize,
+                concurrency: args.concurrency,
+                from: args.from,
+                to: args.to,
+                sink_stats: args.sink_stats,
+                progress: true,
+            })
+            .await?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let raw = match &args.file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let req = SendRequest {
+        from: args.from,
+        to: args.to,
+        raw,
+        subject: args.subject,
+        text: args.text,
+    };
+    let resp = args.api.client()?.send(&req).await?;
+    println!("{}", resp.id);
+    Ok(())
+}
+
+async fn sink(args: SinkArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.defer_share) {
+        anyhow::bail!("--defer-share: must be between 0 and 1");
+    }
+    let sink = Arc::new(
+        knock::sink::Sink::start(knock::sink::SinkConfig {
+            listen: args.listen,
+            hostname: args.hostname,
+            save_dir: args.save,
+            keep: false,
+            greylist: args.greylist,
+            rate: args.rate,
+            defer_share: args.defer_share,
+            delay: args.delay.unwrap_or_default(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", args.listen))?,
+    );
+    eprintln!("knock sink listening on {}", sink.addr);
+    if let Some(addr) = args.stats {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--stats: cannot listen on {addr}"))?;
+        eprintln!("stats at http://{}/stats", listener.local_addr()?);
+        let app = knock::sink::stats_router(sink.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    let stats = sink.stop().await;
+    eprintln!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(())
+}

@@ -108,7 +108,10 @@ impl Group {
 
     /// Temporary failures so far: the attempts of its most-tried pending recipient.
     pub fn failures(&self) -> u32 {
-        self.pending().map(|r| r.attempts.len() as u32).max().unwrap_or(0)
+        self.pending()
+            .map(|r| r.attempts.len() as u32)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn is_deferred(&self) -> bool {
@@ -123,7 +126,11 @@ pub fn group_by_domain(rcpts: &[crate::address::Address], now: Timestamp) -> Vec
         let list = by_domain.entry(a.domain.as_str()).or_default();
         let address = a.to_string();
         if !list.iter().any(|r| r.address == address) {
-            list.push(Recipient { address, state: State::Queued, attempts: Vec::new() });
+            list.push(Recipient {
+                address,
+                state: State::Queued,
+                attempts: Vec::new(),
+            });
         }
     }
     by_domain
@@ -158,12 +165,20 @@ mod tests {
         let groups = group_by_domain(&rcpts, Timestamp(5));
         let summary: Vec<(String, Vec<String>)> = groups
             .iter()
-            .map(|g| (g.domain.clone(), g.recipients.iter().map(|r| r.address.clone()).collect()))
+            .map(|g| {
+                (
+                    g.domain.clone(),
+                    g.recipients.iter().map(|r| r.address.clone()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             vec![
-                ("x.test".to_string(), vec!["a@x.test".to_string(), "c@x.test".to_string()]),
+                (
+                    "x.test".to_string(),
+                    vec!["a@x.test".to_string(), "c@x.test".to_string()]
+                ),
                 ("y.test".to_string(), vec!["b@y.test".to_string()]),
             ]
         );

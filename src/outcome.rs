@@ -65,7 +65,11 @@ impl Outcome {
 
     /// A failure knock observed itself: no reply, so the enhanced code says what happened.
     pub fn local(enhanced: Enhanced, text: impl Into<String>) -> Outcome {
-        let disposition = if enhanced.class == 4 { Disposition::Transient } else { Disposition::Permanent };
+        let disposition = if enhanced.class == 4 {
+            Disposition::Transient
+        } else {
+            Disposition::Permanent
+        };
         Outcome {
             disposition,
             class: classify(if enhanced.class == 4 { 451 } else { 550 }, Some(enhanced)),
@@ -137,18 +141,66 @@ mod tests {
     fn classification_by_codes() {
         let cases: &[(&str, Disposition, Option<Class>)] = &[
             ("250 2.0.0 Ok", Disposition::Delivered, None),
-            ("450 4.2.0 Greylisted", Disposition::Transient, Some(Class::Mailbox)),
-            ("452 4.2.2 Mailbox full", Disposition::Transient, Some(Class::Mailbox)),
-            ("451 4.3.0 Temporary failure", Disposition::Transient, Some(Class::System)),
-            ("421 4.4.2 Timeout", Disposition::Transient, Some(Class::Network)),
-            ("450 4.7.1 Too much mail", Disposition::Transient, Some(Class::Policy)),
-            ("421 Service not available", Disposition::Transient, Some(Class::System)),
-            ("550 5.1.1 User unknown", Disposition::Permanent, Some(Class::Hard)),
-            ("552 5.2.2 Over quota", Disposition::Permanent, Some(Class::Mailbox)),
-            ("554 5.7.1 Blocked", Disposition::Permanent, Some(Class::Block)),
-            ("550 5.7.26 DMARC", Disposition::Permanent, Some(Class::Auth)),
-            ("550 User unknown", Disposition::Permanent, Some(Class::Hard)),
-            ("554 Transaction failed", Disposition::Permanent, Some(Class::Policy)),
+            (
+                "450 4.2.0 Greylisted",
+                Disposition::Transient,
+                Some(Class::Mailbox),
+            ),
+            (
+                "452 4.2.2 Mailbox full",
+                Disposition::Transient,
+                Some(Class::Mailbox),
+            ),
+            (
+                "451 4.3.0 Temporary failure",
+                Disposition::Transient,
+                Some(Class::System),
+            ),
+            (
+                "421 4.4.2 Timeout",
+                Disposition::Transient,
+                Some(Class::Network),
+            ),
+            (
+                "450 4.7.1 Too much mail",
+                Disposition::Transient,
+                Some(Class::Policy),
+            ),
+            (
+                "421 Service not available",
+                Disposition::Transient,
+                Some(Class::System),
+            ),
+            (
+                "550 5.1.1 User unknown",
+                Disposition::Permanent,
+                Some(Class::Hard),
+            ),
+            (
+                "552 5.2.2 Over quota",
+                Disposition::Permanent,
+                Some(Class::Mailbox),
+            ),
+            (
+                "554 5.7.1 Blocked",
+                Disposition::Permanent,
+                Some(Class::Block),
+            ),
+            (
+                "550 5.7.26 DMARC",
+                Disposition::Permanent,
+                Some(Class::Auth),
+            ),
+            (
+                "550 User unknown",
+                Disposition::Permanent,
+                Some(Class::Hard),
+            ),
+            (
+                "554 Transaction failed",
+                Disposition::Permanent,
+                Some(Class::Policy),
+            ),
         ];
         for (raw, disposition, class) in cases {
             let reply = Reply::parse(format!("{raw}\r\n").as_bytes()).unwrap();
@@ -160,9 +212,15 @@ mod tests {
     #[test]
     fn local_failures() {
         let o = Outcome::network("connect to 127.0.0.1:25 failed");
-        assert_eq!((o.disposition, o.class, o.code), (Disposition::Transient, Some(Class::Network), None));
+        assert_eq!(
+            (o.disposition, o.class, o.code),
+            (Disposition::Transient, Some(Class::Network), None)
+        );
         let o = Outcome::local(Enhanced::new(5, 1, 2), "domain does not exist");
-        assert_eq!((o.disposition, o.class), (Disposition::Permanent, Some(Class::Hard)));
+        assert_eq!(
+            (o.disposition, o.class),
+            (Disposition::Permanent, Some(Class::Hard))
+        );
         assert_eq!(o.diagnostic(), "5.1.2 domain does not exist");
     }
 }

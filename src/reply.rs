@@ -126,7 +126,9 @@ impl Reply {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
             let line = line.trim_end_matches('\r');
             match self.enhanced {
-                Some(e) => out.extend_from_slice(format!("{}{sep}{e} {line}\r\n", self.code).as_bytes()),
+                Some(e) => {
+                    out.extend_from_slice(format!("{}{sep}{e} {line}\r\n", self.code).as_bytes())
+                }
                 None => out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes()),
             }
         }
@@ -155,17 +157,46 @@ mod tests {
     #[test]
     fn parses_real_replies() {
         let cases: &[(&str, u16, Option<&str>, &str)] = &[
-            ("250 2.0.0 Ok: queued as 4Xyz\r\n", 250, Some("2.0.0"), "Ok: queued as 4Xyz"),
-            ("450 4.2.0 <a@b.test>: Recipient address rejected: Greylisted\r\n", 450, Some("4.2.0"), "<a@b.test>: Recipient address rejected: Greylisted"),
-            ("421 4.7.28 Gmail has detected an unusual rate\r\n", 421, Some("4.7.28"), "Gmail has detected an unusual rate"),
-            ("554 Transaction failed\r\n", 554, None, "Transaction failed"),
-            ("550-5.1.1 The email account does not exist.\r\n550 5.1.1 Try again.\r\n", 550, Some("5.1.1"), "The email account does not exist.\nTry again."),
+            (
+                "250 2.0.0 Ok: queued as 4Xyz\r\n",
+                250,
+                Some("2.0.0"),
+                "Ok: queued as 4Xyz",
+            ),
+            (
+                "450 4.2.0 <a@b.test>: Recipient address rejected: Greylisted\r\n",
+                450,
+                Some("4.2.0"),
+                "<a@b.test>: Recipient address rejected: Greylisted",
+            ),
+            (
+                "421 4.7.28 Gmail has detected an unusual rate\r\n",
+                421,
+                Some("4.7.28"),
+                "Gmail has detected an unusual rate",
+            ),
+            (
+                "554 Transaction failed\r\n",
+                554,
+                None,
+                "Transaction failed",
+            ),
+            (
+                "550-5.1.1 The email account does not exist.\r\n550 5.1.1 Try again.\r\n",
+                550,
+                Some("5.1.1"),
+                "The email account does not exist.\nTry again.",
+            ),
             ("220 mx.test ESMTP\r\n", 220, None, "mx.test ESMTP"),
         ];
         for (raw, code, enhanced, text) in cases {
             let r = Reply::parse(raw.as_bytes()).unwrap();
             assert_eq!(r.code, *code, "{raw}");
-            assert_eq!(r.enhanced.map(|e| e.to_string()).as_deref(), *enhanced, "{raw}");
+            assert_eq!(
+                r.enhanced.map(|e| e.to_string()).as_deref(),
+                *enhanced,
+                "{raw}"
+            );
             assert_eq!(r.text, *text, "{raw}");
         }
     }
@@ -174,7 +205,10 @@ mod tests {
     fn incomplete_and_malformed() {
         assert_eq!(Reply::parse(b"250-first\r\n"), Err(ReplyError::Incomplete));
         assert_eq!(Reply::parse(b"25"), Err(ReplyError::Incomplete));
-        assert!(matches!(Reply::parse(b"hello\r\n"), Err(ReplyError::Malformed(_))));
+        assert!(matches!(
+            Reply::parse(b"hello\r\n"),
+            Err(ReplyError::Malformed(_))
+        ));
     }
 
     #[test]

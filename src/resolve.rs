@@ -48,7 +48,9 @@ impl DnsResolver {
         let mut builder = TokioResolver::builder_tokio()?;
         builder.options_mut().timeout = timeout;
         builder.options_mut().attempts = attempts;
-        Ok(DnsResolver { inner: builder.build()? })
+        Ok(DnsResolver {
+            inner: builder.build()?,
+        })
     }
 }
 
@@ -63,7 +65,11 @@ impl Resolver for DnsResolver {
                     .iter()
                     .filter_map(|r| match &r.data {
                         RData::MX(mx) => Some(MxHost {
-                            name: mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                            name: mx
+                                .exchange
+                                .to_ascii()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
                             preference: mx.preference,
                         }),
                         _ => None,
@@ -75,7 +81,10 @@ impl Resolver for DnsResolver {
             Err(e) if e.is_no_records_found() => {
                 // No MX: the domain itself is the implicit MX if it has an address.
                 match self.addrs(domain, 25).await {
-                    Ok(_) => Ok(vec![MxHost { name: domain.to_string(), preference: 0 }]),
+                    Ok(_) => Ok(vec![MxHost {
+                        name: domain.to_string(),
+                        preference: 0,
+                    }]),
                     Err(DnsError::NoAddress(_)) => Err(DnsError::NxDomain(domain.to_string())),
                     Err(e) => Err(e),
                 }
@@ -91,7 +100,9 @@ impl Resolver for DnsResolver {
         let fqdn = format!("{}.", host.trim_end_matches('.'));
         match self.inner.lookup_ip(fqdn.as_str()).await {
             Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Err(DnsError::NoAddress(host.to_string())),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                Err(DnsError::NoAddress(host.to_string()))
+            }
             Err(e) => Err(DnsError::Temporary(host.to_string(), e.to_string())),
         }
     }
@@ -127,7 +138,10 @@ impl StaticResolver {
         let list = hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| MxHost { name: h.to_string(), preference: 10 * (i as u16 + 1) })
+            .map(|(i, h)| MxHost {
+                name: h.to_string(),
+                preference: 10 * (i as u16 + 1),
+            })
             .collect();
         self.mx.insert(domain.to_string(), Ok(list));
         self
@@ -154,7 +168,10 @@ impl Resolver for StaticResolver {
     async fn mx(&self, domain: &str) -> Result<Vec<MxHost>, DnsError> {
         match self.mx.get(domain) {
             Some(answer) => answer.clone(),
-            None if self.hosts.contains_key(domain) => Ok(vec![MxHost { name: domain.to_string(), preference: 0 }]),
+            None if self.hosts.contains_key(domain) => Ok(vec![MxHost {
+                name: domain.to_string(),
+                preference: 0,
+            }]),
             None => Err(DnsError::NxDomain(domain.to_string())),
         }
     }
@@ -163,7 +180,10 @@ impl Resolver for StaticResolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        self.hosts.get(host).cloned().ok_or_else(|| DnsError::NoAddress(host.to_string()))
+        self.hosts
+            .get(host)
+            .cloned()
+            .ok_or_else(|| DnsError::NoAddress(host.to_string()))
     }
 }
 
@@ -174,21 +194,38 @@ mod tests {
     #[test]
     fn mx_order_and_null_mx() {
         let hosts = vec![
-            MxHost { name: "b.test".into(), preference: 20 },
-            MxHost { name: "a.test".into(), preference: 10 },
+            MxHost {
+                name: "b.test".into(),
+                preference: 20,
+            },
+            MxHost {
+                name: "a.test".into(),
+                preference: 10,
+            },
         ];
         let ordered = order_mx("d.test", hosts).unwrap();
         assert_eq!(ordered[0].name, "a.test");
-        let null = vec![MxHost { name: "".into(), preference: 0 }];
-        assert_eq!(order_mx("d.test", null), Err(DnsError::NullMx("d.test".into())));
+        let null = vec![MxHost {
+            name: "".into(),
+            preference: 0,
+        }];
+        assert_eq!(
+            order_mx("d.test", null),
+            Err(DnsError::NullMx("d.test".into()))
+        );
     }
 
     #[tokio::test]
     async fn static_resolver_answers() {
         let addr: SocketAddr = "127.0.0.1:2600".parse().unwrap();
-        let r = StaticResolver::new().with_mx("a.test", &["mx.a.test"]).with_host("mx.a.test", addr);
+        let r = StaticResolver::new()
+            .with_mx("a.test", &["mx.a.test"])
+            .with_host("mx.a.test", addr);
         assert_eq!(r.mx("a.test").await.unwrap()[0].name, "mx.a.test");
         assert_eq!(r.addrs("mx.a.test", 25).await.unwrap(), vec![addr]);
-        assert!(matches!(r.mx("nope.test").await, Err(DnsError::NxDomain(_))));
+        assert!(matches!(
+            r.mx("nope.test").await,
+            Err(DnsError::NxDomain(_))
+        ));
     }
 }

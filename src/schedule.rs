@@ -25,7 +25,11 @@ pub enum Next {
 impl Schedule {
     pub fn new(steps: Vec<Duration>, max_age: Duration, jitter: f64) -> Self {
         assert!(!steps.is_empty(), "a schedule needs at least one step");
-        Self { steps, max_age, jitter }
+        Self {
+            steps,
+            max_age,
+            jitter,
+        }
     }
 
     pub fn from_config(c: &RetryConfig) -> Self {
@@ -55,7 +59,9 @@ impl Schedule {
         if now >= deadline {
             return Next::Expire;
         }
-        let wait = self.delay(failures).mul_f64(1.0 + self.jitter * roll.clamp(0.0, 1.0));
+        let wait = self
+            .delay(failures)
+            .mul_f64(1.0 + self.jitter * roll.clamp(0.0, 1.0));
         Next::RetryAt((now + wait).min(deadline))
     }
 }
@@ -69,13 +75,27 @@ mod tests {
     }
 
     fn default_schedule() -> Schedule {
-        Schedule::new(vec![min(5), min(15), min(30), min(60), min(120), min(240)], min(72 * 60), 0.1)
+        Schedule::new(
+            vec![min(5), min(15), min(30), min(60), min(120), min(240)],
+            min(72 * 60),
+            0.1,
+        )
     }
 
     #[test]
     fn delay_table() {
         let s = default_schedule();
-        let table = [(0, 5), (1, 5), (2, 15), (3, 30), (4, 60), (5, 120), (6, 240), (7, 240), (100, 240)];
+        let table = [
+            (0, 5),
+            (1, 5),
+            (2, 15),
+            (3, 30),
+            (4, 60),
+            (5, 120),
+            (6, 240),
+            (7, 240),
+            (100, 240),
+        ];
         for (failures, minutes) in table {
             assert_eq!(s.delay(failures), min(minutes), "after {failures} failures");
         }
@@ -97,7 +117,11 @@ mod tests {
             (t0 + min(80 * 60), 1, 0.0, Next::Expire),
         ];
         for (now, failures, roll, expected) in cases {
-            assert_eq!(s.next(t0, now, failures, roll), expected, "now {now:?} failures {failures} roll {roll}");
+            assert_eq!(
+                s.next(t0, now, failures, roll),
+                expected,
+                "now {now:?} failures {failures} roll {roll}"
+            );
         }
     }
 
@@ -107,7 +131,9 @@ mod tests {
         let t0 = Timestamp(0);
         for i in 0..100 {
             let roll = i as f64 / 100.0;
-            let Next::RetryAt(at) = s.next(t0, t0, 1, roll) else { panic!() };
+            let Next::RetryAt(at) = s.next(t0, t0, 1, roll) else {
+                panic!()
+            };
             assert!(at.since(t0) >= min(5) && at.since(t0) <= min(5).mul_f64(1.1));
         }
     }

@@ -30,11 +30,16 @@ pub enum Command {
     /// New or recovered groups, due at their `next_attempt`.
     Enqueue(Vec<Job>),
     /// A worker for `domain` is free: the next ready job, or `None` and the worker ends.
-    Next { domain: String, reply: oneshot::Sender<Option<Job>> },
+    Next {
+        domain: String,
+        reply: oneshot::Sender<Option<Job>>,
+    },
     /// A worker has finished a job and committed its new state.
     Done { id: MessageId, group: Group },
     /// Per-domain summary for `knock queue`.
-    Summary { reply: oneshot::Sender<Vec<DomainSummary>> },
+    Summary {
+        reply: oneshot::Sender<Vec<DomainSummary>>,
+    },
 }
 
 /// What `knock queue` shows for one domain.
@@ -61,7 +66,12 @@ impl SchedulerHandle {
 
     pub async fn next_job(&self, domain: &str) -> Option<Job> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Next { domain: domain.to_string(), reply }).ok()?;
+        self.tx
+            .send(Command::Next {
+                domain: domain.to_string(),
+                reply,
+            })
+            .ok()?;
         rx.await.ok().flatten()
     }
 
@@ -105,7 +115,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(rx: mpsc::UnboundedReceiver<Command>, dispatcher: Dispatcher, max_connections: usize) -> Self {
+    pub fn new(
+        rx: mpsc::UnboundedReceiver<Command>,
+        dispatcher: Dispatcher,
+        max_connections: usize,
+    ) -> Self {
         Scheduler {
             rx,
             dispatcher,
@@ -181,7 +195,9 @@ impl Scheduler {
     }
 
     fn insert(&mut self, job: Job) {
-        let Some(due) = job.group.next_attempt else { return };
+        let Some(due) = job.group.next_attempt else {
+            return;
+        };
         if job.group.is_done() {
             return;
         }
@@ -189,7 +205,13 @@ impl Scheduler {
         self.due.insert((due, key.clone()));
         self.entries.insert(
             key,
-            Entry { envelope: job.envelope, group: job.group, body: job.body, due, in_flight: false },
+            Entry {
+                envelope: job.envelope,
+                group: job.group,
+                body: job.body,
+                due,
+                in_flight: false,
+            },
         );
     }
 
@@ -219,7 +241,9 @@ impl Scheduler {
             if running >= self.max_connections {
                 return;
             }
-            let Some(job) = self.take_ready(domain) else { return };
+            let Some(job) = self.take_ready(domain) else {
+                return;
+            };
             *self.workers.entry(domain.to_string()).or_default() += 1;
             self.dispatcher.spawn_worker(domain.to_string(), job);
         }
@@ -281,14 +305,16 @@ impl Scheduler {
         let now = Timestamp::now();
         let mut by_domain: BTreeMap<&str, DomainSummary> = BTreeMap::new();
         for ((_, domain), entry) in &self.entries {
-            let s = by_domain.entry(domain.as_str()).or_insert_with(|| DomainSummary {
-                domain: domain.clone(),
-                queued: 0,
-                deferred: 0,
-                in_flight: 0,
-                oldest_age_seconds: 0,
-                next_attempt: None,
-            });
+            let s = by_domain
+                .entry(domain.as_str())
+                .or_insert_with(|| DomainSummary {
+                    domain: domain.clone(),
+                    queued: 0,
+                    deferred: 0,
+                    in_flight: 0,
+                    oldest_age_seconds: 0,
+                    next_attempt: None,
+                });
             for r in entry.group.pending() {
                 match r.state {
                     State::Deferred => s.deferred += 1,
@@ -298,7 +324,9 @@ impl Scheduler {
                     s.in_flight += 1;
                 }
             }
-            s.oldest_age_seconds = s.oldest_age_seconds.max(now.since(entry.envelope.received_at).as_secs());
+            s.oldest_age_seconds = s
+                .oldest_age_seconds
+                .max(now.since(entry.envelope.received_at).as_secs());
             if !entry.in_flight {
                 s.next_attempt = Some(s.next_attempt.map_or(entry.due, |t| t.min(entry.due)));
             }
@@ -308,6 +336,8 @@ impl Scheduler {
 }
 
 async fn sleep_until(at: Option<Timestamp>) {
-    let wait = at.map(|t| t.until_now()).unwrap_or(Duration::from_secs(3600));
+    let wait = at
+        .map(|t| t.until_now())
+        .unwrap_or(Duration::from_secs(3600));
     tokio::time::sleep(wait).await;
 }

@@ -88,9 +88,11 @@ pub struct RedbSpool {
 impl RedbSpool {
     /// Opens (or creates) the spool in directory `dir`.
     pub fn open(dir: &Path) -> Result<RedbSpool, SpoolError> {
-        std::fs::create_dir_all(dir).map_err(|e| SpoolError::Storage(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SpoolError::Storage(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("spool.redb");
-        let db = Database::create(&path).map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
+        let db = Database::create(&path)
+            .map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
         {
             txn.open_table(ENVELOPES).map_err(storage)?;
@@ -107,7 +109,11 @@ impl RedbSpool {
             .name("spool-writer".into())
             .spawn(move || writer_loop(writer_db, rx))
             .map_err(storage)?;
-        Ok(RedbSpool { db, tx: Some(tx), writer: Mutex::new(Some(writer)) })
+        Ok(RedbSpool {
+            db,
+            tx: Some(tx),
+            writer: Mutex::new(Some(writer)),
+        })
     }
 }
 
@@ -151,23 +157,35 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), SpoolError> {
             match op {
                 Op::Store(m) => {
                     let id = m.envelope.id.as_u128();
-                    envelopes.insert(id, json(&m.envelope)?.as_slice()).map_err(storage)?;
+                    envelopes
+                        .insert(id, json(&m.envelope)?.as_slice())
+                        .map_err(storage)?;
                     bodies.insert(id, m.body.as_ref()).map_err(storage)?;
                     for g in &m.groups {
-                        groups.insert((id, g.domain.as_str()), json(g)?.as_slice()).map_err(storage)?;
+                        groups
+                            .insert((id, g.domain.as_str()), json(g)?.as_slice())
+                            .map_err(storage)?;
                     }
                 }
                 Op::Update { id, group } => {
                     let id = id.as_u128();
-                    groups.insert((id, group.domain.as_str()), json(group)?.as_slice()).map_err(storage)?;
+                    groups
+                        .insert((id, group.domain.as_str()), json(group)?.as_slice())
+                        .map_err(storage)?;
                     if group.is_done() && all_done(&groups, id)? {
                         bodies.remove(id).map_err(storage)?;
-                        let envelope = envelopes.get(id).map_err(storage)?.map(|v| v.value().to_vec());
+                        let envelope = envelopes
+                            .get(id)
+                            .map_err(storage)?
+                            .map(|v| v.value().to_vec());
                         if let Some(bytes) = envelope {
-                            let mut env: Envelope = serde_json::from_slice(&bytes).map_err(storage)?;
+                            let mut env: Envelope =
+                                serde_json::from_slice(&bytes).map_err(storage)?;
                             let now = Timestamp::now();
                             env.done_at = Some(now);
-                            envelopes.insert(id, json(&env)?.as_slice()).map_err(storage)?;
+                            envelopes
+                                .insert(id, json(&env)?.as_slice())
+                                .map_err(storage)?;
                             history.insert((now.millis(), id), ()).map_err(storage)?;
                         }
                     }
@@ -201,7 +219,8 @@ impl Spool for RedbSpool {
     async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(SpoolError::Closed)?;
-        tx.send(Batch { ops, done }).map_err(|_| SpoolError::Closed)?;
+        tx.send(Batch { ops, done })
+            .map_err(|_| SpoolError::Closed)?;
         wait.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -323,7 +342,11 @@ impl Spool for RedbSpool {
 
 impl RedbSpool {
     /// Moves unreadable entries to the `set_aside` table, out of the queue's way.
-    fn set_aside(&self, bad_groups: Vec<(u128, String, Vec<u8>)>, bad_envelopes: BTreeSet<u128>) -> Result<(), SpoolError> {
+    fn set_aside(
+        &self,
+        bad_groups: Vec<(u128, String, Vec<u8>)>,
+        bad_envelopes: BTreeSet<u128>,
+    ) -> Result<(), SpoolError> {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut aside = txn.open_table(SET_ASIDE).map_err(storage)?;
@@ -332,16 +355,30 @@ impl RedbSpool {
             let mut bodies = txn.open_table(BODIES).map_err(storage)?;
             for (id, domain, raw) in &bad_groups {
                 let key = format!("group/{}/{domain}", uuid::Uuid::from_u128(*id));
-                aside.insert(key.as_str(), raw.as_slice()).map_err(storage)?;
+                aside
+                    .insert(key.as_str(), raw.as_slice())
+                    .map_err(storage)?;
                 groups.remove((*id, domain.as_str())).map_err(storage)?;
             }
             for id in bad_envelopes {
                 let name = uuid::Uuid::from_u128(id);
-                if let Some(raw) = envelopes.remove(id).map_err(storage)?.map(|v| v.value().to_vec()) {
-                    aside.insert(format!("envelope/{name}").as_str(), raw.as_slice()).map_err(storage)?;
+                if let Some(raw) = envelopes
+                    .remove(id)
+                    .map_err(storage)?
+                    .map(|v| v.value().to_vec())
+                {
+                    aside
+                        .insert(format!("envelope/{name}").as_str(), raw.as_slice())
+                        .map_err(storage)?;
                 }
-                if let Some(raw) = bodies.remove(id).map_err(storage)?.map(|v| v.value().to_vec()) {
-                    aside.insert(format!("body/{name}").as_str(), raw.as_slice()).map_err(storage)?;
+                if let Some(raw) = bodies
+                    .remove(id)
+                    .map_err(storage)?
+                    .map(|v| v.value().to_vec())
+                {
+                    aside
+                        .insert(format!("body/{name}").as_str(), raw.as_slice())
+                        .map_err(storage)?;
                 }
             }
         }
@@ -350,9 +387,17 @@ impl RedbSpool {
 
     /// Writes raw bytes under a group key, as a damaged disk might; for tests.
     #[doc(hidden)]
-    pub fn corrupt_group_for_test(&self, id: MessageId, domain: &str, raw: &[u8]) -> Result<(), SpoolError> {
+    pub fn corrupt_group_for_test(
+        &self,
+        id: MessageId,
+        domain: &str,
+        raw: &[u8],
+    ) -> Result<(), SpoolError> {
         let txn = self.db.begin_write().map_err(storage)?;
-        txn.open_table(GROUPS).map_err(storage)?.insert((id.as_u128(), domain), raw).map_err(storage)?;
+        txn.open_table(GROUPS)
+            .map_err(storage)?
+            .insert((id.as_u128(), domain), raw)
+            .map_err(storage)?;
         txn.commit().map_err(storage)
     }
 }
@@ -391,7 +436,10 @@ mod tests {
             let mut x = m.groups[0].clone();
             x.recipients[0].state = State::Delivered;
             x.next_attempt = None;
-            spool.commit(vec![Op::Update { id, group: x }]).await.unwrap();
+            spool
+                .commit(vec![Op::Update { id, group: x }])
+                .await
+                .unwrap();
         }
         let spool = RedbSpool::open(dir.path()).unwrap();
         let recovered = spool.recover().unwrap();
@@ -401,15 +449,27 @@ mod tests {
 
         let mut y = m.groups[1].clone();
         y.recipients[0].state = State::Bounced;
-        spool.commit(vec![Op::Update { id, group: y }]).await.unwrap();
-        assert_eq!(spool.body(id).unwrap(), None, "body goes when every group is final");
+        spool
+            .commit(vec![Op::Update { id, group: y }])
+            .await
+            .unwrap();
+        assert_eq!(
+            spool.body(id).unwrap(),
+            None,
+            "body goes when every group is final"
+        );
         let (env, groups) = spool.record(id).unwrap().unwrap();
         assert!(env.done_at.is_some());
         assert_eq!(groups.len(), 2);
         assert_eq!(spool.recover().unwrap().pending.len(), 0);
 
         assert_eq!(spool.purge(Timestamp(0)).unwrap(), 0);
-        assert_eq!(spool.purge(Timestamp::now() + std::time::Duration::from_secs(1)).unwrap(), 1);
+        assert_eq!(
+            spool
+                .purge(Timestamp::now() + std::time::Duration::from_secs(1))
+                .unwrap(),
+            1
+        );
         assert!(spool.record(id).unwrap().is_none());
     }
 
@@ -419,8 +479,13 @@ mod tests {
         let spool = RedbSpool::open(dir.path()).unwrap();
         let good = message(&["a@x.test"]);
         let bad = message(&["b@x.test"]);
-        spool.commit(vec![Op::Store(good.clone()), Op::Store(bad.clone())]).await.unwrap();
-        spool.corrupt_group_for_test(bad.envelope.id, "x.test", b"{not json").unwrap();
+        spool
+            .commit(vec![Op::Store(good.clone()), Op::Store(bad.clone())])
+            .await
+            .unwrap();
+        spool
+            .corrupt_group_for_test(bad.envelope.id, "x.test", b"{not json")
+            .unwrap();
         let recovered = spool.recover().unwrap();
         assert_eq!(recovered.set_aside, 1);
         assert_eq!(recovered.pending.len(), 1);
@@ -436,7 +501,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let spool = spool.clone();
-            tasks.push(tokio::spawn(async move { spool.commit(vec![Op::Store(message(&["a@x.test"]))]).await }));
+            tasks.push(tokio::spawn(async move {
+                spool.commit(vec![Op::Store(message(&["a@x.test"]))]).await
+            }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();

@@ -60,22 +60,28 @@ impl SmtpTransport {
                 (domain.to_ascii_lowercase(), hosts)
             })
             .collect();
-        SmtpTransport { resolver, routes, config, helo_name }
+        SmtpTransport {
+            resolver,
+            routes,
+            config,
+            helo_name,
+        }
     }
 
     /// The hosts to try for `domain`, in order: a route when one matches, else its MX.
     pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, Outcome> {
-        let hosts: Vec<(String, u16)> = match self.routes.get(domain).or_else(|| self.routes.get("*")) {
-            Some(hosts) => hosts.clone(),
-            None => self
-                .resolver
-                .mx(domain)
-                .await
-                .map_err(dns_outcome)?
-                .into_iter()
-                .map(|mx| (mx.name, self.config.port))
-                .collect(),
-        };
+        let hosts: Vec<(String, u16)> =
+            match self.routes.get(domain).or_else(|| self.routes.get("*")) {
+                Some(hosts) => hosts.clone(),
+                None => self
+                    .resolver
+                    .mx(domain)
+                    .await
+                    .map_err(dns_outcome)?
+                    .into_iter()
+                    .map(|mx| (mx.name, self.config.port))
+                    .collect(),
+            };
         let mut targets = Vec::with_capacity(hosts.len());
         let mut last_error = None;
         for (host, port) in hosts {
@@ -145,7 +151,10 @@ impl SmtpTransport {
             client.quit().await;
             return Err(Outcome::from_reply(&hello));
         }
-        Ok(SmtpConnection { client, mx: host.to_string() })
+        Ok(SmtpConnection {
+            client,
+            mx: host.to_string(),
+        })
     }
 }
 

@@ -16,13 +16,19 @@ const MAX_REPLY: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connect to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: SocketAddr },
     #[error("timed out waiting for the reply to {stage}")]
     Timeout { stage: &'static str },
     #[error("connection lost during {stage}: {source}")]
-    Io { stage: &'static str, source: std::io::Error },
+    Io {
+        stage: &'static str,
+        source: std::io::Error,
+    },
     #[error("connection closed by the server during {stage}")]
     Closed { stage: &'static str },
     #[error("protocol error during {stage}: {detail}")]
@@ -58,7 +64,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(addr: SocketAddr, timeouts: &TimeoutConfig) -> Result<Client, ClientError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        timeouts: &TimeoutConfig,
+    ) -> Result<Client, ClientError> {
         let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
@@ -125,7 +134,10 @@ impl Client {
         match result {
             Ok(replies) => {
                 let reusable = !self.broken;
-                TransactionReplies { per_recipient: replies.into_iter().map(Ok).collect(), reusable }
+                TransactionReplies {
+                    per_recipient: replies.into_iter().map(Ok).collect(),
+                    reusable,
+                }
             }
             Err(e) => {
                 self.broken = true;
@@ -150,7 +162,12 @@ impl Client {
         cmd
     }
 
-    async fn send_pipelined(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> Result<Vec<Reply>, ClientError> {
+    async fn send_pipelined(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Result<Vec<Reply>, ClientError> {
         let mut batch = self.mail_command(from, body.len());
         for rcpt in rcpts {
             batch.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
@@ -187,7 +204,12 @@ impl Client {
         Ok(merge(rcpt_replies, &done))
     }
 
-    async fn send_stepwise(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> Result<Vec<Reply>, ClientError> {
+    async fn send_stepwise(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Result<Vec<Reply>, ClientError> {
         let mail_cmd = self.mail_command(from, body.len());
         let mail = self.command(mail_cmd, "MAIL").await?;
         if !mail.is_positive() {
@@ -197,7 +219,9 @@ impl Client {
         }
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
-            let reply = self.command(format!("RCPT TO:<{rcpt}>\r\n"), "RCPT").await?;
+            let reply = self
+                .command(format!("RCPT TO:<{rcpt}>\r\n"), "RCPT")
+                .await?;
             let closing = reply.code == 421;
             rcpt_replies.push(reply);
             if closing {
@@ -226,14 +250,25 @@ impl Client {
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
         super::dot_stuff(body, &mut data);
-        let written = tokio::time::timeout(self.timeouts.data_block, self.wire.write_now(&data)).await;
+        let written =
+            tokio::time::timeout(self.timeouts.data_block, self.wire.write_now(&data)).await;
         self.scratch = data;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(ClientError::Io { stage: "message body", source }),
-            Err(_) => return Err(ClientError::Timeout { stage: "message body" }),
+            Ok(Err(source)) => {
+                return Err(ClientError::Io {
+                    stage: "message body",
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    stage: "message body",
+                });
+            }
         }
-        self.read_reply("end of data", self.timeouts.data_done).await
+        self.read_reply("end of data", self.timeouts.data_done)
+            .await
     }
 
     async fn reset(&mut self) -> Result<(), ClientError> {
@@ -256,7 +291,11 @@ impl Client {
     /// Ends the session politely; errors are of no interest at this point.
     pub async fn quit(mut self) {
         if !self.broken {
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.command("QUIT\r\n".into(), "QUIT")).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.command("QUIT\r\n".into(), "QUIT"),
+            )
+            .await;
         }
         self.wire.shutdown().await;
     }
@@ -266,7 +305,11 @@ impl Client {
         parse_reply(&raw, stage)
     }
 
-    async fn command_raw(&mut self, cmd: String, stage: &'static str) -> Result<Vec<u8>, ClientError> {
+    async fn command_raw(
+        &mut self,
+        cmd: String,
+        stage: &'static str,
+    ) -> Result<Vec<u8>, ClientError> {
         self.write(stage, cmd.as_bytes()).await?;
         self.read_raw(stage, self.timeouts.command).await
     }
@@ -285,13 +328,21 @@ impl Client {
         }
     }
 
-    async fn read_reply(&mut self, stage: &'static str, timeout: Duration) -> Result<Reply, ClientError> {
+    async fn read_reply(
+        &mut self,
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
         let raw = self.read_raw(stage, timeout).await?;
         parse_reply(&raw, stage)
     }
 
     /// Reads the raw bytes of one complete (possibly multi-line) reply.
-    async fn read_raw(&mut self, stage: &'static str, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+    async fn read_raw(
+        &mut self,
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
         let result = tokio::time::timeout(timeout, self.read_raw_inner(stage)).await;
         let result = result.unwrap_or(Err(ClientError::Timeout { stage }));
         if result.is_err() {
@@ -308,14 +359,20 @@ impl Client {
                     let last = line.len() < 4 || line[3] != b'-';
                     raw.extend_from_slice(&line);
                     if raw.len() > MAX_REPLY {
-                        return Err(ClientError::Protocol { stage, detail: "reply too long".into() });
+                        return Err(ClientError::Protocol {
+                            stage,
+                            detail: "reply too long".into(),
+                        });
                     }
                     if last {
                         return Ok(raw);
                     }
                 }
                 Ok(Some(crate::smtp::wire::Line::TooLong)) => {
-                    return Err(ClientError::Protocol { stage, detail: "reply line too long".into() });
+                    return Err(ClientError::Protocol {
+                        stage,
+                        detail: "reply line too long".into(),
+                    });
                 }
                 Ok(None) => return Err(ClientError::Closed { stage }),
                 Err(source) => return Err(ClientError::Io { stage, source }),
@@ -326,7 +383,10 @@ impl Client {
 
 fn parse_reply(raw: &[u8], stage: &'static str) -> Result<Reply, ClientError> {
     Reply::parse(raw).map_err(|e| match e {
-        ReplyError::Incomplete => ClientError::Protocol { stage, detail: "incomplete reply".into() },
+        ReplyError::Incomplete => ClientError::Protocol {
+            stage,
+            detail: "incomplete reply".into(),
+        },
         ReplyError::Malformed(detail) => ClientError::Protocol { stage, detail },
     })
 }
@@ -335,6 +395,12 @@ fn parse_reply(raw: &[u8], stage: &'static str) -> Result<Reply, ClientError> {
 fn merge(rcpt_replies: Vec<Reply>, final_reply: &Reply) -> Vec<Reply> {
     rcpt_replies
         .into_iter()
-        .map(|r| if r.is_positive() { final_reply.clone() } else { r })
+        .map(|r| {
+            if r.is_positive() {
+                final_reply.clone()
+            } else {
+                r
+            }
+        })
         .collect()
 }

@@ -107,7 +107,11 @@ impl<H: Handler> Conn<H> {
             self.reply(&reply);
             return self.wire.flush().await;
         }
-        let greeting = Reply::new(220, "2.0.0", format!("{} ESMTP knock", self.limits.hostname));
+        let greeting = Reply::new(
+            220,
+            "2.0.0",
+            format!("{} ESMTP knock", self.limits.hostname),
+        );
         self.reply(&greeting);
         loop {
             // Pipelining: answer everything buffered before waiting for more input.
@@ -162,7 +166,11 @@ impl<H: Handler> Conn<H> {
         self.errors += 1;
         self.reply(&reply);
         if self.errors >= self.limits.max_errors {
-            self.reply(&Reply::new(421, "4.7.0", format!("{} Error: too many errors", self.limits.hostname)));
+            self.reply(&Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Error: too many errors", self.limits.hostname),
+            ));
             return Next::Close;
         }
         Next::Continue
@@ -193,7 +201,9 @@ impl<H: Handler> Conn<H> {
                 self.reply(&Reply::new(250, "2.0.0", self.limits.hostname.clone()));
                 Ok(Next::Continue)
             }
-            Request::Lhlo { .. } => Ok(self.error(Reply::new(500, "5.5.1", "Error: LHLO is for LMTP"))),
+            Request::Lhlo { .. } => {
+                Ok(self.error(Reply::new(500, "5.5.1", "Error: LHLO is for LMTP")))
+            }
             Request::Mail { from } => Ok(self.mail(from).await),
             Request::Rcpt { to } => Ok(self.rcpt(to.address).await),
             Request::Data => self.data().await,
@@ -207,14 +217,22 @@ impl<H: Handler> Conn<H> {
                 Ok(Next::Continue)
             }
             Request::Vrfy { .. } => {
-                self.reply(&Reply::new(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"));
+                self.reply(&Reply::new(
+                    252,
+                    "2.0.0",
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                ));
                 Ok(Next::Continue)
             }
             Request::Quit => {
                 self.reply(&Reply::new(221, "2.0.0", "Bye"));
                 Ok(Next::Close)
             }
-            other => Ok(self.error(Reply::new(502, "5.5.1", format!("Error: {} not implemented", other.name())))),
+            other => Ok(self.error(Reply::new(
+                502,
+                "5.5.1",
+                format!("Error: {} not implemented", other.name()),
+            ))),
         }
     }
 
@@ -226,7 +244,11 @@ impl<H: Handler> Conn<H> {
             self.limits.hostname, self.limits.max_message_size
         );
         // EHLO replies carry no enhanced code on their keyword lines (RFC 2034 section 3).
-        self.reply(&Reply { code: 250, enhanced: None, text });
+        self.reply(&Reply {
+            code: 250,
+            enhanced: None,
+            text,
+        });
         Next::Continue
     }
 
@@ -238,7 +260,11 @@ impl<H: Handler> Conn<H> {
             return self.error(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
         }
         if from.size as u64 > self.limits.max_message_size {
-            return self.error(Reply::new(552, "5.3.4", "Error: message size exceeds fixed limit"));
+            return self.error(Reply::new(
+                552,
+                "5.3.4",
+                "Error: message size exceeds fixed limit",
+            ));
         }
         if !from.address.is_empty() && Address::parse(&from.address).is_err() {
             return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax"));
@@ -259,7 +285,13 @@ impl<H: Handler> Conn<H> {
         }
         let address = match Address::parse(&to) {
             Ok(address) => address,
-            Err(e) => return self.error(Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {e}"))),
+            Err(e) => {
+                return self.error(Reply::new(
+                    501,
+                    "5.1.3",
+                    format!("Bad recipient address syntax: {e}"),
+                ));
+            }
         };
         let reply = self.handler.rcpt(&self.session, &address).await;
         if reply.is_positive() {
@@ -318,7 +350,11 @@ impl<H: Handler> Conn<H> {
                 body.clear();
             }
             if done {
-                return Ok(Some(if too_big { Body::TooBig } else { Body::Complete(body) }));
+                return Ok(Some(if too_big {
+                    Body::TooBig
+                } else {
+                    Body::Complete(body)
+                }));
             }
             match tokio::time::timeout(self.limits.idle_timeout, self.wire.fill()).await {
                 Ok(Ok(0)) => return Ok(None),

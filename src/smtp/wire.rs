@@ -150,9 +150,15 @@ mod tests {
         input.extend_from_slice(b"\r\nQUIT\r\n");
         c.write_all(&input).await.unwrap();
         drop(c);
-        assert_eq!(w.read_line(100).await.unwrap(), Some(Line::Complete(b"NOOP\r\n".to_vec())));
+        assert_eq!(
+            w.read_line(100).await.unwrap(),
+            Some(Line::Complete(b"NOOP\r\n".to_vec()))
+        );
         assert_eq!(w.read_line(100).await.unwrap(), Some(Line::TooLong));
-        assert_eq!(w.read_line(100).await.unwrap(), Some(Line::Complete(b"QUIT\r\n".to_vec())));
+        assert_eq!(
+            w.read_line(100).await.unwrap(),
+            Some(Line::Complete(b"QUIT\r\n".to_vec()))
+        );
         assert_eq!(w.read_line(100).await.unwrap(), None);
     }
 }

@@ -1,0 +1,131 @@
+//! The client subcommands against a running engine, as a user runs them.
+
+use crate::world::*;
+use knock::resolve::StaticResolver;
+use std::process::Command;
+
+fn knock(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_knock"))
+        .args(args)
+        .env_remove("KNOCK_API")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn send_then_queue_and_show() {
+    let w = World::new(&["1h"], "2h");
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", dead_addr().await))
+        .await;
+    let api = format!("http://{}", engine.http_addr);
+    let (ok, id, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || {
+            knock(&[
+                "send",
+                "--api",
+                &api,
+                "--from",
+                "s@tx.test",
+                "--to",
+                "a@rx.test",
+                "--subject",
+                "hi",
+                "--text",
+                "hello",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 36, "prints the id: {id:?}");
+    w.wait_event(
+        std::time::Duration::from_secs(10),
+        is("deferred", "a@rx.test"),
+    )
+    .await;
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || knock(&["queue", "--api", &api])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("rx.test"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[1..4], &["0", "1", "0"], "{out}");
+
+    let (ok, out, _) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || knock(&["queue", "--api", &api, "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["domains"][0]["deferred"], 1);
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let (api, id) = (api.clone(), id.clone());
+        move || knock(&["queue", "--api", &api, "show", &id])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("a@rx.test [deferred] next attempt"), "{out}");
+    assert!(out.contains("1. ") && out.contains("4.4.1"), "{out}");
+
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        knock(&[
+            "send",
+            "--api",
+            &api,
+            "--from",
+            "bad",
+            "--to",
+            "a@rx.test",
+            "--subject",
+            "x",
+            "--text",
+            "y",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(err.contains("from"), "the error names the field: {err}");
+    engine.shutdown().await;
+}
+
+#[test]
+fn serve_refuses_a_bad_config_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("knock.toml");
+    std::fs::write(
+        &path,
+        "[retry]\nschedule = [\"5m\"]\nmax_age = \"forever\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = knock(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("max_age"), "{err}");
+}
+
+#[test]
+fn unreachable_engine_is_a_clear_error() {
+    let (ok, _, err) = knock(&["queue", "--api", "http://127.0.0.1:9"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach knock"), "{err}");
+}

@@ -1,0 +1,378 @@
+//! Delivery end to end: delivered, bounced with a DSN, greylisted, expired, mixed replies,
+//! DNS outcomes, next MX, connection reuse, and carrying on after a restart.
+
+use crate::world::*;
+use knock::resolve::{DnsError, StaticResolver};
+use knock::sink::SinkConfig;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn delivered_with_body_intact_and_a_full_event() {
+    let w = World::new(&["1s"], "1h");
+    let rx = plain_sink().await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    let body = b"Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\nend\r\n";
+    let replies = smtp_send(engine.smtp_addr, "s@tx.test", &["a@rx.test"], body).await;
+    assert!(
+        replies[0].starts_with("250 2.0.0 Ok: queued as "),
+        "{replies:?}"
+    );
+
+    let e = w.wait_event(T, is("delivered", "a@rx.test")).await;
+    assert_eq!(e["attempt"], 1);
+    assert_eq!(e["mx"], "mx.rx.test");
+    assert_eq!(e["local_ip"], "127.0.0.1");
+    assert_eq!(e["code"], 250);
+    assert_eq!(e["enhanced"], "2.0.0");
+    assert!(e["ee_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(w.events().iter().any(is("processed", "a@rx.test")));
+
+    let got = rx.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].from, "s@tx.test");
+    assert_eq!(got[0].rcpts, vec!["a@rx.test"]);
+    let text = String::from_utf8(got[0].body.clone()).unwrap();
+    assert!(
+        text.starts_with(
+            "Received: from client.test ([127.0.0.1])\r\n\tby knock.test (knock) with ESMTP id "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\nend\r\n"),
+        "dot-stuffing must round-trip: {text:?}"
+    );
+
+    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    let (status, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["recipients"][0]["state"], "delivered");
+    assert_eq!(m["recipients"][0]["attempts"][0]["mx"], "mx.rx.test");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn hard_bounce_sends_a_dsn_to_the_sender() {
+    let w = World::new(&["1s"], "1h");
+    let rx = plain_sink().await;
+    let sender_mx = plain_sink().await;
+    let r = route(
+        route(StaticResolver::new(), "rx.test", rx.addr),
+        "tx.test",
+        sender_mx.addr,
+    );
+    let engine = w.start(r).await;
+    let body =
+        b"From: s@tx.test\r\nSubject: for nobody\r\nMessage-ID: <orig-1@tx.test>\r\n\r\nbody\r\n";
+    smtp_send(engine.smtp_addr, "s@tx.test", &["unknown@rx.test"], body).await;
+
+    let e = w.wait_event(T, is("bounced", "unknown@rx.test")).await;
+    assert_eq!(
+        (
+            e["code"].as_u64(),
+            e["enhanced"].as_str(),
+            e["class"].as_str()
+        ),
+        (Some(550), Some("5.1.1"), Some("hard"))
+    );
+    assert!(
+        sender_mx.wait_for_messages(1, T).await,
+        "the DSN never reached the sender's MX"
+    );
+    let dsn = &sender_mx.received()[0];
+    assert_eq!(dsn.from, "", "DSNs come from the null sender");
+    assert_eq!(dsn.rcpts, vec!["s@tx.test"]);
+    let text = String::from_utf8_lossy(&dsn.body);
+    for needle in [
+        "multipart/report",
+        "Final-Recipient: rfc822; unknown@rx.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1 <unknown@rx.test>: Recipient address rejected",
+        "Message-ID: <orig-1@tx.test>",
+    ] {
+        assert!(text.contains(needle), "DSN lacks {needle:?}:\n{text}");
+    }
+    assert_eq!(rx.stats().messages, 0);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn null_sender_mail_never_gets_a_dsn() {
+    let w = World::new(&["1s"], "1h");
+    let rx = plain_sink().await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &["unknown@rx.test"],
+        b"Subject: bounce\r\n\r\nx\r\n",
+    )
+    .await;
+    w.wait_event(T, is("bounced", "unknown@rx.test")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let processed = w
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "processed")
+        .count();
+    assert_eq!(
+        processed,
+        1,
+        "no DSN may be queued for <>: {:#?}",
+        w.events()
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn greylisted_mail_is_delivered_on_the_attempt_after_the_window() {
+    let window = Duration::from_millis(800);
+    let w = World::new(&["1s", "5s"], "1h");
+    let rx = sink(SinkConfig {
+        greylist: Some(window),
+        ..Default::default()
+    })
+    .await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["a@rx.test"],
+        b"Subject: grey\r\n\r\nx\r\n",
+    )
+    .await;
+
+    let deferred = w.wait_event(T, is("deferred", "a@rx.test")).await;
+    assert_eq!(
+        (deferred["code"].as_u64(), deferred["enhanced"].as_str()),
+        (Some(450), Some("4.2.0"))
+    );
+    assert!(deferred["next_attempt"].is_string());
+    let delivered = w.wait_event(T, is("delivered", "a@rx.test")).await;
+    assert_eq!(delivered["attempt"], 2, "delivered on the second attempt");
+    let stats = rx.stats();
+    assert_eq!((stats.greylisted, stats.messages), (1, 1));
+    let t =
+        |e: &serde_json::Value| humantime::parse_rfc3339(e["timestamp"].as_str().unwrap()).unwrap();
+    let gap = t(&delivered).duration_since(t(&deferred)).unwrap();
+    assert!(
+        gap >= window,
+        "retried after {gap:?}, inside the {window:?} window"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn temporary_failures_forever_expire_with_a_dsn() {
+    let w = World::new(&["200ms"], "1s");
+    let rx = plain_sink().await;
+    let sender_mx = plain_sink().await;
+    let r = route(
+        route(StaticResolver::new(), "rx.test", rx.addr),
+        "tx.test",
+        sender_mx.addr,
+    );
+    let engine = w.start(r).await;
+    smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["tempfail@rx.test"],
+        b"Subject: never\r\n\r\nx\r\n",
+    )
+    .await;
+
+    let expired = w.wait_event(T, is("expired", "tempfail@rx.test")).await;
+    let attempts = expired["attempt"].as_u64().unwrap();
+    assert!(
+        (3..=7).contains(&attempts),
+        "tried {attempts} times in 1s at 200ms steps"
+    );
+    let deferrals = w
+        .events()
+        .iter()
+        .filter(|e| is("deferred", "tempfail@rx.test")(e))
+        .count() as u64;
+    assert_eq!(
+        deferrals,
+        attempts - 1,
+        "every attempt but the last was a deferral"
+    );
+    assert!(
+        sender_mx.wait_for_messages(1, T).await,
+        "no DSN for the expired recipient"
+    );
+    let text = String::from_utf8_lossy(&sender_mx.received()[0].body).to_string();
+    assert!(text.contains("delivery time expired"), "{text}");
+    assert!(text.contains("Status: 4.3.0"), "{text}");
+    assert!(text.contains("Diagnostic-Code: smtp; 451 4.3.0"), "{text}");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn mixed_rcpt_replies_in_one_transaction() {
+    let w = World::new(&["30s"], "1h");
+    let rx = plain_sink().await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &[
+            "ok@rx.test",
+            "tempfail@rx.test",
+            "unknown@rx.test",
+            "ok2@rx.test",
+        ],
+        b"Subject: mixed\r\n\r\nx\r\n",
+    )
+    .await;
+
+    w.wait_event(T, is("delivered", "ok@rx.test")).await;
+    w.wait_event(T, is("delivered", "ok2@rx.test")).await;
+    w.wait_event(T, is("deferred", "tempfail@rx.test")).await;
+    w.wait_event(T, is("bounced", "unknown@rx.test")).await;
+    let stats = rx.stats();
+    assert_eq!(
+        (stats.connections, stats.messages, stats.recipients),
+        (1, 1, 2),
+        "one transaction carrying the accepted two"
+    );
+    assert_eq!(rx.received()[0].rcpts, vec!["ok@rx.test", "ok2@rx.test"]);
+    let (_, q) = http_get(&engine, "/api/v1/queue").await;
+    assert_eq!(q["domains"][0]["domain"], "rx.test");
+    assert_eq!(q["domains"][0]["deferred"], 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn dns_outcomes_bounce_or_defer() {
+    let w = World::new(&["30s"], "1h");
+    let r = StaticResolver::new()
+        .with_error("gone.test", DnsError::NxDomain("gone.test".into()))
+        .with_error("nomail.test", DnsError::NullMx("nomail.test".into()))
+        .with_error(
+            "flaky.test",
+            DnsError::Temporary("flaky.test".into(), "SERVFAIL".into()),
+        );
+    let engine = w.start(r).await;
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &["a@gone.test", "b@nomail.test", "c@flaky.test"],
+        b"Subject: dns\r\n\r\nx\r\n",
+    )
+    .await;
+    let a = w.wait_event(T, is("bounced", "a@gone.test")).await;
+    assert_eq!(a["enhanced"], "5.1.2");
+    let b = w.wait_event(T, is("bounced", "b@nomail.test")).await;
+    assert_eq!(b["enhanced"], "5.1.10");
+    let c = w.wait_event(T, is("deferred", "c@flaky.test")).await;
+    assert_eq!(
+        (c["enhanced"].as_str(), c["class"].as_str()),
+        (Some("4.4.3"), Some("network"))
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn next_mx_when_the_first_is_down() {
+    let w = World::new(&["30s"], "1h");
+    let rx = plain_sink().await;
+    let r = StaticResolver::new()
+        .with_mx("rx.test", &["mx1.rx.test", "mx2.rx.test"])
+        .with_host("mx1.rx.test", dead_addr().await)
+        .with_host("mx2.rx.test", rx.addr);
+    let engine = w.start(r).await;
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &["a@rx.test"],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    let e = w.wait_event(T, is("delivered", "a@rx.test")).await;
+    assert_eq!(e["mx"], "mx2.rx.test");
+    assert_eq!(
+        e["attempt"], 1,
+        "a dead MX host is not an attempt of its own"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_are_reused_for_several_messages() {
+    let mut w = World::new(&["30s"], "1h");
+    w.config.delivery.max_connections_per_domain = 1;
+    let rx = sink(SinkConfig {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    for i in 0..6 {
+        smtp_send(
+            engine.smtp_addr,
+            "",
+            &[&format!("u{i}@rx.test")],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    }
+    assert!(rx.wait_for_messages(6, T).await);
+    let stats = rx.stats();
+    assert!(
+        stats.connections < 6,
+        "6 messages over {} connections: no reuse",
+        stats.connections
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn deferred_mail_survives_a_restart_with_its_attempt_count() {
+    let w = World::new(&["1s"], "1h");
+    let addr = dead_addr().await;
+    let engine = w.start(route(StaticResolver::new(), "rx.test", addr)).await;
+    let replies = smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["a@rx.test"],
+        b"Subject: later\r\n\r\nx\r\n",
+    )
+    .await;
+    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    let deferred = w.wait_event(T, is("deferred", "a@rx.test")).await;
+    assert_eq!(
+        (deferred["attempt"].as_u64(), deferred["class"].as_str()),
+        (Some(1), Some("network"))
+    );
+    engine.shutdown().await;
+
+    let rx = sink(SinkConfig {
+        listen: addr,
+        ..Default::default()
+    })
+    .await;
+    let engine = w.start(route(StaticResolver::new(), "rx.test", addr)).await;
+    let delivered = w.wait_event(T, is("delivered", "a@rx.test")).await;
+    assert_eq!(
+        delivered["attempt"], 2,
+        "the attempt count is kept across the restart"
+    );
+    assert_eq!(rx.stats().messages, 1);
+    let (_, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(m["recipients"][0]["attempts"].as_array().unwrap().len(), 2);
+    engine.shutdown().await;
+}

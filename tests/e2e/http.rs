@@ -1,0 +1,144 @@
+//! The HTTP API: injection, errors that name the field, message state.
+
+use crate::world::*;
+use knock::resolve::StaticResolver;
+use std::time::Duration;
+
+#[tokio::test]
+async fn bad_requests_get_400_naming_the_field() {
+    let w = World::new(&["30s"], "1h");
+    let engine = w.start(StaticResolver::new()).await;
+    let table = [
+        ("{not json", "body"),
+        (
+            r#"{"to": ["a@x.test"], "subject": "s", "text": "t"}"#,
+            "from",
+        ),
+        (
+            r#"{"from": "s@tx.test", "subject": "s", "text": "t"}"#,
+            "to",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": "a@x.test", "subject": "s", "text": "t"}"#,
+            "to",
+        ),
+        (
+            r#"{"from": "nope", "to": ["a@x.test"], "subject": "s", "text": "t"}"#,
+            "from",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": [], "subject": "s", "text": "t"}"#,
+            "to",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": ["a@x.test", "b@"], "subject": "s", "text": "t"}"#,
+            "to[1]",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": ["a@x.test"], "subject": "s"}"#,
+            "text",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": ["a@x.test"], "text": "t"}"#,
+            "subject",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": ["a@x.test"], "raw": "Subject: x\r\n\r\nx", "text": "t"}"#,
+            "raw",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": ["a@x.test"], "raw": "just some words"}"#,
+            "raw",
+        ),
+        (
+            r#"{"from": "s@tx.test", "to": ["a@x.test"], "raw": "Subject: x\r\n\r\nx", "cc": ["b@x.test"]}"#,
+            "cc",
+        ),
+    ];
+    for (body, field) in table {
+        let (status, json) = http_post(&engine, "/api/v1/messages", body).await;
+        assert_eq!(status, 400, "{body} -> {json}");
+        assert_eq!(json["field"], field, "{body} -> {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{json}"
+        );
+    }
+    let (status, json) = http_get(&engine, "/api/v1/messages/not-an-id").await;
+    assert_eq!((status, json["field"].as_str()), (400, Some("id")));
+    let (status, json) = http_get(
+        &engine,
+        "/api/v1/messages/01a20765-b5e3-77c1-9a3b-f54f15e7b095",
+    )
+    .await;
+    assert_eq!(status, 404, "{json}");
+    assert!(json["error"].is_string());
+    let (status, _) = http_get(&engine, "/api/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn inject_built_and_raw_messages() {
+    let w = World::new(&["30s"], "1h");
+    let rx = plain_sink().await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    let (status, json) = http_post(&engine, "/api/v1/messages", r#"{"from": "s@tx.test", "to": ["a@rx.test", "B@RX.test"], "subject": "hello", "text": "hi there"}"#).await;
+    assert_eq!(status, 202, "{json}");
+    assert_eq!(
+        json["recipients"],
+        serde_json::json!(["a@rx.test", "B@rx.test"])
+    );
+    let id = json["id"].as_str().unwrap().to_string();
+    let (status, _) = http_post(&engine, "/api/v1/messages", r#"{"from": "s@tx.test", "to": ["c@rx.test"], "raw": "From: s@tx.test\nSubject: raw one\n\nline\n"}"#).await;
+    assert_eq!(status, 202);
+    assert!(rx.wait_for_messages(2, Duration::from_secs(10)).await);
+
+    let built = rx
+        .received()
+        .into_iter()
+        .find(|m| m.rcpts.len() == 2)
+        .unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&built.body[..])
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("hello"));
+    assert!(parsed.date().is_some(), "a built message has a Date");
+    assert_eq!(
+        parsed.message_id(),
+        Some(format!("{id}@knock.test").as_str())
+    );
+    assert_eq!(
+        parsed.body_text(0).as_deref().map(str::trim_end),
+        Some("hi there")
+    );
+    let raw = rx
+        .received()
+        .into_iter()
+        .find(|m| m.rcpts == vec!["c@rx.test"])
+        .unwrap();
+    assert_eq!(
+        raw.body, b"From: s@tx.test\r\nSubject: raw one\r\n\r\nline\r\n",
+        "raw messages get CRLF line ends"
+    );
+
+    w.wait_event(Duration::from_secs(5), is("delivered", "B@rx.test"))
+        .await;
+    let (status, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["from"], "s@tx.test");
+    let states: Vec<&str> = m["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["delivered", "delivered"]);
+    let attempt = &m["recipients"][0]["attempts"][0];
+    for key in ["at", "mx", "code", "enhanced", "text"] {
+        assert!(!attempt[key].is_null(), "attempt lacks {key}: {attempt}");
+    }
+    engine.shutdown().await;
+}

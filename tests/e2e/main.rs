@@ -1,0 +1,10 @@
+//! End-to-end tests: knock for real, over real sockets on 127.0.0.1, delivering to
+//! `knock sink` receivers through a static resolver, with a temporary spool. Timing tests
+//! use short schedules (hundreds of milliseconds) instead of sleeping through real ones.
+
+mod world;
+
+mod cli;
+mod delivery;
+mod http;
+mod protocol;

@@ -1,0 +1,222 @@
+//! The test world: an engine, sinks, a static resolver, and helpers to talk to them.
+
+use knock::config::Config;
+use knock::engine::Engine;
+use knock::resolve::StaticResolver;
+use knock::sink::{Sink, SinkConfig};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub struct World {
+    _dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl World {
+    /// A config on ephemeral ports with a temporary spool and a fast retry schedule.
+    pub fn new(schedule: &[&str], max_age: &str) -> World {
+        knock::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[smtp]
+listen = "127.0.0.1:0"
+hostname = "knock.test"
+[http]
+listen = "127.0.0.1:0"
+[spool]
+path = "{spool}"
+[events]
+path = "{events}"
+[retry]
+schedule = [{schedule}]
+max_age = "{max_age}"
+jitter = 0.0
+[delivery.timeouts]
+connect = "2s"
+greeting = "5s"
+command = "5s"
+data_init = "5s"
+data_block = "5s"
+data_done = "5s"
+"#,
+            spool = dir.path().join("spool").display(),
+            events = dir.path().join("events.jsonl").display(),
+            schedule = schedule
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let config = Config::parse(&text).unwrap();
+        World { _dir: dir, config }
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.config.events.path.clone()
+    }
+
+    pub async fn start(&self, resolver: StaticResolver) -> Engine {
+        Engine::start_with(self.config.clone(), Arc::new(resolver))
+            .await
+            .unwrap()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        read_events(&self.events_path())
+    }
+
+    /// Waits until an event matches; panics with all events after `timeout`.
+    pub async fn wait_event(&self, timeout: Duration, what: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| what(e)) {
+                return e;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no matching event within {timeout:?}; events:\n{:#?}",
+                    self.events()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn read_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Matches an event by kind and recipient.
+pub fn is(kind: &'static str, rcpt: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["event"] == kind && e["recipient"] == rcpt
+}
+
+pub async fn sink(config: SinkConfig) -> Sink {
+    Sink::start(SinkConfig {
+        keep: true,
+        ..config
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn plain_sink() -> Sink {
+    sink(SinkConfig::default()).await
+}
+
+/// A resolver sending `domain` to `addr` through an MX named `mx.<domain>`.
+pub fn route(r: StaticResolver, domain: &str, addr: SocketAddr) -> StaticResolver {
+    let mx = format!("mx.{domain}");
+    r.with_mx(domain, &[&mx]).with_host(&mx, addr)
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Sends one message over SMTP the way a client program would; returns the final reply.
+pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]) -> Vec<String> {
+    let timeouts = knock::config::TimeoutConfig::default();
+    let mut c = knock::smtp::client::Client::connect(addr, &timeouts)
+        .await
+        .unwrap();
+    c.read_greeting().await.unwrap();
+    c.hello("client.test").await.unwrap();
+    let replies = c.send(from, rcpts, body).await;
+    c.quit().await;
+    replies
+        .per_recipient
+        .into_iter()
+        .map(|r| r.map(|r| r.one_line()).unwrap_or_else(|e| e))
+        .collect()
+}
+
+/// A line-by-line SMTP conversation for protocol tests.
+pub struct Raw {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> (Raw, String) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut raw = Raw {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = raw.reply().await;
+        (raw, greeting)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a command line and returns the reply (all its lines).
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Reads one whole reply; empty when the server closed the connection.
+    pub async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// `true` once the server has closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        let mut line = String::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.reader.read_line(&mut line)).await,
+            Ok(Ok(0))
+        )
+    }
+}
+
+pub async fn http_get(engine: &Engine, path: &str) -> (u16, Value) {
+    let resp = reqwest::get(format!("http://{}{path}", engine.http_addr))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn http_post(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}{path}", engine.http_addr))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
