@@ -408,6 +408,19 @@ path = "knock-data/events.jsonl"
     }
 
     #[test]
+    fn the_documented_configuration_parses() {
+        let doc = include_str!("../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + 8;
+        let end = start + doc[start..].find("```").expect("its end");
+        let c = Config::parse(&doc[start..end]).unwrap();
+        let d = Config::default();
+        assert_eq!(c.smtp.max_message_size, d.smtp.max_message_size, "the doc shows the defaults");
+        assert_eq!(c.retry.schedule, d.retry.schedule);
+        assert_eq!(c.delivery.timeouts.data_done, d.delivery.timeouts.data_done);
+        assert_eq!(c.spool.history, d.spool.history);
+    }
+
+    #[test]
     fn empty_file_is_the_embedded_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.smtp.listen.to_string(), DEFAULT_SMTP_LISTEN);

@@ -91,7 +91,7 @@ impl Inner {
                 self.attempt(open, &envelope, &group, &body).await,
                 Some(body),
             ),
-            Err(outcome) => (same_for_all(&group, &outcome), None),
+            Err(outcome) => (same_for_all(&group, &outcome, None), None),
         };
         let updated = self.apply(&envelope, group, results, now);
         self.finish(&envelope, updated, body).await;
@@ -135,7 +135,7 @@ impl Inner {
         if open.is_none() {
             match self.transport.connect(&group.domain).await {
                 Ok(conn) => *open = Some(Open { conn, sent: 0 }),
-                Err(outcome) => return same_for_all(group, &outcome),
+                Err(e) => return same_for_all(group, &e.outcome, e.mx),
             }
         }
         let o = open.as_mut().expect("opened above");
@@ -291,12 +291,12 @@ impl Inner {
 }
 
 /// The same outcome for every pending recipient: nothing was said to any of them apart.
-fn same_for_all(group: &Group, outcome: &Outcome) -> Vec<Result1> {
+fn same_for_all(group: &Group, outcome: &Outcome, mx: Option<String>) -> Vec<Result1> {
     group
         .pending()
         .map(|_| Result1 {
             outcome: outcome.clone(),
-            mx: None,
+            mx: mx.clone(),
             local_ip: None,
         })
         .collect()

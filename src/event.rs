@@ -135,3 +135,45 @@ async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Event>, path: 
     }
     let _ = out.flush().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_documented() {
+        let mut e = Event::new(Kind::Deferred, "id".into(), "a@b.test".into(), "b.test".into(), "s@a.test".into());
+        e.attempt = Some(1);
+        e.mx = Some("mx".into());
+        e.local_ip = Some("127.0.0.1".into());
+        e.code = Some(450);
+        e.enhanced = Enhanced::parse("4.2.0");
+        e.text = Some("Greylisted".into());
+        e.class = Some(Class::Greylist);
+        e.next_attempt = Some(Timestamp(0));
+        e.ee_seconds = Some(1.0);
+        let doc = include_str!("../docs/events.md");
+        let json = serde_json::to_value(&e).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            assert!(doc.contains(&format!("| `{key}` |")), "docs/events.md does not describe `{key}`");
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_one_line_per_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/events.jsonl");
+        let (events, writer) = Events::open(&path).await.unwrap();
+        for kind in [Kind::Processed, Kind::Delivered] {
+            events.emit(Event::new(kind, "id".into(), "a@b.test".into(), "b.test".into(), String::new())).await;
+        }
+        drop(events);
+        writer.await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kinds: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kinds, ["processed", "delivered"]);
+    }
+}

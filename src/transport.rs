@@ -14,9 +14,16 @@ use std::sync::Arc;
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// An open connection for `domain`, or the outcome that stands for every recipient
-    /// when there is none (DNS failure, every host down or refusing).
-    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, Outcome>;
+    /// An open connection for `domain`, or why there is none (DNS failure, every host
+    /// down or refusing): that outcome stands for every recipient.
+    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, ConnectError>;
+}
+
+/// No connection: the outcome, and the last MX host tried if DNS got that far.
+#[derive(Debug, Clone)]
+pub struct ConnectError {
+    pub outcome: Outcome,
+    pub mx: Option<String>,
 }
 
 #[async_trait]
@@ -110,16 +117,25 @@ fn dns_outcome(e: DnsError) -> Outcome {
 
 #[async_trait]
 impl Transport for SmtpTransport {
-    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, Outcome> {
-        let targets = self.targets(domain).await?;
-        let mut failure = Outcome::network(format!("no mail exchanger for {domain}"));
+    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, ConnectError> {
+        let targets = self
+            .targets(domain)
+            .await
+            .map_err(|outcome| ConnectError { outcome, mx: None })?;
+        let mut failure = ConnectError {
+            outcome: Outcome::network(format!("no mail exchanger for {domain}")),
+            mx: None,
+        };
         for target in targets {
             for addr in &target.addrs {
                 match self.open(&target.host, *addr).await {
                     Ok(conn) => return Ok(Box::new(conn)),
                     Err(outcome) => {
                         tracing::debug!(domain, host = %target.host, %addr, reason = %outcome.diagnostic(), "MX host unusable, trying the next");
-                        failure = outcome;
+                        failure = ConnectError {
+                            outcome,
+                            mx: Some(target.host.clone()),
+                        };
                     }
                 }
             }
@@ -131,7 +147,8 @@ impl Transport for SmtpTransport {
 impl SmtpTransport {
     /// Connects, reads the greeting and says EHLO; any refusal is the outcome.
     async fn open(&self, host: &str, addr: SocketAddr) -> Result<SmtpConnection, Outcome> {
-        let described = |text: String| format!("{host}[{}]: {text}", addr);
+        // Client errors name the address; the host name is what operators look for.
+        let described = |text: String| format!("{host}: {text}");
         let mut client = Client::connect(addr, &self.config.timeouts)
             .await
             .map_err(|e| Outcome::network(described(e.to_string())))?;
