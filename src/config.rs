@@ -414,7 +414,10 @@ path = "knock-data/events.jsonl"
         let end = start + doc[start..].find("```").expect("its end");
         let c = Config::parse(&doc[start..end]).unwrap();
         let d = Config::default();
-        assert_eq!(c.smtp.max_message_size, d.smtp.max_message_size, "the doc shows the defaults");
+        assert_eq!(
+            c.smtp.max_message_size, d.smtp.max_message_size,
+            "the doc shows the defaults"
+        );
         assert_eq!(c.retry.schedule, d.retry.schedule);
         assert_eq!(c.delivery.timeouts.data_done, d.delivery.timeouts.data_done);
         assert_eq!(c.spool.history, d.spool.history);

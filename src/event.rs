@@ -142,7 +142,13 @@ mod tests {
 
     #[test]
     fn every_field_is_documented() {
-        let mut e = Event::new(Kind::Deferred, "id".into(), "a@b.test".into(), "b.test".into(), "s@a.test".into());
+        let mut e = Event::new(
+            Kind::Deferred,
+            "id".into(),
+            "a@b.test".into(),
+            "b.test".into(),
+            "s@a.test".into(),
+        );
         e.attempt = Some(1);
         e.mx = Some("mx".into());
         e.local_ip = Some("127.0.0.1".into());
@@ -155,7 +161,10 @@ mod tests {
         let doc = include_str!("../docs/events.md");
         let json = serde_json::to_value(&e).unwrap();
         for key in json.as_object().unwrap().keys() {
-            assert!(doc.contains(&format!("| `{key}` |")), "docs/events.md does not describe `{key}`");
+            assert!(
+                doc.contains(&format!("| `{key}` |")),
+                "docs/events.md does not describe `{key}`"
+            );
         }
     }
 
@@ -165,14 +174,27 @@ mod tests {
         let path = dir.path().join("sub/events.jsonl");
         let (events, writer) = Events::open(&path).await.unwrap();
         for kind in [Kind::Processed, Kind::Delivered] {
-            events.emit(Event::new(kind, "id".into(), "a@b.test".into(), "b.test".into(), String::new())).await;
+            events
+                .emit(Event::new(
+                    kind,
+                    "id".into(),
+                    "a@b.test".into(),
+                    "b.test".into(),
+                    String::new(),
+                ))
+                .await;
         }
         drop(events);
         writer.await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let kinds: Vec<String> = text
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(kinds, ["processed", "delivered"]);
     }

@@ -10,7 +10,7 @@ use crate::event::Events;
 use crate::message::{Envelope, MessageId, NewMessage, group_by_domain, new_id};
 use crate::reply::Reply;
 use crate::scheduler::SchedulerHandle;
-use crate::smtp::server::{self, Handler, Limits, Session};
+use crate::smtp::server::{self, EhloMode, Handler, Limits, Session};
 use crate::spool::{Op, Spool, SpoolError};
 use crate::time::{Timestamp, rfc5322};
 use async_trait::async_trait;
@@ -125,6 +125,7 @@ pub async fn run_smtp(
         max_recipients: config.max_recipients,
         idle_timeout: config.idle_timeout,
         max_errors: config.max_errors,
+        ehlo: EhloMode::Full,
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let hostname = config.hostname.clone();

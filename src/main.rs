@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use knock::api::SendRequest;
 use knock::client::{ApiClient, api_base, format_message, format_queue};
 use knock::config::{Config, Rate};
+use knock::smtp::server::EhloMode;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +110,12 @@ struct SinkArgs {
     /// Serve the counters as JSON at http://ADDR/stats.
     #[arg(long)]
     stats: Option<std::net::SocketAddr>,
+    /// Do not offer PIPELINING.
+    #[arg(long, conflicts_with = "helo_only")]
+    no_pipelining: bool,
+    /// Refuse EHLO (502), so clients fall back to HELO.
+    #[arg(long)]
+    helo_only: bool,
 }
 
 #[derive(Args)]
@@ -232,6 +239,11 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
             rate: args.rate,
             defer_share: args.defer_share,
             delay: args.delay.unwrap_or_default(),
+            ehlo: match (args.no_pipelining, args.helo_only) {
+                (_, true) => EhloMode::HeloOnly,
+                (true, _) => EhloMode::NoPipelining,
+                _ => EhloMode::Full,
+            },
             ..Default::default()
         })
         .await

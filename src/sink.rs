@@ -16,7 +16,7 @@
 use crate::address::Address;
 use crate::config::Rate;
 use crate::reply::Reply;
-use crate::smtp::server::{self, Handler, Limits, Session};
+use crate::smtp::server::{self, EhloMode, Handler, Limits, Session};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -48,6 +48,8 @@ pub struct SinkConfig {
     /// Wait this long before every reply.
     pub delay: Duration,
     pub max_message_size: u64,
+    /// What EHLO offers (play a server without PIPELINING, or one that knows only HELO).
+    pub ehlo: EhloMode,
 }
 
 impl Default for SinkConfig {
@@ -62,6 +64,7 @@ impl Default for SinkConfig {
             defer_share: 0.0,
             delay: Duration::ZERO,
             max_message_size: 50 * 1024 * 1024,
+            ehlo: EhloMode::Full,
         }
     }
 }
@@ -293,6 +296,7 @@ impl Sink {
             max_recipients: 1000,
             idle_timeout: Duration::from_secs(300),
             max_errors: 1000,
+            ehlo: config.ehlo,
         });
         let handler = Arc::new(SinkHandler {
             config,

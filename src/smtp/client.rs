@@ -175,13 +175,20 @@ impl Client {
         batch.push_str("DATA\r\n");
         self.write("MAIL", batch.as_bytes()).await?;
         let mail = self.read_reply("MAIL", self.timeouts.command).await?;
+        if mail.code == 421 {
+            // The server is closing: nothing more will be answered.
+            return Ok(self.closing(Vec::new(), rcpts.len(), mail));
+        }
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
         for _ in rcpts {
-            rcpt_replies.push(self.read_reply("RCPT", self.timeouts.command).await?);
+            let reply = self.read_reply("RCPT", self.timeouts.command).await?;
+            if reply.code == 421 {
+                return Ok(self.closing(rcpt_replies, rcpts.len(), reply));
+            }
+            rcpt_replies.push(reply);
         }
         let data = self.read_reply("DATA", self.timeouts.data_init).await?;
         if !mail.is_positive() {
-            self.close_on_421(&mail);
             if data.is_intermediate() {
                 self.finish_data(&[]).await?;
             }
@@ -212,8 +219,10 @@ impl Client {
     ) -> Result<Vec<Reply>, ClientError> {
         let mail_cmd = self.mail_command(from, body.len());
         let mail = self.command(mail_cmd, "MAIL").await?;
+        if mail.code == 421 {
+            return Ok(self.closing(Vec::new(), rcpts.len(), mail));
+        }
         if !mail.is_positive() {
-            self.close_on_421(&mail);
             self.reset().await?;
             return Ok(rcpts.iter().map(|_| mail.clone()).collect());
         }
@@ -222,14 +231,10 @@ impl Client {
             let reply = self
                 .command(format!("RCPT TO:<{rcpt}>\r\n"), "RCPT")
                 .await?;
-            let closing = reply.code == 421;
-            rcpt_replies.push(reply);
-            if closing {
-                self.broken = true;
-                let last = rcpt_replies.last().cloned().expect("just pushed");
-                rcpt_replies.resize(rcpts.len(), last);
-                return Ok(rcpt_replies);
+            if reply.code == 421 {
+                return Ok(self.closing(rcpt_replies, rcpts.len(), reply));
             }
+            rcpt_replies.push(reply);
         }
         if !rcpt_replies.iter().any(Reply::is_positive) {
             self.reset().await?;
@@ -280,6 +285,15 @@ impl Client {
             self.broken = true;
         }
         Ok(())
+    }
+
+    /// A 421 mid-transaction: the server is closing, so the transaction is off. Recipients
+    /// refused before keep their reply; every other gets the 421.
+    fn closing(&mut self, answered: Vec<Reply>, total: usize, reply: Reply) -> Vec<Reply> {
+        self.broken = true;
+        let mut replies = merge(answered, &reply);
+        replies.resize(total, reply);
+        replies
     }
 
     fn close_on_421(&mut self, reply: &Reply) {

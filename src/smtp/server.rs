@@ -25,6 +25,18 @@ pub struct Limits {
     pub max_recipients: usize,
     pub idle_timeout: Duration,
     pub max_errors: u32,
+    /// What EHLO offers; the sink can play an older server.
+    pub ehlo: EhloMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EhloMode {
+    /// EHLO with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES.
+    Full,
+    /// EHLO without PIPELINING: clients must wait for each reply.
+    NoPipelining,
+    /// EHLO refused with 502 5.5.1: clients must fall back to HELO.
+    HeloOnly,
 }
 
 /// What one connection knows about itself, passed to the handler.
@@ -237,10 +249,17 @@ impl<H: Handler> Conn<H> {
     }
 
     fn ehlo(&mut self, host: String) -> Next {
+        let pipelining = match self.limits.ehlo {
+            EhloMode::HeloOnly => {
+                return self.error(Reply::new(502, "5.5.1", "Error: command not implemented"));
+            }
+            EhloMode::NoPipelining => "",
+            EhloMode::Full => "\nPIPELINING",
+        };
         self.session.reset();
         self.session.helo = Some(host);
         let text = format!(
-            "{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
+            "{}{pipelining}\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
             self.limits.hostname, self.limits.max_message_size
         );
         // EHLO replies carry no enhanced code on their keyword lines (RFC 2034 section 3).
