@@ -191,8 +191,22 @@ impl Inner {
                 class: o.class,
             });
             let attempt = rcpt.attempts.len() as u32;
+            let (state, retry_at) = match o.disposition {
+                Disposition::Delivered => (State::Delivered, None),
+                Disposition::Permanent => (State::Bounced, None),
+                Disposition::Transient => {
+                    match self
+                        .schedule
+                        .next(envelope.received_at, now, attempt, fastrand::f64())
+                    {
+                        Next::RetryAt(at) => (State::Deferred, Some(at)),
+                        Next::Expire => (State::Expired, None),
+                    }
+                }
+            };
+            rcpt.state = state;
             let mut event = Event::new(
-                Kind::Delivered,
+                Kind::from(state),
                 envelope.id.to_string(),
                 rcpt.address.clone(),
                 group.domain.clone(),
@@ -205,44 +219,22 @@ impl Inner {
             event.enhanced = o.enhanced;
             event.text = Some(o.text.clone());
             event.class = o.class;
-            match o.disposition {
-                Disposition::Delivered => {
-                    rcpt.state = State::Delivered;
+            event.next_attempt = retry_at;
+            match state {
+                State::Delivered => {
                     event.ee_seconds = Some(now.since(envelope.received_at).as_secs_f64());
                 }
-                Disposition::Permanent => {
-                    rcpt.state = State::Bounced;
-                    event.event = Kind::Bounced;
-                    failed.push(dsn::Failure {
-                        recipient: rcpt.address.clone(),
-                        outcome: o.clone(),
-                        mx: result.mx.clone(),
-                        state: State::Bounced,
-                    });
+                State::Deferred => {
+                    // The group goes when its last deferred recipient may: never early.
+                    next_attempt = next_attempt.max(retry_at);
                 }
-                Disposition::Transient => {
-                    match self
-                        .schedule
-                        .next(envelope.received_at, now, attempt, fastrand::f64())
-                    {
-                        Next::RetryAt(at) => {
-                            rcpt.state = State::Deferred;
-                            event.event = Kind::Deferred;
-                            event.next_attempt = Some(at);
-                            next_attempt = Some(next_attempt.map_or(at, |t| t.max(at)));
-                        }
-                        Next::Expire => {
-                            rcpt.state = State::Expired;
-                            event.event = Kind::Expired;
-                            failed.push(dsn::Failure {
-                                recipient: rcpt.address.clone(),
-                                outcome: o.clone(),
-                                mx: result.mx.clone(),
-                                state: State::Expired,
-                            });
-                        }
-                    }
-                }
+                State::Bounced | State::Expired => failed.push(dsn::Failure {
+                    recipient: rcpt.address.clone(),
+                    outcome: o.clone(),
+                    mx: result.mx.clone(),
+                    state,
+                }),
+                State::Queued => unreachable!("an attempt never leaves a recipient queued"),
             }
             events.push(event);
         }

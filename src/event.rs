@@ -21,6 +21,20 @@ pub enum Kind {
     Expired,
 }
 
+impl From<crate::message::State> for Kind {
+    /// The event that reports a recipient entering `state`.
+    fn from(state: crate::message::State) -> Kind {
+        use crate::message::State;
+        match state {
+            State::Queued => Kind::Processed,
+            State::Deferred => Kind::Deferred,
+            State::Delivered => Kind::Delivered,
+            State::Bounced => Kind::Bounced,
+            State::Expired => Kind::Expired,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub event: Kind,
