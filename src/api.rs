@@ -33,6 +33,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/messages/{id}", get(get_message))
         .route("/api/v1/queue", get(get_queue))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Room for the largest message as a JSON string (escaping can double it).
+        .layer(axum::extract::DefaultBodyLimit::max(
+            2 * state.max_message_size as usize + 64 * 1024,
+        ))
         .with_state(state)
 }
 
@@ -93,8 +97,13 @@ pub struct SendResponse {
 
 async fn post_message(
     AxState(state): AxState<Arc<ApiState>>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<SendResponse>), ApiError> {
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        error: e.body_text(),
+        field: Some("body".into()),
+    })?;
     let req: SendRequest =
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
             .map_err(json_error)?;

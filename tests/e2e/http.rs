@@ -142,3 +142,31 @@ async fn inject_built_and_raw_messages() {
     }
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn oversize_messages_get_413_in_json() {
+    let mut w = World::new(&["30s"], "1h");
+    w.config.smtp.max_message_size = 1000;
+    let engine = w.start(StaticResolver::new()).await;
+    let text = "x".repeat(5000);
+    let body = format!(
+        r#"{{"from": "s@tx.test", "to": ["a@x.test"], "subject": "big", "text": "{text}"}}"#
+    );
+    let (status, json) = http_post(&engine, "/api/v1/messages", &body).await;
+    assert_eq!(
+        (status, json["field"].as_str()),
+        (413, Some("text")),
+        "{json}"
+    );
+    let huge = format!(
+        r#"{{"from": "s@tx.test", "to": ["a@x.test"], "raw": "{}"}}"#,
+        "y".repeat(200_000)
+    );
+    let (status, json) = http_post(&engine, "/api/v1/messages", &huge).await;
+    assert_eq!(
+        (status, json["field"].as_str()),
+        (413, Some("body")),
+        "{json}"
+    );
+    engine.shutdown().await;
+}
