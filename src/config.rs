@@ -26,6 +26,23 @@ pub struct Config {
     pub routes: BTreeMap<String, Vec<String>>,
     pub events: EventsConfig,
     pub dns: DnsConfig,
+    pub classify: ClassifyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// The operator's own rules (TOML, as `data/classify.toml`), read before the shipped ones.
+    pub rules: Option<PathBuf>,
+}
+
+impl ClassifyConfig {
+    pub fn classifier(&self) -> anyhow::Result<crate::classify::Classifier> {
+        match &self.rules {
+            Some(path) => crate::classify::Classifier::with_file(path),
+            None => Ok(crate::classify::Classifier::default()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,10 +7,11 @@
 //! queue state itself. If a worker dies mid-delivery the spool still holds the old state,
 //! so the recipients are tried again after a restart (at least once, never lost).
 
+use crate::classify::Classifier;
 use crate::dsn;
 use crate::event::{Event, Events, Kind};
 use crate::message::{Attempt, Envelope, Group, NewMessage, State};
-use crate::outcome::{Disposition, Outcome};
+use crate::outcome::{Disposition, Observed};
 use crate::reply::Enhanced;
 use crate::schedule::{Next, Schedule};
 use crate::scheduler::{Job, SchedulerHandle};
@@ -27,6 +28,7 @@ pub struct Dispatcher {
 
 pub struct Inner {
     pub transport: Arc<dyn Transport>,
+    pub classifier: Arc<Classifier>,
     pub spool: Arc<dyn Spool>,
     pub events: Events,
     pub schedule: Schedule,
@@ -59,7 +61,7 @@ struct Open {
 
 /// What one recipient's attempt came to.
 struct Result1 {
-    outcome: Outcome,
+    observed: Observed,
     mx: Option<String>,
     local_ip: Option<String>,
 }
@@ -91,13 +93,13 @@ impl Inner {
                 self.attempt(open, &envelope, &group, &body).await,
                 Some(body),
             ),
-            Err(outcome) => (same_for_all(&group, &outcome, None), None),
+            Err(observed) => (same_for_all(&group, &observed, None), None),
         };
         let updated = self.apply(&envelope, group, results, now);
         self.finish(&envelope, updated, body).await;
     }
 
-    fn body(&self, envelope: &Envelope, body: Option<Bytes>) -> Result<Bytes, Outcome> {
+    fn body(&self, envelope: &Envelope, body: Option<Bytes>) -> Result<Bytes, Observed> {
         if let Some(body) = body {
             return Ok(body);
         }
@@ -105,12 +107,12 @@ impl Inner {
             Ok(Some(body)) => Ok(body),
             Ok(None) => {
                 tracing::error!(id = %envelope.id, "message body missing from the spool");
-                Err(Outcome::local(
+                Err(Observed::local(
                     Enhanced::new(5, 3, 0),
                     "message body missing from the spool",
                 ))
             }
-            Err(e) => Err(Outcome::local(
+            Err(e) => Err(Observed::local(
                 Enhanced::new(4, 3, 0),
                 format!("reading the spool: {e}"),
             )),
@@ -135,7 +137,7 @@ impl Inner {
         if open.is_none() {
             match self.transport.connect(&group.domain).await {
                 Ok(conn) => *open = Some(Open { conn, sent: 0 }),
-                Err(e) => return same_for_all(group, &e.outcome, e.mx),
+                Err(e) => return same_for_all(group, &e.observed, e.mx),
             }
         }
         let o = open.as_mut().expect("opened above");
@@ -153,12 +155,12 @@ impl Inner {
             };
             o.sent += 1;
             for reply in replies {
-                let outcome = match reply {
-                    Ok(reply) => Outcome::from_reply(&reply),
-                    Err(text) => Outcome::network(format!("{mx}: {text}")),
+                let observed = match reply {
+                    Ok(reply) => Observed::Reply(reply),
+                    Err(text) => Observed::network(format!("{mx}: {text}")),
                 };
                 results.push(Result1 {
-                    outcome,
+                    observed,
                     mx: Some(mx.clone()),
                     local_ip: Some(local_ip.clone()),
                 });
@@ -180,7 +182,7 @@ impl Inner {
         let mut next_attempt: Option<Timestamp> = None;
         let pending = group.recipients.iter_mut().filter(|r| !r.state.is_final());
         for (rcpt, result) in pending.zip(results) {
-            let o = &result.outcome;
+            let o = &self.classifier.outcome(&result.observed);
             rcpt.attempts.push(Attempt {
                 at: now,
                 mx: result.mx.clone(),
@@ -283,11 +285,11 @@ impl Inner {
 }
 
 /// The same outcome for every pending recipient: nothing was said to any of them apart.
-fn same_for_all(group: &Group, outcome: &Outcome, mx: Option<String>) -> Vec<Result1> {
+fn same_for_all(group: &Group, observed: &Observed, mx: Option<String>) -> Vec<Result1> {
     group
         .pending()
         .map(|_| Result1 {
-            outcome: outcome.clone(),
+            observed: observed.clone(),
             mx: mx.clone(),
             local_ip: None,
         })

@@ -56,6 +56,7 @@ impl Engine {
         config: Config,
         transport: Arc<dyn Transport>,
     ) -> anyhow::Result<Engine> {
+        let classifier = Arc::new(config.classify.classifier()?);
         let spool_dir = config.spool.path.clone();
         let spool: Arc<dyn Spool> = Arc::new(
             tokio::task::spawn_blocking(move || RedbSpool::open(&spool_dir))
@@ -79,6 +80,7 @@ impl Engine {
         let (handle, commands) = scheduler::channel();
         let dispatcher = Dispatcher::new(dispatch::Inner {
             transport,
+            classifier,
             spool: spool.clone(),
             events: events.clone(),
             schedule: Schedule::from_config(&config.retry),

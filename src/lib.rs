@@ -18,7 +18,8 @@
 //! | [`message`] | message, recipient, attempt and state types |
 //! | [`spool`] | durable storage with group commit |
 //! | [`schedule`] | the pure retry arithmetic |
-//! | [`outcome`] | outcomes and their classes |
+//! | [`outcome`] | what an attempt observed, and outcomes with their classes |
+//! | [`classify`] | the one classifier: enhanced codes, then receivers' phrases (data) |
 //! | [`resolve`] | MX and address lookup behind the `Resolver` trait |
 //! | [`transport`] | the SMTP client behind the `Transport` trait |
 //! | [`scheduler`] | the one task that owns queue state and timing |
@@ -36,6 +37,7 @@
 pub mod address;
 pub mod api;
 pub mod bench;
+pub mod classify;
 pub mod client;
 pub mod config;
 pub mod dispatch;

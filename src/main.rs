@@ -45,6 +45,17 @@ enum Command {
     Sink(SinkArgs),
     /// Send N messages over C concurrent SMTP sessions and report the rates.
     Bench(BenchArgs),
+    /// Classify reply lines (arguments, or one per line on stdin) as knock would.
+    Classify {
+        /// Your own rules (TOML, like data/classify.toml), read before the shipped ones.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// One JSON object per line: {"reply", "class", "transient"}.
+        #[arg(long)]
+        json: bool,
+        /// Reply lines, e.g. "450 4.2.0 Greylisted"; read from stdin when none are given.
+        replies: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +199,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sink(args) => sink(args).await,
+        Command::Classify {
+            rules,
+            json,
+            replies,
+        } => classify(rules, json, replies),
         Command::Bench(args) => {
             let report = knock::bench::run(knock::bench::BenchConfig {
                 target: args.smtp,
@@ -204,6 +220,49 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn classify(rules: Option<PathBuf>, json: bool, replies: Vec<String>) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let classifier = knock::config::ClassifyConfig { rules }.classifier()?;
+    let lines: Box<dyn Iterator<Item = std::io::Result<String>>> = if replies.is_empty() {
+        Box::new(std::io::stdin().lock().lines())
+    } else {
+        Box::new(replies.into_iter().map(Ok))
+    };
+    let mut bad = 0;
+    for line in lines {
+        let line = line.context("reading stdin")?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let reply = match knock::reply::Reply::parse(format!("{line}\r\n").as_bytes()) {
+            Ok(reply) => reply,
+            Err(e) => {
+                eprintln!("not a reply line ({e}): {line}");
+                bad += 1;
+                continue;
+            }
+        };
+        let outcome = classifier.reply(&reply);
+        let class = outcome.class.map(|c| c.as_str());
+        if json {
+            let j = serde_json::json!({"reply": line, "class": class, "transient": outcome.is_transient()});
+            println!("{j}");
+        } else {
+            let kind = match outcome.disposition {
+                knock::outcome::Disposition::Delivered => "delivered",
+                knock::outcome::Disposition::Transient => "transient",
+                knock::outcome::Disposition::Permanent => "permanent",
+            };
+            println!("{:<10} {kind:<9}  {line}", class.unwrap_or("-"));
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} line(s) were not SMTP replies");
+    }
+    Ok(())
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {

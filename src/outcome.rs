@@ -1,9 +1,7 @@
-//! Outcomes: what one attempt meant for one recipient, with its [`Class`]. Every reply and
-//! every failure to talk becomes an [`Outcome`] here, in one place; what to *do* about it is
-//! the scheduler's and the retry schedule's business.
-//!
-//! This first classifier reads the reply code and the enhanced status code (RFC 3463);
-//! reading the text against a table of receivers' phrases comes on top of it.
+//! Outcomes: what one attempt meant for one recipient. What was *observed* (a reply, or a
+//! failure knock saw itself) is an [`Observed`]; the classifier (`classify`) turns it into an
+//! [`Outcome`] with a disposition and a [`Class`], in that one place. What to *do* about an
+//! outcome is dispatch's and the retry schedule's business.
 
 use crate::reply::{Enhanced, Reply};
 use serde::{Deserialize, Serialize};
@@ -25,12 +23,81 @@ pub enum Class {
     Block,
 }
 
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Greylist => "greylist",
+            Class::Throttle => "throttle",
+            Class::Mailbox => "mailbox",
+            Class::System => "system",
+            Class::Network => "network",
+            Class::Policy => "policy",
+            Class::Reputation => "reputation",
+            Class::Auth => "auth",
+            Class::Hard => "hard",
+            Class::Block => "block",
+        }
+    }
+
+    /// The class as it applies to a temporary failure (the transient classes).
+    pub fn transient(self) -> Class {
+        match self {
+            Class::Hard => Class::Mailbox,
+            Class::Block => Class::Reputation,
+            c => c,
+        }
+    }
+
+    /// The class as it applies to a permanent failure: `hard`, `mailbox`, `block`, `auth`
+    /// or `policy`.
+    pub fn permanent(self) -> Class {
+        match self {
+            Class::Reputation => Class::Block,
+            Class::Greylist | Class::Throttle | Class::System | Class::Network => Class::Policy,
+            c => c,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Disposition {
     Delivered,
     Transient,
     Permanent,
+}
+
+/// What an attempt observed for a recipient, before it is classified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// The receiver replied.
+    Reply(Reply),
+    /// Nothing was said: knock saw a DNS answer, a connection failure or a timeout, and
+    /// gives it an enhanced code of its own.
+    Local { enhanced: Enhanced, text: String },
+}
+
+impl Observed {
+    pub fn local(enhanced: Enhanced, text: impl Into<String>) -> Observed {
+        Observed::Local {
+            enhanced,
+            text: text.into(),
+        }
+    }
+
+    /// A connection failure, timeout or lost connection.
+    pub fn network(text: impl Into<String>) -> Observed {
+        Observed::local(Enhanced::new(4, 4, 1), text)
+    }
+}
+
+impl std::fmt::Display for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Observed::Reply(r) => write!(f, "{r}"),
+            Observed::Local { enhanced, text } => write!(f, "{enhanced} {text}"),
+        }
+    }
 }
 
 /// The meaning of one attempt for one recipient.
@@ -45,45 +112,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Classifies a receiver's reply.
-    pub fn from_reply(reply: &Reply) -> Outcome {
-        let disposition = if reply.is_positive() {
-            Disposition::Delivered
-        } else if reply.is_transient() {
-            Disposition::Transient
-        } else {
-            Disposition::Permanent
-        };
-        Outcome {
-            disposition,
-            class: classify(reply.code, reply.enhanced),
-            code: Some(reply.code),
-            enhanced: reply.enhanced,
-            text: reply.text.replace('\n', " "),
-        }
-    }
-
-    /// A failure knock observed itself: no reply, so the enhanced code says what happened.
-    pub fn local(enhanced: Enhanced, text: impl Into<String>) -> Outcome {
-        let disposition = if enhanced.class == 4 {
-            Disposition::Transient
-        } else {
-            Disposition::Permanent
-        };
-        Outcome {
-            disposition,
-            class: classify(if enhanced.class == 4 { 451 } else { 550 }, Some(enhanced)),
-            code: None,
-            enhanced: Some(enhanced),
-            text: text.into(),
-        }
-    }
-
-    /// A connection failure, timeout or lost connection.
-    pub fn network(text: impl Into<String>) -> Outcome {
-        Outcome::local(Enhanced::new(4, 4, 1), text)
-    }
-
     pub fn is_transient(&self) -> bool {
         self.disposition == Disposition::Transient
     }
@@ -105,122 +133,5 @@ impl Outcome {
             Disposition::Transient => Enhanced::new(4, 0, 0),
             Disposition::Permanent => Enhanced::new(5, 0, 0),
         })
-    }
-}
-
-/// The class from the codes alone: the enhanced code's subject first, then the basic code.
-pub fn classify(code: u16, enhanced: Option<Enhanced>) -> Option<Class> {
-    let transient = (400..500).contains(&code);
-    let permanent = (500..600).contains(&code);
-    if !transient && !permanent {
-        return None;
-    }
-    let class = match enhanced.map(|e| (e.subject, e.detail)) {
-        Some((1, _)) if permanent => Class::Hard,
-        Some((1, _)) => Class::Mailbox,
-        Some((2, _)) => Class::Mailbox,
-        Some((3, _)) => Class::System,
-        Some((4, _)) => Class::Network,
-        Some((7, 1)) if permanent => Class::Block,
-        Some((7, 23..=27)) => Class::Auth,
-        Some((7, _)) => Class::Policy,
-        Some((5 | 6, _)) => Class::Policy,
-        _ if code == 421 => Class::System,
-        _ if transient => Class::System,
-        _ if code == 550 || code == 551 || code == 553 => Class::Hard,
-        _ => Class::Policy,
-    };
-    Some(class)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classification_by_codes() {
-        let cases: &[(&str, Disposition, Option<Class>)] = &[
-            ("250 2.0.0 Ok", Disposition::Delivered, None),
-            (
-                "450 4.2.0 Greylisted",
-                Disposition::Transient,
-                Some(Class::Mailbox),
-            ),
-            (
-                "452 4.2.2 Mailbox full",
-                Disposition::Transient,
-                Some(Class::Mailbox),
-            ),
-            (
-                "451 4.3.0 Temporary failure",
-                Disposition::Transient,
-                Some(Class::System),
-            ),
-            (
-                "421 4.4.2 Timeout",
-                Disposition::Transient,
-                Some(Class::Network),
-            ),
-            (
-                "450 4.7.1 Too much mail",
-                Disposition::Transient,
-                Some(Class::Policy),
-            ),
-            (
-                "421 Service not available",
-                Disposition::Transient,
-                Some(Class::System),
-            ),
-            (
-                "550 5.1.1 User unknown",
-                Disposition::Permanent,
-                Some(Class::Hard),
-            ),
-            (
-                "552 5.2.2 Over quota",
-                Disposition::Permanent,
-                Some(Class::Mailbox),
-            ),
-            (
-                "554 5.7.1 Blocked",
-                Disposition::Permanent,
-                Some(Class::Block),
-            ),
-            (
-                "550 5.7.26 DMARC",
-                Disposition::Permanent,
-                Some(Class::Auth),
-            ),
-            (
-                "550 User unknown",
-                Disposition::Permanent,
-                Some(Class::Hard),
-            ),
-            (
-                "554 Transaction failed",
-                Disposition::Permanent,
-                Some(Class::Policy),
-            ),
-        ];
-        for (raw, disposition, class) in cases {
-            let reply = Reply::parse(format!("{raw}\r\n").as_bytes()).unwrap();
-            let o = Outcome::from_reply(&reply);
-            assert_eq!((o.disposition, o.class), (*disposition, *class), "{raw}");
-        }
-    }
-
-    #[test]
-    fn local_failures() {
-        let o = Outcome::network("connect to 127.0.0.1:25 failed");
-        assert_eq!(
-            (o.disposition, o.class, o.code),
-            (Disposition::Transient, Some(Class::Network), None)
-        );
-        let o = Outcome::local(Enhanced::new(5, 1, 2), "domain does not exist");
-        assert_eq!(
-            (o.disposition, o.class),
-            (Disposition::Permanent, Some(Class::Hard))
-        );
-        assert_eq!(o.diagnostic(), "5.1.2 domain does not exist");
     }
 }

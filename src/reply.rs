@@ -103,8 +103,9 @@ impl Reply {
         let mut iter = bytes.iter();
         match receiver.parse(&mut iter) {
             Ok(r) => {
-                let enhanced = (r.esc[0] != 0)
-                    .then(|| Enhanced::new(r.esc[0], r.esc[1] as u16, r.esc[2] as u16));
+                // smtp-proto keeps each part in a byte, so `5.7.708` does not fit: read the
+                // code from the first line, where smtp-proto found one.
+                let enhanced = (r.esc[0] != 0).then(|| leading_enhanced(bytes)).flatten();
                 if !(200..600).contains(&r.code) {
                     return Err(ReplyError::Malformed(format!("reply code {}", r.code)));
                 }
@@ -142,6 +143,16 @@ impl Reply {
             None => format!("{} {text}", self.code),
         }
     }
+}
+
+/// The enhanced code at the start of a reply's first line (`250 2.1.0 Ok` → `2.1.0`).
+fn leading_enhanced(raw: &[u8]) -> Option<Enhanced> {
+    let line = raw.get(4..)?;
+    let end = line
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\r' | b'\n'))
+        .unwrap_or(line.len());
+    Enhanced::parse(std::str::from_utf8(&line[..end]).ok()?)
 }
 
 impl fmt::Display for Reply {

@@ -3,7 +3,7 @@
 //! and transactions over it. Tests may substitute a scripted transport.
 
 use crate::config::{DeliveryConfig, parse_host_port};
-use crate::outcome::Outcome;
+use crate::outcome::Observed;
 use crate::reply::Enhanced;
 use crate::resolve::{DnsError, Resolver};
 use crate::smtp::client::{Client, TransactionReplies};
@@ -15,14 +15,14 @@ use std::sync::Arc;
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// An open connection for `domain`, or why there is none (DNS failure, every host
-    /// down or refusing): that outcome stands for every recipient.
+    /// down or refusing): what was observed stands for every recipient.
     async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, ConnectError>;
 }
 
-/// No connection: the outcome, and the last MX host tried if DNS got that far.
+/// No connection: what was observed, and the last MX host tried if DNS got that far.
 #[derive(Debug, Clone)]
 pub struct ConnectError {
-    pub outcome: Outcome,
+    pub observed: Observed,
     pub mx: Option<String>,
 }
 
@@ -76,7 +76,7 @@ impl SmtpTransport {
     }
 
     /// The hosts to try for `domain`, in order: a route when one matches, else its MX.
-    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, Outcome> {
+    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, Observed> {
         let hosts: Vec<(String, u16)> =
             match self.routes.get(domain).or_else(|| self.routes.get("*")) {
                 Some(hosts) => hosts.clone(),
@@ -84,7 +84,7 @@ impl SmtpTransport {
                     .resolver
                     .mx(domain)
                     .await
-                    .map_err(dns_outcome)?
+                    .map_err(dns_observed)?
                     .into_iter()
                     .map(|mx| (mx.name, self.config.port))
                     .collect(),
@@ -98,21 +98,21 @@ impl SmtpTransport {
             }
         }
         match (targets.is_empty(), last_error) {
-            (true, Some(e)) => Err(dns_outcome(e)),
+            (true, Some(e)) => Err(dns_observed(e)),
             _ => Ok(targets),
         }
     }
 }
 
 /// RFC 3463 / RFC 7505 codes for what DNS said.
-fn dns_outcome(e: DnsError) -> Outcome {
+fn dns_observed(e: DnsError) -> Observed {
     let code = match &e {
         DnsError::NxDomain(_) => Enhanced::new(5, 1, 2),
         DnsError::NullMx(_) => Enhanced::new(5, 1, 10),
         DnsError::NoAddress(_) => Enhanced::new(4, 4, 4),
         DnsError::Temporary(..) => Enhanced::new(4, 4, 3),
     };
-    Outcome::local(code, e.to_string())
+    Observed::local(code, e.to_string())
 }
 
 #[async_trait]
@@ -121,19 +121,19 @@ impl Transport for SmtpTransport {
         let targets = self
             .targets(domain)
             .await
-            .map_err(|outcome| ConnectError { outcome, mx: None })?;
+            .map_err(|observed| ConnectError { observed, mx: None })?;
         let mut failure = ConnectError {
-            outcome: Outcome::network(format!("no mail exchanger for {domain}")),
+            observed: Observed::network(format!("no mail exchanger for {domain}")),
             mx: None,
         };
         for target in targets {
             for addr in &target.addrs {
                 match self.open(&target.host, *addr).await {
                     Ok(conn) => return Ok(Box::new(conn)),
-                    Err(outcome) => {
-                        tracing::debug!(domain, host = %target.host, %addr, reason = %outcome.diagnostic(), "MX host unusable, trying the next");
+                    Err(observed) => {
+                        tracing::debug!(domain, host = %target.host, %addr, reason = %observed, "MX host unusable, trying the next");
                         failure = ConnectError {
-                            outcome,
+                            observed,
                             mx: Some(target.host.clone()),
                         };
                     }
@@ -145,28 +145,28 @@ impl Transport for SmtpTransport {
 }
 
 impl SmtpTransport {
-    /// Connects, reads the greeting and says EHLO; any refusal is the outcome.
-    async fn open(&self, host: &str, addr: SocketAddr) -> Result<SmtpConnection, Outcome> {
+    /// Connects, reads the greeting and says EHLO; a refusal is returned as observed.
+    async fn open(&self, host: &str, addr: SocketAddr) -> Result<SmtpConnection, Observed> {
         // Client errors name the address; the host name is what operators look for.
         let described = |text: String| format!("{host}: {text}");
         let mut client = Client::connect(addr, &self.config.timeouts)
             .await
-            .map_err(|e| Outcome::network(described(e.to_string())))?;
+            .map_err(|e| Observed::network(described(e.to_string())))?;
         let greeting = client
             .read_greeting()
             .await
-            .map_err(|e| Outcome::network(described(e.to_string())))?;
+            .map_err(|e| Observed::network(described(e.to_string())))?;
         if !greeting.is_positive() {
             client.quit().await;
-            return Err(Outcome::from_reply(&greeting));
+            return Err(Observed::Reply(greeting));
         }
         let hello = client
             .hello(&self.helo_name)
             .await
-            .map_err(|e| Outcome::network(described(e.to_string())))?;
+            .map_err(|e| Observed::network(described(e.to_string())))?;
         if !hello.is_positive() {
             client.quit().await;
-            return Err(Outcome::from_reply(&hello));
+            return Err(Observed::Reply(hello));
         }
         Ok(SmtpConnection {
             client,

@@ -129,3 +129,70 @@ fn unreachable_engine_is_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("cannot reach knock"), "{err}");
 }
+
+#[test]
+fn classify_prints_class_and_disposition() {
+    let (ok, out, err) = knock(&[
+        "classify",
+        "450 4.2.0 <a@b.test>: Recipient address rejected: Greylisted",
+        "550 5.1.1 User unknown",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![vec!["greylist", "transient"], vec!["hard", "permanent"]]
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
+        .args(["classify", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"421 4.7.0 mx.test Error: too many connections from 192.0.2.1\n250 2.0.0 Ok\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows[0]["class"], "throttle");
+    assert_eq!(rows[0]["transient"], true);
+    assert_eq!(
+        rows[0]["reply"],
+        "421 4.7.0 mx.test Error: too many connections from 192.0.2.1"
+    );
+    assert_eq!(
+        (rows[1]["class"].is_null(), &rows[1]["transient"]),
+        (true, &serde_json::json!(false))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("mine.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nclass = \"throttle\"\nphrases = [\"slow your roll\"]\n",
+    )
+    .unwrap();
+    let (ok, out, _) = knock(&[
+        "classify",
+        "--rules",
+        rules.to_str().unwrap(),
+        "451 Slow your roll",
+    ]);
+    assert!(ok);
+    assert!(out.starts_with("throttle"), "{out}");
+    let (ok, _, err) = knock(&["classify", "not a reply"]);
+    assert!(!ok && err.contains("not a reply line"), "{err}");
+}
