@@ -27,6 +27,92 @@ pub struct Config {
     pub events: EventsConfig,
     pub dns: DnsConfig,
     pub classify: ClassifyConfig,
+    pub greylist: GreylistConfig,
+    /// Per provider (`"*"` for every provider without its own): rate and connections.
+    pub shaping: BTreeMap<String, ShapingConfig>,
+    pub adapt: AdaptConfig,
+    /// Providers of the operator's own, in front of the shipped table.
+    #[serde(rename = "provider")]
+    pub providers: Vec<crate::provider::ProviderDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GreylistConfig {
+    /// The wait after a greylisting reply that states no delay, until one is learned.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Learned delays never go below this.
+    #[serde(with = "humantime_serde")]
+    pub floor: Duration,
+}
+
+impl Default for GreylistConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            floor: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Static shaping for one provider; what is left out comes from `[delivery]`.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingConfig {
+    #[serde(deserialize_with = "de_rate")]
+    pub rate: Option<Rate>,
+    pub max_connections: Option<usize>,
+    pub messages_per_connection: Option<usize>,
+}
+
+/// How destinations adapt to what receivers say.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptConfig {
+    /// The whole destination waits this long after a throttling reply.
+    #[serde(with = "humantime_serde")]
+    pub throttle_pause: Duration,
+    /// When every MX of a destination is unreachable: the first wait before a probe,
+    /// doubled after each failed probe up to the maximum.
+    #[serde(with = "humantime_serde")]
+    pub outage_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub outage_backoff_max: Duration,
+}
+
+impl Default for AdaptConfig {
+    fn default() -> Self {
+        let t = crate::shaping::Tuning::default();
+        Self {
+            throttle_pause: t.throttle_pause,
+            outage_backoff: t.outage_initial,
+            outage_backoff_max: t.outage_max,
+        }
+    }
+}
+
+impl Config {
+    /// The shaping of `provider`: its own table, else `"*"`, else `[delivery]`.
+    pub fn shaping_for(&self, provider: &str) -> crate::shaping::Limits {
+        let own = self.shaping.get(provider).or_else(|| self.shaping.get("*"));
+        let pick = |f: fn(&ShapingConfig) -> Option<usize>| own.and_then(f);
+        crate::shaping::Limits {
+            rate: own.and_then(|s| s.rate),
+            max_connections: pick(|s| s.max_connections).unwrap_or(self.delivery.max_connections),
+            messages_per_connection: pick(|s| s.messages_per_connection)
+                .unwrap_or(self.delivery.messages_per_connection),
+        }
+    }
+
+    pub fn tuning(&self) -> crate::shaping::Tuning {
+        crate::shaping::Tuning {
+            throttle_pause: self.adapt.throttle_pause,
+            outage_initial: self.adapt.outage_backoff,
+            outage_max: self.adapt.outage_backoff_max.max(self.adapt.outage_backoff),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -151,8 +237,8 @@ impl Default for RetryConfig {
 pub struct DeliveryConfig {
     /// The port MX hosts are reached on.
     pub port: u16,
-    /// Open connections per recipient domain at most.
-    pub max_connections_per_domain: usize,
+    /// Open connections per destination (provider) at most, unless `[shaping]` says.
+    pub max_connections: usize,
     /// Messages sent over one connection before it is closed.
     pub messages_per_connection: usize,
     /// Recipients in one SMTP transaction at most (RFC 5321 requires receivers to take 100).
@@ -164,7 +250,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             port: 25,
-            max_connections_per_domain: 10,
+            max_connections: 10,
             messages_per_connection: 100,
             max_recipients_per_transaction: 100,
             timeouts: TimeoutConfig::default(),
@@ -277,8 +363,24 @@ impl Config {
         if !(0.0..=1.0).contains(&self.retry.jitter) {
             bail!("retry.jitter: must be between 0 and 1");
         }
-        if self.delivery.max_connections_per_domain == 0 {
-            bail!("delivery.max_connections_per_domain: must be at least 1");
+        if self.delivery.max_connections == 0 {
+            bail!("delivery.max_connections: must be at least 1");
+        }
+        for (name, s) in &self.shaping {
+            if s.max_connections == Some(0) {
+                bail!("shaping.\"{name}\".max_connections: must be at least 1");
+            }
+            if s.messages_per_connection == Some(0) {
+                bail!("shaping.\"{name}\".messages_per_connection: must be at least 1");
+            }
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                bail!("provider[{i}].name: must not be empty");
+            }
+        }
+        if self.greylist.window.is_zero() {
+            bail!("greylist.window: must be greater than zero");
         }
         if self.delivery.messages_per_connection == 0 {
             bail!("delivery.messages_per_connection: must be at least 1");
@@ -359,6 +461,11 @@ impl std::str::FromStr for Rate {
         }
         Ok(Rate { count, per })
     }
+}
+
+fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

@@ -1,25 +1,35 @@
-//! Delivery workers. The scheduler starts one per connection a domain may have; a worker
-//! delivers a job, asks the scheduler for the next job of the same domain, and reuses its
-//! connection while it can. Each delivery is named steps: body → connect → send →
-//! outcome per recipient → commit → tell (events, DSN, scheduler).
+//! Delivery workers. The scheduler starts one per connection a destination may have; a
+//! worker delivers a job, asks the scheduler for the destination's next job, and reuses its
+//! connection for the same domain while it can. Each delivery is named steps: body →
+//! connect → send → classify → next state per recipient → commit → tell (events, DSN, and
+//! the scheduler, with a [`Report`] its shaping learns from).
+//!
+//! The class picks the knob here: a `throttle` deferral goes straight back to the ready
+//! queue without a backoff step (the destination's shaping slows down instead); a
+//! `greylist` deferral waits out the receiver's window (stated in the reply, learned for
+//! the provider, or `[greylist] window`) and no longer; everything else transient takes the
+//! recipient's own backoff.
 //!
 //! A worker reports by committing the group's new state and sending `Done`; it never edits
 //! queue state itself. If a worker dies mid-delivery the spool still holds the old state,
 //! so the recipients are tried again after a restart (at least once, never lost).
 
-use crate::classify::Classifier;
+use crate::classify::{Classifier, stated_delay};
 use crate::dsn;
 use crate::event::{Event, Events, Kind};
-use crate::message::{Attempt, Envelope, Group, NewMessage, State};
-use crate::outcome::{Disposition, Observed};
+use crate::message::{Attempt, Envelope, Group, NewMessage, Recipient, State};
+use crate::outcome::{Class, Disposition, Observed, Outcome};
+use crate::provider::Providers;
 use crate::reply::Enhanced;
 use crate::schedule::{Next, Schedule};
-use crate::scheduler::{Job, SchedulerHandle};
+use crate::scheduler::{Job, Queued, SchedulerHandle};
+use crate::shaping::Report;
 use crate::spool::{Op, Spool};
 use crate::time::Timestamp;
 use crate::transport::{Connection, Transport};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -29,14 +39,20 @@ pub struct Dispatcher {
 pub struct Inner {
     pub transport: Arc<dyn Transport>,
     pub classifier: Arc<Classifier>,
+    pub providers: Providers,
     pub spool: Arc<dyn Spool>,
     pub events: Events,
     pub schedule: Schedule,
     pub scheduler: SchedulerHandle,
     pub hostname: String,
-    pub messages_per_connection: usize,
     pub max_recipients_per_transaction: usize,
+    /// The greylist wait when the reply states none and nothing was learned.
+    pub greylist_window: Duration,
 }
+
+/// Deferrals on one connection after which it is closed rather than reused: receivers
+/// slow down and cut off error-heavy sessions.
+const MAX_DEFERRALS_PER_CONNECTION: usize = 3;
 
 impl Dispatcher {
     pub fn new(inner: Inner) -> Dispatcher {
@@ -45,18 +61,40 @@ impl Dispatcher {
         }
     }
 
-    /// Starts a worker for `domain` with its first job. Must not block: called by the
-    /// scheduler task.
-    pub fn spawn_worker(&self, domain: String, job: Job) {
+    /// Starts a worker with its first job. Must not block: called by the scheduler task.
+    pub fn spawn_worker(&self, job: Job) {
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.work(domain, job).await });
+        tokio::spawn(async move { inner.work(job).await });
+    }
+
+    /// Finds `domain`'s provider from its MX hosts and tells the scheduler.
+    pub fn find_provider(&self, domain: String) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let hosts = inner.transport.mx_hosts(&domain).await;
+            let provider = inner.providers.name_for(&domain, &hosts);
+            inner.scheduler.provider(domain, provider);
+        });
+    }
+
+    /// Expires a group that outlived `max_age` while waiting, without an attempt.
+    pub fn spawn_expire(&self, envelope: Arc<Envelope>, group: Group) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let domain = group.domain.clone();
+            let updated = inner.expire_waiting(&envelope, group, Timestamp::now());
+            inner.commit_and_tell(&envelope, &updated, None).await;
+            inner.scheduler.expired(envelope.id, domain);
+        });
     }
 }
 
-/// An open connection and how many messages it has carried.
+/// An open connection: the domain it was opened for, and what it has carried.
 struct Open {
     conn: Box<dyn Connection>,
+    domain: String,
     sent: usize,
+    deferrals: usize,
 }
 
 /// What one recipient's attempt came to.
@@ -66,13 +104,28 @@ struct Result1 {
     local_ip: Option<String>,
 }
 
+/// What an attempt saw beyond the replies, for the report.
+#[derive(Default)]
+struct Seen {
+    connected: bool,
+    unreachable: bool,
+    latency: Option<Duration>,
+}
+
+struct Updated {
+    group: Group,
+    events: Vec<Event>,
+    failed: Vec<dsn::Failure>,
+}
+
 impl Inner {
-    async fn work(&self, domain: String, first: Job) {
+    async fn work(&self, first: Job) {
+        let destination = first.destination.clone();
         let mut open: Option<Open> = None;
         let mut job = Some(first);
         while let Some(j) = job {
             self.deliver(&mut open, j).await;
-            job = self.scheduler.next_job(&domain).await;
+            job = self.scheduler.next_job(&destination).await;
         }
         if let Some(open) = open {
             open.conn.quit().await;
@@ -80,23 +133,32 @@ impl Inner {
     }
 
     async fn deliver(&self, open: &mut Option<Open>, job: Job) {
-        let Job {
-            envelope,
-            group,
-            body,
-        } = job;
         // Even past max_age the attempt is made: expiry applies when it fails again, as
         // with Postfix's maximal_queue_lifetime, so a receiver that is back still gets it.
         let now = Timestamp::now();
-        let (results, body) = match self.body(&envelope, body) {
-            Ok(body) => (
-                self.attempt(open, &envelope, &group, &body).await,
-                Some(body),
+        let (results, seen, body) = match self.body(&job.envelope, job.body.clone()) {
+            Ok(body) => {
+                let (results, seen) = self.attempt(open, &job, &body).await;
+                (results, seen, Some(body))
+            }
+            Err(observed) => (
+                same_for_all(&job.group, &observed, None),
+                Seen::default(),
+                None,
             ),
-            Err(observed) => (same_for_all(&group, &observed, None), None),
         };
-        let updated = self.apply(&envelope, group, results, now);
-        self.finish(&envelope, updated, body).await;
+        let outcomes: Vec<Outcome> = results
+            .iter()
+            .map(|r| self.classifier.outcome(&r.observed))
+            .collect();
+        let report = report(&job.group, &outcomes, &seen, now);
+        if let Some(o) = open.as_mut() {
+            o.deferrals += outcomes.iter().filter(|o| o.is_transient()).count();
+        }
+        let updated = self.apply(&job, results, outcomes, now);
+        self.commit_and_tell(&job.envelope, &updated, body).await;
+        self.scheduler
+            .done(job.envelope.id, updated.group, job.destination, report);
     }
 
     fn body(&self, envelope: &Envelope, body: Option<Bytes>) -> Result<Bytes, Observed> {
@@ -124,29 +186,47 @@ impl Inner {
     async fn attempt(
         &self,
         open: &mut Option<Open>,
-        envelope: &Envelope,
-        group: &Group,
+        job: &Job,
         body: &[u8],
-    ) -> Vec<Result1> {
-        let pending: Vec<&str> = group.pending().map(|r| r.address.as_str()).collect();
-        if let Some(o) =
-            open.take_if(|o| !o.conn.is_reusable() || o.sent >= self.messages_per_connection)
-        {
+    ) -> (Vec<Result1>, Seen) {
+        let group = &job.group;
+        let mut seen = Seen::default();
+        if let Some(o) = open.take_if(|o| {
+            !o.conn.is_reusable()
+                || o.domain != group.domain
+                || o.sent >= job.messages_per_connection
+                || o.deferrals >= MAX_DEFERRALS_PER_CONNECTION
+        }) {
             o.conn.quit().await;
         }
         if open.is_none() {
             match self.transport.connect(&group.domain).await {
-                Ok(conn) => *open = Some(Open { conn, sent: 0 }),
-                Err(e) => return same_for_all(group, &e.observed, e.mx),
+                Ok(conn) => {
+                    *open = Some(Open {
+                        conn,
+                        domain: group.domain.clone(),
+                        sent: 0,
+                        deferrals: 0,
+                    })
+                }
+                Err(e) => {
+                    seen.unreachable = e.unreachable;
+                    return (same_for_all(group, &e.observed, e.mx), seen);
+                }
             }
         }
         let o = open.as_mut().expect("opened above");
+        seen.connected = true;
         let mx = o.conn.mx().to_string();
         let local_ip = o.conn.local_ip();
+        let pending: Vec<&str> = group.pending().map(|r| r.address.as_str()).collect();
         let mut results = Vec::with_capacity(pending.len());
         for chunk in pending.chunks(self.max_recipients_per_transaction) {
             let replies = if o.conn.is_reusable() {
-                o.conn.send(&envelope.from, chunk, body).await.per_recipient
+                o.conn
+                    .send(&job.envelope.from, chunk, body)
+                    .await
+                    .per_recipient
             } else {
                 chunk
                     .iter()
@@ -166,23 +246,35 @@ impl Inner {
                 });
             }
         }
-        results
+        seen.latency = o.conn.take_slowest_reply();
+        (results, seen)
     }
 
     /// Records each pending recipient's attempt and moves it to its next state.
     fn apply(
         &self,
-        envelope: &Envelope,
-        mut group: Group,
+        job: &Job,
         results: Vec<Result1>,
+        outcomes: Vec<Outcome>,
         now: Timestamp,
     ) -> Updated {
+        let envelope = &job.envelope;
+        let mut group = job.group.clone();
         let mut events = Vec::new();
         let mut failed = Vec::new();
         let mut next_attempt: Option<Timestamp> = None;
         let pending = group.recipients.iter_mut().filter(|r| !r.state.is_final());
-        for (rcpt, result) in pending.zip(results) {
-            let o = &self.classifier.outcome(&result.observed);
+        for ((rcpt, result), o) in pending.zip(results).zip(outcomes) {
+            let (state, retry_at) = match o.disposition {
+                Disposition::Delivered => (State::Delivered, None),
+                Disposition::Permanent => (State::Bounced, None),
+                Disposition::Transient => {
+                    match self.retry(envelope, rcpt, &o, job.greylist_delay, now) {
+                        Next::RetryAt(at) => (State::Deferred, Some(at)),
+                        Next::Expire => (State::Expired, None),
+                    }
+                }
+            };
             rcpt.attempts.push(Attempt {
                 at: now,
                 mx: result.mx.clone(),
@@ -192,20 +284,6 @@ impl Inner {
                 text: o.text.clone(),
                 class: o.class,
             });
-            let attempt = rcpt.attempts.len() as u32;
-            let (state, retry_at) = match o.disposition {
-                Disposition::Delivered => (State::Delivered, None),
-                Disposition::Permanent => (State::Bounced, None),
-                Disposition::Transient => {
-                    match self
-                        .schedule
-                        .next(envelope.received_at, now, attempt, fastrand::f64())
-                    {
-                        Next::RetryAt(at) => (State::Deferred, Some(at)),
-                        Next::Expire => (State::Expired, None),
-                    }
-                }
-            };
             rcpt.state = state;
             let mut event = Event::new(
                 Kind::from(state),
@@ -214,7 +292,7 @@ impl Inner {
                 group.domain.clone(),
                 envelope.from.clone(),
             );
-            event.attempt = Some(attempt);
+            event.attempt = Some(rcpt.attempts.len() as u32);
             event.mx = result.mx.clone();
             event.local_ip = result.local_ip.clone();
             event.code = o.code;
@@ -248,24 +326,112 @@ impl Inner {
         }
     }
 
-    /// Commits the new state (with the DSN, in the same transaction), then tells everyone.
-    async fn finish(&self, envelope: &Envelope, updated: Updated, body: Option<Bytes>) {
-        let Updated {
+    /// When a recipient that just failed temporarily is tried again: the class picks.
+    fn retry(
+        &self,
+        envelope: &Envelope,
+        rcpt: &Recipient,
+        o: &Outcome,
+        learned: Option<Duration>,
+        now: Timestamp,
+    ) -> Next {
+        let received = envelope.received_at;
+        let previous = rcpt.attempts.last().and_then(|a| a.class);
+        match o.class {
+            // The rate is the problem, not this message: back to the ready queue at once;
+            // the destination's shaping decides when it goes.
+            Some(Class::Throttle) => self.schedule.after(received, now, Duration::ZERO),
+            // Wait out the window once; a second greylisting in a row is an ordinary failure.
+            Some(Class::Greylist) if previous != Some(Class::Greylist) => {
+                let window = stated_delay(&o.text)
+                    .or(learned)
+                    .unwrap_or(self.greylist_window);
+                self.schedule.after(received, now, greylist_wait(window))
+            }
+            _ => {
+                // Throttle deferrals spend no backoff step.
+                let failures = rcpt
+                    .attempts
+                    .iter()
+                    .filter(|a| a.class != Some(Class::Throttle))
+                    .count() as u32
+                    + 1;
+                self.schedule.next(received, now, failures, fastrand::f64())
+            }
+        }
+    }
+
+    /// Expires every pending recipient of a group that waited past its lifetime; the last
+    /// reply, if any, stays the reason.
+    fn expire_waiting(&self, envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated {
+        let mut events = Vec::new();
+        let mut failed = Vec::new();
+        let age = humantime::format_duration(Duration::from_secs(
+            now.since(envelope.received_at).as_secs(),
+        ));
+        for rcpt in group.recipients.iter_mut().filter(|r| !r.state.is_final()) {
+            rcpt.state = State::Expired;
+            let last = rcpt.attempts.last();
+            let outcome = match last {
+                Some(a) => Outcome {
+                    disposition: Disposition::Transient,
+                    class: a.class,
+                    code: a.code,
+                    enhanced: a.enhanced,
+                    text: a.text.clone(),
+                },
+                None => Outcome {
+                    disposition: Disposition::Transient,
+                    class: None,
+                    code: None,
+                    enhanced: Some(Enhanced::new(4, 4, 7)),
+                    text: format!("message expired after {age} in the queue"),
+                },
+            };
+            let mx = last.and_then(|a| a.mx.clone());
+            let mut event = Event::new(
+                Kind::Expired,
+                envelope.id.to_string(),
+                rcpt.address.clone(),
+                group.domain.clone(),
+                envelope.from.clone(),
+            );
+            event.attempt = Some(rcpt.attempts.len() as u32);
+            event.mx = mx.clone();
+            event.code = outcome.code;
+            event.enhanced = outcome.enhanced;
+            event.text = Some(outcome.text.clone());
+            event.class = outcome.class;
+            events.push(event);
+            failed.push(dsn::Failure {
+                recipient: rcpt.address.clone(),
+                mx,
+                outcome,
+                state: State::Expired,
+            });
+        }
+        group.next_attempt = None;
+        Updated {
             group,
             events,
             failed,
-        } = updated;
+        }
+    }
+
+    /// Commits the new state (with the DSN, in the same transaction), then writes the
+    /// events and queues the DSN.
+    async fn commit_and_tell(&self, envelope: &Envelope, updated: &Updated, body: Option<Bytes>) {
         let mut ops = vec![Op::Update {
             id: envelope.id,
-            group: group.clone(),
+            group: updated.group.clone(),
         }];
-        let bounce = if failed.is_empty() || envelope.is_null_sender() {
+        let bounce = if updated.failed.is_empty() || envelope.is_null_sender() {
             None
         } else {
             let original = body
                 .or_else(|| self.spool.body(envelope.id).ok().flatten())
                 .unwrap_or_default();
-            dsn::build(&self.hostname, envelope, &original, &failed)
+            dsn::build(&self.hostname, envelope, &original, &updated.failed)
         };
         if let Some(b) = &bounce {
             ops.push(Op::Store(b.clone()));
@@ -273,18 +439,50 @@ impl Inner {
         if let Err(e) = self.spool.commit(ops).await {
             tracing::error!(id = %envelope.id, error = %e, "could not record a delivery outcome; it will be retried after a restart");
         }
-        for event in events {
-            self.events.emit(event).await;
+        for event in &updated.events {
+            self.events.emit(event.clone()).await;
         }
         if let Some(b) = bounce {
             emit_processed(&self.events, &b).await;
-            self.scheduler.enqueue(jobs_for(b));
+            self.scheduler.enqueue(queued(b));
         }
-        self.scheduler.done(envelope.id, group);
     }
 }
 
-/// The same outcome for every pending recipient: nothing was said to any of them apart.
+/// A greylist wait with a margin, so the retry lands after the window, never on its edge.
+fn greylist_wait(window: Duration) -> Duration {
+    window + (window / 20).max(Duration::from_millis(200))
+}
+
+/// What the destination's shaping learns from one delivery.
+fn report(group: &Group, outcomes: &[Outcome], seen: &Seen, now: Timestamp) -> Report {
+    let pending: Vec<&Recipient> = group.pending().collect();
+    let greylist_cleared = pending
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| o.disposition == Disposition::Delivered)
+        .filter_map(|(r, _)| {
+            r.attempts
+                .last()
+                .filter(|a| a.class == Some(Class::Greylist))
+                .map(|a| now.since(a.at))
+        })
+        .min();
+    Report {
+        accepted: outcomes
+            .iter()
+            .filter(|o| o.disposition == Disposition::Delivered)
+            .count(),
+        throttled: outcomes.iter().any(|o| o.class == Some(Class::Throttle)),
+        unreachable: seen.unreachable,
+        connected: seen.connected,
+        latency: seen.latency,
+        classes: outcomes.iter().filter_map(|o| o.class).collect(),
+        greylist_cleared,
+    }
+}
+
+/// The same observation for every pending recipient: nothing was said to any of them apart.
 fn same_for_all(group: &Group, observed: &Observed, mx: Option<String>) -> Vec<Result1> {
     group
         .pending()
@@ -296,12 +494,12 @@ fn same_for_all(group: &Group, observed: &Observed, mx: Option<String>) -> Vec<R
         .collect()
 }
 
-/// A new message's groups as scheduler jobs, body kept in memory for the first attempt.
-pub fn jobs_for(m: NewMessage) -> Vec<Job> {
+/// A new message's groups for the scheduler, body kept in memory for the first attempt.
+pub fn queued(m: NewMessage) -> Vec<Queued> {
     let envelope = Arc::new(m.envelope);
     m.groups
         .into_iter()
-        .map(|group| Job {
+        .map(|group| Queued {
             envelope: envelope.clone(),
             group,
             body: Some(m.body.clone()),
@@ -323,10 +521,4 @@ pub async fn emit_processed(events: &Events, m: &NewMessage) {
             events.emit(e).await;
         }
     }
-}
-
-struct Updated {
-    group: Group,
-    events: Vec<Event>,
-    failed: Vec<dsn::Failure>,
 }

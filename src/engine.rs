@@ -6,9 +6,11 @@ use crate::config::Config;
 use crate::dispatch::{self, Dispatcher};
 use crate::event::Events;
 use crate::ingest::{self, Intake};
+use crate::provider::Providers;
 use crate::resolve::{DnsResolver, Resolver};
 use crate::schedule::Schedule;
-use crate::scheduler::{self, Job, Scheduler};
+use crate::scheduler::{self, Policy, Queued, Scheduler};
+use crate::shaping::Shaping;
 use crate::spool::{RedbSpool, Spool};
 use crate::time::Timestamp;
 use crate::transport::{SmtpTransport, Transport};
@@ -78,22 +80,32 @@ impl Engine {
         let shutdown = CancellationToken::new();
 
         let (handle, commands) = scheduler::channel();
+        let providers = Providers::new(config.providers.clone());
         let dispatcher = Dispatcher::new(dispatch::Inner {
             transport,
             classifier,
+            providers: providers.clone(),
+            greylist_window: config.greylist.window,
             spool: spool.clone(),
             events: events.clone(),
             schedule: Schedule::from_config(&config.retry),
             scheduler: handle.clone(),
             hostname: config.smtp.hostname.clone(),
-            messages_per_connection: config.delivery.messages_per_connection,
             max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
         });
-        let scheduler = Scheduler::new(
-            commands,
-            dispatcher,
-            config.delivery.max_connections_per_domain,
-        );
+        let policy = Policy {
+            providers: providers.clone(),
+            shaping: {
+                let config = config.clone();
+                Box::new(move |provider: &str| {
+                    Shaping::new(config.shaping_for(provider), config.tuning())
+                })
+            },
+            greylist_floor: config.greylist.floor,
+            greylist_ceiling: Schedule::from_config(&config.retry).delay(1),
+            max_age: config.retry.max_age,
+        };
+        let scheduler = Scheduler::new(commands, dispatcher, policy);
         let mut tasks = vec![tokio::spawn(
             scheduler.run(shutdown.clone(), SHUTDOWN_GRACE),
         )];
@@ -114,7 +126,7 @@ impl Engine {
             recovered
                 .pending
                 .into_iter()
-                .map(|(envelope, group)| Job {
+                .map(|(envelope, group)| Queued {
                     envelope,
                     group,
                     body: None,

@@ -5,7 +5,7 @@
 
 use crate::address::Address;
 use crate::config::SmtpConfig;
-use crate::dispatch::{emit_processed, jobs_for};
+use crate::dispatch::{emit_processed, queued};
 use crate::event::Events;
 use crate::message::{Envelope, MessageId, NewMessage, group_by_domain, new_id};
 use crate::reply::Reply;
@@ -52,7 +52,7 @@ impl Intake {
         };
         self.spool.commit(vec![Op::Store(message.clone())]).await?;
         emit_processed(&self.events, &message).await;
-        self.scheduler.enqueue(jobs_for(message.clone()));
+        self.scheduler.enqueue(queued(message.clone()));
         Ok(message)
     }
 }

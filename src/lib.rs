@@ -20,6 +20,7 @@
 //! | [`schedule`] | the pure retry arithmetic |
 //! | [`outcome`] | what an attempt observed, and outcomes with their classes |
 //! | [`classify`] | the one classifier: enhanced codes, then receivers' phrases (data) |
+//! | [`provider`] | which receiving infrastructure a domain belongs to |
 //! | [`resolve`] | MX and address lookup behind the `Resolver` trait |
 //! | [`transport`] | the SMTP client behind the `Transport` trait |
 //! | [`scheduler`] | the one task that owns queue state and timing |
@@ -47,10 +48,12 @@ pub mod event;
 pub mod ingest;
 pub mod message;
 pub mod outcome;
+pub mod provider;
 pub mod reply;
 pub mod resolve;
 pub mod schedule;
 pub mod scheduler;
+pub mod shaping;
 pub mod sink;
 pub mod smtp;
 pub mod spool;

@@ -55,13 +55,19 @@ impl Schedule {
     /// `roll` in `[0, 1)` picks the jitter, which only ever lengthens the wait (a retry
     /// before the receiver's window resets its clock). The last try falls on the deadline.
     pub fn next(&self, received: Timestamp, now: Timestamp, failures: u32, roll: f64) -> Next {
+        let wait = self
+            .delay(failures)
+            .mul_f64(1.0 + self.jitter * roll.clamp(0.0, 1.0));
+        self.after(received, now, wait)
+    }
+
+    /// After a temporary failure at `now`: retry once `wait` has passed (a class's own
+    /// wait, such as a greylist window), or expire. The last try falls on the deadline.
+    pub fn after(&self, received: Timestamp, now: Timestamp, wait: Duration) -> Next {
         let deadline = self.deadline(received);
         if now >= deadline {
             return Next::Expire;
         }
-        let wait = self
-            .delay(failures)
-            .mul_f64(1.0 + self.jitter * roll.clamp(0.0, 1.0));
         Next::RetryAt((now + wait).min(deadline))
     }
 }

@@ -1,56 +1,101 @@
 //! The scheduler: the one task that owns queue state and timing. It keeps every pending
-//! (message, domain) group in a due-time index, moves due groups to their domain's ready
-//! queue, and starts delivery workers up to the domain's connection limit. Workers and the
-//! API talk to it only through [`Command`]s on its channel.
+//! (message, domain) group in a due-time index; when a group is due it goes to the ready
+//! queue of its *destination* (the domain's provider, found from its MX hosts once and
+//! cached), and the destination's shaping decides when and over how many connections it
+//! is delivered. Workers and the API talk to it only through [`Command`]s on its channel.
+//!
+//! Nothing polls: the task sleeps until the earliest of the next due group, the end of a
+//! destination's pause or rate wait, and the next expiry sweep.
 //!
 //! Not owned here: durability (workers commit to the spool before they report) and what an
-//! outcome means (dispatch and the retry schedule).
+//! outcome means (classification and dispatch).
 
 use crate::dispatch::Dispatcher;
 use crate::message::{Envelope, Group, MessageId, State};
+use crate::provider::Providers;
+use crate::shaping::{Gate, Report, Shaping, ShapingView};
 use crate::time::Timestamp;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// One group handed to a worker.
+/// A group as it enters the queue.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub struct Queued {
     pub envelope: Arc<Envelope>,
     pub group: Group,
     /// The message, when still in memory; workers read the spool otherwise.
     pub body: Option<Bytes>,
 }
 
+/// One group handed to a worker, with what the destination says about delivering it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub envelope: Arc<Envelope>,
+    pub group: Group,
+    pub body: Option<Bytes>,
+    pub destination: Arc<str>,
+    pub messages_per_connection: usize,
+    /// The greylist delay learned for this destination, if any.
+    pub greylist_delay: Option<Duration>,
+}
+
 pub enum Command {
     /// New or recovered groups, due at their `next_attempt`.
-    Enqueue(Vec<Job>),
-    /// A worker for `domain` is free: the next ready job, or `None` and the worker ends.
+    Enqueue(Vec<Queued>),
+    /// The provider of a domain, found from its MX hosts.
+    Provider { domain: String, provider: String },
+    /// A worker for `destination` is free: its next job, or `None` and the worker ends.
     Next {
-        domain: String,
+        destination: Arc<str>,
         reply: oneshot::Sender<Option<Job>>,
     },
-    /// A worker has finished a job and committed its new state.
-    Done { id: MessageId, group: Group },
-    /// Per-domain summary for `knock queue`.
+    /// A worker has finished a job, committed its new state, and reports what it saw.
+    Done {
+        id: MessageId,
+        group: Group,
+        destination: Arc<str>,
+        report: Report,
+    },
+    /// A group expired while waiting, without an attempt, and was committed.
+    Expired { id: MessageId, domain: String },
     Summary {
         reply: oneshot::Sender<Vec<DomainSummary>>,
+    },
+    Destinations {
+        reply: oneshot::Sender<Vec<DestinationView>>,
     },
 }
 
 /// What `knock queue` shows for one domain.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DomainSummary {
     pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     pub queued: usize,
     pub deferred: usize,
     pub in_flight: usize,
     pub oldest_age_seconds: u64,
     pub next_attempt: Option<Timestamp>,
+}
+
+/// One destination's queue and shaping, for `GET /api/v1/destinations`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DestinationView {
+    pub destination: String,
+    pub domains: Vec<String>,
+    /// Groups due and waiting for the destination's shaping.
+    pub ready: usize,
+    pub connections_open: usize,
+    pub shaping: ShapingView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greylist_delay_seconds: Option<u64>,
 }
 
 /// The handle everyone else holds.
@@ -60,23 +105,36 @@ pub struct SchedulerHandle {
 }
 
 impl SchedulerHandle {
-    pub fn enqueue(&self, jobs: Vec<Job>) {
-        let _ = self.tx.send(Command::Enqueue(jobs));
+    pub fn enqueue(&self, groups: Vec<Queued>) {
+        let _ = self.tx.send(Command::Enqueue(groups));
     }
 
-    pub async fn next_job(&self, domain: &str) -> Option<Job> {
+    pub fn provider(&self, domain: String, provider: String) {
+        let _ = self.tx.send(Command::Provider { domain, provider });
+    }
+
+    pub async fn next_job(&self, destination: &Arc<str>) -> Option<Job> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Next {
-                domain: domain.to_string(),
+                destination: destination.clone(),
                 reply,
             })
             .ok()?;
         rx.await.ok().flatten()
     }
 
-    pub fn done(&self, id: MessageId, group: Group) {
-        let _ = self.tx.send(Command::Done { id, group });
+    pub fn done(&self, id: MessageId, group: Group, destination: Arc<str>, report: Report) {
+        let _ = self.tx.send(Command::Done {
+            id,
+            group,
+            destination,
+            report,
+        });
+    }
+
+    pub fn expired(&self, id: MessageId, domain: String) {
+        let _ = self.tx.send(Command::Expired { id, domain });
     }
 
     pub async fn summary(&self) -> Vec<DomainSummary> {
@@ -86,11 +144,31 @@ impl SchedulerHandle {
         }
         rx.await.unwrap_or_default()
     }
+
+    pub async fn destinations(&self) -> Vec<DestinationView> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Destinations { reply }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
 }
 
 pub fn channel() -> (SchedulerHandle, mpsc::UnboundedReceiver<Command>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (SchedulerHandle { tx }, rx)
+}
+
+/// How the scheduler shapes and learns; from the config.
+pub struct Policy {
+    pub providers: Providers,
+    /// The shaping of a new destination.
+    pub shaping: Box<dyn Fn(&str) -> Shaping + Send>,
+    /// Learned greylist delays stay within these bounds.
+    pub greylist_floor: Duration,
+    pub greylist_ceiling: Duration,
+    /// How long a recipient may live; waiting groups past it are expired.
+    pub max_age: Duration,
 }
 
 type Key = (MessageId, String);
@@ -103,14 +181,32 @@ struct Entry {
     in_flight: bool,
 }
 
+struct Destination {
+    name: Arc<str>,
+    ready: VecDeque<Key>,
+    workers: usize,
+    /// Workers holding a connection open while the rate makes them wait a moment.
+    idle: VecDeque<oneshot::Sender<Option<Job>>>,
+    shaping: Shaping,
+    wake: Option<Instant>,
+    greylist_delay: Option<Duration>,
+}
+
+/// A worker waits with its connection open for at most this long; longer, it closes.
+const IDLE_HOLD: Duration = Duration::from_secs(5);
+/// Providers are looked up again after this long.
+const PROVIDER_TTL: Duration = Duration::from_secs(3600);
+
 pub struct Scheduler {
     rx: mpsc::UnboundedReceiver<Command>,
     dispatcher: Dispatcher,
-    max_connections: usize,
+    policy: Policy,
     entries: HashMap<Key, Entry>,
     due: BTreeSet<(Timestamp, Key)>,
-    ready: HashMap<String, VecDeque<Key>>,
-    workers: HashMap<String, usize>,
+    destinations: HashMap<Arc<str>, Destination>,
+    provider_of: HashMap<String, (Arc<str>, Instant)>,
+    awaiting_provider: HashMap<String, Vec<Key>>,
+    next_sweep: Instant,
     stopping: bool,
 }
 
@@ -118,16 +214,18 @@ impl Scheduler {
     pub fn new(
         rx: mpsc::UnboundedReceiver<Command>,
         dispatcher: Dispatcher,
-        max_connections: usize,
+        policy: Policy,
     ) -> Self {
         Scheduler {
             rx,
             dispatcher,
-            max_connections,
+            next_sweep: Instant::now() + sweep_interval(policy.max_age),
+            policy,
             entries: HashMap::new(),
             due: BTreeSet::new(),
-            ready: HashMap::new(),
-            workers: HashMap::new(),
+            destinations: HashMap::new(),
+            provider_of: HashMap::new(),
+            awaiting_provider: HashMap::new(),
             stopping: false,
         }
     }
@@ -136,132 +234,303 @@ impl Scheduler {
     /// `grace`); whatever is left stays in the spool for the next start.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         loop {
-            let wake = self.due.first().map(|(at, _)| *at);
+            let wake = self.next_wake();
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => return,
                 },
-                _ = sleep_until(wake), if wake.is_some() && !self.stopping => self.release_due(),
-                _ = shutdown.cancelled(), if !self.stopping => {
-                    self.stopping = true;
-                    self.ready.clear();
-                }
-            }
-            if self.stopping && self.workers.values().all(|&n| n == 0) {
-                return;
+                _ = tokio::time::sleep_until(wake), if !self.stopping => self.tick(),
+                _ = shutdown.cancelled(), if !self.stopping => self.stop(),
             }
             if self.stopping {
-                // Let running workers finish and report, but not forever.
-                let deadline = tokio::time::Instant::now() + grace;
-                while self.workers.values().any(|&n| n > 0) {
-                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                        Ok(Some(cmd)) => self.handle(cmd),
-                        _ => return,
-                    }
-                }
-                return;
+                break;
             }
+        }
+        // Let running workers finish and report, but not forever.
+        let deadline = Instant::now() + grace;
+        while self.destinations.values().any(|d| d.workers > 0) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(cmd)) => self.handle(cmd),
+                _ => return,
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stopping = true;
+        for d in self.destinations.values_mut() {
+            d.ready.clear();
+            for w in d.idle.drain(..) {
+                let _ = w.send(None);
+                d.workers -= 1;
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let due = self.due.first().map(|(at, _)| now + at.until_now());
+        let destinations = self.destinations.values().filter_map(|d| d.wake);
+        due.into_iter()
+            .chain(destinations)
+            .chain([self.next_sweep])
+            .min()
+            .unwrap_or(self.next_sweep)
+    }
+
+    fn tick(&mut self) {
+        self.release_due();
+        let now = Instant::now();
+        let woken: Vec<Arc<str>> = self
+            .destinations
+            .values()
+            .filter(|d| d.wake.is_some_and(|w| w <= now))
+            .map(|d| d.name.clone())
+            .collect();
+        for name in woken {
+            if let Some(d) = self.destinations.get_mut(&name) {
+                d.wake = None;
+            }
+            self.start_workers(&name);
+        }
+        if now >= self.next_sweep {
+            self.sweep_expired();
+            self.next_sweep = now + sweep_interval(self.policy.max_age);
         }
     }
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Enqueue(jobs) => {
-                for job in jobs {
-                    self.insert(job);
+            Command::Enqueue(groups) => {
+                for q in groups {
+                    self.insert(q);
                 }
                 self.release_due();
             }
-            Command::Next { domain, reply } => match self.take_ready(&domain) {
-                Some(job) => {
-                    if let Err(Some(job)) = reply.send(Some(job)) {
-                        // The worker is gone: its job goes back to be dispatched again.
-                        self.worker_ended(&domain);
-                        self.requeue(job);
-                        self.start_workers(&domain);
-                    }
-                }
-                None => {
-                    self.worker_ended(&domain);
-                    let _ = reply.send(None);
-                }
-            },
-            Command::Done { id, group } => self.finish(id, group),
+            Command::Provider { domain, provider } => self.provider_found(domain, provider),
+            Command::Next { destination, reply } => self.next_for_worker(&destination, reply),
+            Command::Done {
+                id,
+                group,
+                destination,
+                report,
+            } => {
+                self.learn(&destination, &report);
+                self.finish(id, group);
+                self.release_due();
+                self.start_workers(&destination);
+            }
+            Command::Expired { id, domain } => {
+                self.entries.remove(&(id, domain));
+            }
             Command::Summary { reply } => {
                 let _ = reply.send(self.summary());
+            }
+            Command::Destinations { reply } => {
+                let _ = reply.send(self.destination_views());
             }
         }
     }
 
-    fn insert(&mut self, job: Job) {
-        let Some(due) = job.group.next_attempt else {
+    fn insert(&mut self, q: Queued) {
+        let Some(due) = q.group.next_attempt else {
             return;
         };
-        if job.group.is_done() {
+        if q.group.is_done() {
             return;
         }
-        let key = (job.envelope.id, job.group.domain.clone());
+        let key = (q.envelope.id, q.group.domain.clone());
         self.due.insert((due, key.clone()));
         self.entries.insert(
             key,
             Entry {
-                envelope: job.envelope,
-                group: job.group,
-                body: job.body,
+                envelope: q.envelope,
+                group: q.group,
+                body: q.body,
                 due,
                 in_flight: false,
             },
         );
     }
 
-    /// Moves every group whose time has come to its domain's ready queue.
+    /// Moves every group whose time has come towards its destination.
     fn release_due(&mut self) {
         if self.stopping {
             return;
         }
         let now = Timestamp::now();
         let mut touched = BTreeSet::new();
-        while let Some((at, _)) = self.due.first() {
-            if *at > now {
-                break;
-            }
+        while self.due.first().is_some_and(|(at, _)| *at <= now) {
             let (_, key) = self.due.pop_first().expect("first exists");
-            touched.insert(key.1.clone());
-            self.ready.entry(key.1.clone()).or_default().push_back(key);
+            if let Some(dest) = self.route(key) {
+                touched.insert(dest);
+            }
         }
-        for domain in touched {
-            self.start_workers(&domain);
+        for dest in touched {
+            self.start_workers(&dest);
         }
     }
 
-    fn start_workers(&mut self, domain: &str) {
-        while !self.stopping {
-            let running = self.workers.get(domain).copied().unwrap_or(0);
-            if running >= self.max_connections {
-                return;
+    /// Puts a due group in its destination's ready queue, or waits for its provider.
+    fn route(&mut self, key: Key) -> Option<Arc<str>> {
+        let domain = key.1.clone();
+        let known = self
+            .provider_of
+            .get(&domain)
+            .filter(|(_, at)| at.elapsed() < PROVIDER_TTL)
+            .map(|(p, _)| p.clone());
+        let provider = known.or_else(|| {
+            let name: Arc<str> = self.policy.providers.by_domain(&domain)?.into();
+            self.provider_of
+                .insert(domain.clone(), (name.clone(), Instant::now()));
+            Some(name)
+        });
+        match provider {
+            Some(p) => {
+                self.destination(&p).ready.push_back(key);
+                Some(p)
             }
-            let Some(job) = self.take_ready(domain) else {
+            None => {
+                let waiting = self.awaiting_provider.entry(domain.clone()).or_default();
+                waiting.push(key);
+                if waiting.len() == 1 {
+                    self.dispatcher.find_provider(domain);
+                }
+                None
+            }
+        }
+    }
+
+    fn provider_found(&mut self, domain: String, provider: String) {
+        let provider: Arc<str> = provider.into();
+        self.provider_of
+            .insert(domain.clone(), (provider.clone(), Instant::now()));
+        let waiting = self.awaiting_provider.remove(&domain).unwrap_or_default();
+        if self.stopping {
+            return;
+        }
+        let d = self.destination(&provider);
+        d.ready.extend(waiting);
+        self.start_workers(&provider);
+    }
+
+    fn destination(&mut self, name: &Arc<str>) -> &mut Destination {
+        let policy = &self.policy;
+        self.destinations
+            .entry(name.clone())
+            .or_insert_with(|| Destination {
+                name: name.clone(),
+                ready: VecDeque::new(),
+                workers: 0,
+                idle: VecDeque::new(),
+                shaping: (policy.shaping)(name),
+                wake: None,
+                greylist_delay: None,
+            })
+    }
+
+    /// Hands ready jobs to idle workers or new ones, as far as the shaping allows.
+    fn start_workers(&mut self, name: &Arc<str>) {
+        if self.stopping {
+            return;
+        }
+        let now = Instant::now();
+        loop {
+            let Some(d) = self.destinations.get_mut(name) else {
                 return;
             };
-            *self.workers.entry(domain.to_string()).or_default() += 1;
-            self.dispatcher.spawn_worker(domain.to_string(), job);
+            if d.ready.is_empty() {
+                for w in d.idle.drain(..) {
+                    let _ = w.send(None);
+                    d.workers -= 1;
+                }
+                return;
+            }
+            let spawn = d.idle.is_empty();
+            if spawn && d.workers >= d.shaping.connection_limit() {
+                return;
+            }
+            match d.shaping.admit(now) {
+                Ok(()) => {}
+                Err(Gate::Until(t)) => {
+                    d.wake = Some(d.wake.map_or(t, |w| w.min(t)));
+                    return;
+                }
+                Err(Gate::Probing) => return,
+            }
+            let Some(job) = self.take_ready(name) else {
+                return;
+            };
+            let d = self.destinations.get_mut(name).expect("exists");
+            if spawn {
+                d.workers += 1;
+                self.dispatcher.spawn_worker(job);
+            } else if let Some(w) = d.idle.pop_front()
+                && let Err(Some(job)) = w.send(Some(job))
+            {
+                // The worker is gone: its job goes back to the front.
+                d.workers -= 1;
+                self.requeue(job);
+            }
         }
     }
 
-    fn take_ready(&mut self, domain: &str) -> Option<Job> {
-        let queue = self.ready.get_mut(domain)?;
-        while let Some(key) = queue.pop_front() {
+    /// A worker is free: give it the next job, keep it waiting a moment, or let it go.
+    fn next_for_worker(&mut self, name: &Arc<str>, reply: oneshot::Sender<Option<Job>>) {
+        let now = Instant::now();
+        let Some(d) = self.destinations.get_mut(name) else {
+            let _ = reply.send(None);
+            return;
+        };
+        if self.stopping || d.ready.is_empty() || d.workers > d.shaping.connection_limit() {
+            d.workers -= 1;
+            let _ = reply.send(None);
+            return;
+        }
+        match d.shaping.admit(now) {
+            Ok(()) => {
+                let job = self.take_ready(name);
+                let d = self.destinations.get_mut(name).expect("exists");
+                match job {
+                    Some(job) => {
+                        if let Err(Some(job)) = reply.send(Some(job)) {
+                            d.workers -= 1;
+                            self.requeue(job);
+                        }
+                    }
+                    None => {
+                        d.workers -= 1;
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+            Err(Gate::Until(t)) if t.duration_since(now) <= IDLE_HOLD => {
+                d.idle.push_back(reply);
+                d.wake = Some(d.wake.map_or(t, |w| w.min(t)));
+            }
+            Err(_) => {
+                d.workers -= 1;
+                let _ = reply.send(None);
+            }
+        }
+    }
+
+    fn take_ready(&mut self, name: &Arc<str>) -> Option<Job> {
+        let d = self.destinations.get_mut(name)?;
+        while let Some(key) = d.ready.pop_front() {
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.in_flight = true;
                 return Some(Job {
                     envelope: entry.envelope.clone(),
                     group: entry.group.clone(),
                     body: entry.body.take(),
+                    destination: name.clone(),
+                    messages_per_connection: d.shaping.messages_per_connection(),
+                    greylist_delay: d.greylist_delay,
                 });
             }
         }
-        self.ready.remove(domain);
         None
     }
 
@@ -270,16 +539,17 @@ impl Scheduler {
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.in_flight = false;
             entry.body = job.body;
-            self.ready.entry(key.1.clone()).or_default().push_front(key);
+            self.destination(&job.destination).ready.push_front(key);
         }
     }
 
-    fn worker_ended(&mut self, domain: &str) {
-        if let Some(n) = self.workers.get_mut(domain) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.workers.remove(domain);
-            }
+    fn learn(&mut self, name: &Arc<str>, report: &Report) {
+        let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
+        let d = self.destination(name);
+        d.shaping.report(Instant::now(), Timestamp::now(), report);
+        if let Some(cleared) = report.greylist_cleared {
+            let learned = cleared.clamp(floor, ceiling.max(floor));
+            d.greylist_delay = Some(d.greylist_delay.map_or(learned, |g| g.min(learned)));
         }
     }
 
@@ -301,6 +571,32 @@ impl Scheduler {
         }
     }
 
+    /// Expires groups that outlived `max_age` waiting in a ready queue (a paused or
+    /// throttled destination), without spending an attempt on them.
+    fn sweep_expired(&mut self) {
+        let now = Timestamp::now();
+        let max_age = self.policy.max_age;
+        let mut expired = Vec::new();
+        for d in self.destinations.values_mut() {
+            let entries = &self.entries;
+            d.ready.retain(|key| match entries.get(key) {
+                Some(e) if !e.in_flight && e.envelope.received_at + max_age <= now => {
+                    expired.push(key.clone());
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
+        }
+        for key in expired {
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.in_flight = true;
+                self.dispatcher
+                    .spawn_expire(entry.envelope.clone(), entry.group.clone());
+            }
+        }
+    }
+
     fn summary(&self) -> Vec<DomainSummary> {
         let now = Timestamp::now();
         let mut by_domain: BTreeMap<&str, DomainSummary> = BTreeMap::new();
@@ -309,6 +605,7 @@ impl Scheduler {
                 .entry(domain.as_str())
                 .or_insert_with(|| DomainSummary {
                     domain: domain.clone(),
+                    provider: self.provider_of.get(domain).map(|(p, _)| p.to_string()),
                     queued: 0,
                     deferred: 0,
                     in_flight: 0,
@@ -333,11 +630,37 @@ impl Scheduler {
         }
         by_domain.into_values().collect()
     }
+
+    fn destination_views(&self) -> Vec<DestinationView> {
+        let now = Instant::now();
+        let mut views: Vec<DestinationView> = self
+            .destinations
+            .values()
+            .map(|d| DestinationView {
+                destination: d.name.to_string(),
+                domains: {
+                    let mut domains: Vec<String> = self
+                        .provider_of
+                        .iter()
+                        .filter(|(_, (p, _))| *p == d.name)
+                        .map(|(dom, _)| dom.clone())
+                        .collect();
+                    domains.sort();
+                    domains
+                },
+                ready: d.ready.len(),
+                connections_open: d.workers,
+                shaping: d.shaping.view(now),
+                greylist_delay_seconds: d.greylist_delay.map(|g| g.as_secs()),
+            })
+            .collect();
+        views.sort_by(|a, b| a.destination.cmp(&b.destination));
+        views
+    }
 }
 
-async fn sleep_until(at: Option<Timestamp>) {
-    let wait = at
-        .map(|t| t.until_now())
-        .unwrap_or(Duration::from_secs(3600));
-    tokio::time::sleep(wait).await;
+/// How often waiting groups are checked for expiry: often enough that expiry is late by at
+/// most a tenth of the lifetime, and at least every minute.
+fn sweep_interval(max_age: Duration) -> Duration {
+    (max_age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }

@@ -11,12 +11,17 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// An open connection for `domain`, or why there is none (DNS failure, every host
     /// down or refusing): what was observed stands for every recipient.
     async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, ConnectError>;
+
+    /// The host names mail for `domain` goes to (its route or its MX hosts), to find its
+    /// provider; empty when DNS cannot say.
+    async fn mx_hosts(&self, domain: &str) -> Vec<String>;
 }
 
 /// No connection: what was observed, and the last MX host tried if DNS got that far.
@@ -24,6 +29,9 @@ pub trait Transport: Send + Sync + 'static {
 pub struct ConnectError {
     pub observed: Observed,
     pub mx: Option<String>,
+    /// Every host was tried and none would talk (refused, timed out, turned away at the
+    /// greeting): the destination, not the message, is unwell.
+    pub unreachable: bool,
 }
 
 #[async_trait]
@@ -32,6 +40,9 @@ pub trait Connection: Send {
     fn mx(&self) -> &str;
     fn local_ip(&self) -> String;
     fn is_reusable(&self) -> bool;
+    /// The slowest reply (the greeting included) since the last call: a slowing receiver
+    /// shows here before it refuses anything.
+    fn take_slowest_reply(&mut self) -> Option<Duration>;
     async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies;
     async fn quit(self: Box<Self>);
 }
@@ -121,10 +132,15 @@ impl Transport for SmtpTransport {
         let targets = self
             .targets(domain)
             .await
-            .map_err(|observed| ConnectError { observed, mx: None })?;
+            .map_err(|observed| ConnectError {
+                observed,
+                mx: None,
+                unreachable: false,
+            })?;
         let mut failure = ConnectError {
             observed: Observed::network(format!("no mail exchanger for {domain}")),
             mx: None,
+            unreachable: true,
         };
         for target in targets {
             for addr in &target.addrs {
@@ -135,12 +151,25 @@ impl Transport for SmtpTransport {
                         failure = ConnectError {
                             observed,
                             mx: Some(target.host.clone()),
+                            unreachable: true,
                         };
                     }
                 }
             }
         }
         Err(failure)
+    }
+
+    async fn mx_hosts(&self, domain: &str) -> Vec<String> {
+        match self.routes.get(domain).or_else(|| self.routes.get("*")) {
+            Some(hosts) => hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect(),
+            None => self
+                .resolver
+                .mx(domain)
+                .await
+                .map(|mx| mx.into_iter().map(|m| m.name).collect())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -192,6 +221,10 @@ impl Connection for SmtpConnection {
 
     fn is_reusable(&self) -> bool {
         !self.client.is_broken()
+    }
+
+    fn take_slowest_reply(&mut self) -> Option<Duration> {
+        self.client.take_slowest_reply()
     }
 
     async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies {

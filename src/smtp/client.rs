@@ -61,6 +61,7 @@ pub struct Client {
     pub local: SocketAddr,
     broken: bool,
     scratch: Vec<u8>,
+    slowest_reply: Option<Duration>,
 }
 
 impl Client {
@@ -86,11 +87,17 @@ impl Client {
             local,
             broken: false,
             scratch: Vec::new(),
+            slowest_reply: None,
         })
     }
 
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// The longest wait for a reply since the last call (connecting counts as a reply).
+    pub fn take_slowest_reply(&mut self) -> Option<Duration> {
+        self.slowest_reply.take()
     }
 
     /// Reads the greeting. A non-2xx greeting is returned as `Ok` for the caller to judge.
@@ -357,8 +364,11 @@ impl Client {
         stage: &'static str,
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
+        let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(timeout, self.read_raw_inner(stage)).await;
         let result = result.unwrap_or(Err(ClientError::Timeout { stage }));
+        let waited = started.elapsed();
+        self.slowest_reply = Some(self.slowest_reply.map_or(waited, |s| s.max(waited)));
         if result.is_err() {
             self.broken = true;
         }

@@ -312,7 +312,7 @@ async fn next_mx_when_the_first_is_down() {
 #[tokio::test]
 async fn connections_are_reused_for_several_messages() {
     let mut w = World::new(&["30s"], "1h");
-    w.config.delivery.max_connections_per_domain = 1;
+    w.config.delivery.max_connections = 1;
     let rx = sink(SinkConfig {
         delay: Duration::from_millis(20),
         ..Default::default()

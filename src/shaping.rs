@@ -1,0 +1,537 @@
+//! Shaping: how fast and how wide knock sends to one destination (a provider). Static limits
+//! come from config (`[shaping."google"] rate = "600/min"`, `max_connections`,
+//! `messages_per_connection`); on top, the destination adapts to what the receiver says:
+//!
+//! - a `throttle` reply multiplies the rate down to what the receiver was accepting, takes a
+//!   connection away and pauses the destination briefly (AIMD's multiplicative decrease);
+//! - while replies stay clean, the rate climbs back additively and connections return;
+//! - connection failures on every MX put the destination in *outage*: it backs off as a
+//!   whole, exponentially, and lets one probe through at a time;
+//! - rising latency (connect, greeting, replies) over its baseline takes connections away
+//!   before the receiver starts refusing (silent throttling).
+//!
+//! The state lives in the scheduler task; nothing here sleeps or does I/O.
+
+use crate::config::Rate;
+use crate::outcome::Class;
+use crate::time::Timestamp;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Static limits for a destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub rate: Option<Rate>,
+    pub max_connections: usize,
+    pub messages_per_connection: usize,
+}
+
+/// How the destination adapts; the defaults suit real receivers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// After a throttle, the rate is this share of what the receiver was accepting.
+    pub decrease: f64,
+    /// While clean, the rate grows by this share of itself per `increase_every`.
+    pub increase: f64,
+    pub increase_every: Duration,
+    /// The whole destination waits this long after a throttle.
+    pub throttle_pause: Duration,
+    /// Outage backoff: first wait, doubled per failed probe, up to the maximum.
+    pub outage_initial: Duration,
+    pub outage_max: Duration,
+    /// Latency this many times over its baseline counts as silent throttling.
+    pub latency_factor: f64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            decrease: 0.9,
+            increase: 0.03,
+            increase_every: Duration::from_secs(1),
+            throttle_pause: Duration::from_secs(1),
+            outage_initial: Duration::from_secs(30),
+            outage_max: Duration::from_secs(600),
+            latency_factor: 4.0,
+        }
+    }
+}
+
+/// What one delivery told the destination.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub accepted: usize,
+    /// Recipients refused or deferred with the throttle class (or a 421 at the greeting).
+    pub throttled: bool,
+    /// Every MX host was unreachable (connect failures, timeouts, no greeting).
+    pub unreachable: bool,
+    /// The connection worked (a probe that succeeds ends an outage).
+    pub connected: bool,
+    /// Time to connect and greeting, and the slowest command reply, when measured.
+    pub latency: Option<Duration>,
+    /// Classes of the failures seen, for the destination's recent history.
+    pub classes: Vec<Class>,
+    /// A recipient greylisted last time was delivered this long after that deferral.
+    pub greylist_cleared: Option<Duration>,
+}
+
+/// Why a destination cannot start a delivery now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Wait until then (rate or pause).
+    Until(Instant),
+    /// An outage probe is already out; wait for its report.
+    Probing,
+}
+
+pub struct Shaping {
+    limits: Limits,
+    tuning: Tuning,
+    /// The rate allowed now; `None` is unlimited.
+    rate: Option<f64>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    connections: usize,
+    paused_until: Option<Instant>,
+    outage: Option<Outage>,
+    accepted: VecDeque<(Instant, usize)>,
+    last_change: Instant,
+    last_throttle: Option<Instant>,
+    /// What the receiver was taking at the last throttle: with no static rate, the limit
+    /// lifts once the climb has doubled it.
+    throttled_at: Option<f64>,
+    latency: Option<Latency>,
+    recent: VecDeque<(Timestamp, Class)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    backoff: Duration,
+    probing: bool,
+    since: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    baseline: f64,
+    average: f64,
+}
+
+/// How far back acceptances count when measuring what the receiver takes.
+const MEASURE_WINDOW: Duration = Duration::from_secs(5);
+const RECENT: usize = 20;
+/// The slowest rate adaptation goes down to: one message a minute.
+const MIN_RATE: f64 = 1.0 / 60.0;
+
+impl Shaping {
+    pub fn new(limits: Limits, tuning: Tuning) -> Shaping {
+        let rate = limits.rate.map(|r| r.count as f64 / r.per.as_secs_f64());
+        let connections = limits.max_connections;
+        Shaping {
+            limiter: rate.map(limiter),
+            rate,
+            connections,
+            limits,
+            tuning,
+            paused_until: None,
+            outage: None,
+            accepted: VecDeque::new(),
+            last_change: Instant::now(),
+            last_throttle: None,
+            throttled_at: None,
+            latency: None,
+            recent: VecDeque::new(),
+        }
+    }
+
+    pub fn connection_limit(&self) -> usize {
+        if self.outage.is_some() {
+            1
+        } else {
+            self.connections
+        }
+    }
+
+    pub fn messages_per_connection(&self) -> usize {
+        self.limits.messages_per_connection
+    }
+
+    pub fn in_outage(&self) -> bool {
+        self.outage.is_some()
+    }
+
+    /// May a delivery start now? Takes a rate token when it may.
+    pub fn admit(&mut self, now: Instant) -> Result<(), Gate> {
+        if let Some(until) = self.paused_until.filter(|&u| u > now) {
+            return Err(Gate::Until(until));
+        }
+        if let Some(outage) = &mut self.outage {
+            if outage.probing {
+                return Err(Gate::Probing);
+            }
+            outage.probing = true;
+            return Ok(());
+        }
+        if let Some(limiter) = &self.limiter
+            && let Err(not_until) = limiter.check()
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(Gate::Until(now + wait.max(Duration::from_millis(1))));
+        }
+        Ok(())
+    }
+
+    /// Learns from one delivery's report.
+    pub fn report(&mut self, now: Instant, at: Timestamp, r: &Report) {
+        for c in &r.classes {
+            self.recent.push_back((at, *c));
+            if self.recent.len() > RECENT {
+                self.recent.pop_front();
+            }
+        }
+        if r.accepted > 0 {
+            self.accepted.push_back((now, r.accepted));
+        }
+        while self
+            .accepted
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > MEASURE_WINDOW)
+        {
+            self.accepted.pop_front();
+        }
+        self.outage_report(now, r);
+        if r.throttled {
+            self.throttled(now);
+        } else if r.accepted > 0 {
+            self.clean(now);
+        }
+        if let Some(latency) = r.latency {
+            self.observe_latency(now, latency);
+        }
+    }
+
+    fn outage_report(&mut self, now: Instant, r: &Report) {
+        if r.unreachable {
+            let backoff = match self.outage {
+                Some(o) => (o.backoff * 2).min(self.tuning.outage_max),
+                None => self.tuning.outage_initial,
+            };
+            let since = self.outage.map(|o| o.since).unwrap_or_else(Timestamp::now);
+            self.outage = Some(Outage {
+                backoff,
+                probing: false,
+                since,
+            });
+            self.paused_until = Some(now + backoff);
+        } else if r.connected {
+            if self.outage.take().is_some() {
+                self.paused_until = None;
+            }
+        } else if let Some(o) = &mut self.outage {
+            // The probe could not tell (say, a DNS failure): let another try after the wait.
+            o.probing = false;
+        }
+    }
+
+    /// Multiplicative decrease: down to what the receiver was taking, one connection less,
+    /// a short pause. Several throttles within one pause are one event.
+    fn throttled(&mut self, now: Instant) {
+        if self
+            .last_throttle
+            .is_some_and(|t| now.duration_since(t) < self.tuning.throttle_pause)
+        {
+            return;
+        }
+        self.last_throttle = Some(now);
+        let measured = self.measured_rate(now);
+        let current = self.rate.unwrap_or(f64::INFINITY);
+        let base = match measured {
+            Some(m) if m < current => m,
+            _ if current.is_finite() => current,
+            _ => measured.unwrap_or(1.0),
+        };
+        self.throttled_at = Some(base);
+        self.set_rate(Some((base * self.tuning.decrease).max(MIN_RATE)));
+        self.connections = self.connections.saturating_sub(1).max(1);
+        self.paused_until = Some(now + self.tuning.throttle_pause);
+        self.last_change = now;
+    }
+
+    /// Additive increase while clean: the rate and the connections come back.
+    fn clean(&mut self, now: Instant) {
+        if now.duration_since(self.last_change) < self.tuning.increase_every {
+            return;
+        }
+        self.last_change = now;
+        let static_rate = self
+            .limits
+            .rate
+            .map(|r| r.count as f64 / r.per.as_secs_f64());
+        if let Some(rate) = self.rate
+            && Some(rate) != static_rate
+        {
+            let next = rate + (rate * self.tuning.increase).max(MIN_RATE);
+            match static_rate {
+                Some(s) => self.set_rate(Some(next.min(s))),
+                None if self.throttled_at.is_some_and(|t| next > 2.0 * t) => self.set_rate(None),
+                None => self.set_rate(Some(next)),
+            }
+        }
+        if self.connections < self.limits.max_connections {
+            self.connections += 1;
+        }
+    }
+
+    fn observe_latency(&mut self, now: Instant, sample: Duration) {
+        let s = sample.as_secs_f64();
+        let l = self.latency.get_or_insert(Latency {
+            baseline: s,
+            average: s,
+        });
+        l.average = 0.8 * l.average + 0.2 * s;
+        // The baseline follows the quiet times: it comes down at once, goes up slowly.
+        l.baseline = if s < l.baseline {
+            s
+        } else {
+            0.99 * l.baseline + 0.01 * s
+        };
+        let slow = l.average > self.tuning.latency_factor * l.baseline.max(0.001);
+        if slow
+            && now.duration_since(self.last_change) >= self.tuning.increase_every
+            && self.connections > 1
+        {
+            self.connections -= 1;
+            self.last_change = now;
+        }
+    }
+
+    fn measured_rate(&self, now: Instant) -> Option<f64> {
+        let first = self.accepted.front()?.0;
+        let span = now.duration_since(first).as_secs_f64().max(0.5);
+        let total: usize = self.accepted.iter().map(|(_, n)| n).sum();
+        Some(total as f64 / span)
+    }
+
+    fn set_rate(&mut self, rate: Option<f64>) {
+        self.rate = rate;
+        self.limiter = rate.map(limiter);
+    }
+
+    pub fn view(&self, now: Instant) -> ShapingView {
+        ShapingView {
+            rate_per_minute: self.rate.map(|r| (r * 60.0 * 10.0).round() / 10.0),
+            static_rate_per_minute: self
+                .limits
+                .rate
+                .map(|r| r.count as f64 * 60.0 / r.per.as_secs_f64()),
+            connections: self.connection_limit(),
+            max_connections: self.limits.max_connections,
+            messages_per_connection: self.limits.messages_per_connection,
+            paused_for_seconds: self
+                .paused_until
+                .filter(|&u| u > now)
+                .map(|u| u.duration_since(now).as_secs_f64()),
+            outage_since: self.outage.map(|o| o.since),
+            outage_backoff_seconds: self.outage.map(|o| o.backoff.as_secs()),
+            latency_ms: self.latency.map(|l| (l.average * 1000.0).round()),
+            latency_baseline_ms: self.latency.map(|l| (l.baseline * 1000.0).round()),
+            recent_classes: self.recent.iter().map(|(_, c)| *c).collect(),
+        }
+    }
+}
+
+fn limiter(rate: f64) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / rate.max(MIN_RATE));
+    let quota = Quota::with_period(period)
+        .expect("a positive period")
+        .allow_burst(NonZeroU32::MIN);
+    RateLimiter::direct(quota)
+}
+
+/// A destination's shaping as the API shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ShapingView {
+    /// The rate allowed now; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub static_rate_per_minute: Option<f64>,
+    pub connections: usize,
+    pub max_connections: usize,
+    pub messages_per_connection: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_for_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage_since: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage_backoff_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_baseline_ms: Option<f64>,
+    pub recent_classes: Vec<Class>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: Option<&str>) -> Limits {
+        Limits {
+            rate: rate.map(|r| r.parse().unwrap()),
+            max_connections: 4,
+            messages_per_connection: 100,
+        }
+    }
+
+    fn accepted(n: usize) -> Report {
+        Report {
+            accepted: n,
+            connected: true,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_halves_towards_what_was_accepted_then_climbs_back() {
+        let mut s = Shaping::new(limits(None), Tuning::default());
+        let t0 = Instant::now();
+        // 500 accepted over 5 s: the receiver took 100/s.
+        for i in 0..50 {
+            s.report(
+                t0 + Duration::from_millis(100 * i),
+                Timestamp(0),
+                &accepted(10),
+            );
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        s.report(
+            t1,
+            Timestamp(0),
+            &Report {
+                throttled: true,
+                connected: true,
+                ..Default::default()
+            },
+        );
+        let v = s.view(t1);
+        let rate = v.rate_per_minute.unwrap() / 60.0;
+        assert!(
+            (85.0..=95.0).contains(&rate),
+            "rate {rate}/s after a throttle at ~100/s accepted"
+        );
+        assert_eq!(v.connections, 3);
+        assert!(v.paused_for_seconds.is_some());
+        assert_eq!(s.admit(t1), Err(Gate::Until(t1 + Duration::from_secs(1))));
+        // A second throttle inside the pause is the same event.
+        s.report(
+            t1 + Duration::from_millis(10),
+            Timestamp(0),
+            &Report {
+                throttled: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.view(t1).connections, 3);
+        // Clean seconds: additive increase, connections come back.
+        let mut t = t1;
+        for _ in 0..3 {
+            t += Duration::from_secs(1);
+            s.report(t, Timestamp(0), &accepted(1));
+        }
+        let v = s.view(t);
+        assert!(
+            v.rate_per_minute.unwrap() / 60.0 > rate,
+            "the rate climbs back"
+        );
+        assert_eq!(v.connections, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn static_rate_paces_and_caps_the_climb() {
+        let mut s = Shaping::new(limits(Some("600/min")), Tuning::default());
+        let now = Instant::now();
+        assert_eq!(s.admit(now), Ok(()));
+        match s.admit(now) {
+            Err(Gate::Until(t)) => assert!(
+                t > now && t <= now + Duration::from_millis(101),
+                "{:?}",
+                t - now
+            ),
+            other => panic!("{other:?}"),
+        }
+        for i in 1..20 {
+            s.report(now + Duration::from_secs(i), Timestamp(0), &accepted(10));
+        }
+        assert_eq!(
+            s.view(now).rate_per_minute,
+            Some(600.0),
+            "never above the configured rate"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outage_backs_off_and_lets_one_probe_through() {
+        let mut s = Shaping::new(limits(None), Tuning::default());
+        let t0 = Instant::now();
+        let down = Report {
+            unreachable: true,
+            ..Default::default()
+        };
+        s.report(t0, Timestamp(0), &down);
+        assert_eq!(s.admit(t0), Err(Gate::Until(t0 + Duration::from_secs(30))));
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(s.admit(t1), Ok(()), "the probe");
+        assert_eq!(s.admit(t1), Err(Gate::Probing), "one probe at a time");
+        s.report(t1, Timestamp(0), &down);
+        assert_eq!(
+            s.admit(t1),
+            Err(Gate::Until(t1 + Duration::from_secs(60))),
+            "backoff doubles"
+        );
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(s.admit(t2), Ok(()));
+        s.report(t2, Timestamp(0), &accepted(1));
+        assert!(!s.in_outage());
+        assert_eq!(s.admit(t2), Ok(()), "flow resumes at once");
+        assert_eq!(s.connection_limit(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rising_latency_takes_connections_away() {
+        let mut s = Shaping::new(limits(None), Tuning::default());
+        let mut t = Instant::now();
+        for _ in 0..20 {
+            t += Duration::from_millis(200);
+            s.report(
+                t,
+                Timestamp(0),
+                &Report {
+                    latency: Some(Duration::from_millis(5)),
+                    ..accepted(1)
+                },
+            );
+        }
+        assert_eq!(s.connection_limit(), 4);
+        for _ in 0..20 {
+            t += Duration::from_millis(500);
+            s.report(
+                t,
+                Timestamp(0),
+                &Report {
+                    latency: Some(Duration::from_millis(200)),
+                    connected: true,
+                    ..Default::default()
+                },
+            );
+        }
+        assert!(
+            s.connection_limit() < 4,
+            "slow replies cost connections before any refusal"
+        );
+    }
+}
