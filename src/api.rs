@@ -32,6 +32,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/messages", post(post_message))
         .route("/api/v1/messages/{id}", get(get_message))
         .route("/api/v1/queue", get(get_queue))
+        .route("/api/v1/destinations", get(get_destinations))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         // Room for the largest message as a JSON string (escaping can double it).
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -319,5 +320,16 @@ pub struct QueueView {
 async fn get_queue(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<QueueView> {
     axum::Json(QueueView {
         domains: state.intake.scheduler.summary().await,
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DestinationsView {
+    pub destinations: Vec<crate::scheduler::DestinationView>,
+}
+
+async fn get_destinations(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<DestinationsView> {
+    axum::Json(DestinationsView {
+        destinations: state.intake.scheduler.destinations().await,
     })
 }

@@ -468,13 +468,17 @@ fn report(group: &Group, outcomes: &[Outcome], seen: &Seen, now: Timestamp) -> R
                 .map(|a| now.since(a.at))
         })
         .min();
+    // A throttling reply at the greeting means too many connections; in a transaction,
+    // too fast. Neither is an outage.
+    let throttle = outcomes.iter().any(|o| o.class == Some(Class::Throttle));
     Report {
         accepted: outcomes
             .iter()
             .filter(|o| o.disposition == Disposition::Delivered)
             .count(),
-        throttled: outcomes.iter().any(|o| o.class == Some(Class::Throttle)),
-        unreachable: seen.unreachable,
+        throttled: throttle && seen.connected,
+        turned_away: throttle && !seen.connected,
+        unreachable: seen.unreachable && !throttle,
         connected: seen.connected,
         latency: seen.latency,
         classes: outcomes.iter().filter_map(|o| o.class).collect(),

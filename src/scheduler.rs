@@ -451,7 +451,9 @@ impl Scheduler {
             if spawn && d.workers >= d.shaping.connection_limit() {
                 return;
             }
-            match d.shaping.admit(now) {
+            let charge = !front_is_null_sender(d, &self.entries);
+            let d = self.destinations.get_mut(name).expect("exists");
+            match d.shaping.admit(now, charge) {
                 Ok(()) => {}
                 Err(Gate::Until(t)) => {
                     d.wake = Some(d.wake.map_or(t, |w| w.min(t)));
@@ -488,7 +490,9 @@ impl Scheduler {
             let _ = reply.send(None);
             return;
         }
-        match d.shaping.admit(now) {
+        let charge = !front_is_null_sender(d, &self.entries);
+        let d = self.destinations.get_mut(name).expect("exists");
+        match d.shaping.admit(now, charge) {
             Ok(()) => {
                 let job = self.take_ready(name);
                 let d = self.destinations.get_mut(name).expect("exists");
@@ -657,6 +661,14 @@ impl Scheduler {
         views.sort_by(|a, b| a.destination.cmp(&b.destination));
         views
     }
+}
+
+/// Whether the next ready job is from the null sender (a DSN): it spends no rate token.
+fn front_is_null_sender(d: &Destination, entries: &HashMap<Key, Entry>) -> bool {
+    d.ready
+        .front()
+        .and_then(|k| entries.get(k))
+        .is_some_and(|e| e.envelope.is_null_sender())
 }
 
 /// How often waiting groups are checked for expiry: often enough that expiry is late by at

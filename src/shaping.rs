@@ -41,6 +41,8 @@ pub struct Tuning {
     pub increase_every: Duration,
     /// The whole destination waits this long after a throttle.
     pub throttle_pause: Duration,
+    /// Throttles closer together than this are one event (replies in flight arrive late).
+    pub react_every: Duration,
     /// Outage backoff: first wait, doubled per failed probe, up to the maximum.
     pub outage_initial: Duration,
     pub outage_max: Duration,
@@ -51,10 +53,11 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            decrease: 0.9,
-            increase: 0.03,
-            increase_every: Duration::from_secs(1),
-            throttle_pause: Duration::from_secs(1),
+            decrease: 0.95,
+            increase: 0.02,
+            increase_every: Duration::from_secs(2),
+            throttle_pause: Duration::from_millis(200),
+            react_every: Duration::from_secs(1),
             outage_initial: Duration::from_secs(30),
             outage_max: Duration::from_secs(600),
             latency_factor: 4.0,
@@ -66,8 +69,11 @@ impl Default for Tuning {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub accepted: usize,
-    /// Recipients refused or deferred with the throttle class (or a 421 at the greeting).
+    /// A reply in the transaction had the throttle class: too fast.
     pub throttled: bool,
+    /// The connection was turned away at the greeting with the throttle class: too many
+    /// connections.
+    pub turned_away: bool,
     /// Every MX host was unreachable (connect failures, timeouts, no greeting).
     pub unreachable: bool,
     /// The connection worked (a probe that succeeds ends an outage).
@@ -104,6 +110,8 @@ pub struct Shaping {
     /// What the receiver was taking at the last throttle: with no static rate, the limit
     /// lifts once the climb has doubled it.
     throttled_at: Option<f64>,
+    /// After a turn-away at the greeting, connections do not climb back until then.
+    connections_held_until: Option<Instant>,
     latency: Option<Latency>,
     recent: VecDeque<(Timestamp, Class)>,
 }
@@ -123,6 +131,8 @@ struct Latency {
 
 /// How far back acceptances count when measuring what the receiver takes.
 const MEASURE_WINDOW: Duration = Duration::from_secs(5);
+/// How long connections stay down after a turn-away at the greeting.
+const CONNECTION_HOLD: Duration = Duration::from_secs(60);
 const RECENT: usize = 20;
 /// The slowest rate adaptation goes down to: one message a minute.
 const MIN_RATE: f64 = 1.0 / 60.0;
@@ -143,6 +153,7 @@ impl Shaping {
             last_change: Instant::now(),
             last_throttle: None,
             throttled_at: None,
+            connections_held_until: None,
             latency: None,
             recent: VecDeque::new(),
         }
@@ -164,8 +175,9 @@ impl Shaping {
         self.outage.is_some()
     }
 
-    /// May a delivery start now? Takes a rate token when it may.
-    pub fn admit(&mut self, now: Instant) -> Result<(), Gate> {
+    /// May a delivery start now? Takes a rate token when it may and `charge` is set (mail
+    /// from the null sender, DSNs, does not spend the senders' budget).
+    pub fn admit(&mut self, now: Instant, charge: bool) -> Result<(), Gate> {
         if let Some(until) = self.paused_until.filter(|&u| u > now) {
             return Err(Gate::Until(until));
         }
@@ -176,7 +188,7 @@ impl Shaping {
             outage.probing = true;
             return Ok(());
         }
-        if let Some(limiter) = &self.limiter
+        if let Some(limiter) = self.limiter.as_ref().filter(|_| charge)
             && let Err(not_until) = limiter.check()
         {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -204,9 +216,12 @@ impl Shaping {
             self.accepted.pop_front();
         }
         self.outage_report(now, r);
+        if r.turned_away {
+            self.turned_away(now);
+        }
         if r.throttled {
             self.throttled(now);
-        } else if r.accepted > 0 {
+        } else if r.accepted > 0 && !r.turned_away {
             self.clean(now);
         }
         if let Some(latency) = r.latency {
@@ -238,26 +253,41 @@ impl Shaping {
     }
 
     /// Multiplicative decrease: down to what the receiver was taking, one connection less,
-    /// a short pause. Several throttles within one pause are one event.
+    /// a short pause. Throttles closer together than `react_every` are one event.
     fn throttled(&mut self, now: Instant) {
         if self
             .last_throttle
-            .is_some_and(|t| now.duration_since(t) < self.tuning.throttle_pause)
+            .is_some_and(|t| now.duration_since(t) < self.tuning.react_every)
         {
             return;
         }
         self.last_throttle = Some(now);
-        let measured = self.measured_rate(now);
         let current = self.rate.unwrap_or(f64::INFINITY);
-        let base = match measured {
-            Some(m) if m < current => m,
-            _ if current.is_finite() => current,
-            _ => measured.unwrap_or(1.0),
+        let base = match self.measured_rate(now) {
+            Some(m) => m.min(current),
+            // Refused before anything was accepted: the rate says nothing yet.
+            None if current.is_finite() => current,
+            None => {
+                self.fewer_connections(now);
+                return;
+            }
         };
         self.throttled_at = Some(base);
         self.set_rate(Some((base * self.tuning.decrease).max(MIN_RATE)));
-        self.connections = self.connections.saturating_sub(1).max(1);
+        self.fewer_connections(now);
         self.paused_until = Some(now + self.tuning.throttle_pause);
+        self.last_change = now;
+    }
+
+    /// Turned away at the greeting ("too many connections"): the connection count is the
+    /// problem, and it stays lower for a while.
+    fn turned_away(&mut self, now: Instant) {
+        self.fewer_connections(now);
+        self.connections_held_until = Some(now + CONNECTION_HOLD);
+    }
+
+    fn fewer_connections(&mut self, now: Instant) {
+        self.connections = self.connections.saturating_sub(1).max(1);
         self.last_change = now;
     }
 
@@ -281,7 +311,8 @@ impl Shaping {
                 None => self.set_rate(Some(next)),
             }
         }
-        if self.connections < self.limits.max_connections {
+        let held = self.connections_held_until.is_some_and(|t| t > now);
+        if self.connections < self.limits.max_connections && !held {
             self.connections += 1;
         }
     }
@@ -426,7 +457,10 @@ mod tests {
         );
         assert_eq!(v.connections, 3);
         assert!(v.paused_for_seconds.is_some());
-        assert_eq!(s.admit(t1), Err(Gate::Until(t1 + Duration::from_secs(1))));
+        assert_eq!(
+            s.admit(t1, true),
+            Err(Gate::Until(t1 + Duration::from_millis(200)))
+        );
         // A second throttle inside the pause is the same event.
         s.report(
             t1 + Duration::from_millis(10),
@@ -455,8 +489,8 @@ mod tests {
     async fn static_rate_paces_and_caps_the_climb() {
         let mut s = Shaping::new(limits(Some("600/min")), Tuning::default());
         let now = Instant::now();
-        assert_eq!(s.admit(now), Ok(()));
-        match s.admit(now) {
+        assert_eq!(s.admit(now, true), Ok(()));
+        match s.admit(now, true) {
             Err(Gate::Until(t)) => assert!(
                 t > now && t <= now + Duration::from_millis(101),
                 "{:?}",
@@ -483,21 +517,24 @@ mod tests {
             ..Default::default()
         };
         s.report(t0, Timestamp(0), &down);
-        assert_eq!(s.admit(t0), Err(Gate::Until(t0 + Duration::from_secs(30))));
+        assert_eq!(
+            s.admit(t0, true),
+            Err(Gate::Until(t0 + Duration::from_secs(30)))
+        );
         let t1 = t0 + Duration::from_secs(30);
-        assert_eq!(s.admit(t1), Ok(()), "the probe");
-        assert_eq!(s.admit(t1), Err(Gate::Probing), "one probe at a time");
+        assert_eq!(s.admit(t1, true), Ok(()), "the probe");
+        assert_eq!(s.admit(t1, true), Err(Gate::Probing), "one probe at a time");
         s.report(t1, Timestamp(0), &down);
         assert_eq!(
-            s.admit(t1),
+            s.admit(t1, true),
             Err(Gate::Until(t1 + Duration::from_secs(60))),
             "backoff doubles"
         );
         let t2 = t1 + Duration::from_secs(60);
-        assert_eq!(s.admit(t2), Ok(()));
+        assert_eq!(s.admit(t2, true), Ok(()));
         s.report(t2, Timestamp(0), &accepted(1));
         assert!(!s.in_outage());
-        assert_eq!(s.admit(t2), Ok(()), "flow resumes at once");
+        assert_eq!(s.admit(t2, true), Ok(()), "flow resumes at once");
         assert_eq!(s.connection_limit(), 4);
     }
 

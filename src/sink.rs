@@ -47,6 +47,10 @@ pub struct SinkConfig {
     pub defer_share: f64,
     /// Wait this long before every reply.
     pub delay: Duration,
+    /// Turn away a client IP's connections past this many at once (421 4.7.0).
+    pub max_connections: Option<usize>,
+    /// Under load: past this many open sessions, every reply waits this much longer.
+    pub slow_above: Option<(usize, Duration)>,
     pub max_message_size: u64,
     /// What EHLO offers (play a server without PIPELINING, or one that knows only HELO).
     pub ehlo: EhloMode,
@@ -63,6 +67,8 @@ impl Default for SinkConfig {
             rate: None,
             defer_share: 0.0,
             delay: Duration::ZERO,
+            max_connections: None,
+            slow_above: None,
             max_message_size: 50 * 1024 * 1024,
             ehlo: EhloMode::Full,
         }
@@ -80,6 +86,9 @@ pub struct Stats {
     pub rate_limited: u64,
     pub deferred_random: u64,
     pub refused_magic: u64,
+    pub refused_connections: u64,
+    /// The most sessions open at once.
+    pub peak_sessions: u64,
 }
 
 #[derive(Default)]
@@ -92,6 +101,9 @@ struct Counters {
     rate_limited: AtomicU64,
     deferred_random: AtomicU64,
     refused_magic: AtomicU64,
+    refused_connections: AtomicU64,
+    sessions: AtomicU64,
+    peak_sessions: AtomicU64,
 }
 
 impl Counters {
@@ -106,6 +118,8 @@ impl Counters {
             rate_limited: get(&self.rate_limited),
             deferred_random: get(&self.deferred_random),
             refused_magic: get(&self.refused_magic),
+            refused_connections: get(&self.refused_connections),
+            peak_sessions: get(&self.peak_sessions),
         }
     }
 }
@@ -127,12 +141,20 @@ struct SinkHandler {
     triplets: Mutex<HashMap<(IpAddr, String, String), Instant>>,
     /// Per client IP: start of its current rate window and messages in it.
     windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Open sessions per client IP.
+    open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl SinkHandler {
     async fn pause(&self) {
-        if !self.config.delay.is_zero() {
-            tokio::time::sleep(self.config.delay).await;
+        let mut wait = self.config.delay;
+        if let Some((above, extra)) = self.config.slow_above
+            && self.counters.sessions.load(Ordering::Relaxed) > above as u64
+        {
+            wait += extra;
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -197,10 +219,42 @@ impl SinkHandler {
 
 #[async_trait]
 impl Handler for SinkHandler {
-    async fn connect(&self, _session: &Session) -> Result<(), Reply> {
+    async fn connect(&self, session: &Session) -> Result<(), Reply> {
         self.count(&self.counters.connections);
+        let open = self.counters.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        self.counters
+            .peak_sessions
+            .fetch_max(open, Ordering::Relaxed);
+        let ip = session.peer.ip();
+        let from_ip = {
+            let mut per_ip = self.open.lock().expect("sink lock");
+            let n = per_ip.entry(ip).or_default();
+            *n += 1;
+            *n
+        };
+        if let Some(max) = self.config.max_connections
+            && from_ip > max
+        {
+            self.count(&self.counters.refused_connections);
+            return Err(Reply::new(
+                421,
+                "4.7.0",
+                format!(
+                    "{} Error: too many connections from {ip}",
+                    self.config.hostname
+                ),
+            ));
+        }
         self.pause().await;
         Ok(())
+    }
+
+    async fn disconnect(&self, session: &Session) {
+        self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.open.lock().expect("sink lock");
+        if let Some(n) = per_ip.get_mut(&session.peer.ip()) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     async fn mail(&self, session: &Session, _from: &str) -> Reply {
@@ -304,6 +358,7 @@ impl Sink {
             received: Mutex::new(Vec::new()),
             triplets: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(accept_loop(

@@ -68,6 +68,8 @@ pub trait Handler: Send + Sync + 'static {
     async fn rcpt(&self, session: &Session, rcpt: &Address) -> Reply;
     /// Called with the unstuffed message once the final dot has arrived.
     async fn data(&self, session: &Session, body: Vec<u8>) -> Reply;
+    /// The session is over (also after `connect` turned it away).
+    async fn disconnect(&self, _session: &Session) {}
 }
 
 /// Runs one SMTP session to its end. Never panics on client input.
@@ -98,6 +100,7 @@ pub async fn serve<H: Handler>(
         tracing::debug!(%peer, error = %e, "smtp session ended with an I/O error");
     }
     conn.wire.shutdown().await;
+    conn.handler.disconnect(&conn.session).await;
 }
 
 struct Conn<H> {

@@ -7,5 +7,6 @@ mod world;
 mod cli;
 mod delivery;
 mod http;
+mod knobs;
 mod protocol;
 mod sink;
