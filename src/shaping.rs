@@ -112,6 +112,7 @@ pub struct Shaping {
     throttled_at: Option<f64>,
     /// After a turn-away at the greeting, connections do not climb back until then.
     connections_held_until: Option<Instant>,
+    last_latency_cut: Instant,
     latency: Option<Latency>,
     recent: VecDeque<(Timestamp, Class)>,
 }
@@ -127,10 +128,13 @@ struct Outage {
 struct Latency {
     baseline: f64,
     average: f64,
+    at: Instant,
 }
 
 /// How far back acceptances count when measuring what the receiver takes.
 const MEASURE_WINDOW: Duration = Duration::from_secs(5);
+/// How slowly the latency baseline rises towards slower replies.
+const BASELINE_RISE: Duration = Duration::from_secs(300);
 /// How long connections stay down after a turn-away at the greeting.
 const CONNECTION_HOLD: Duration = Duration::from_secs(60);
 const RECENT: usize = 20;
@@ -154,6 +158,7 @@ impl Shaping {
             last_throttle: None,
             throttled_at: None,
             connections_held_until: None,
+            last_latency_cut: Instant::now(),
             latency: None,
             recent: VecDeque::new(),
         }
@@ -311,10 +316,16 @@ impl Shaping {
                 None => self.set_rate(Some(next)),
             }
         }
-        let held = self.connections_held_until.is_some_and(|t| t > now);
+        let held = self.connections_held_until.is_some_and(|t| t > now) || self.is_slow();
         if self.connections < self.limits.max_connections && !held {
             self.connections += 1;
         }
+    }
+
+    /// Replies have slowed to several times their baseline.
+    fn is_slow(&self) -> bool {
+        self.latency
+            .is_some_and(|l| l.average > self.tuning.latency_factor * l.baseline.max(0.001))
     }
 
     fn observe_latency(&mut self, now: Instant, sample: Duration) {
@@ -322,21 +333,24 @@ impl Shaping {
         let l = self.latency.get_or_insert(Latency {
             baseline: s,
             average: s,
+            at: now,
         });
         l.average = 0.8 * l.average + 0.2 * s;
-        // The baseline follows the quiet times: it comes down at once, goes up slowly.
+        // The baseline follows the quiet times: it comes down at once, and goes up only
+        // with a time constant of minutes, however many samples arrive.
+        let dt = now.duration_since(l.at).as_secs_f64();
+        l.at = now;
         l.baseline = if s < l.baseline {
             s
         } else {
-            0.99 * l.baseline + 0.01 * s
+            l.baseline + (s - l.baseline) * (dt / BASELINE_RISE.as_secs_f64()).min(1.0)
         };
-        let slow = l.average > self.tuning.latency_factor * l.baseline.max(0.001);
-        if slow
-            && now.duration_since(self.last_change) >= self.tuning.increase_every
+        if self.is_slow()
+            && now.duration_since(self.last_latency_cut) >= self.tuning.increase_every
             && self.connections > 1
         {
             self.connections -= 1;
-            self.last_change = now;
+            self.last_latency_cut = now;
         }
     }
 

@@ -157,3 +157,161 @@ async fn throttling_receiver_is_paced_not_hammered() {
     );
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_backs_off_the_destination_and_flows_after_one_probe() {
+    let mut w = World::new(&["200ms"], "1h");
+    w.config.adapt.outage_backoff = Duration::from_millis(400);
+    w.config.adapt.outage_backoff_max = Duration::from_millis(1600);
+    let addr = dead_addr().await;
+    let engine = w.start(route(StaticResolver::new(), "rx.test", addr)).await;
+    let n = 40;
+    inject(&engine, n, "user@rx.test").await;
+    // Down for a while: every 200 ms each message would be due again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, d) = http_get(&engine, "/api/v1/destinations").await;
+    assert!(
+        d["destinations"][0]["shaping"]["outage_since"].is_string(),
+        "the destination is in outage: {d}"
+    );
+    let down = w.events();
+    let mut per_message = std::collections::HashMap::new();
+    for e in down.iter().filter(|e| e["event"] == "deferred") {
+        *per_message
+            .entry(e["message_id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let most = per_message.values().copied().max().unwrap_or(0);
+    let total: usize = per_message.values().sum();
+    eprintln!("outage: {total} attempts for {n} messages in 4 s down, at most {most} for one");
+    assert!(
+        most <= 2,
+        "a message was tried {most} times while the receiver was down"
+    );
+    assert!(
+        total < 2 * n,
+        "{total} attempts: the destination did not back off as a whole"
+    );
+
+    let back = std::time::Instant::now();
+    let rx = sink(SinkConfig {
+        listen: addr,
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        rx.wait_for_messages(n as u64, Duration::from_secs(10))
+            .await
+    );
+    let resumed = back.elapsed();
+    eprintln!("outage: all delivered {resumed:?} after the receiver came back");
+    assert!(
+        resumed <= Duration::from_millis(1600) + Duration::from_secs(1),
+        "flow resumed after {resumed:?}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowing_receiver_loses_connections_before_it_refuses() {
+    let mut w = World::new(&["1m"], "1h");
+    w.config.delivery.max_connections = 6;
+    let rx = sink(SinkConfig {
+        slow_above: Some((2, Duration::from_millis(150))),
+        ..Default::default()
+    })
+    .await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    // A quiet start sets the baseline: one message at a time is answered at once.
+    for _ in 0..3 {
+        smtp_send(
+            engine.smtp_addr,
+            "s@tx.test",
+            &["user@rx.test"],
+            b"Subject: warm\r\n\r\nx\r\n",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    inject(&engine, 400, "user@rx.test").await;
+    let mut fewest = usize::MAX;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, d) = http_get(&engine, "/api/v1/destinations").await;
+        if let Some(c) = d["destinations"][0]["shaping"]["connections"].as_u64() {
+            fewest = fewest.min(c as usize);
+        }
+        if fewest <= 3 {
+            break;
+        }
+    }
+    let s = rx.stats();
+    eprintln!(
+        "slow receiver: connections down to {fewest} of 6; sink refused {}",
+        s.refused_connections + s.rate_limited
+    );
+    assert!(fewest < 6, "concurrency never dropped");
+    assert_eq!(
+        s.refused_connections + s.rate_limited + s.deferred_random,
+        0,
+        "the receiver never refused anything"
+    );
+    assert!(w.events().iter().all(|e| e["event"] != "deferred"));
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn domains_are_grouped_into_providers() {
+    let w = World::new(&["1m"], "1h");
+    let rx = plain_sink().await;
+    let r = StaticResolver::new()
+        .with_mx("a.test", &["mx.shared.test"])
+        .with_mx("b.test", &["mx.shared.test"])
+        .with_mx("gmail.com", &["gmail-smtp-in.l.google.com"])
+        .with_mx("company.test", &["aspmx.l.google.com"])
+        .with_host("mx.shared.test", rx.addr)
+        .with_host("gmail-smtp-in.l.google.com", rx.addr)
+        .with_host("aspmx.l.google.com", rx.addr);
+    let engine = w.start(r).await;
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &["x@a.test", "y@b.test", "z@gmail.com", "q@company.test"],
+        b"Subject: p\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(rx.wait_for_messages(4, Duration::from_secs(10)).await);
+    let (_, d) = http_get(&engine, "/api/v1/destinations").await;
+    let got: Vec<(String, Vec<String>)> = d["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["destination"].as_str().unwrap().to_string(),
+                d["domains"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "google".to_string(),
+                vec!["company.test".to_string(), "gmail.com".to_string()]
+            ),
+            (
+                "mx.shared.test".to_string(),
+                vec!["a.test".to_string(), "b.test".to_string()]
+            ),
+        ]
+    );
+    engine.shutdown().await;
+}
