@@ -33,6 +33,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/messages/{id}", get(get_message))
         .route("/api/v1/queue", get(get_queue))
         .route("/api/v1/destinations", get(get_destinations))
+        .route("/api/v1/suppressions", get(get_suppressions))
+        .route(
+            "/api/v1/suppressions/{address}",
+            axum::routing::put(put_suppression).delete(delete_suppression),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         // Room for the largest message as a JSON string (escaping can double it).
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -332,4 +337,94 @@ async fn get_destinations(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<
     axum::Json(DestinationsView {
         destinations: state.intake.scheduler.destinations().await,
     })
+}
+
+/// One entry of the suppression list.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SuppressionView {
+    pub address: String,
+    #[serde(flatten)]
+    pub entry: crate::suppress::Suppression,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SuppressionsView {
+    pub suppressions: Vec<SuppressionView>,
+}
+
+async fn get_suppressions(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<SuppressionsView> {
+    let suppressions = state
+        .intake
+        .suppressions
+        .list()
+        .into_iter()
+        .map(|(address, entry)| SuppressionView { address, entry })
+        .collect();
+    axum::Json(SuppressionsView { suppressions })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuppressRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `PUT /api/v1/suppressions/{address}`, optionally with `{"reason": "..."}`.
+async fn put_suppression(
+    AxState(state): AxState<Arc<ApiState>>,
+    Path(address): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<SuppressionView>, ApiError> {
+    let parsed = Address::parse(&address)
+        .map_err(|e| ApiError::field("address", format!("not a valid address: {e}")))?;
+    let req: SuppressRequest = if body.is_empty() {
+        SuppressRequest::default()
+    } else {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(json_error)?
+    };
+    let address = crate::suppress::key(&parsed.to_string());
+    let entry = crate::suppress::Suppression {
+        added_at: Timestamp::now(),
+        reason: req.reason.unwrap_or_else(|| "added by the operator".into()),
+        message_id: None,
+    };
+    let op = crate::spool::Op::Suppress {
+        address: address.clone(),
+        entry: entry.clone(),
+    };
+    state
+        .intake
+        .spool
+        .commit(vec![op])
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    state.intake.suppressions.insert(&address, entry.clone());
+    Ok(axum::Json(SuppressionView { address, entry }))
+}
+
+/// `DELETE /api/v1/suppressions/{address}`: 204, or 404 when it was not listed.
+async fn delete_suppression(
+    AxState(state): AxState<Arc<ApiState>>,
+    Path(address): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let address = crate::suppress::key(&address);
+    if !state.intake.suppressions.contains(&address) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{address} is not on the suppression list"),
+        ));
+    }
+    let op = crate::spool::Op::Unsuppress {
+        address: address.clone(),
+    };
+    state
+        .intake
+        .spool
+        .commit(vec![op])
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    state.intake.suppressions.remove(&address);
+    Ok(StatusCode::NO_CONTENT)
 }

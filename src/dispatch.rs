@@ -25,6 +25,7 @@ use crate::schedule::{Next, Schedule};
 use crate::scheduler::{Job, Queued, SchedulerHandle};
 use crate::shaping::Report;
 use crate::spool::{Op, Spool};
+use crate::suppress::{self, Suppression, Suppressions};
 use crate::time::Timestamp;
 use crate::transport::{Connection, Transport};
 use bytes::Bytes;
@@ -41,6 +42,7 @@ pub struct Inner {
     pub classifier: Arc<Classifier>,
     pub providers: Providers,
     pub spool: Arc<dyn Spool>,
+    pub suppressions: Arc<Suppressions>,
     pub events: Events,
     pub schedule: Schedule,
     pub scheduler: SchedulerHandle,
@@ -314,7 +316,9 @@ impl Inner {
                     mx: result.mx.clone(),
                     state,
                 }),
-                State::Queued => unreachable!("an attempt never leaves a recipient queued"),
+                State::Queued | State::Suppressed => {
+                    unreachable!("an attempt leaves a recipient deferred or final")
+                }
             }
             events.push(event);
         }
@@ -436,8 +440,32 @@ impl Inner {
         if let Some(b) = &bounce {
             ops.push(Op::Store(b.clone()));
         }
-        if let Err(e) = self.spool.commit(ops).await {
-            tracing::error!(id = %envelope.id, error = %e, "could not record a delivery outcome; it will be retried after a restart");
+        let hard: Vec<(String, Suppression)> = updated
+            .failed
+            .iter()
+            .filter(|f| f.state == State::Bounced && f.outcome.class == Some(Class::Hard))
+            .map(|f| {
+                let entry = Suppression {
+                    added_at: Timestamp::now(),
+                    reason: f.outcome.diagnostic(),
+                    message_id: Some(envelope.id.to_string()),
+                };
+                (f.recipient.clone(), entry)
+            })
+            .collect();
+        ops.extend(hard.iter().map(|(address, entry)| Op::Suppress {
+            address: suppress::key(address),
+            entry: entry.clone(),
+        }));
+        match self.spool.commit(ops).await {
+            Ok(()) => {
+                for (address, entry) in hard {
+                    self.suppressions.insert(&address, entry);
+                }
+            }
+            Err(e) => {
+                tracing::error!(id = %envelope.id, error = %e, "could not record a delivery outcome; it will be retried after a restart");
+            }
         }
         for event in &updated.events {
             self.events.emit(event.clone()).await;

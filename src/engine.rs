@@ -12,6 +12,7 @@ use crate::schedule::Schedule;
 use crate::scheduler::{self, Policy, Queued, Scheduler};
 use crate::shaping::Shaping;
 use crate::spool::{RedbSpool, Spool};
+use crate::suppress::Suppressions;
 use crate::time::Timestamp;
 use crate::transport::{SmtpTransport, Transport};
 use anyhow::Context;
@@ -71,6 +72,7 @@ impl Engine {
                 })?,
         );
         let (events, events_writer) = Events::open(&config.events.path).await?;
+        let suppressions = Arc::new(Suppressions::new(spool.suppressions()?));
         let smtp_listener = TcpListener::bind(config.smtp.listen)
             .await
             .with_context(|| format!("smtp.listen: cannot listen on {}", config.smtp.listen))?;
@@ -82,6 +84,7 @@ impl Engine {
         let (handle, commands) = scheduler::channel();
         let providers = Providers::new(config.providers.clone());
         let dispatcher = Dispatcher::new(dispatch::Inner {
+            suppressions: suppressions.clone(),
             transport,
             classifier,
             providers: providers.clone(),
@@ -135,6 +138,7 @@ impl Engine {
         );
 
         let intake = Arc::new(Intake {
+            suppressions,
             spool: spool.clone(),
             scheduler: handle,
             events,

@@ -19,6 +19,7 @@ pub enum Kind {
     Delivered,
     Bounced,
     Expired,
+    Suppressed,
 }
 
 impl From<crate::message::State> for Kind {
@@ -31,6 +32,7 @@ impl From<crate::message::State> for Kind {
             State::Delivered => Kind::Delivered,
             State::Bounced => Kind::Bounced,
             State::Expired => Kind::Expired,
+            State::Suppressed => Kind::Suppressed,
         }
     }
 }

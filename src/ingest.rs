@@ -6,12 +6,13 @@
 use crate::address::Address;
 use crate::config::SmtpConfig;
 use crate::dispatch::{emit_processed, queued};
-use crate::event::Events;
-use crate::message::{Envelope, MessageId, NewMessage, group_by_domain, new_id};
+use crate::event::{Event, Events, Kind};
+use crate::message::{Envelope, MessageId, NewMessage, State, group_by_domain, new_id};
 use crate::reply::Reply;
 use crate::scheduler::SchedulerHandle;
 use crate::smtp::server::{self, EhloMode, Handler, Limits, Session};
 use crate::spool::{Op, Spool, SpoolError};
+use crate::suppress::Suppressions;
 use crate::time::{Timestamp, rfc5322};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,12 +24,15 @@ use tokio_util::task::TaskTracker;
 
 pub struct Intake {
     pub spool: Arc<dyn Spool>,
+    pub suppressions: Arc<Suppressions>,
     pub scheduler: SchedulerHandle,
     pub events: Events,
 }
 
 impl Intake {
-    /// Stores the message durably, then queues it. Returns once it is on disk.
+    /// Stores the message durably, then queues it. Returns once it is on disk. Recipients
+    /// on the suppression list are marked `suppressed` and never sent (unless the message
+    /// is from the null sender: DSNs always go).
     pub async fn accept(
         &self,
         id: MessageId,
@@ -38,7 +42,7 @@ impl Intake {
         source: String,
     ) -> Result<NewMessage, SpoolError> {
         let now = Timestamp::now();
-        let message = NewMessage {
+        let mut message = NewMessage {
             envelope: Envelope {
                 id,
                 from,
@@ -50,10 +54,46 @@ impl Intake {
             groups: group_by_domain(rcpts, now),
             body,
         };
+        let suppressed = self.mark_suppressed(&mut message);
         self.spool.commit(vec![Op::Store(message.clone())]).await?;
         emit_processed(&self.events, &message).await;
+        for e in suppressed {
+            self.events.emit(e).await;
+        }
         self.scheduler.enqueue(queued(message.clone()));
         Ok(message)
+    }
+}
+
+impl Intake {
+    /// Marks the recipients on the suppression list; returns their events.
+    fn mark_suppressed(&self, message: &mut NewMessage) -> Vec<Event> {
+        let mut events = Vec::new();
+        if message.envelope.is_null_sender() {
+            return events;
+        }
+        for g in &mut message.groups {
+            for r in g
+                .recipients
+                .iter_mut()
+                .filter(|r| self.suppressions.contains(&r.address))
+            {
+                r.state = State::Suppressed;
+                let mut e = Event::new(
+                    Kind::Suppressed,
+                    message.envelope.id.to_string(),
+                    r.address.clone(),
+                    g.domain.clone(),
+                    message.envelope.from.clone(),
+                );
+                e.text = Some("the address is on the suppression list".into());
+                events.push(e);
+            }
+            if g.is_done() {
+                g.next_attempt = None;
+            }
+        }
+        events
     }
 }
 

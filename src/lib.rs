@@ -16,6 +16,7 @@
 //! | [`reply`] | SMTP replies with enhanced status codes |
 //! | [`smtp`] | the wire protocol: line framing, the server session engine, the client |
 //! | [`message`] | message, recipient, attempt and state types |
+//! | [`suppress`] | the suppression list of addresses that bounced hard |
 //! | [`spool`] | durable storage with group commit |
 //! | [`schedule`] | the pure retry arithmetic |
 //! | [`outcome`] | what an attempt observed, and outcomes with their classes |
@@ -57,6 +58,7 @@ pub mod shaping;
 pub mod sink;
 pub mod smtp;
 pub mod spool;
+pub mod suppress;
 pub mod time;
 pub mod transport;
 

@@ -44,11 +44,16 @@ pub enum State {
     Delivered,
     Bounced,
     Expired,
+    /// On the suppression list when the message came in: never sent.
+    Suppressed,
 }
 
 impl State {
     pub fn is_final(self) -> bool {
-        matches!(self, State::Delivered | State::Bounced | State::Expired)
+        matches!(
+            self,
+            State::Delivered | State::Bounced | State::Expired | State::Suppressed
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +63,7 @@ impl State {
             State::Delivered => "delivered",
             State::Bounced => "bounced",
             State::Expired => "expired",
+            State::Suppressed => "suppressed",
         }
     }
 }

@@ -23,6 +23,8 @@ const BODIES: TableDefinition<u128, &[u8]> = TableDefinition::new("bodies");
 const GROUPS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("groups");
 /// Finished messages by the time they finished, for purging their records.
 const HISTORY: TableDefinition<(u64, u128), ()> = TableDefinition::new("history");
+/// The suppression list: address → why.
+const SUPPRESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("suppressions");
 /// Entries that could not be read at recovery, kept for an operator to inspect.
 const SET_ASIDE: TableDefinition<&str, &[u8]> = TableDefinition::new("set_aside");
 
@@ -49,6 +51,13 @@ pub enum Op {
     /// A group's new states after an attempt. When it leaves every group of its message
     /// final, the body is removed and the record kept until it is purged.
     Update { id: MessageId, group: Group },
+    /// An address goes on the suppression list.
+    Suppress {
+        address: String,
+        entry: crate::suppress::Suppression,
+    },
+    /// An address comes off the suppression list.
+    Unsuppress { address: String },
 }
 
 /// Everything the spool held that still needs delivering, read at start-up.
@@ -72,6 +81,8 @@ pub trait Spool: Send + Sync + 'static {
     fn recover(&self) -> Result<Recovered, SpoolError>;
     /// Forgets finished messages that finished before `before`; returns how many.
     fn purge(&self, before: Timestamp) -> Result<usize, SpoolError>;
+    /// The suppression list as stored.
+    fn suppressions(&self) -> Result<Vec<(String, crate::suppress::Suppression)>, SpoolError>;
 }
 
 struct Batch {
@@ -100,6 +111,7 @@ impl RedbSpool {
             txn.open_table(GROUPS).map_err(storage)?;
             txn.open_table(HISTORY).map_err(storage)?;
             txn.open_table(SET_ASIDE).map_err(storage)?;
+            txn.open_table(SUPPRESSIONS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
@@ -153,19 +165,41 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), SpoolError> {
         let mut bodies = txn.open_table(BODIES).map_err(storage)?;
         let mut groups = txn.open_table(GROUPS).map_err(storage)?;
         let mut history = txn.open_table(HISTORY).map_err(storage)?;
+        let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(storage)?;
         for op in batches.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::Store(m) => {
                     let id = m.envelope.id.as_u128();
-                    envelopes
-                        .insert(id, json(&m.envelope)?.as_slice())
-                        .map_err(storage)?;
-                    bodies.insert(id, m.body.as_ref()).map_err(storage)?;
+                    if m.groups.iter().all(Group::is_done) {
+                        // Nothing to deliver (every recipient suppressed): a record only.
+                        let now = Timestamp::now();
+                        let env = Envelope {
+                            done_at: Some(now),
+                            ..m.envelope.clone()
+                        };
+                        envelopes
+                            .insert(id, json(&env)?.as_slice())
+                            .map_err(storage)?;
+                        history.insert((now.millis(), id), ()).map_err(storage)?;
+                    } else {
+                        envelopes
+                            .insert(id, json(&m.envelope)?.as_slice())
+                            .map_err(storage)?;
+                        bodies.insert(id, m.body.as_ref()).map_err(storage)?;
+                    }
                     for g in &m.groups {
                         groups
                             .insert((id, g.domain.as_str()), json(g)?.as_slice())
                             .map_err(storage)?;
                     }
+                }
+                Op::Suppress { address, entry } => {
+                    suppressions
+                        .insert(address.as_str(), json(entry)?.as_slice())
+                        .map_err(storage)?;
+                }
+                Op::Unsuppress { address } => {
+                    suppressions.remove(address.as_str()).map_err(storage)?;
                 }
                 Op::Update { id, group } => {
                     let id = id.as_u128();
@@ -303,6 +337,22 @@ impl Spool for RedbSpool {
             self.set_aside(bad_groups, bad_envelopes)?;
         }
         Ok(recovered)
+    }
+
+    fn suppressions(&self) -> Result<Vec<(String, crate::suppress::Suppression)>, SpoolError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SUPPRESSIONS).map_err(storage)?;
+        let mut all = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(s) => all.push((k.value().to_string(), s)),
+                Err(e) => {
+                    tracing::error!(address = k.value(), error = %e, "unreadable suppression entry skipped")
+                }
+            }
+        }
+        Ok(all)
     }
 
     fn purge(&self, before: Timestamp) -> Result<usize, SpoolError> {

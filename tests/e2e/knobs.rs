@@ -315,3 +315,108 @@ async fn domains_are_grouped_into_providers() {
     );
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn hard_bounces_are_suppressed_and_the_list_can_be_edited() {
+    let w = World::new(&["1m"], "1h");
+    let rx = plain_sink().await;
+    let tx = plain_sink().await;
+    let r = route(
+        route(StaticResolver::new(), "rx.test", rx.addr),
+        "tx.test",
+        tx.addr,
+    );
+    let engine = w.start(r.clone()).await;
+    let t = Duration::from_secs(10);
+    smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["unknown@rx.test"],
+        b"Subject: 1\r\n\r\nx\r\n",
+    )
+    .await;
+    w.wait_event(t, is("bounced", "unknown@rx.test")).await;
+    let (_, list) = http_get(&engine, "/api/v1/suppressions").await;
+    assert_eq!(
+        list["suppressions"][0]["address"], "unknown@rx.test",
+        "{list}"
+    );
+    assert!(
+        list["suppressions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("550 5.1.1")
+    );
+
+    // Later mail to it is marked, never sent; the other recipient goes.
+    let replies = smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["Unknown@rx.test", "ok@rx.test"],
+        b"Subject: 2\r\n\r\nx\r\n",
+    )
+    .await;
+    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    w.wait_event(t, is("suppressed", "Unknown@rx.test")).await;
+    w.wait_event(t, is("delivered", "ok@rx.test")).await;
+    assert_eq!(rx.received().last().unwrap().rcpts, vec!["ok@rx.test"]);
+    assert_eq!(
+        rx.stats().refused_magic,
+        1,
+        "the suppressed address was not tried again"
+    );
+    let (_, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(m["recipients"][0]["state"], "suppressed");
+
+    // Mail from the null sender is never suppressed.
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &["unknown@rx.test"],
+        b"Subject: 3\r\n\r\nx\r\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.stats().refused_magic, 2);
+
+    // Edit the list: bad address, add, remove, and it survives a restart.
+    let put = |path: &str| reqwest::Client::new().put(format!("http://{}{path}", engine.http_addr));
+    let resp = put("/api/v1/suppressions/not-an-address")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = put("/api/v1/suppressions/Someone@X.test")
+        .body(r#"{"reason": "asked to stop"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let del = reqwest::Client::new().delete(format!(
+        "http://{}/api/v1/suppressions/unknown@rx.test",
+        engine.http_addr
+    ));
+    assert_eq!(del.send().await.unwrap().status().as_u16(), 204);
+    engine.shutdown().await;
+
+    let engine = w.start(r).await;
+    let (_, list) = http_get(&engine, "/api/v1/suppressions").await;
+    let all: Vec<(&str, &str)> = list["suppressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["address"].as_str().unwrap(),
+                s["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(all, vec![("someone@x.test", "asked to stop")]);
+    let del = reqwest::Client::new().delete(format!(
+        "http://{}/api/v1/suppressions/unknown@rx.test",
+        engine.http_addr
+    ));
+    assert_eq!(del.send().await.unwrap().status().as_u16(), 404);
+    engine.shutdown().await;
+}
