@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 pub struct ApiState {
     pub intake: Arc<Intake>,
+    /// The event log, which diagnosis reads.
+    pub events_path: std::path::PathBuf,
     pub hostname: String,
     pub max_message_size: u64,
 }
@@ -33,6 +35,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/messages/{id}", get(get_message))
         .route("/api/v1/queue", get(get_queue))
         .route("/api/v1/destinations", get(get_destinations))
+        .route("/api/v1/diagnose", get(get_diagnose))
         .route("/api/v1/suppressions", get(get_suppressions))
         .route(
             "/api/v1/suppressions/{address}",
@@ -427,4 +430,61 @@ async fn delete_suppression(
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     state.intake.suppressions.remove(&address);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiagnoseQuery {
+    provider: Option<String>,
+    /// How far back to read events, e.g. `1h` (the default) or `30m`.
+    window: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DiagnoseView {
+    pub window_seconds: u64,
+    pub providers: Vec<crate::diagnose::Diagnosis>,
+}
+
+/// `GET /api/v1/diagnose?provider=google&window=1h`.
+async fn get_diagnose(
+    AxState(state): AxState<Arc<ApiState>>,
+    query: Result<axum::extract::Query<DiagnoseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<DiagnoseView>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::field("query", e.body_text()))?;
+    let window = match q.window.as_deref() {
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|e| ApiError::field("window", format!("not a duration: {e}")))?,
+        None => std::time::Duration::from_secs(3600),
+    };
+    let since = Timestamp(
+        Timestamp::now()
+            .millis()
+            .saturating_sub(window.as_millis() as u64),
+    );
+    let path = state.events_path.clone();
+    let records = tokio::task::spawn_blocking(move || crate::diagnose::read_events(&path, since))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("reading the event log: {e}"),
+            )
+        })?;
+    let destinations = state.intake.scheduler.destinations().await;
+    let providers =
+        crate::diagnose::diagnose(&records, &destinations, q.provider.as_deref(), window);
+    if let Some(p) = &q.provider
+        && providers.is_empty()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no events and no queue for provider {p:?}"),
+        ));
+    }
+    Ok(axum::Json(DiagnoseView {
+        window_seconds: window.as_secs(),
+        providers,
+    }))
 }

@@ -61,6 +61,33 @@ impl ApiClient {
         self.read(resp).await
     }
 
+    pub async fn destinations(&self) -> anyhow::Result<crate::api::DestinationsView> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/destinations", self.base))
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
+    pub async fn diagnose(
+        &self,
+        provider: Option<&str>,
+        window: &str,
+    ) -> anyhow::Result<crate::api::DiagnoseView> {
+        let mut query = vec![("window", window)];
+        if let Some(p) = provider {
+            query.push(("provider", p));
+        }
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/diagnose", self.base))
+            .query(&query)
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
     pub async fn message(&self, id: &str) -> anyhow::Result<MessageView> {
         let resp = self
             .http
@@ -130,6 +157,54 @@ pub fn format_queue(q: &QueueView) -> String {
             d.deferred,
             d.in_flight,
             age(d.oldest_age_seconds)
+        );
+    }
+    out
+}
+
+/// The destinations' shaping, under the per-domain table.
+pub fn format_destinations(d: &crate::api::DestinationsView) -> String {
+    if d.destinations.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{:<32} {:>7} {:>7} {:>11} {:>12}  {}\n",
+        "DESTINATION", "PENDING", "READY", "CONNECTIONS", "RATE", "STATE"
+    );
+    for v in &d.destinations {
+        let s = &v.shaping;
+        let rate = s
+            .rate_per_minute
+            .map(|r| format!("{r:.0}/min"))
+            .unwrap_or_else(|| "-".into());
+        let mut state = Vec::new();
+        if let Some(since) = s.outage_since {
+            state.push(format!(
+                "outage since {since}, probing every {} s",
+                s.outage_backoff_seconds.unwrap_or(0)
+            ));
+        } else if let Some(p) = s.paused_for_seconds {
+            state.push(format!("paused {p:.1} s"));
+        }
+        if let (Some(l), Some(b)) = (s.latency_ms, s.latency_baseline_ms) {
+            state.push(format!("latency {l:.0} ms (baseline {b:.0})"));
+        }
+        if let Some(g) = v.greylist_delay_seconds {
+            state.push(format!("greylist {g} s"));
+        }
+        if let Some(c) = s.recent_classes.last() {
+            state.push(format!("last deferral {}", c.as_str()));
+        }
+        let conns = format!("{}/{}", v.connections_open, s.connections);
+        let _ = writeln!(
+            out,
+            "{:<32} {:>7} {:>7} {:>11} {:>12}  {}",
+            v.destination,
+            v.pending,
+            v.ready,
+            conns,
+            rate,
+            state.join(", ")
         );
     }
     out

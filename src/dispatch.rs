@@ -294,6 +294,7 @@ impl Inner {
                 group.domain.clone(),
                 envelope.from.clone(),
             );
+            event.provider = Some(job.destination.to_string());
             event.attempt = Some(rcpt.attempts.len() as u32);
             event.mx = result.mx.clone();
             event.local_ip = result.local_ip.clone();

@@ -153,6 +153,7 @@ impl Engine {
         )));
         let app = api::router(Arc::new(ApiState {
             intake,
+            events_path: config.events.path.clone(),
             hostname: config.smtp.hostname.clone(),
             max_message_size: config.smtp.max_message_size,
         }));

@@ -44,6 +44,9 @@ pub struct Event {
     pub message_id: String,
     pub recipient: String,
     pub domain: String,
+    /// The provider (destination) the domain belongs to, on attempt events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// The envelope sender; empty for the null sender.
     pub from: String,
     /// The attempt this event reports, 1 for the first; absent on `processed`.
@@ -82,6 +85,7 @@ impl Event {
             message_id,
             recipient,
             domain,
+            provider: None,
             from,
             attempt: None,
             mx: None,
@@ -166,6 +170,7 @@ mod tests {
             "s@a.test".into(),
         );
         e.attempt = Some(1);
+        e.provider = Some("google".into());
         e.mx = Some("mx".into());
         e.local_ip = Some("127.0.0.1".into());
         e.code = Some(450);

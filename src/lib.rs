@@ -42,6 +42,7 @@ pub mod bench;
 pub mod classify;
 pub mod client;
 pub mod config;
+pub mod diagnose;
 pub mod dispatch;
 pub mod dsn;
 pub mod engine;

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use knock::api::SendRequest;
-use knock::client::{ApiClient, api_base, format_message, format_queue};
+use knock::client::{ApiClient, api_base, format_destinations, format_message, format_queue};
 use knock::config::{Config, Rate};
 use knock::smtp::server::EhloMode;
 use std::path::PathBuf;
@@ -45,6 +45,18 @@ enum Command {
     Sink(SinkArgs),
     /// Send N messages over C concurrent SMTP sessions and report the rates.
     Bench(BenchArgs),
+    /// Say, per provider, what is behind the deferrals and what is being done about it.
+    Diagnose {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this provider (as `knock queue` names it).
+        provider: Option<String>,
+        /// How far back to read the event log.
+        #[arg(long, default_value = "1h")]
+        window: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Classify reply lines (arguments, or one per line on stdin) as knock would.
     Classify {
         /// Your own rules (TOML, like data/classify.toml), read before the shipped ones.
@@ -189,16 +201,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 None => {
                     let q = client.queue().await?;
+                    let d = client.destinations().await?;
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&q)?);
+                        let both = serde_json::json!({"domains": q.domains, "destinations": d.destinations});
+                        println!("{}", serde_json::to_string_pretty(&both)?);
                     } else {
-                        print!("{}", format_queue(&q));
+                        print!("{}\n{}", format_queue(&q), format_destinations(&d));
                     }
                 }
             }
             Ok(())
         }
         Command::Sink(args) => sink(args).await,
+        Command::Diagnose {
+            api,
+            provider,
+            window,
+            json,
+        } => {
+            let report = api.client()?.diagnose(provider.as_deref(), &window).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.providers.is_empty() {
+                println!("nothing to diagnose: no events in the last {window} and nothing queued");
+            } else {
+                for d in &report.providers {
+                    println!("{d}");
+                }
+            }
+            Ok(())
+        }
         Command::Classify {
             rules,
             json,

@@ -96,6 +96,13 @@ pub struct DestinationView {
     pub shaping: ShapingView,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub greylist_delay_seconds: Option<u64>,
+    /// Recipients waiting for this destination (queued, deferred or in flight).
+    pub pending: usize,
+    /// How long the queue takes to drain at the current rate, when a rate is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<f64>,
+    /// Recipients that would expire before their turn at that rate.
+    pub expiring_before_drain: usize,
 }
 
 /// The handle everyone else holds.
@@ -656,10 +663,54 @@ impl Scheduler {
                 connections_open: d.workers,
                 shaping: d.shaping.view(now),
                 greylist_delay_seconds: d.greylist_delay.map(|g| g.as_secs()),
+                ..self.drain(d, now)
             })
             .collect();
         views.sort_by(|a, b| a.destination.cmp(&b.destination));
         views
+    }
+}
+
+impl Scheduler {
+    /// The queue of one destination: how many wait, how long it takes to drain at the
+    /// current rate, and how many would expire first (oldest go first).
+    fn drain(&self, d: &Destination, now: Instant) -> DestinationView {
+        let mut received: Vec<(Timestamp, usize)> = self
+            .entries
+            .iter()
+            .filter(|((_, domain), _)| {
+                self.provider_of
+                    .get(domain)
+                    .is_some_and(|(p, _)| *p == d.name)
+            })
+            .map(|(_, e)| (e.envelope.received_at, e.group.pending().count()))
+            .collect();
+        received.sort();
+        let pending = received.iter().map(|(_, n)| n).sum();
+        let rate = d.shaping.drain_rate(now).filter(|r| *r > 0.0);
+        let mut expiring = 0;
+        if let Some(rate) = rate {
+            let start = Timestamp::now();
+            let mut ahead = 0usize;
+            for (at, n) in &received {
+                ahead += n;
+                let turn = start + Duration::from_secs_f64(ahead as f64 / rate);
+                if *at + self.policy.max_age < turn {
+                    expiring += n;
+                }
+            }
+        }
+        DestinationView {
+            destination: d.name.to_string(),
+            domains: Vec::new(),
+            ready: 0,
+            connections_open: 0,
+            shaping: d.shaping.view(now),
+            greylist_delay_seconds: None,
+            pending,
+            drain_seconds: rate.map(|r| pending as f64 / r),
+            expiring_before_drain: expiring,
+        }
     }
 }
 

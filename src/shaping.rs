@@ -354,6 +354,11 @@ impl Shaping {
         }
     }
 
+    /// The rate the queue drains at: the allowed rate, else what was accepted lately.
+    pub fn drain_rate(&self, now: Instant) -> Option<f64> {
+        self.rate.or_else(|| self.measured_rate(now))
+    }
+
     fn measured_rate(&self, now: Instant) -> Option<f64> {
         let first = self.accepted.front()?.0;
         let span = now.duration_since(first).as_secs_f64().max(0.5);

@@ -66,6 +66,23 @@ async fn send_then_queue_and_show() {
         .unwrap_or_else(|| panic!("{out}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&cols[1..4], &["0", "1", "0"], "{out}");
+    assert!(
+        out.contains("DESTINATION") && out.contains("mx.rx.test"),
+        "{out}"
+    );
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || knock(&["diagnose", "--api", &api])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("mx.rx.test: outage"), "{out}");
+    assert!(
+        out.contains("knock is holding the queue and probing"),
+        "{out}"
+    );
 
     let (ok, out, _) = tokio::task::spawn_blocking({
         let api = api.clone();

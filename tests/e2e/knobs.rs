@@ -90,6 +90,19 @@ async fn greylisting_every_message_on_its_second_attempt_right_after_the_window(
         );
     }
     assert_eq!(rx.stats().greylisted, n as u64);
+    let (status, d) = http_get(&engine, "/api/v1/diagnose?window=10m").await;
+    assert_eq!(status, 200, "{d}");
+    let p = &d["providers"][0];
+    assert_eq!(
+        (
+            p["provider"].as_str(),
+            p["cause"].as_str(),
+            p["confidence"].as_str()
+        ),
+        (Some("mx.rx.test"), Some("greylisting"), Some("high")),
+        "{p}"
+    );
+    assert_eq!(p["figures"]["greylist_cleared"], 1.0);
     engine.shutdown().await;
 }
 

@@ -1,0 +1,680 @@
+//! Diagnosis: per provider, what is behind the deferrals, from the event log and the live
+//! destination state. Greylisting (greylist deferrals that clear on retry), throttling
+//! (rate and connection texts that grow with volume), authentication, reputation and
+//! blocklists, outages (connection failures), mailbox problems. Each verdict comes with the
+//! figures that led to it, what knock is doing about it, what the operator can do, the
+//! time the provider's queue takes to drain at the allowed rate, and an honest confidence.
+
+use crate::outcome::Class;
+use crate::scheduler::DestinationView;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Duration;
+
+/// The part of an event line diagnosis reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Record {
+    pub event: String,
+    pub timestamp: Timestamp,
+    pub message_id: String,
+    pub recipient: String,
+    pub domain: String,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    #[serde(default)]
+    pub code: Option<u16>,
+    #[serde(default)]
+    pub enhanced: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub class: Option<Class>,
+    #[serde(default)]
+    pub ee_seconds: Option<f64>,
+}
+
+/// The most of the event log read from its end.
+const READ_AT_MOST: u64 = 64 * 1024 * 1024;
+
+/// Events at or after `since`, from the end of the log.
+pub fn read_events(path: &Path, since: Timestamp) -> std::io::Result<Vec<Record>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(READ_AT_MOST);
+    file.seek(SeekFrom::Start(start))?;
+    let mut text = String::new();
+    file.take(READ_AT_MOST)
+        .read_to_string(&mut text)
+        .or_else(|_| Ok::<usize, std::io::Error>(0))?;
+    let lines = text.lines().skip(usize::from(start > 0));
+    Ok(lines
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+        .filter(|r| r.timestamp >= since)
+        .collect())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    Healthy,
+    Greylisting,
+    Throttling,
+    Authentication,
+    Reputation,
+    Outage,
+    Mailbox,
+    System,
+    Policy,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confidence {
+    High,
+    Medium,
+    Low,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopReply {
+    pub reply: String,
+    pub count: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figures {
+    pub attempts: usize,
+    pub deferrals: usize,
+    pub deferral_rate: f64,
+    pub delivered: usize,
+    pub bounced: usize,
+    pub expired: usize,
+    pub deferrals_by_class: BTreeMap<String, usize>,
+    pub top_replies: Vec<TopReply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_per_delivery: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ee_p50_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ee_p95_seconds: Option<f64>,
+    /// Greylisted recipients later delivered, of all greylisted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greylist_cleared: Option<f64>,
+    /// How throttling deferrals follow volume: correlation of attempts and throttle
+    /// deferrals per minute, -1 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_volume_correlation: Option<f64>,
+    pub queue_depth: usize,
+    /// `growing`, `shrinking` or `steady`, from arrivals and completions in the window.
+    pub queue_trend: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Diagnosis {
+    pub provider: String,
+    pub cause: Cause,
+    pub confidence: Confidence,
+    /// The verdict in a sentence, with the figures that led to it.
+    pub summary: String,
+    pub figures: Figures,
+    /// What knock is doing about it.
+    pub knock_is: String,
+    /// What the operator can do, when something can be done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_can: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<f64>,
+    pub expiring_before_drain: usize,
+}
+
+/// Diagnoses every provider seen in `records` or in `destinations` (or only `only`).
+pub fn diagnose(
+    records: &[Record],
+    destinations: &[DestinationView],
+    only: Option<&str>,
+    window: Duration,
+) -> Vec<Diagnosis> {
+    let mut provider_of: HashMap<&str, &str> = HashMap::new();
+    for r in records {
+        if let Some(p) = &r.provider {
+            provider_of.insert(r.domain.as_str(), p.as_str());
+        }
+    }
+    for d in destinations {
+        for domain in &d.domains {
+            provider_of.insert(domain.as_str(), d.destination.as_str());
+        }
+    }
+    let mut by_provider: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        if let Some(p) = r
+            .provider
+            .as_deref()
+            .or_else(|| provider_of.get(r.domain.as_str()).copied())
+        {
+            by_provider.entry(p).or_default().push(r);
+        }
+    }
+    for d in destinations {
+        by_provider.entry(d.destination.as_str()).or_default();
+    }
+    by_provider
+        .into_iter()
+        .filter(|(p, _)| only.is_none_or(|o| o == *p))
+        .map(|(p, recs)| {
+            one(
+                p,
+                &recs,
+                destinations.iter().find(|d| d.destination == p),
+                window,
+            )
+        })
+        .collect()
+}
+
+fn one(
+    provider: &str,
+    recs: &[&Record],
+    dest: Option<&DestinationView>,
+    window: Duration,
+) -> Diagnosis {
+    let figures = figures(recs, dest);
+    let (cause, share) = cause(&figures);
+    let confidence = confidence(cause, share, &figures);
+    let summary = summary(cause, share, &figures, window);
+    let (knock_is, operator_can) = response(cause, dest);
+    Diagnosis {
+        provider: provider.to_string(),
+        cause,
+        confidence,
+        summary,
+        figures,
+        knock_is,
+        operator_can,
+        drain_seconds: dest.and_then(|d| d.drain_seconds),
+        expiring_before_drain: dest.map(|d| d.expiring_before_drain).unwrap_or(0),
+    }
+}
+
+fn figures(recs: &[&Record], dest: Option<&DestinationView>) -> Figures {
+    let count = |kind: &str| recs.iter().filter(|r| r.event == kind).count();
+    let deferred: Vec<&&Record> = recs.iter().filter(|r| r.event == "deferred").collect();
+    let (delivered, bounced, expired) = (count("delivered"), count("bounced"), count("expired"));
+    let attempts = deferred.len()
+        + delivered
+        + bounced
+        + recs
+            .iter()
+            .filter(|r| r.event == "expired" && r.code.is_some())
+            .count();
+    let mut by_class: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &deferred {
+        *by_class
+            .entry(r.class.map(|c| c.as_str()).unwrap_or("unknown").to_string())
+            .or_default() += 1;
+    }
+    let blocks = recs
+        .iter()
+        .filter(|r| r.event == "bounced" && r.class == Some(Class::Block))
+        .count();
+    if blocks > 0 {
+        *by_class.entry("block".into()).or_default() += blocks;
+    }
+    let mut replies: HashMap<String, (usize, Option<Class>)> = HashMap::new();
+    for r in recs
+        .iter()
+        .filter(|r| matches!(r.event.as_str(), "deferred" | "bounced" | "expired"))
+    {
+        let e = replies.entry(reply_line(r)).or_insert((0, r.class));
+        e.0 += 1;
+    }
+    let mut top: Vec<TopReply> = replies
+        .into_iter()
+        .map(|(reply, (count, class))| TopReply {
+            reply,
+            count,
+            class,
+        })
+        .collect();
+    top.sort_by(|a, b| b.count.cmp(&a.count).then(a.reply.cmp(&b.reply)));
+    top.truncate(3);
+    let delivered_attempts: Vec<u32> = recs
+        .iter()
+        .filter(|r| r.event == "delivered")
+        .filter_map(|r| r.attempt)
+        .collect();
+    let mut ee: Vec<f64> = recs.iter().filter_map(|r| r.ee_seconds).collect();
+    ee.sort_by(|a, b| a.total_cmp(b));
+    let pct = |q: f64| (!ee.is_empty()).then(|| ee[((ee.len() - 1) as f64 * q).round() as usize]);
+    Figures {
+        attempts,
+        deferrals: deferred.len(),
+        deferral_rate: if attempts == 0 {
+            0.0
+        } else {
+            deferred.len() as f64 / attempts as f64
+        },
+        delivered,
+        bounced,
+        expired,
+        deferrals_by_class: by_class,
+        top_replies: top,
+        attempts_per_delivery: (!delivered_attempts.is_empty()).then(|| {
+            delivered_attempts.iter().map(|&a| a as f64).sum::<f64>()
+                / delivered_attempts.len() as f64
+        }),
+        ee_p50_seconds: pct(0.5),
+        ee_p95_seconds: pct(0.95),
+        greylist_cleared: greylist_cleared(recs),
+        throttle_volume_correlation: throttle_correlation(recs),
+        queue_depth: dest.map(|d| d.pending).unwrap_or(0),
+        queue_trend: trend(recs),
+    }
+}
+
+fn reply_line(r: &Record) -> String {
+    let text: String = r.text.as_deref().unwrap_or("").chars().take(100).collect();
+    match (r.code, &r.enhanced) {
+        (Some(c), Some(e)) => format!("{c} {e} {text}"),
+        (Some(c), None) => format!("{c} {text}"),
+        (None, Some(e)) => format!("{e} {text}"),
+        (None, None) => text,
+    }
+}
+
+/// Of the recipients greylisted in the window, the share delivered later.
+fn greylist_cleared(recs: &[&Record]) -> Option<f64> {
+    let greylisted: HashSet<(&str, &str)> = recs
+        .iter()
+        .filter(|r| r.event == "deferred" && r.class == Some(Class::Greylist))
+        .map(|r| (r.message_id.as_str(), r.recipient.as_str()))
+        .collect();
+    if greylisted.is_empty() {
+        return None;
+    }
+    let cleared = recs
+        .iter()
+        .filter(|r| {
+            r.event == "delivered"
+                && greylisted.contains(&(r.message_id.as_str(), r.recipient.as_str()))
+        })
+        .count();
+    Some(cleared as f64 / greylisted.len() as f64)
+}
+
+/// Pearson correlation, per minute, between attempts and throttle deferrals.
+fn throttle_correlation(recs: &[&Record]) -> Option<f64> {
+    let mut minutes: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for r in recs
+        .iter()
+        .filter(|r| matches!(r.event.as_str(), "deferred" | "delivered" | "bounced"))
+    {
+        let m = minutes.entry(r.timestamp.millis() / 60_000).or_default();
+        m.0 += 1.0;
+        if r.class == Some(Class::Throttle) {
+            m.1 += 1.0;
+        }
+    }
+    if minutes.len() < 3 || minutes.values().all(|m| m.1 == 0.0) {
+        return None;
+    }
+    let n = minutes.len() as f64;
+    let (mx, my) = minutes
+        .values()
+        .fold((0.0, 0.0), |a, m| (a.0 + m.0 / n, a.1 + m.1 / n));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in minutes.values() {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx).powi(2);
+        syy += (y - my).powi(2);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+/// Arrivals minus completions in the second half of the window against the first.
+fn trend(recs: &[&Record]) -> String {
+    let (Some(first), Some(last)) = (
+        recs.iter().map(|r| r.timestamp).min(),
+        recs.iter().map(|r| r.timestamp).max(),
+    ) else {
+        return "steady".into();
+    };
+    let mid = Timestamp(first.millis() + (last.millis() - first.millis()) / 2);
+    let net = |half: &dyn Fn(&Record) -> bool| -> i64 {
+        recs.iter()
+            .filter(|r| half(r))
+            .map(|r| match r.event.as_str() {
+                "processed" => 1,
+                "delivered" | "bounced" | "expired" | "suppressed" => -1,
+                _ => 0,
+            })
+            .sum()
+    };
+    let second = net(&|r: &Record| r.timestamp >= mid);
+    let total = recs.len().max(1) as i64;
+    match second {
+        n if n * 10 > total => "growing".into(),
+        n if n * 10 < -total => "shrinking".into(),
+        _ => "steady".into(),
+    }
+}
+
+/// The dominant cause among the deferrals (and blocks), with its share.
+fn cause(f: &Figures) -> (Cause, f64) {
+    let total: usize = f.deferrals_by_class.values().sum();
+    if total == 0 || (f.deferral_rate < 0.02 && !f.deferrals_by_class.contains_key("block")) {
+        return (
+            if f.attempts == 0 {
+                Cause::Unknown
+            } else {
+                Cause::Healthy
+            },
+            1.0,
+        );
+    }
+    let mut causes: BTreeMap<&str, usize> = BTreeMap::new();
+    for (class, n) in &f.deferrals_by_class {
+        let cause = match class.as_str() {
+            "greylist" => "greylisting",
+            "throttle" => "throttling",
+            "auth" => "authentication",
+            "reputation" | "block" => "reputation",
+            "network" => "outage",
+            "mailbox" | "hard" => "mailbox",
+            "system" => "system",
+            "policy" => "policy",
+            _ => "unknown",
+        };
+        *causes.entry(cause).or_default() += n;
+    }
+    let (name, n) = causes
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .expect("not empty");
+    let cause = match name {
+        "greylisting" => Cause::Greylisting,
+        "throttling" => Cause::Throttling,
+        "authentication" => Cause::Authentication,
+        "reputation" => Cause::Reputation,
+        "outage" => Cause::Outage,
+        "mailbox" => Cause::Mailbox,
+        "system" => Cause::System,
+        "policy" => Cause::Policy,
+        _ => Cause::Unknown,
+    };
+    (cause, n as f64 / total as f64)
+}
+
+/// High needs a clear majority on enough evidence, and the signature of the cause where
+/// there is one (greylisting clears on retry; throttling follows volume).
+fn confidence(cause: Cause, share: f64, f: &Figures) -> Confidence {
+    if matches!(cause, Cause::Healthy) {
+        return if f.attempts >= 20 {
+            Confidence::High
+        } else {
+            Confidence::Low
+        };
+    }
+    let signature = match cause {
+        Cause::Greylisting => f.greylist_cleared.is_some_and(|c| c >= 0.5),
+        Cause::Throttling => f.throttle_volume_correlation.is_none_or(|c| c > 0.3),
+        _ => true,
+    };
+    if share >= 0.7 && f.deferrals >= 20 && signature {
+        Confidence::High
+    } else if share > 0.5 && f.deferrals >= 5 {
+        Confidence::Medium
+    } else {
+        Confidence::Low
+    }
+}
+
+fn summary(cause: Cause, share: f64, f: &Figures, window: Duration) -> String {
+    let window = humantime::format_duration(window);
+    let base = format!(
+        "{} of {} attempts deferred ({:.1} %) in the last {window}",
+        f.deferrals,
+        f.attempts,
+        f.deferral_rate * 100.0
+    );
+    let pct = share * 100.0;
+    match cause {
+        Cause::Unknown if f.attempts == 0 => format!("no attempts in the last {window}"),
+        Cause::Healthy => format!("{base}: nothing to act on"),
+        Cause::Greylisting => format!(
+            "{base}; {pct:.0} % of deferrals are greylisting{}",
+            f.greylist_cleared
+                .map(|c| format!(
+                    ", and {:.0} % of greylisted recipients were delivered on retry",
+                    c * 100.0
+                ))
+                .unwrap_or_default()
+        ),
+        Cause::Throttling => format!(
+            "{base}; {pct:.0} % of deferrals are rate or connection limits{}",
+            f.throttle_volume_correlation
+                .map(|c| format!(", rising with volume (correlation {c:.2})"))
+                .unwrap_or_default()
+        ),
+        Cause::Authentication => format!("{base}; {pct:.0} % of deferrals name SPF, DKIM or DMARC"),
+        Cause::Reputation => format!(
+            "{base}; {pct:.0} % of deferrals and refusals are about reputation or blocklists"
+        ),
+        Cause::Outage => {
+            format!("{base}; {pct:.0} % of deferrals are connection failures or timeouts")
+        }
+        Cause::Mailbox => {
+            format!("{base}; {pct:.0} % of deferrals are about recipients' mailboxes")
+        }
+        Cause::System => format!(
+            "{base}; {pct:.0} % of deferrals are the receiver's own trouble (capacity, storage)"
+        ),
+        Cause::Policy => format!("{base}; {pct:.0} % of deferrals are the receiver's policy"),
+        Cause::Unknown => format!("{base}; the replies match no known cause"),
+    }
+}
+
+fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<String>) {
+    let pacing = dest
+        .map(|d| match d.shaping.rate_per_minute {
+            Some(r) => format!(
+                "pacing at {r:.0}/min over at most {} connections",
+                d.shaping.connections
+            ),
+            None => format!(
+                "sending without a rate limit over at most {} connections",
+                d.shaping.connections
+            ),
+        })
+        .unwrap_or_else(|| "not sending to it now".into());
+    let operator = |s: &str| Some(s.to_string());
+    match cause {
+        Cause::Healthy | Cause::Unknown => (pacing, None),
+        Cause::Greylisting => (
+            format!(
+                "retrying each greylisted recipient once its window has passed{}; {pacing}",
+                dest.and_then(|d| d.greylist_delay_seconds)
+                    .map(|s| format!(" ({s} s learned)"))
+                    .unwrap_or_default()
+            ),
+            None,
+        ),
+        Cause::Throttling => (
+            format!("{pacing}; throttled mail goes back to the queue without spending a retry"),
+            operator(
+                "if the limit is known, set it with [shaping.\"<provider>\"] rate; spread volume over time or IPs",
+            ),
+        ),
+        Cause::Authentication => (
+            format!("retrying on the normal schedule; {pacing}"),
+            operator("check SPF, DKIM and DMARC for the sending domain; retries will not fix this"),
+        ),
+        Cause::Reputation => (
+            format!("retrying on the normal schedule; {pacing}"),
+            operator(
+                "check the sending IPs on blocklists (Spamhaus, Barracuda, …) and the provider's postmaster tools; hold volume, clean the list",
+            ),
+        ),
+        Cause::Outage => (
+            match dest.and_then(|d| d.shaping.outage_backoff_seconds) {
+                Some(b) => format!("holding the queue and probing with one message every {b} s"),
+                None => format!("the destination answers again; {pacing}"),
+            },
+            operator(
+                "nothing, unless it lasts: check the provider's status and knock's own network and DNS",
+            ),
+        ),
+        Cause::Mailbox => (
+            format!("each recipient backs off on its own schedule; {pacing}"),
+            None,
+        ),
+        Cause::System | Cause::Policy => {
+            (format!("retrying on the normal schedule; {pacing}"), None)
+        }
+    }
+}
+
+impl std::fmt::Display for Diagnosis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cause = serde_json::to_value(self.cause)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let confidence = serde_json::to_value(self.confidence)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        writeln!(f, "{}: {cause} ({confidence} confidence)", self.provider)?;
+        writeln!(f, "  {}", self.summary)?;
+        let g = &self.figures;
+        for r in &g.top_replies {
+            writeln!(f, "  {:>5} × {}", r.count, r.reply)?;
+        }
+        let mut line = Vec::new();
+        if let Some(a) = g.attempts_per_delivery {
+            line.push(format!("{a:.2} attempts per delivery"));
+        }
+        if let (Some(p50), Some(p95)) = (g.ee_p50_seconds, g.ee_p95_seconds) {
+            line.push(format!("EE time p50 {p50:.1} s, p95 {p95:.1} s"));
+        }
+        line.push(format!(
+            "queue {} recipients, {}",
+            g.queue_depth, g.queue_trend
+        ));
+        writeln!(f, "  {}", line.join("; "))?;
+        writeln!(f, "  knock is {}", self.knock_is)?;
+        if let Some(op) = &self.operator_can {
+            writeln!(f, "  you can {op}")?;
+        }
+        match self.drain_seconds {
+            Some(s) => writeln!(
+                f,
+                "  drains in {} at the current rate; {} recipient(s) would expire first",
+                humantime::format_duration(Duration::from_secs(s.ceil() as u64)),
+                self.expiring_before_drain
+            ),
+            None if g.queue_depth > 0 => writeln!(f, "  drain time unknown: no rate measured yet"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(event: &str, t: u64, id: &str, class: Option<Class>, text: &str) -> Record {
+        Record {
+            event: event.into(),
+            timestamp: Timestamp(1_700_000_000_000 + t * 1000),
+            message_id: id.into(),
+            recipient: format!("{id}@x.test"),
+            domain: "x.test".into(),
+            provider: Some("p".into()),
+            attempt: Some(1),
+            code: class.map(|_| 450),
+            enhanced: None,
+            text: Some(text.into()),
+            class,
+            ee_seconds: (event == "delivered").then_some(1.0),
+        }
+    }
+
+    #[test]
+    fn greylisting_that_clears_is_a_confident_verdict() {
+        let mut recs = Vec::new();
+        for i in 0..30 {
+            let id = format!("m{i}");
+            recs.push(rec("deferred", i, &id, Some(Class::Greylist), "Greylisted"));
+            recs.push(rec("delivered", i + 300, &id, None, "Ok"));
+        }
+        let d = diagnose(&recs, &[], None, Duration::from_secs(3600));
+        assert_eq!(
+            (d[0].cause, d[0].confidence),
+            (Cause::Greylisting, Confidence::High)
+        );
+        assert_eq!(d[0].figures.greylist_cleared, Some(1.0));
+        assert!(
+            d[0].summary
+                .contains("100 % of greylisted recipients were delivered"),
+            "{}",
+            d[0].summary
+        );
+    }
+
+    #[test]
+    fn mixed_or_thin_evidence_is_not_confident() {
+        let mut recs = Vec::new();
+        for i in 0..3 {
+            recs.push(rec(
+                "deferred",
+                i,
+                &format!("a{i}"),
+                Some(Class::Auth),
+                "DKIM",
+            ));
+            recs.push(rec(
+                "deferred",
+                i,
+                &format!("b{i}"),
+                Some(Class::Network),
+                "timeout",
+            ));
+        }
+        let d = diagnose(&recs, &[], None, Duration::from_secs(3600));
+        assert_eq!(d[0].confidence, Confidence::Low);
+        let none = diagnose(&[], &[], None, Duration::from_secs(3600));
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn throttling_names_the_knob_and_the_operator_action() {
+        let mut recs = Vec::new();
+        for i in 0..40 {
+            recs.push(rec(
+                "deferred",
+                i * 20,
+                &format!("t{i}"),
+                Some(Class::Throttle),
+                "421 4.7.0 too many connections",
+            ));
+            recs.push(rec("delivered", i * 20, &format!("d{i}"), None, "Ok"));
+        }
+        let d = &diagnose(&recs, &[], Some("p"), Duration::from_secs(3600))[0];
+        assert_eq!(d.cause, Cause::Throttling);
+        assert!(d.operator_can.as_deref().unwrap().contains("[shaping"));
+        assert_eq!(d.figures.top_replies[0].count, 40);
+    }
+}
