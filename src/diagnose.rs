@@ -51,10 +51,10 @@ pub fn read_events(path: &Path, since: Timestamp) -> std::io::Result<Vec<Record>
     let len = file.metadata()?.len();
     let start = len.saturating_sub(READ_AT_MOST);
     file.seek(SeekFrom::Start(start))?;
-    let mut text = String::new();
-    file.take(READ_AT_MOST)
-        .read_to_string(&mut text)
-        .or_else(|_| Ok::<usize, std::io::Error>(0))?;
+    // Read bytes: the cut may fall inside a character, and its line is skipped anyway.
+    let mut bytes = Vec::new();
+    file.take(READ_AT_MOST).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
     let lines = text.lines().skip(usize::from(start > 0));
     Ok(lines
         .filter_map(|l| serde_json::from_str::<Record>(l).ok())
