@@ -559,7 +559,8 @@ impl Scheduler {
         let d = self.destination(name);
         d.shaping.report(Instant::now(), Timestamp::now(), report);
         if let Some(cleared) = report.greylist_cleared {
-            let learned = cleared.clamp(floor, ceiling.max(floor));
+            // Never above the normal schedule's first step, which wins over the floor.
+            let learned = cleared.clamp(floor.min(ceiling), ceiling);
             d.greylist_delay = Some(d.greylist_delay.map_or(learned, |g| g.min(learned)));
         }
     }

@@ -133,6 +133,9 @@ struct Latency {
 
 /// How far back acceptances count when measuring what the receiver takes.
 const MEASURE_WINDOW: Duration = Duration::from_secs(5);
+/// Replies faster than this times the factor are never "slow": a sub-millisecond baseline
+/// on loopback or a LAN would otherwise call scheduling noise a slowdown.
+const LATENCY_FLOOR: Duration = Duration::from_millis(25);
 /// How slowly the latency baseline rises towards slower replies.
 const BASELINE_RISE: Duration = Duration::from_secs(300);
 /// How long connections stay down after a turn-away at the greeting.
@@ -324,8 +327,9 @@ impl Shaping {
 
     /// Replies have slowed to several times their baseline.
     fn is_slow(&self) -> bool {
-        self.latency
-            .is_some_and(|l| l.average > self.tuning.latency_factor * l.baseline.max(0.001))
+        self.latency.is_some_and(|l| {
+            l.average > self.tuning.latency_factor * l.baseline.max(LATENCY_FLOOR.as_secs_f64())
+        })
     }
 
     fn observe_latency(&mut self, now: Instant, sample: Duration) {

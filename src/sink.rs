@@ -77,6 +77,7 @@ impl Default for SinkConfig {
 
 /// What the sink did, as counted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Stats {
     pub connections: u64,
     pub messages: u64,

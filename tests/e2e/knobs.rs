@@ -433,3 +433,71 @@ async fn hard_bounces_are_suppressed_and_the_list_can_be_edited() {
     assert_eq!(del.send().await.unwrap().status().as_u16(), 404);
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_drawing_deferrals_is_not_reused() {
+    let mut w = World::new(&["1h"], "2h");
+    w.config.delivery.max_connections = 1;
+    let rx = sink(SinkConfig {
+        defer_share: 1.0,
+        delay: Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    inject(&engine, 12, "user@rx.test").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "deferred")
+        .count()
+        < 12
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three deferrals per connection at most: 12 deferred messages need 4 connections.
+    assert!(
+        rx.stats().connections >= 4,
+        "{} connections for 12 deferrals",
+        rx.stats().connections
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn mail_waiting_in_a_paused_destination_still_expires() {
+    let mut w = World::new(&["10s"], "1500ms");
+    w.config.adapt.outage_backoff = Duration::from_secs(30);
+    w.config.adapt.outage_backoff_max = Duration::from_secs(30);
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", dead_addr().await))
+        .await;
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &["a@rx.test"],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    smtp_send(
+        engine.smtp_addr,
+        "",
+        &["b@rx.test"],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    for rcpt in ["a@rx.test", "b@rx.test"] {
+        let e = w
+            .wait_event(Duration::from_secs(5), is("expired", rcpt))
+            .await;
+        assert!(
+            e["attempt"].as_u64().unwrap() <= 1,
+            "expired while waiting, not by trying: {e}"
+        );
+    }
+    engine.shutdown().await;
+}
