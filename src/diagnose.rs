@@ -514,7 +514,7 @@ fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<Str
         Cause::Throttling => (
             format!("{pacing}; throttled mail goes back to the queue without spending a retry"),
             operator(
-                "if the limit is known, set it with [shaping.\"<provider>\"] rate; spread volume over time or IPs",
+                "set the limit with [shaping.\"<provider>\"] rate if it is known, and spread volume over time or IPs",
             ),
         ),
         Cause::Authentication => (
@@ -533,7 +533,7 @@ fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<Str
                 None => format!("the destination answers again; {pacing}"),
             },
             operator(
-                "nothing, unless it lasts: check the provider's status and knock's own network and DNS",
+                "wait, and if it lasts, check the provider's status and knock's own network and DNS",
             ),
         ),
         Cause::Mailbox => (

@@ -133,6 +133,15 @@ struct SinkArgs {
     /// Serve the counters as JSON at http://ADDR/stats.
     #[arg(long)]
     stats: Option<std::net::SocketAddr>,
+    /// Turn a client IP's connections away past this many at once (421 4.7.0).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Under load: past this many open sessions, every reply waits --slow-delay longer.
+    #[arg(long, requires = "slow_delay")]
+    slow_above: Option<usize>,
+    /// The extra wait per reply under load (with --slow-above).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    slow_delay: Option<Duration>,
     /// Do not offer PIPELINING.
     #[arg(long, conflicts_with = "helo_only")]
     no_pipelining: bool,
@@ -330,6 +339,8 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
             rate: args.rate,
             defer_share: args.defer_share,
             delay: args.delay.unwrap_or_default(),
+            max_connections: args.max_connections,
+            slow_above: args.slow_above.zip(args.slow_delay),
             ehlo: match (args.no_pipelining, args.helo_only) {
                 (_, true) => EhloMode::HeloOnly,
                 (true, _) => EhloMode::NoPipelining,
