@@ -393,17 +393,12 @@ async fn put_suppression(
         reason: req.reason.unwrap_or_else(|| "added by the operator".into()),
         message_id: None,
     };
-    let op = crate::spool::Op::Suppress {
-        address: address.clone(),
-        entry: entry.clone(),
-    };
     state
         .intake
-        .spool
-        .commit(vec![op])
+        .suppressions
+        .add(state.intake.spool.as_ref(), &address, entry.clone())
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    state.intake.suppressions.insert(&address, entry.clone());
     Ok(axum::Json(SuppressionView { address, entry }))
 }
 
@@ -413,22 +408,18 @@ async fn delete_suppression(
     Path(address): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let address = crate::suppress::key(&address);
-    if !state.intake.suppressions.contains(&address) {
+    let removed = state
+        .intake
+        .suppressions
+        .delete(state.intake.spool.as_ref(), &address)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    if !removed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{address} is not on the suppression list"),
         ));
     }
-    let op = crate::spool::Op::Unsuppress {
-        address: address.clone(),
-    };
-    state
-        .intake
-        .spool
-        .commit(vec![op])
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    state.intake.suppressions.remove(&address);
     Ok(StatusCode::NO_CONTENT)
 }
 

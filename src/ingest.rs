@@ -63,9 +63,6 @@ impl Intake {
         self.scheduler.enqueue(queued(message.clone()));
         Ok(message)
     }
-}
-
-impl Intake {
     /// Marks the recipients on the suppression list; returns their events.
     fn mark_suppressed(&self, message: &mut NewMessage) -> Vec<Event> {
         let mut events = Vec::new();

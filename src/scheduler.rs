@@ -648,7 +648,8 @@ impl Scheduler {
         let mut views: Vec<DestinationView> = self
             .destinations
             .values()
-            .map(|d| DestinationView {
+            .map(|d| (d, self.drain(d, now)))
+            .map(|(d, drain)| DestinationView {
                 destination: d.name.to_string(),
                 domains: {
                     let mut domains: Vec<String> = self
@@ -664,7 +665,9 @@ impl Scheduler {
                 connections_open: d.workers,
                 shaping: d.shaping.view(now),
                 greylist_delay_seconds: d.greylist_delay.map(|g| g.as_secs()),
-                ..self.drain(d, now)
+                pending: drain.pending,
+                drain_seconds: drain.seconds,
+                expiring_before_drain: drain.expiring,
             })
             .collect();
         views.sort_by(|a, b| a.destination.cmp(&b.destination));
@@ -672,10 +675,17 @@ impl Scheduler {
     }
 }
 
+/// How a destination's queue would drain.
+struct Drain {
+    pending: usize,
+    seconds: Option<f64>,
+    expiring: usize,
+}
+
 impl Scheduler {
     /// The queue of one destination: how many wait, how long it takes to drain at the
     /// current rate, and how many would expire first (oldest go first).
-    fn drain(&self, d: &Destination, now: Instant) -> DestinationView {
+    fn drain(&self, d: &Destination, now: Instant) -> Drain {
         let mut received: Vec<(Timestamp, usize)> = self
             .entries
             .iter()
@@ -701,16 +711,10 @@ impl Scheduler {
                 }
             }
         }
-        DestinationView {
-            destination: d.name.to_string(),
-            domains: Vec::new(),
-            ready: 0,
-            connections_open: 0,
-            shaping: d.shaping.view(now),
-            greylist_delay_seconds: None,
+        Drain {
             pending,
-            drain_seconds: rate.map(|r| pending as f64 / r),
-            expiring_before_drain: expiring,
+            seconds: rate.map(|r| pending as f64 / r),
+            expiring,
         }
     }
 }

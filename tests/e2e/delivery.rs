@@ -58,13 +58,7 @@ async fn delivered_with_body_intact_and_a_full_event() {
 #[tokio::test]
 async fn hard_bounce_sends_a_dsn_to_the_sender() {
     let w = World::new(&["1s"], "1h");
-    let rx = plain_sink().await;
-    let sender_mx = plain_sink().await;
-    let r = route(
-        route(StaticResolver::new(), "rx.test", rx.addr),
-        "tx.test",
-        sender_mx.addr,
-    );
+    let (rx, sender_mx, r) = receiver_and_sender().await;
     let engine = w.start(r).await;
     let body =
         b"From: s@tx.test\r\nSubject: for nobody\r\nMessage-ID: <orig-1@tx.test>\r\n\r\nbody\r\n";
@@ -174,13 +168,7 @@ async fn greylisted_mail_is_delivered_on_the_attempt_after_the_window() {
 #[tokio::test]
 async fn temporary_failures_forever_expire_with_a_dsn() {
     let w = World::new(&["200ms"], "1s");
-    let rx = plain_sink().await;
-    let sender_mx = plain_sink().await;
-    let r = route(
-        route(StaticResolver::new(), "rx.test", rx.addr),
-        "tx.test",
-        sender_mx.addr,
-    );
+    let (_rx, sender_mx, r) = receiver_and_sender().await;
     let engine = w.start(r).await;
     smtp_send(
         engine.smtp_addr,

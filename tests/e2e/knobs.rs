@@ -347,13 +347,7 @@ async fn domains_are_grouped_into_providers() {
 #[tokio::test]
 async fn hard_bounces_are_suppressed_and_the_list_can_be_edited() {
     let w = World::new(&["1m"], "1h");
-    let rx = plain_sink().await;
-    let tx = plain_sink().await;
-    let r = route(
-        route(StaticResolver::new(), "rx.test", rx.addr),
-        "tx.test",
-        tx.addr,
-    );
+    let (rx, _tx, r) = receiver_and_sender().await;
     let engine = w.start(r.clone()).await;
     let t = Duration::from_secs(10);
     smtp_send(

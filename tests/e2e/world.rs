@@ -121,6 +121,18 @@ pub fn route(r: StaticResolver, domain: &str, addr: SocketAddr) -> StaticResolve
     r.with_mx(domain, &[&mx]).with_host(&mx, addr)
 }
 
+/// A receiver for `rx.test` and the sender's own MX for `tx.test`, where DSNs arrive.
+pub async fn receiver_and_sender() -> (Sink, Sink, StaticResolver) {
+    let rx = plain_sink().await;
+    let tx = plain_sink().await;
+    let r = route(
+        route(StaticResolver::new(), "rx.test", rx.addr),
+        "tx.test",
+        tx.addr,
+    );
+    (rx, tx, r)
+}
+
 /// An address nothing listens on (bound, then released).
 pub async fn dead_addr() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
