@@ -195,7 +195,6 @@ struct Destination {
     /// Workers holding a connection open while the rate makes them wait a moment.
     idle: VecDeque<oneshot::Sender<Option<Job>>>,
     shaping: Shaping,
-    wake: Option<Instant>,
     greylist_delay: Option<Duration>,
 }
 
@@ -203,6 +202,13 @@ struct Destination {
 const IDLE_HOLD: Duration = Duration::from_secs(5);
 /// Providers are looked up again after this long.
 const PROVIDER_TTL: Duration = Duration::from_secs(3600);
+
+/// How a destination's queue would drain.
+struct Drain {
+    pending: usize,
+    seconds: Option<f64>,
+    expiring: usize,
+}
 
 pub struct Scheduler {
     rx: mpsc::UnboundedReceiver<Command>,
@@ -213,6 +219,9 @@ pub struct Scheduler {
     destinations: HashMap<Arc<str>, Destination>,
     provider_of: HashMap<String, (Arc<str>, Instant)>,
     awaiting_provider: HashMap<String, Vec<Key>>,
+    /// When gated destinations may start again (rate waits, pauses); a destination may be
+    /// listed more than once, which costs only a spare look.
+    wakes: BTreeSet<(Instant, Arc<str>)>,
     next_sweep: Instant,
     stopping: bool,
 }
@@ -233,6 +242,7 @@ impl Scheduler {
             destinations: HashMap::new(),
             provider_of: HashMap::new(),
             awaiting_provider: HashMap::new(),
+            wakes: BTreeSet::new(),
             stopping: false,
         }
     }
@@ -278,7 +288,7 @@ impl Scheduler {
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let due = self.due.first().map(|(at, _)| now + at.until_now());
-        let destinations = self.destinations.values().filter_map(|d| d.wake);
+        let destinations = self.wakes.first().map(|(t, _)| *t);
         due.into_iter()
             .chain(destinations)
             .chain([self.next_sweep])
@@ -289,16 +299,8 @@ impl Scheduler {
     fn tick(&mut self) {
         self.release_due();
         let now = Instant::now();
-        let woken: Vec<Arc<str>> = self
-            .destinations
-            .values()
-            .filter(|d| d.wake.is_some_and(|w| w <= now))
-            .map(|d| d.name.clone())
-            .collect();
-        for name in woken {
-            if let Some(d) = self.destinations.get_mut(&name) {
-                d.wake = None;
-            }
+        while self.wakes.first().is_some_and(|(t, _)| *t <= now) {
+            let (_, name) = self.wakes.pop_first().expect("first exists");
             self.start_workers(&name);
         }
         if now >= self.next_sweep {
@@ -432,7 +434,6 @@ impl Scheduler {
                 workers: 0,
                 idle: VecDeque::new(),
                 shaping: (policy.shaping)(name),
-                wake: None,
                 greylist_delay: None,
             })
     }
@@ -463,7 +464,7 @@ impl Scheduler {
             match d.shaping.admit(now, charge) {
                 Ok(()) => {}
                 Err(Gate::Until(t)) => {
-                    d.wake = Some(d.wake.map_or(t, |w| w.min(t)));
+                    self.wakes.insert((t, name.clone()));
                     return;
                 }
                 Err(Gate::Probing) => return,
@@ -518,7 +519,7 @@ impl Scheduler {
             }
             Err(Gate::Until(t)) if t.duration_since(now) <= IDLE_HOLD => {
                 d.idle.push_back(reply);
-                d.wake = Some(d.wake.map_or(t, |w| w.min(t)));
+                self.wakes.insert((t, name.clone()));
             }
             Err(_) => {
                 d.workers -= 1;
@@ -645,57 +646,47 @@ impl Scheduler {
 
     fn destination_views(&self) -> Vec<DestinationView> {
         let now = Instant::now();
+        // One pass over the queue and one over the providers, whatever their number.
+        let mut waiting: HashMap<&str, Vec<(Timestamp, usize)>> = HashMap::new();
+        for ((_, domain), e) in &self.entries {
+            if let Some((p, _)) = self.provider_of.get(domain) {
+                waiting
+                    .entry(p)
+                    .or_default()
+                    .push((e.envelope.received_at, e.group.pending().count()));
+            }
+        }
+        let mut domains: HashMap<&str, Vec<String>> = HashMap::new();
+        for (domain, (p, _)) in &self.provider_of {
+            domains.entry(p).or_default().push(domain.clone());
+        }
         let mut views: Vec<DestinationView> = self
             .destinations
             .values()
-            .map(|d| (d, self.drain(d, now)))
-            .map(|(d, drain)| DestinationView {
-                destination: d.name.to_string(),
-                domains: {
-                    let mut domains: Vec<String> = self
-                        .provider_of
-                        .iter()
-                        .filter(|(_, (p, _))| *p == d.name)
-                        .map(|(dom, _)| dom.clone())
-                        .collect();
-                    domains.sort();
-                    domains
-                },
-                ready: d.ready.len(),
-                connections_open: d.workers,
-                shaping: d.shaping.view(now),
-                greylist_delay_seconds: d.greylist_delay.map(|g| g.as_secs()),
-                pending: drain.pending,
-                drain_seconds: drain.seconds,
-                expiring_before_drain: drain.expiring,
+            .map(|d| {
+                let drain = self.drain(d, waiting.remove(&*d.name).unwrap_or_default(), now);
+                let mut domains = domains.remove(&*d.name).unwrap_or_default();
+                domains.sort();
+                DestinationView {
+                    destination: d.name.to_string(),
+                    domains,
+                    ready: d.ready.len(),
+                    connections_open: d.workers,
+                    shaping: d.shaping.view(now),
+                    greylist_delay_seconds: d.greylist_delay.map(|g| g.as_secs()),
+                    pending: drain.pending,
+                    drain_seconds: drain.seconds,
+                    expiring_before_drain: drain.expiring,
+                }
             })
             .collect();
         views.sort_by(|a, b| a.destination.cmp(&b.destination));
         views
     }
-}
 
-/// How a destination's queue would drain.
-struct Drain {
-    pending: usize,
-    seconds: Option<f64>,
-    expiring: usize,
-}
-
-impl Scheduler {
     /// The queue of one destination: how many wait, how long it takes to drain at the
     /// current rate, and how many would expire first (oldest go first).
-    fn drain(&self, d: &Destination, now: Instant) -> Drain {
-        let mut received: Vec<(Timestamp, usize)> = self
-            .entries
-            .iter()
-            .filter(|((_, domain), _)| {
-                self.provider_of
-                    .get(domain)
-                    .is_some_and(|(p, _)| *p == d.name)
-            })
-            .map(|(_, e)| (e.envelope.received_at, e.group.pending().count()))
-            .collect();
+    fn drain(&self, d: &Destination, mut received: Vec<(Timestamp, usize)>, now: Instant) -> Drain {
         received.sort();
         let pending = received.iter().map(|(_, n)| n).sum();
         let rate = d.shaping.drain_rate(now).filter(|r| *r > 0.0);
