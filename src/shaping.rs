@@ -271,7 +271,13 @@ impl Shaping {
         }
         self.last_throttle = Some(now);
         let current = self.rate.unwrap_or(f64::INFINITY);
-        let base = match self.measured_rate(now) {
+        // What the receiver took lately: the last second says it best when its window is
+        // short, the last five when it is long; take the higher, and never go up here.
+        let recent = self.measured_over(now, Duration::from_secs(1));
+        let base = match self
+            .measured_rate(now)
+            .map(|m| recent.map_or(m, |r| r.max(m)))
+        {
             Some(m) => m.min(current),
             // Refused before anything was accepted: the rate says nothing yet.
             None if current.is_finite() => current,
@@ -364,9 +370,20 @@ impl Shaping {
     }
 
     fn measured_rate(&self, now: Instant) -> Option<f64> {
-        let first = self.accepted.front()?.0;
-        let span = now.duration_since(first).as_secs_f64().max(0.5);
-        let total: usize = self.accepted.iter().map(|(_, n)| n).sum();
+        self.measured_over(now, MEASURE_WINDOW)
+    }
+
+    /// Acceptances per second over the last `window` (or since the first, if later; at
+    /// least half a second, so one burst is not taken for a rate).
+    fn measured_over(&self, now: Instant, window: Duration) -> Option<f64> {
+        let recent = self
+            .accepted
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= window);
+        let (first, total) = recent.fold((None, 0), |(first, total), (t, n)| {
+            (first.or(Some(*t)), total + n)
+        });
+        let span = now.duration_since(first?).as_secs_f64().max(0.5);
         Some(total as f64 / span)
     }
 
