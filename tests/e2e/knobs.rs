@@ -57,6 +57,7 @@ async fn greylisting_every_message_on_its_second_attempt_right_after_the_window(
     let window = Duration::from_secs(1);
     let mut w = World::new(&["10s"], "1h");
     w.config.greylist.window = window;
+    w.config.greylist.floor = Duration::from_millis(500);
     let rx = sink(SinkConfig {
         greylist: Some(window),
         ..Default::default()
@@ -111,6 +112,11 @@ async fn greylisting_every_message_on_its_second_attempt_right_after_the_window(
         "{p}"
     );
     assert_eq!(p["figures"]["greylist_cleared"], 1.0);
+    let (_, d) = http_get(&engine, "/api/v1/destinations").await;
+    assert_eq!(
+        d["destinations"][0]["greylist_delay_seconds"], 1,
+        "the delay that cleared is learned: {d}"
+    );
     engine.shutdown().await;
 }
 
@@ -508,5 +514,47 @@ async fn mail_waiting_in_a_paused_destination_still_expires() {
             "expired while waiting, not by trying: {e}"
         );
     }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_rate_is_kept_and_dsns_do_not_spend_it() {
+    let mut w = World::new(&["1m"], "1h");
+    let rate = knock::config::ShapingConfig {
+        rate: Some("20/s".parse().unwrap()),
+        ..Default::default()
+    };
+    w.config.shaping.insert("mx.rx.test".into(), rate);
+    let rx = plain_sink().await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    inject(&engine, 40, "user@rx.test").await;
+    // Mail from <> (as DSNs are) goes past the rate: 40 of them at once.
+    for _ in 0..40 {
+        smtp_send(
+            engine.smtp_addr,
+            "",
+            &["dsn@rx.test"],
+            b"Subject: dsn\r\n\r\nx\r\n",
+        )
+        .await;
+    }
+    let events = wait_delivered(&w, 80, Duration::from_secs(10)).await;
+    let spread = |rcpt: &str| {
+        let times: Vec<SystemTime> = events
+            .iter()
+            .filter(|e| e["event"] == "delivered" && e["recipient"] == rcpt)
+            .map(at)
+            .collect();
+        secs(*times.iter().min().unwrap(), *times.iter().max().unwrap())
+    };
+    let (paced, free) = (spread("user@rx.test"), spread("dsn@rx.test"));
+    eprintln!("rate: 40 messages at 20/s over {paced:.2} s; 40 from <> over {free:.2} s");
+    assert!(paced >= 1.8, "40 messages at 20/s went out in {paced:.2} s");
+    assert!(
+        free < paced,
+        "mail from <> waited for the senders' rate ({free:.2} s)"
+    );
     engine.shutdown().await;
 }
