@@ -101,7 +101,8 @@ pub struct Figures {
     pub delivered: usize,
     pub bounced: usize,
     pub expired: usize,
-    pub deferrals_by_class: BTreeMap<String, usize>,
+    /// Deferrals and bounces by class.
+    pub failures_by_class: BTreeMap<String, usize>,
     pub top_replies: Vec<TopReply>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts_per_delivery: Option<f64>,
@@ -219,18 +220,15 @@ fn figures(recs: &[&Record], dest: Option<&DestinationView>) -> Figures {
             .iter()
             .filter(|r| r.event == "expired" && r.code.is_some())
             .count();
+    // Deferrals and refusals together: a provider that refuses everything is not healthy.
     let mut by_class: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &deferred {
+    for r in recs
+        .iter()
+        .filter(|r| matches!(r.event.as_str(), "deferred" | "bounced"))
+    {
         *by_class
             .entry(r.class.map(|c| c.as_str()).unwrap_or("unknown").to_string())
             .or_default() += 1;
-    }
-    let blocks = recs
-        .iter()
-        .filter(|r| r.event == "bounced" && r.class == Some(Class::Block))
-        .count();
-    if blocks > 0 {
-        *by_class.entry("block".into()).or_default() += blocks;
     }
     let mut replies: HashMap<String, (usize, Option<Class>)> = HashMap::new();
     for r in recs
@@ -269,7 +267,7 @@ fn figures(recs: &[&Record], dest: Option<&DestinationView>) -> Figures {
         delivered,
         bounced,
         expired,
-        deferrals_by_class: by_class,
+        failures_by_class: by_class,
         top_replies: top,
         attempts_per_delivery: (!delivered_attempts.is_empty()).then(|| {
             delivered_attempts.iter().map(|&a| a as f64).sum::<f64>()
@@ -371,10 +369,15 @@ fn trend(recs: &[&Record]) -> String {
     }
 }
 
-/// The dominant cause among the deferrals (and blocks), with its share.
+/// The dominant cause among the failures (deferrals and bounces), with its share.
 fn cause(f: &Figures) -> (Cause, f64) {
-    let total: usize = f.deferrals_by_class.values().sum();
-    if total == 0 || (f.deferral_rate < 0.02 && !f.deferrals_by_class.contains_key("block")) {
+    let total: usize = f.failures_by_class.values().sum();
+    let failure_rate = if f.attempts == 0 {
+        0.0
+    } else {
+        total as f64 / f.attempts as f64
+    };
+    if total == 0 || (failure_rate < 0.02 && !f.failures_by_class.contains_key("block")) {
         return (
             if f.attempts == 0 {
                 Cause::Unknown
@@ -385,7 +388,7 @@ fn cause(f: &Figures) -> (Cause, f64) {
         );
     }
     let mut causes: BTreeMap<&str, usize> = BTreeMap::new();
-    for (class, n) in &f.deferrals_by_class {
+    for (class, n) in &f.failures_by_class {
         let cause = match class.as_str() {
             "greylist" => "greylisting",
             "throttle" => "throttling",
@@ -417,9 +420,10 @@ fn cause(f: &Figures) -> (Cause, f64) {
     (cause, n as f64 / total as f64)
 }
 
-/// High needs a clear majority on enough evidence, and the signature of the cause where
+/// High needs a clear majority of enough failures, and the signature of the cause where
 /// there is one (greylisting clears on retry; throttling follows volume).
 fn confidence(cause: Cause, share: f64, f: &Figures) -> Confidence {
+    let failures: usize = f.failures_by_class.values().sum();
     if matches!(cause, Cause::Healthy) {
         return if f.attempts >= 20 {
             Confidence::High
@@ -432,9 +436,9 @@ fn confidence(cause: Cause, share: f64, f: &Figures) -> Confidence {
         Cause::Throttling => f.throttle_volume_correlation.is_none_or(|c| c > 0.3),
         _ => true,
     };
-    if share >= 0.7 && f.deferrals >= 20 && signature {
+    if share >= 0.7 && failures >= 20 && signature {
         Confidence::High
-    } else if share > 0.5 && f.deferrals >= 5 {
+    } else if share > 0.5 && failures >= 5 {
         Confidence::Medium
     } else {
         Confidence::Low
@@ -454,7 +458,7 @@ fn summary(cause: Cause, share: f64, f: &Figures, window: Duration) -> String {
         Cause::Unknown if f.attempts == 0 => format!("no attempts in the last {window}"),
         Cause::Healthy => format!("{base}: nothing to act on"),
         Cause::Greylisting => format!(
-            "{base}; {pct:.0} % of deferrals are greylisting{}",
+            "{base}; {pct:.0} % of failures are greylisting{}",
             f.greylist_cleared
                 .map(|c| format!(
                     ", and {:.0} % of greylisted recipients were delivered on retry",
@@ -463,25 +467,27 @@ fn summary(cause: Cause, share: f64, f: &Figures, window: Duration) -> String {
                 .unwrap_or_default()
         ),
         Cause::Throttling => format!(
-            "{base}; {pct:.0} % of deferrals are rate or connection limits{}",
+            "{base}; {pct:.0} % of failures are rate or connection limits{}",
             f.throttle_volume_correlation
                 .map(|c| format!(", rising with volume (correlation {c:.2})"))
                 .unwrap_or_default()
         ),
-        Cause::Authentication => format!("{base}; {pct:.0} % of deferrals name SPF, DKIM or DMARC"),
-        Cause::Reputation => format!(
-            "{base}; {pct:.0} % of deferrals and refusals are about reputation or blocklists"
-        ),
+        Cause::Authentication => format!("{base}; {pct:.0} % of failures name SPF, DKIM or DMARC"),
+        Cause::Reputation => {
+            format!("{base}; {pct:.0} % of failures are about reputation or blocklists")
+        }
         Cause::Outage => {
-            format!("{base}; {pct:.0} % of deferrals are connection failures or timeouts")
+            format!("{base}; {pct:.0} % of failures are connection failures or timeouts")
         }
         Cause::Mailbox => {
-            format!("{base}; {pct:.0} % of deferrals are about recipients' mailboxes")
+            format!(
+                "{base}; {pct:.0} % of failures are about recipients' mailboxes (full, unavailable, unknown)"
+            )
         }
         Cause::System => format!(
-            "{base}; {pct:.0} % of deferrals are the receiver's own trouble (capacity, storage)"
+            "{base}; {pct:.0} % of failures are the receiver's own trouble (capacity, storage)"
         ),
-        Cause::Policy => format!("{base}; {pct:.0} % of deferrals are the receiver's policy"),
+        Cause::Policy => format!("{base}; {pct:.0} % of failures are the receiver's policy"),
         Cause::Unknown => format!("{base}; the replies match no known cause"),
     }
 }

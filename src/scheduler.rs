@@ -481,6 +481,7 @@ impl Scheduler {
             {
                 // The worker is gone: its job goes back to the front.
                 d.workers -= 1;
+                d.shaping.start_lost();
                 self.requeue(job);
             }
         }
@@ -508,6 +509,7 @@ impl Scheduler {
                     Some(job) => {
                         if let Err(Some(job)) = reply.send(Some(job)) {
                             d.workers -= 1;
+                            d.shaping.start_lost();
                             self.requeue(job);
                         }
                     }

@@ -205,6 +205,14 @@ impl Shaping {
         Ok(())
     }
 
+    /// A start that `admit` allowed never happened (its worker was gone): an outage probe
+    /// may go out again.
+    pub fn start_lost(&mut self) {
+        if let Some(o) = &mut self.outage {
+            o.probing = false;
+        }
+    }
+
     /// Learns from one delivery's report.
     pub fn report(&mut self, now: Instant, at: Timestamp, r: &Report) {
         for c in &r.classes {
