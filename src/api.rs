@@ -174,8 +174,8 @@ async fn post_message(
         .map_err(|e| {
             tracing::error!(error = %e, "could not store a message from the API");
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the spool could not store the message; try again",
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the spool could not store the message (disk full or a write error); nothing was accepted, try again",
             )
         })?;
     let recipients = stored

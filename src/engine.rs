@@ -59,7 +59,6 @@ impl Engine {
         config: Config,
         transport: Arc<dyn Transport>,
     ) -> anyhow::Result<Engine> {
-        let classifier = Arc::new(config.classify.classifier()?);
         let spool_dir = config.spool.path.clone();
         let spool: Arc<dyn Spool> = Arc::new(
             tokio::task::spawn_blocking(move || RedbSpool::open(&spool_dir))
@@ -71,6 +70,16 @@ impl Engine {
                     )
                 })?,
         );
+        Self::start_parts(config, transport, spool).await
+    }
+
+    /// Starts on a given transport and spool (tests wrap the spool to inject faults).
+    pub async fn start_parts(
+        config: Config,
+        transport: Arc<dyn Transport>,
+        spool: Arc<dyn Spool>,
+    ) -> anyhow::Result<Engine> {
+        let classifier = Arc::new(config.classify.classifier()?);
         let (events, events_writer) = Events::open(&config.events.path).await?;
         let suppressions = Arc::new(Suppressions::new(spool.suppressions()?));
         let smtp_listener = TcpListener::bind(config.smtp.listen)

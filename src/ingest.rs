@@ -125,7 +125,9 @@ impl Handler for IngestHandler {
             Ok(_) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
             Err(e) => {
                 tracing::error!(error = %e, "could not store an incoming message");
-                Reply::new(451, "4.3.0", "Error: queue file write error")
+                // Postfix's answer when its queue cannot take the message: the client keeps
+                // it and tries again, nothing is lost.
+                Reply::new(452, "4.3.1", "Error: insufficient system storage")
             }
         }
     }

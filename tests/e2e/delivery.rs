@@ -364,3 +364,130 @@ async fn deferred_mail_survives_a_restart_with_its_attempt_count() {
     assert_eq!(m["recipients"][0]["attempts"].as_array().unwrap().len(), 2);
     engine.shutdown().await;
 }
+
+/// A spool whose new-message writes can be made to fail, as on a full disk.
+struct FaultySpool {
+    inner: knock::spool::RedbSpool,
+    full: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl knock::spool::Spool for FaultySpool {
+    async fn commit(&self, ops: Vec<knock::spool::Op>) -> Result<(), knock::spool::SpoolError> {
+        let stores = ops.iter().any(|o| matches!(o, knock::spool::Op::Store(_)));
+        if stores && self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(knock::spool::SpoolError::Storage(
+                "No space left on device (os error 28)".into(),
+            ));
+        }
+        self.inner.commit(ops).await
+    }
+    fn body(
+        &self,
+        id: knock::message::MessageId,
+    ) -> Result<Option<bytes::Bytes>, knock::spool::SpoolError> {
+        self.inner.body(id)
+    }
+    fn record(
+        &self,
+        id: knock::message::MessageId,
+    ) -> Result<Option<knock::spool::Record>, knock::spool::SpoolError> {
+        self.inner.record(id)
+    }
+    fn recover(&self) -> Result<knock::spool::Recovered, knock::spool::SpoolError> {
+        self.inner.recover()
+    }
+    fn purge(&self, before: knock::time::Timestamp) -> Result<usize, knock::spool::SpoolError> {
+        self.inner.purge(before)
+    }
+    fn suppressions(
+        &self,
+    ) -> Result<Vec<(String, knock::suppress::Suppression)>, knock::spool::SpoolError> {
+        self.inner.suppressions()
+    }
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
+    let mut w = World::new(&["300ms"], "1h");
+    w.config.adapt.outage_backoff = Duration::from_millis(300);
+    let addr = dead_addr().await;
+    let spool = std::sync::Arc::new(FaultySpool {
+        inner: knock::spool::RedbSpool::open(&w.config.spool.path).unwrap(),
+        full: false.into(),
+    });
+    let transport = knock::transport::SmtpTransport::new(
+        std::sync::Arc::new(route(StaticResolver::new(), "rx.test", addr)),
+        &w.config.routes,
+        w.config.delivery.clone(),
+        "knock.test".into(),
+    );
+    let engine = knock::engine::Engine::start_parts(
+        w.config.clone(),
+        std::sync::Arc::new(transport),
+        spool.clone(),
+    )
+    .await
+    .unwrap();
+    // Accepted while there is room, deferred (the receiver is down).
+    let first = smtp_send(
+        engine.smtp_addr,
+        "",
+        &["before@rx.test"],
+        b"Subject: 1\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(first[0].starts_with("250"), "{first:?}");
+    w.wait_event(T, is("deferred", "before@rx.test")).await;
+
+    spool.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = smtp_send(
+        engine.smtp_addr,
+        "",
+        &["during@rx.test"],
+        b"Subject: 2\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(refused[0].starts_with("452 4.3.1"), "{refused:?}");
+    let (status, json) = http_post(
+        &engine,
+        "/api/v1/messages",
+        r#"{"from": "s@tx.test", "to": ["during@rx.test"], "subject": "s", "text": "t"}"#,
+    )
+    .await;
+    assert_eq!(status, 507, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was accepted")
+    );
+
+    // Space returns: new mail is taken again, and the old message is delivered.
+    spool.full.store(false, std::sync::atomic::Ordering::SeqCst);
+    let rx = sink(SinkConfig {
+        listen: addr,
+        ..Default::default()
+    })
+    .await;
+    let again = smtp_send(
+        engine.smtp_addr,
+        "",
+        &["after@rx.test"],
+        b"Subject: 3\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(again[0].starts_with("250"), "{again:?}");
+    assert!(
+        rx.wait_for_messages(2, Duration::from_secs(15)).await,
+        "{:?}",
+        rx.stats()
+    );
+    let got: Vec<String> = rx.received().iter().flat_map(|m| m.rcpts.clone()).collect();
+    assert!(
+        got.contains(&"before@rx.test".to_string()) && got.contains(&"after@rx.test".to_string()),
+        "{got:?}"
+    );
+    assert!(!got.contains(&"during@rx.test".to_string()));
+    engine.shutdown().await;
+}
