@@ -5,6 +5,7 @@
 mod world;
 
 mod cli;
+mod crash;
 mod delivery;
 mod http;
 mod knobs;
