@@ -21,6 +21,9 @@ pub struct ApiState {
     pub intake: Arc<Intake>,
     /// The event log, which diagnosis reads.
     pub events_path: std::path::PathBuf,
+    /// Who may call without a token, and the tokens (never logged).
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    pub tokens: Vec<String>,
     pub hostname: String,
     pub max_message_size: u64,
 }
@@ -42,11 +45,63 @@ pub fn router(state: Arc<ApiState>) -> Router {
             axum::routing::put(put_suppression).delete(delete_suppression),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         // Room for the largest message as a JSON string (escaping can double it).
         .layer(axum::extract::DefaultBodyLimit::max(
             2 * state.max_message_size as usize + 64 * 1024,
         ))
         .with_state(state)
+}
+
+/// Clients outside the trusted networks need `Authorization: Bearer <token>`; the health
+/// check is open to all. Tokens are compared in constant time.
+async fn authorize(
+    AxState(state): AxState<Arc<ApiState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(peer.ip()),
+        v4 => v4,
+    };
+    if state.trusted_networks.iter().any(|n| n.contains(&ip))
+        || req.uri().path() == "/api/v1/health"
+    {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let valid = given.is_some_and(|g| {
+        state.tokens.iter().fold(false, |ok, t| {
+            ok | bool::from(t.as_bytes().ct_eq(g.as_bytes()))
+        })
+    });
+    if valid {
+        return next.run(req).await;
+    }
+    let error = if given.is_some() {
+        "the bearer token is not valid"
+    } else {
+        "a bearer token is needed from this address"
+    };
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, error).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    resp
 }
 
 #[derive(Debug)]

@@ -34,10 +34,19 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(base: String) -> anyhow::Result<ApiClient> {
+    /// A client for the API at `base`, sending `token` as a bearer token when given.
+    pub fn new(base: String, token: Option<&str>) -> anyhow::Result<ApiClient> {
         crate::install_crypto_provider();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the API token has characters a header cannot carry")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()?;
         Ok(ApiClient { base, http })
     }

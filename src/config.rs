@@ -177,17 +177,56 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Clients here need no token; everyone else must send `Authorization: Bearer <token>`.
+    pub trusted_networks: Vec<IpNet>,
+    /// Bearer tokens the API accepts (`KNOCK_API_TOKEN` in the environment adds one).
+    /// Never logged.
+    pub tokens: Vec<String>,
 }
+
+/// The environment variable that adds an API token (and that the client subcommands send).
+pub const TOKEN_ENV: &str = "KNOCK_API_TOKEN";
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_HTTP_LISTEN.parse().unwrap(),
+            trusted_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            tokens: Vec::new(),
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_networks.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The configured tokens and the one from the environment, if any.
+    pub fn all_tokens(&self) -> Vec<String> {
+        let mut tokens = self.tokens.clone();
+        if let Ok(t) = std::env::var(TOKEN_ENV)
+            && !t.is_empty()
+        {
+            tokens.push(t);
+        }
+        tokens
+    }
+}
+
+// Tokens stay out of `{:?}` output, and so out of logs and error messages.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("trusted_networks", &self.trusted_networks)
+            .field("tokens", &format_args!("[{} hidden]", self.tokens.len()))
+            .finish()
     }
 }
 
@@ -378,6 +417,15 @@ impl Config {
             if p.name.trim().is_empty() {
                 bail!("provider[{i}].name: must not be empty");
             }
+        }
+        if !self.http.listen.ip().is_loopback() && self.http.all_tokens().is_empty() {
+            bail!(
+                "http.tokens: the API listens on {}, beyond loopback, so it needs a token (http.tokens or {TOKEN_ENV})",
+                self.http.listen
+            );
+        }
+        if self.http.tokens.iter().any(|t| t.len() < 16) {
+            bail!("http.tokens: a token must be at least 16 characters");
         }
         if self.greylist.window.is_zero() {
             bail!("greylist.window: must be greater than zero");
@@ -572,6 +620,8 @@ path = "knock-data/events.jsonl"
                 "trusted_networks",
             ),
             ("[bogus]\nx = 1", "bogus"),
+            ("[http]\nlisten = \"0.0.0.0:8025\"", "http.tokens"),
+            ("[http]\ntokens = [\"short\"]", "http.tokens"),
         ];
         for (text, key) in cases {
             let err = format!("{:#}", Config::parse(text).unwrap_err());

@@ -163,11 +163,14 @@ impl Engine {
         let app = api::router(Arc::new(ApiState {
             intake,
             events_path: config.events.path.clone(),
+            trusted_networks: config.http.trusted_networks.clone(),
+            tokens: config.http.all_tokens(),
             hostname: config.smtp.hostname.clone(),
             max_message_size: config.smtp.max_message_size,
         }));
         let http_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let served = axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
                 .await;

@@ -84,11 +84,17 @@ struct ApiArgs {
     /// Read the API address from this config file's [http] listen.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Bearer token, needed from outside the engine's [http] trusted_networks.
+    #[arg(long, env = "KNOCK_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl ApiArgs {
     fn client(&self) -> anyhow::Result<ApiClient> {
-        ApiClient::new(api_base(self.api.as_deref(), self.config.as_deref())?)
+        ApiClient::new(
+            api_base(self.api.as_deref(), self.config.as_deref())?,
+            self.token.as_deref(),
+        )
     }
 }
 

@@ -170,3 +170,54 @@ async fn oversize_messages_get_413_in_json() {
     );
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn untrusted_clients_need_a_bearer_token() {
+    let mut w = World::new(&["30s"], "1h");
+    w.config.http.trusted_networks = vec!["10.0.0.0/8".parse().unwrap()];
+    w.config.http.tokens = vec!["a-long-enough-token-1".into()];
+    let engine = w.start(StaticResolver::new()).await;
+    let url = format!("http://{}/api/v1/queue", engine.http_addr);
+    let http = reqwest::Client::new();
+
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("bearer token is needed"),
+        "{json}"
+    );
+
+    let resp = http
+        .get(&url)
+        .bearer_auth("a-long-enough-token-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = http
+        .get(&url)
+        .bearer_auth("a-long-enough-token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (status, _) = http_get(&engine, "/api/v1/health").await;
+    assert_eq!(status, 200, "the health check needs no token");
+
+    let client = knock::client::ApiClient::new(
+        format!("http://{}", engine.http_addr),
+        Some("a-long-enough-token-1"),
+    )
+    .unwrap();
+    assert!(client.queue().await.is_ok());
+    let anonymous =
+        knock::client::ApiClient::new(format!("http://{}", engine.http_addr), None).unwrap();
+    let err = anonymous.queue().await.unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+    engine.shutdown().await;
+}
