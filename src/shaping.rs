@@ -15,7 +15,7 @@
 use crate::config::Rate;
 use crate::outcome::Class;
 use crate::time::Timestamp;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -199,7 +199,8 @@ impl Shaping {
         if let Some(limiter) = self.limiter.as_ref().filter(|_| charge)
             && let Err(not_until) = limiter.check()
         {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            // The limiter's own clock: making a new one costs a calibration.
+            let wait = not_until.wait_time_from(limiter.clock().now());
             return Err(Gate::Until(now + wait.max(Duration::from_millis(1))));
         }
         Ok(())

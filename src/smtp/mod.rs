@@ -18,7 +18,7 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
         if at_line_start && rest[0] == b'.' {
             out.push(b'.');
         }
-        match memchr_newline(rest) {
+        match memchr::memchr(b'\n', rest) {
             Some(i) => {
                 out.extend_from_slice(&rest[..=i]);
                 rest = &rest[i + 1..];
@@ -38,10 +38,6 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-}
-
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     pub fn take_line(&mut self, max: usize) -> Option<Line> {
         loop {
             let pending = self.buffered();
-            let newline = pending.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', pending);
             if self.skipping {
                 match newline {
                     Some(i) => {
