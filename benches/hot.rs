@@ -55,7 +55,10 @@ fn classify(c: &mut Criterion) {
         "550 5.1.1 The email account that you tried to reach does not exist.",
         "451 Temporary local problem - please try later",
     ];
-    let replies: Vec<Reply> = lines.iter().map(|l| Reply::parse(format!("{l}\r\n").as_bytes()).unwrap()).collect();
+    let replies: Vec<Reply> = lines
+        .iter()
+        .map(|l| Reply::parse(format!("{l}\r\n").as_bytes()).unwrap())
+        .collect();
     c.bench_function("classify: five replies", |b| {
         b.iter(|| {
             for r in &replies {
@@ -66,19 +69,42 @@ fn classify(c: &mut Criterion) {
 }
 
 fn schedule(c: &mut Criterion) {
-    let s = Schedule::new(vec![Duration::from_secs(300), Duration::from_secs(900)], Duration::from_secs(72 * 3600), 0.1);
+    let s = Schedule::new(
+        vec![Duration::from_secs(300), Duration::from_secs(900)],
+        Duration::from_secs(72 * 3600),
+        0.1,
+    );
     let t0 = Timestamp(1_700_000_000_000);
     c.bench_function("schedule: next attempt", |b| {
-        b.iter(|| black_box(s.next(black_box(t0), black_box(t0 + Duration::from_secs(60)), 2, 0.5)))
+        b.iter(|| {
+            black_box(s.next(
+                black_box(t0),
+                black_box(t0 + Duration::from_secs(60)),
+                2,
+                0.5,
+            ))
+        })
     });
 }
 
 fn shaping(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _guard = rt.enter();
-    let limits = Limits { rate: Some("100000/s".parse().unwrap()), max_connections: 10, messages_per_connection: 100 };
+    let limits = Limits {
+        rate: Some("100000/s".parse().unwrap()),
+        max_connections: 10,
+        messages_per_connection: 100,
+    };
     let mut s = Shaping::new(limits, Tuning::default());
-    let report = Report { accepted: 1, connected: true, latency: Some(Duration::from_millis(3)), ..Default::default() };
+    let report = Report {
+        accepted: 1,
+        connected: true,
+        latency: Some(Duration::from_millis(3)),
+        ..Default::default()
+    };
     c.bench_function("shaping: admit and report one delivery", |b| {
         b.iter(|| {
             let now = tokio::time::Instant::now();

@@ -72,6 +72,27 @@ pub trait Handler: Send + Sync + 'static {
     async fn disconnect(&self, _session: &Session) {}
 }
 
+/// Parses one command line (CRLF included); a line that is not a valid command is the
+/// error reply to send. Pure, so it can be fuzzed.
+pub fn parse_command(line: &[u8]) -> Result<Request<String>, Reply> {
+    match Request::parse(&mut line.iter()) {
+        Ok(request) => Ok(request.into_owned()),
+        Err(smtp_proto::Error::UnknownCommand) => {
+            Err(Reply::new(500, "5.5.2", "Error: command not recognized"))
+        }
+        Err(smtp_proto::Error::InvalidSenderAddress) => {
+            Err(Reply::new(501, "5.1.7", "Bad sender address syntax"))
+        }
+        Err(smtp_proto::Error::InvalidRecipientAddress) => {
+            Err(Reply::new(501, "5.1.3", "Bad recipient address syntax"))
+        }
+        Err(smtp_proto::Error::SyntaxError { syntax }) => {
+            Err(Reply::new(501, "5.5.2", format!("Syntax: {syntax}")))
+        }
+        Err(e) => Err(Reply::new(501, "5.5.4", format!("Error: {e}"))),
+    }
+}
+
 /// Runs one SMTP session to its end. Never panics on client input.
 pub async fn serve<H: Handler>(
     stream: TcpStream,
@@ -192,21 +213,9 @@ impl<H: Handler> Conn<H> {
     }
 
     async fn command(&mut self, line: &[u8]) -> std::io::Result<Next> {
-        let request = match Request::parse(&mut line.iter()) {
-            Ok(request) => request.into_owned(),
-            Err(smtp_proto::Error::UnknownCommand) => {
-                return Ok(self.error(Reply::new(500, "5.5.2", "Error: command not recognized")));
-            }
-            Err(smtp_proto::Error::InvalidSenderAddress) => {
-                return Ok(self.error(Reply::new(501, "5.1.7", "Bad sender address syntax")));
-            }
-            Err(smtp_proto::Error::InvalidRecipientAddress) => {
-                return Ok(self.error(Reply::new(501, "5.1.3", "Bad recipient address syntax")));
-            }
-            Err(smtp_proto::Error::SyntaxError { syntax }) => {
-                return Ok(self.error(Reply::new(501, "5.5.2", format!("Syntax: {syntax}"))));
-            }
-            Err(e) => return Ok(self.error(Reply::new(501, "5.5.4", format!("Error: {e}")))),
+        let request = match parse_command(line) {
+            Ok(request) => request,
+            Err(reply) => return Ok(self.error(reply)),
         };
         match request {
             Request::Ehlo { host } => Ok(self.ehlo(host)),
