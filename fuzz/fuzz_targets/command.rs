@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
             }
             Ok(_) => {}
             Err(reply) => {
-                assert!(reply.enhanced.is_some(), "every error reply has an enhanced code");
+                assert!(
+                    reply.enhanced.is_some(),
+                    "every error reply has an enhanced code"
+                );
                 let mut out = Vec::new();
                 reply.write_to(&mut out);
                 assert!(out.ends_with(b"\r\n"));

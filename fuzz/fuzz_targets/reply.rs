@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 static CLASSIFIER: OnceLock<Classifier> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(reply) = Reply::parse(data) else { return };
+    let Ok(reply) = Reply::parse(data) else {
+        return;
+    };
     let classifier = CLASSIFIER.get_or_init(Classifier::default);
     let _ = classifier.reply(&reply);
     let _ = knock::classify::stated_delay(&reply.text);
