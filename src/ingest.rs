@@ -63,6 +63,7 @@ impl Intake {
         self.scheduler.enqueue(queued(message.clone()));
         Ok(message)
     }
+
     /// Marks the recipients on the suppression list; returns their events.
     fn mark_suppressed(&self, message: &mut NewMessage) -> Vec<Event> {
         let mut events = Vec::new();
