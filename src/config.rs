@@ -31,6 +31,7 @@ pub struct Config {
     /// Per provider (`"*"` for every provider without its own): rate and connections.
     pub shaping: BTreeMap<String, ShapingConfig>,
     pub adapt: AdaptConfig,
+    pub tls: TlsConfig,
     /// Providers of the operator's own, in front of the shipped table.
     #[serde(rename = "provider")]
     pub providers: Vec<crate::provider::ProviderDef>,
@@ -145,6 +146,79 @@ pub struct SmtpConfig {
     pub idle_timeout: Duration,
     pub max_errors: u32,
     pub max_connections: usize,
+    /// Users who may relay after AUTH (over TLS): `user:argon2-hash` lines, as
+    /// `knock passwd` prints them. Without it AUTH is not offered.
+    pub credentials: Option<PathBuf>,
+    pub client_limits: ClientLimitsConfig,
+}
+
+/// Limits per client IP address, so one client cannot take the whole listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimitsConfig {
+    /// Open connections from one address at once.
+    pub connections: usize,
+    /// Messages accepted from one address per period (`"600/min"`); none by default.
+    #[serde(deserialize_with = "de_rate")]
+    pub messages: Option<Rate>,
+    /// Recipients accepted from one address per period; none by default.
+    #[serde(deserialize_with = "de_rate")]
+    pub recipients: Option<Rate>,
+    /// Clients in `smtp.trusted_networks` are not limited (Postfix exempts `mynetworks`).
+    pub exempt_trusted: bool,
+}
+
+impl Default for ClientLimitsConfig {
+    fn default() -> Self {
+        Self {
+            connections: 50,
+            messages: None,
+            recipients: None,
+            exempt_trusted: true,
+        }
+    }
+}
+
+/// STARTTLS in both directions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The inbound certificate chain and key (PEM). Without them knock makes a
+    /// self-signed pair on first start and keeps it in `<spool.path>/tls/`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Offer STARTTLS to inbound clients.
+    pub starttls: bool,
+    /// Outbound STARTTLS for destinations not listed below.
+    pub outbound: crate::tls::Policy,
+    /// More trusted roots (PEM) for the `verify` policy, beside the Mozilla set.
+    pub ca_file: Option<PathBuf>,
+    /// Outbound policy by recipient domain or provider name (the domain wins).
+    pub destinations: BTreeMap<String, crate::tls::Policy>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            starttls: true,
+            outbound: crate::tls::Policy::Opportunistic,
+            ca_file: None,
+            destinations: BTreeMap::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The outbound policy for mail to `domain` at `provider`.
+    pub fn policy_for(&self, domain: &str, provider: &str) -> crate::tls::Policy {
+        self.destinations
+            .get(domain)
+            .or_else(|| self.destinations.get(provider))
+            .copied()
+            .unwrap_or(self.outbound)
+    }
 }
 
 impl Default for SmtpConfig {
@@ -158,6 +232,8 @@ impl Default for SmtpConfig {
             idle_timeout: Duration::from_secs(300),
             max_errors: 20,
             max_connections: 1000,
+            credentials: None,
+            client_limits: ClientLimitsConfig::default(),
         }
     }
 }
@@ -426,6 +502,12 @@ impl Config {
         }
         if self.http.tokens.iter().any(|t| t.len() < 16) {
             bail!("http.tokens: a token must be at least 16 characters");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("tls.cert and tls.key: set both or neither");
+        }
+        if self.smtp.client_limits.connections == 0 {
+            bail!("smtp.client_limits.connections: must be at least 1");
         }
         if self.greylist.window.is_zero() {
             bail!("greylist.window: must be greater than zero");

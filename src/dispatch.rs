@@ -27,6 +27,7 @@ use crate::shaping::Report;
 use crate::spool::{Op, Spool};
 use crate::suppress::{self, Suppression, Suppressions};
 use crate::time::Timestamp;
+use crate::tls::TlsInfo;
 use crate::transport::{Connection, Transport};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Inner {
     pub max_recipients_per_transaction: usize,
     /// The greylist wait when the reply states none and nothing was learned.
     pub greylist_window: Duration,
+    /// The outbound STARTTLS policy, per destination.
+    pub tls: crate::config::TlsConfig,
 }
 
 /// Deferrals on one connection after which it is closed rather than reused: receivers
@@ -104,6 +107,7 @@ struct Result1 {
     observed: Observed,
     mx: Option<String>,
     local_ip: Option<String>,
+    tls: Option<TlsInfo>,
 }
 
 /// What an attempt saw beyond the replies, for the report.
@@ -202,7 +206,8 @@ impl Inner {
             o.conn.quit().await;
         }
         if open.is_none() {
-            match self.transport.connect(&group.domain).await {
+            let policy = self.tls.policy_for(&group.domain, &job.destination);
+            match self.transport.connect(&group.domain, policy).await {
                 Ok(conn) => {
                     *open = Some(Open {
                         conn,
@@ -221,6 +226,7 @@ impl Inner {
         seen.connected = true;
         let mx = o.conn.mx().to_string();
         let local_ip = o.conn.local_ip();
+        let tls = o.conn.tls();
         let pending: Vec<&str> = group.pending().map(|r| r.address.as_str()).collect();
         let mut results = Vec::with_capacity(pending.len());
         for chunk in pending.chunks(self.max_recipients_per_transaction) {
@@ -245,6 +251,7 @@ impl Inner {
                     observed,
                     mx: Some(mx.clone()),
                     local_ip: Some(local_ip.clone()),
+                    tls: tls.clone(),
                 });
             }
         }
@@ -285,6 +292,7 @@ impl Inner {
                 enhanced: o.enhanced,
                 text: o.text.clone(),
                 class: o.class,
+                tls: result.tls.clone(),
             });
             rcpt.state = state;
             let mut event = Event::new(
@@ -298,6 +306,7 @@ impl Inner {
             event.attempt = Some(rcpt.attempts.len() as u32);
             event.mx = result.mx.clone();
             event.local_ip = result.local_ip.clone();
+            event.tls = result.tls.as_ref().map(|t| t.to_string());
             event.code = o.code;
             event.enhanced = o.enhanced;
             event.text = Some(o.text.clone());
@@ -523,6 +532,7 @@ fn same_for_all(group: &Group, observed: &Observed, mx: Option<String>) -> Vec<R
             observed: observed.clone(),
             mx: mx.clone(),
             local_ip: None,
+            tls: None,
         })
         .collect()
 }

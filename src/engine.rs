@@ -51,6 +51,7 @@ impl Engine {
             &config.routes,
             config.delivery.clone(),
             config.smtp.hostname.clone(),
+            crate::tls::Connectors::new(config.tls.ca_file.as_deref())?,
         );
         Self::start_with_transport(config, Arc::new(transport)).await
     }
@@ -80,6 +81,7 @@ impl Engine {
         spool: Arc<dyn Spool>,
     ) -> anyhow::Result<Engine> {
         let classifier = Arc::new(config.classify.classifier()?);
+        let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;
         let suppressions = Arc::new(Suppressions::new(spool.suppressions()?));
         let smtp_listener = TcpListener::bind(config.smtp.listen)
@@ -104,6 +106,7 @@ impl Engine {
             scheduler: handle.clone(),
             hostname: config.smtp.hostname.clone(),
             max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
+            tls: config.tls.clone(),
         });
         let policy = Policy {
             providers: providers.clone(),
@@ -157,7 +160,7 @@ impl Engine {
         tasks.push(tokio::spawn(ingest::run_smtp(
             smtp_listener,
             intake.clone(),
-            config.smtp.clone(),
+            inbound,
             shutdown.clone(),
         )));
         let app = api::router(Arc::new(ApiState {
@@ -214,6 +217,31 @@ impl Engine {
         self.shutdown().await;
         Ok(())
     }
+}
+
+/// The listener's TLS and AUTH set-up; errors name the key.
+fn inbound(config: &Config) -> anyhow::Result<ingest::Inbound> {
+    let tls = match config.tls.starttls {
+        true => Some(crate::tls::acceptor(
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+            &config.spool.path,
+            &config.smtp.hostname,
+        )?),
+        false => None,
+    };
+    let credentials = match &config.smtp.credentials {
+        Some(path) => Some(crate::auth::Credentials::load(path)?),
+        None => None,
+    };
+    if credentials.is_some() && tls.is_none() {
+        anyhow::bail!("smtp.credentials: AUTH is only offered over TLS; set tls.starttls = true");
+    }
+    Ok(ingest::Inbound {
+        config: config.smtp.clone(),
+        tls,
+        credentials,
+    })
 }
 
 async fn purge_loop(spool: Arc<dyn Spool>, keep: Duration, shutdown: CancellationToken) {

@@ -56,6 +56,10 @@ pub struct Event {
     pub mx: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_ip: Option<String>,
+    /// The TLS the attempt's session ran over (`TLSv1.3 TLS13_AES_256_GCM_SHA384`, with
+    /// ` verified` when the certificate was valid for the MX); absent in plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +94,7 @@ impl Event {
             attempt: None,
             mx: None,
             local_ip: None,
+            tls: None,
             code: None,
             enhanced: None,
             text: None,

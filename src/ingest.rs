@@ -1,12 +1,15 @@
 //! Taking mail in. [`Intake`] is the one path into the queue that SMTP and HTTP share: it
 //! makes the message durable in the spool, and only then answers, records `processed`
 //! events and hands the message to the scheduler. The SMTP listener here applies the relay
-//! rule (trusted networks only) and the connection limit.
+//! rule (trusted networks, or users who authenticated over TLS; everyone else 554 5.7.1),
+//! the connection limit and the per-client limits.
 
 use crate::address::Address;
+use crate::auth::Credentials;
 use crate::config::SmtpConfig;
 use crate::dispatch::{emit_processed, queued};
 use crate::event::{Event, Events, Kind};
+use crate::limit::ClientLimits;
 use crate::message::{Envelope, MessageId, NewMessage, State, group_by_domain, new_id};
 use crate::reply::Reply;
 use crate::scheduler::SchedulerHandle;
@@ -19,6 +22,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -95,29 +99,79 @@ impl Intake {
     }
 }
 
+/// What the SMTP listener needs beyond the intake.
+pub struct Inbound {
+    pub config: SmtpConfig,
+    /// STARTTLS is offered when set.
+    pub tls: Option<TlsAcceptor>,
+    /// AUTH is offered (over TLS) when set.
+    pub credentials: Option<Credentials>,
+}
+
 struct IngestHandler {
     intake: Arc<Intake>,
     config: SmtpConfig,
+    credentials: Option<Credentials>,
+    limits: Arc<ClientLimits>,
+}
+
+impl IngestHandler {
+    /// Whether the per-client limits apply to this session's client.
+    fn limited(&self, session: &Session) -> bool {
+        self.limited_ip(session.peer.ip())
+    }
+
+    fn limited_ip(&self, ip: std::net::IpAddr) -> bool {
+        !(self.config.client_limits.exempt_trusted && self.config.is_trusted(ip))
+    }
 }
 
 #[async_trait]
 impl Handler for IngestHandler {
-    async fn mail(&self, _session: &Session, _from: &str) -> Reply {
+    async fn mail(&self, session: &Session, _from: &str) -> Reply {
+        if self.limited(session) && !self.limits.message(session.peer.ip()) {
+            let ip = session.peer.ip();
+            tracing::info!(%ip, "client over its message rate");
+            return Reply::new(450, "4.7.1", format!("Error: too much mail from {ip}"));
+        }
         Reply::new(250, "2.1.0", "Ok")
     }
 
     async fn rcpt(&self, session: &Session, rcpt: &Address) -> Reply {
-        if !self.config.is_trusted(session.peer.ip()) {
+        if session.user.is_none() && !self.config.is_trusted(session.peer.ip()) {
             return Reply::new(554, "5.7.1", format!("<{rcpt}>: Relay access denied"));
         }
+        if self.limited(session) && !self.limits.recipient(session.peer.ip()) {
+            let ip = session.peer.ip();
+            tracing::info!(%ip, "client over its recipient rate");
+            return Reply::new(
+                450,
+                "4.7.1",
+                format!("Error: too many recipients from {ip}"),
+            );
+        }
         Reply::new(250, "2.1.5", "Ok")
+    }
+
+    fn offers_auth(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    async fn authenticate(&self, _session: &Session, user: &str, password: &str) -> bool {
+        match &self.credentials {
+            Some(c) => c.check(user.to_string(), password.to_string()).await,
+            None => false,
+        }
     }
 
     async fn data(&self, session: &Session, body: Vec<u8>) -> Reply {
         let id = new_id();
         let from = session.from.clone().unwrap_or_default();
         let body = with_received(&self.config.hostname, session, id, body);
-        let source = format!("smtp {}", session.peer);
+        let source = match &session.user {
+            Some(user) => format!("smtp {user}@{}", session.peer),
+            None => format!("smtp {}", session.peer),
+        };
         match self
             .intake
             .accept(id, from, &session.rcpts, body, source)
@@ -141,8 +195,20 @@ fn with_received(hostname: &str, session: &Session, id: MessageId, body: Vec<u8>
         [one] => format!("\r\n\tfor <{one}>"),
         _ => String::new(),
     };
+    // RFC 3848's protocol names: S for TLS, A for an authenticated client.
+    let (protocol, tls) = match &session.tls {
+        Some(tls) => (
+            "ESMTPS",
+            format!("\r\n\t(using {} with cipher {})", tls.version, tls.cipher),
+        ),
+        None => ("ESMTP", String::new()),
+    };
+    let protocol = match session.user {
+        Some(_) => format!("{protocol}A"),
+        None => protocol.to_string(),
+    };
     let header = format!(
-        "Received: from {helo} ([{}])\r\n\tby {hostname} (knock) with ESMTP id {id}{rcpt};\r\n\t{}\r\n",
+        "Received: from {helo} ([{}]){tls}\r\n\tby {hostname} (knock) with {protocol} id {id}{rcpt};\r\n\t{}\r\n",
         session.peer.ip(),
         rfc5322(Timestamp::now())
     );
@@ -156,9 +222,14 @@ fn with_received(hostname: &str, session: &Session, id: MessageId, body: Vec<u8>
 pub async fn run_smtp(
     listener: TcpListener,
     intake: Arc<Intake>,
-    config: SmtpConfig,
+    inbound: Inbound,
     shutdown: CancellationToken,
 ) {
+    let Inbound {
+        config,
+        tls,
+        credentials,
+    } = inbound;
     let limits = Arc::new(Limits {
         hostname: config.hostname.clone(),
         max_message_size: config.max_message_size,
@@ -166,10 +237,17 @@ pub async fn run_smtp(
         idle_timeout: config.idle_timeout,
         max_errors: config.max_errors,
         ehlo: EhloMode::Full,
+        tls,
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let hostname = config.hostname.clone();
-    let handler = Arc::new(IngestHandler { intake, config });
+    let clients = ClientLimits::new(&config.client_limits);
+    let handler = Arc::new(IngestHandler {
+        intake,
+        config: config.clone(),
+        credentials,
+        limits: clients.clone(),
+    });
     let sessions = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -185,28 +263,36 @@ pub async fn run_smtp(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "SMTP connection limit reached");
-            sessions.spawn(refuse(stream, hostname.clone()));
+            let text = format!("{hostname} Error: too many connections");
+            sessions.spawn(refuse(stream, text));
             continue;
+        };
+        let client_slot = match handler.limited_ip(peer.ip()) {
+            false => None,
+            true => match clients.connect(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::info!(%peer, "client connection limit reached");
+                    let text = format!("{hostname} Error: too many connections from {}", peer.ip());
+                    sessions.spawn(refuse(stream, text));
+                    continue;
+                }
+            },
         };
         let (handler, limits, shutdown) = (handler.clone(), limits.clone(), shutdown.clone());
         sessions.spawn(async move {
             server::serve(stream, handler, limits, shutdown).await;
-            drop(permit);
+            drop((permit, client_slot));
         });
     }
     sessions.close();
     sessions.wait().await;
 }
 
-async fn refuse(mut stream: tokio::net::TcpStream, hostname: String) {
+async fn refuse(mut stream: tokio::net::TcpStream, text: String) {
     use tokio::io::AsyncWriteExt;
     let mut out = Vec::new();
-    Reply::new(
-        421,
-        "4.7.0",
-        format!("{hostname} Error: too many connections"),
-    )
-    .write_to(&mut out);
+    Reply::new(421, "4.7.0", text).write_to(&mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }

@@ -15,6 +15,9 @@
 //! | [`address`] | mailbox syntax and domains |
 //! | [`reply`] | SMTP replies with enhanced status codes |
 //! | [`smtp`] | the wire protocol: line framing, the server session engine, the client |
+//! | [`tls`] | STARTTLS both ways: certificates, policies, the plain-or-TLS stream |
+//! | [`auth`] | SMTP AUTH users and their argon2 password hashes |
+//! | [`limit`] | per-client limits on the SMTP listener |
 //! | [`message`] | message, recipient, attempt and state types |
 //! | [`suppress`] | the suppression list of addresses that bounced hard |
 //! | [`spool`] | durable storage with group commit |
@@ -38,6 +41,7 @@
 
 pub mod address;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod classify;
 pub mod client;
@@ -48,6 +52,7 @@ pub mod dsn;
 pub mod engine;
 pub mod event;
 pub mod ingest;
+pub mod limit;
 pub mod message;
 pub mod outcome;
 pub mod provider;
@@ -61,6 +66,7 @@ pub mod smtp;
 pub mod spool;
 pub mod suppress;
 pub mod time;
+pub mod tls;
 pub mod transport;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once at start-up and in

@@ -57,6 +57,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a credentials-file line (`user:argon2-hash`) for SMTP AUTH; the password is
+    /// read from stdin (first line), so it stays out of the shell history.
+    Passwd { user: String },
     /// Classify reply lines (arguments, or one per line on stdin) as knock would.
     Classify {
         /// Your own rules (TOML, like data/classify.toml), read before the shipped ones.
@@ -154,6 +157,9 @@ struct SinkArgs {
     /// Refuse EHLO (502), so clients fall back to HELO.
     #[arg(long)]
     helo_only: bool,
+    /// Offer STARTTLS (with a self-signed certificate made at start).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Args)]
@@ -228,6 +234,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sink(args) => sink(args).await,
+        Command::Passwd { user } => passwd(&user),
         Command::Diagnose {
             api,
             provider,
@@ -331,6 +338,22 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn passwd(user: &str) -> anyhow::Result<()> {
+    if user.is_empty() || user.contains(':') || user.chars().any(char::is_whitespace) {
+        anyhow::bail!("user: must be non-empty, without ':' or spaces");
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin");
+    }
+    println!("{user}:{}", knock::auth::hash_password(password)?);
+    Ok(())
+}
+
 async fn sink(args: SinkArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.defer_share) {
         anyhow::bail!("--defer-share: must be between 0 and 1");
@@ -352,6 +375,7 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
                 (true, _) => EhloMode::NoPipelining,
                 _ => EhloMode::Full,
             },
+            tls: args.tls,
             ..Default::default()
         })
         .await

@@ -83,6 +83,9 @@ pub struct Attempt {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<Class>,
+    /// The TLS the session ran over; absent in plaintext or when no session was had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

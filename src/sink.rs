@@ -54,6 +54,8 @@ pub struct SinkConfig {
     pub max_message_size: u64,
     /// What EHLO offers (play a server without PIPELINING, or one that knows only HELO).
     pub ehlo: EhloMode,
+    /// Offer STARTTLS with a self-signed certificate made at start.
+    pub tls: bool,
 }
 
 impl Default for SinkConfig {
@@ -71,6 +73,7 @@ impl Default for SinkConfig {
             slow_above: None,
             max_message_size: 50 * 1024 * 1024,
             ehlo: EhloMode::Full,
+            tls: false,
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct Stats {
     pub refused_connections: u64,
     /// The most sessions open at once.
     pub peak_sessions: u64,
+    /// Messages that arrived over TLS.
+    pub messages_tls: u64,
 }
 
 #[derive(Default)]
@@ -105,6 +110,7 @@ struct Counters {
     refused_connections: AtomicU64,
     sessions: AtomicU64,
     peak_sessions: AtomicU64,
+    messages_tls: AtomicU64,
 }
 
 impl Counters {
@@ -121,6 +127,7 @@ impl Counters {
             refused_magic: get(&self.refused_magic),
             refused_connections: get(&self.refused_connections),
             peak_sessions: get(&self.peak_sessions),
+            messages_tls: get(&self.messages_tls),
         }
     }
 }
@@ -132,6 +139,8 @@ pub struct Received {
     pub from: String,
     pub rcpts: Vec<String>,
     pub body: Vec<u8>,
+    /// The TLS the message arrived over.
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 struct SinkHandler {
@@ -313,6 +322,9 @@ impl Handler for SinkHandler {
         self.counters
             .bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
+        if session.tls.is_some() {
+            self.count(&self.counters.messages_tls);
+        }
         if let Some(dir) = &self.config.save_dir {
             let path = dir.join(format!("{n}.eml"));
             if let Err(e) = tokio::fs::write(&path, &body).await {
@@ -325,6 +337,7 @@ impl Handler for SinkHandler {
                 from: session.from.clone().unwrap_or_default(),
                 rcpts: session.rcpts.iter().map(|a| a.to_string()).collect(),
                 body,
+                tls: session.tls.clone(),
             });
         }
         Reply::new(250, "2.0.0", format!("Ok: queued as {n}"))
@@ -340,6 +353,12 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(config: SinkConfig) -> std::io::Result<Sink> {
+        let tls = match config.tls {
+            true => Some(
+                crate::tls::ephemeral_acceptor(&config.hostname).map_err(std::io::Error::other)?,
+            ),
+            false => None,
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         if let Some(dir) = &config.save_dir {
@@ -352,6 +371,7 @@ impl Sink {
             idle_timeout: Duration::from_secs(300),
             max_errors: 1000,
             ehlo: config.ehlo,
+            tls,
         });
         let handler = Arc::new(SinkHandler {
             config,

@@ -1,12 +1,14 @@
 //! The SMTP client side of delivery behind the [`Transport`] trait: from a recipient domain
-//! to an open, greeted connection (routes or MX lookup, each MX host and address in turn),
-//! and transactions over it. Tests may substitute a scripted transport.
+//! to an open, greeted connection (routes or MX lookup, each MX host and address in turn,
+//! STARTTLS as the destination's TLS policy says), and transactions over it. Tests may
+//! substitute a scripted transport.
 
 use crate::config::{DeliveryConfig, parse_host_port};
 use crate::outcome::Observed;
 use crate::reply::Enhanced;
 use crate::resolve::{DnsError, Resolver};
-use crate::smtp::client::{Client, TransactionReplies};
+use crate::smtp::client::{Client, ClientError, TransactionReplies};
+use crate::tls::{Connectors, Policy, TlsInfo};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,9 +17,14 @@ use std::time::Duration;
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// An open connection for `domain`, or why there is none (DNS failure, every host
-    /// down or refusing): what was observed stands for every recipient.
-    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, ConnectError>;
+    /// An open connection for `domain` under TLS `policy`, or why there is none (DNS
+    /// failure, every host down or refusing, TLS required and not had): what was observed
+    /// stands for every recipient.
+    async fn connect(
+        &self,
+        domain: &str,
+        policy: Policy,
+    ) -> Result<Box<dyn Connection>, ConnectError>;
 
     /// The host names mail for `domain` goes to (its route or its MX hosts), to find its
     /// provider; empty when DNS cannot say.
@@ -40,6 +47,8 @@ pub trait Connection: Send {
     fn mx(&self) -> &str;
     fn local_ip(&self) -> String;
     fn is_reusable(&self) -> bool;
+    /// The TLS the session runs over; `None` in plaintext.
+    fn tls(&self) -> Option<TlsInfo>;
     /// The slowest reply (the greeting included) since the last call: a slowing receiver
     /// shows here before it refuses anything.
     fn take_slowest_reply(&mut self) -> Option<Duration>;
@@ -59,6 +68,7 @@ pub struct SmtpTransport {
     routes: BTreeMap<String, Vec<(String, u16)>>,
     config: DeliveryConfig,
     helo_name: String,
+    connectors: Connectors,
 }
 
 impl SmtpTransport {
@@ -67,6 +77,7 @@ impl SmtpTransport {
         routes: &BTreeMap<String, Vec<String>>,
         config: DeliveryConfig,
         helo_name: String,
+        connectors: Connectors,
     ) -> SmtpTransport {
         let routes = routes
             .iter()
@@ -83,6 +94,7 @@ impl SmtpTransport {
             routes,
             config,
             helo_name,
+            connectors,
         }
     }
 
@@ -128,7 +140,11 @@ fn dns_observed(e: DnsError) -> Observed {
 
 #[async_trait]
 impl Transport for SmtpTransport {
-    async fn connect(&self, domain: &str) -> Result<Box<dyn Connection>, ConnectError> {
+    async fn connect(
+        &self,
+        domain: &str,
+        policy: Policy,
+    ) -> Result<Box<dyn Connection>, ConnectError> {
         let targets = self
             .targets(domain)
             .await
@@ -144,14 +160,14 @@ impl Transport for SmtpTransport {
         };
         for target in targets {
             for addr in &target.addrs {
-                match self.open(&target.host, *addr).await {
+                match self.open(&target.host, *addr, policy).await {
                     Ok(conn) => return Ok(Box::new(conn)),
-                    Err(observed) => {
-                        tracing::debug!(domain, host = %target.host, %addr, reason = %observed, "MX host unusable, trying the next");
+                    Err(failed) => {
+                        tracing::debug!(domain, host = %target.host, %addr, reason = %failed.observed, "MX host unusable, trying the next");
                         failure = ConnectError {
-                            observed,
+                            observed: failed.observed,
                             mx: Some(target.host.clone()),
-                            unreachable: true,
+                            unreachable: failure.unreachable && !failed.tls_policy,
                         };
                     }
                 }
@@ -173,34 +189,117 @@ impl Transport for SmtpTransport {
     }
 }
 
+/// Why one host would not do.
+struct OpenFailed {
+    observed: Observed,
+    /// The host talks, but not with the TLS the policy asks for: the destination is not
+    /// down, and the opportunistic policy may try again in plaintext.
+    tls_policy: bool,
+}
+
+impl From<Observed> for OpenFailed {
+    fn from(observed: Observed) -> Self {
+        OpenFailed {
+            observed,
+            tls_policy: false,
+        }
+    }
+}
+
 impl SmtpTransport {
-    /// Connects, reads the greeting and says EHLO; a refusal is returned as observed.
-    async fn open(&self, host: &str, addr: SocketAddr) -> Result<SmtpConnection, Observed> {
+    /// Connects, reads the greeting, says EHLO and starts TLS as `policy` says. A failed
+    /// handshake under the opportunistic policy is tried once more in plaintext, as
+    /// Postfix does at its `may` level: some receivers offer STARTTLS and cannot do it.
+    async fn open(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        policy: Policy,
+    ) -> Result<SmtpConnection, OpenFailed> {
+        match self.open_once(host, addr, policy).await {
+            Err(failed) if failed.tls_policy && policy == Policy::Opportunistic => {
+                tracing::info!(host, %addr, reason = %failed.observed, "TLS failed; trying again in plaintext");
+                self.open_once(host, addr, Policy::Off).await
+            }
+            opened => opened,
+        }
+    }
+
+    async fn open_once(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        policy: Policy,
+    ) -> Result<SmtpConnection, OpenFailed> {
         // Client errors name the address; the host name is what operators look for.
-        let described = |text: String| format!("{host}: {text}");
+        let described = |e: ClientError| Observed::network(format!("{host}: {e}"));
         let mut client = Client::connect(addr, &self.config.timeouts)
             .await
-            .map_err(|e| Observed::network(described(e.to_string())))?;
-        let greeting = client
-            .read_greeting()
-            .await
-            .map_err(|e| Observed::network(described(e.to_string())))?;
+            .map_err(described)?;
+        let greeting = client.read_greeting().await.map_err(described)?;
         if !greeting.is_positive() {
             client.quit().await;
-            return Err(Observed::Reply(greeting));
+            return Err(Observed::Reply(greeting).into());
         }
-        let hello = client
-            .hello(&self.helo_name)
-            .await
-            .map_err(|e| Observed::network(described(e.to_string())))?;
-        if !hello.is_positive() {
+        self.hello(&mut client).await?;
+        if policy != Policy::Off
+            && let Err(failed) = self.starttls(&mut client, host, policy).await
+        {
             client.quit().await;
-            return Err(Observed::Reply(hello));
+            return Err(failed);
         }
         Ok(SmtpConnection {
             client,
             mx: host.to_string(),
         })
+    }
+
+    async fn hello(&self, client: &mut Client) -> Result<(), OpenFailed> {
+        let hello = client
+            .hello(&self.helo_name)
+            .await
+            .map_err(|e| Observed::network(format!("{}: {e}", client.peer)))?;
+        if !hello.is_positive() {
+            return Err(Observed::Reply(hello).into());
+        }
+        Ok(())
+    }
+
+    /// STARTTLS and a new EHLO when offered; when not, an error only if TLS is required.
+    async fn starttls(
+        &self,
+        client: &mut Client,
+        host: &str,
+        policy: Policy,
+    ) -> Result<(), OpenFailed> {
+        let tls_failure = |code: (u8, u16, u16), text: String| OpenFailed {
+            observed: Observed::local(Enhanced::new(code.0, code.1, code.2), text),
+            tls_policy: true,
+        };
+        if !client.capabilities.starttls {
+            return match policy.requires_tls() {
+                // Postfix's words and code for the same case.
+                true => Err(tls_failure(
+                    (4, 7, 4),
+                    format!("TLS is required, but was not offered by host {host}"),
+                )),
+                false => Ok(()),
+            };
+        }
+        match client.starttls(&self.connectors, policy, host).await {
+            Ok(Ok(())) => self.hello(client).await,
+            Ok(Err(refused)) if policy.requires_tls() => Err(tls_failure(
+                (4, 7, 4),
+                format!("TLS is required, but host {host} refused to start TLS: {refused}"),
+            )),
+            // Refused STARTTLS leaves the plaintext session as it was (RFC 3207 section 4).
+            Ok(Err(_)) => Ok(()),
+            Err(e @ ClientError::Handshake(_)) => Err(tls_failure(
+                (4, 7, 5),
+                format!("{host}: cannot start TLS: {e}"),
+            )),
+            Err(e) => Err(Observed::network(format!("{host}: {e}")).into()),
+        }
     }
 }
 
@@ -221,6 +320,10 @@ impl Connection for SmtpConnection {
 
     fn is_reusable(&self) -> bool {
         !self.client.is_broken()
+    }
+
+    fn tls(&self) -> Option<TlsInfo> {
+        self.client.tls.clone()
     }
 
     fn take_slowest_reply(&mut self) -> Option<Duration> {

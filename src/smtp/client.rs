@@ -1,11 +1,13 @@
 //! The SMTP client: one connection to one server, EHLO with HELO fallback, pipelined
 //! transactions where the server offers PIPELINING, and each RCPT's reply kept apart so the
-//! caller can treat every recipient on its own. Used by delivery and by `knock bench`.
+//! caller can treat every recipient on its own, and STARTTLS when asked. Used by delivery
+//! and by `knock bench`.
 
 use crate::config::TimeoutConfig;
 use crate::reply::{Reply, ReplyError};
 use crate::smtp::wire::Wire;
-use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EhloResponse};
+use crate::tls::{Connectors, Policy, Stream, TlsInfo};
+use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -33,6 +35,8 @@ pub enum ClientError {
     Closed { stage: &'static str },
     #[error("protocol error during {stage}: {detail}")]
     Protocol { stage: &'static str, detail: String },
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
 }
 
 /// What the server offered in its EHLO reply.
@@ -42,6 +46,7 @@ pub struct Capabilities {
     pub eightbitmime: bool,
     /// Zero when the server announced no limit (or no SIZE).
     pub size: Option<usize>,
+    pub starttls: bool,
 }
 
 /// The replies of one transaction, one per recipient in the order given.
@@ -53,7 +58,9 @@ pub struct TransactionReplies {
 }
 
 pub struct Client {
-    wire: Wire<TcpStream>,
+    wire: Wire<Stream>,
+    /// What STARTTLS came to; `None` while in plaintext.
+    pub tls: Option<TlsInfo>,
     timeouts: TimeoutConfig,
     pub capabilities: Capabilities,
     pub greeting: Option<Reply>,
@@ -79,7 +86,8 @@ impl Client {
             .local_addr()
             .map_err(|source| ClientError::Connect { addr, source })?;
         Ok(Client {
-            wire: Wire::new(stream),
+            wire: Wire::new(Stream::Plain(stream)),
+            tls: None,
             timeouts: timeouts.clone(),
             capabilities: Capabilities::default(),
             greeting: None,
@@ -117,6 +125,7 @@ impl Client {
                     pipelining: ehlo.has_capability(EXT_PIPELINING),
                     eightbitmime: ehlo.has_capability(EXT_8BIT_MIME),
                     size: ehlo.has_capability(EXT_SIZE).then_some(ehlo.size),
+                    starttls: ehlo.has_capability(EXT_START_TLS),
                 };
             }
             return Ok(reply);
@@ -127,6 +136,37 @@ impl Client {
             return parse_reply(&raw, "HELO");
         }
         Ok(reply)
+    }
+
+    /// STARTTLS and the handshake (RFC 3207). `Ok(Err(reply))` when the server refused the
+    /// command; the caller says EHLO again after success.
+    pub async fn starttls(
+        &mut self,
+        connectors: &Connectors,
+        policy: Policy,
+        host: &str,
+    ) -> Result<Result<(), Reply>, ClientError> {
+        let reply = self.command("STARTTLS\r\n".into(), "STARTTLS").await?;
+        if reply.code != 220 {
+            return Ok(Err(reply));
+        }
+        let handshake = self.wire.stream_mut().connect(connectors, policy, host);
+        let verified = match tokio::time::timeout(self.timeouts.command, handshake).await {
+            Ok(Ok(verified)) => verified,
+            Ok(Err(e)) => {
+                self.broken = true;
+                return Err(ClientError::Handshake(e));
+            }
+            Err(_) => {
+                self.broken = true;
+                return Err(ClientError::Timeout {
+                    stage: "TLS handshake",
+                });
+            }
+        };
+        self.tls = self.wire.get_ref().info(verified);
+        self.capabilities = Capabilities::default();
+        Ok(Ok(()))
     }
 
     /// Sends one message to `rcpts` and returns each recipient's reply: its RCPT reply when

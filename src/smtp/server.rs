@@ -1,24 +1,32 @@
 //! The SMTP server session engine (RFC 5321), shared by ingest and the sink. It owns the
 //! command sequence, the limits (line length, message size, recipients, errors, idle time)
-//! and pipelining; a [`Handler`] decides what to answer to MAIL, RCPT and the message.
-//! Every reply carries an enhanced status code.
+//! pipelining, STARTTLS (RFC 3207) and the SASL exchange of AUTH PLAIN and LOGIN
+//! (RFC 4954, offered only once TLS is on); a [`Handler`] decides what to answer to MAIL,
+//! RCPT and the message, and whether a user name and password are good. Every reply
+//! carries an enhanced status code.
 
 use crate::address::Address;
 use crate::reply::Reply;
 use crate::smtp::wire::{Line, Wire};
+use crate::tls::{Stream, TlsInfo};
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use smtp_proto::Request;
 use smtp_proto::request::receiver::DataReceiver;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Longest command line accepted, CRLF included (Postfix's `line_length_limit`).
 pub const MAX_COMMAND_LINE: usize = 2048;
+/// Longest SASL response line (RFC 4954 section 4).
+const MAX_AUTH_LINE: usize = 12288;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Limits {
     pub hostname: String,
     pub max_message_size: u64,
@@ -27,6 +35,8 @@ pub struct Limits {
     pub max_errors: u32,
     /// What EHLO offers; the sink can play an older server.
     pub ehlo: EhloMode,
+    /// STARTTLS is offered when set.
+    pub tls: Option<TlsAcceptor>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +58,10 @@ pub struct Session {
     /// The reverse path of the open transaction; `Some("")` is the null sender.
     pub from: Option<String>,
     pub rcpts: Vec<Address>,
+    /// Set once STARTTLS has succeeded.
+    pub tls: Option<TlsInfo>,
+    /// The user AUTH succeeded for.
+    pub user: Option<String>,
 }
 
 impl Session {
@@ -68,6 +82,14 @@ pub trait Handler: Send + Sync + 'static {
     async fn rcpt(&self, session: &Session, rcpt: &Address) -> Reply;
     /// Called with the unstuffed message once the final dot has arrived.
     async fn data(&self, session: &Session, body: Vec<u8>) -> Reply;
+    /// Whether AUTH is offered (it is, only once TLS is on).
+    fn offers_auth(&self) -> bool {
+        false
+    }
+    /// Whether `password` is `user`'s.
+    async fn authenticate(&self, _session: &Session, _user: &str, _password: &str) -> bool {
+        false
+    }
     /// The session is over (also after `connect` turned it away).
     async fn disconnect(&self, _session: &Session) {}
 }
@@ -105,19 +127,22 @@ pub async fn serve<H: Handler>(
         return;
     };
     let mut conn = Conn {
-        wire: Wire::new(stream),
+        wire: Wire::new(Stream::Plain(stream)),
         session: Session {
             peer,
             local,
             helo: None,
             from: None,
             rcpts: Vec::new(),
+            tls: None,
+            user: None,
         },
         handler,
         limits,
         errors: 0,
+        shutdown,
     };
-    if let Err(e) = conn.run(shutdown).await {
+    if let Err(e) = conn.run().await {
         tracing::debug!(%peer, error = %e, "smtp session ended with an I/O error");
     }
     conn.wire.shutdown().await;
@@ -125,11 +150,12 @@ pub async fn serve<H: Handler>(
 }
 
 struct Conn<H> {
-    wire: Wire<TcpStream>,
+    wire: Wire<Stream>,
     session: Session,
     handler: Arc<H>,
     limits: Arc<Limits>,
     errors: u32,
+    shutdown: CancellationToken,
 }
 
 enum Next {
@@ -138,7 +164,7 @@ enum Next {
 }
 
 impl<H: Handler> Conn<H> {
-    async fn run(&mut self, shutdown: CancellationToken) -> std::io::Result<()> {
+    async fn run(&mut self) -> std::io::Result<()> {
         if let Err(reply) = self.handler.connect(&self.session).await {
             self.reply(&reply);
             return self.wire.flush().await;
@@ -155,7 +181,7 @@ impl<H: Handler> Conn<H> {
                 Some(line) => line,
                 None => {
                     self.wire.flush().await?;
-                    match self.read_line(&shutdown).await? {
+                    match self.read_line(MAX_COMMAND_LINE).await? {
                         Some(line) => line,
                         None => return Ok(()),
                     }
@@ -172,10 +198,11 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Waits for a line, answering idle clients and shutdown with a 421.
-    async fn read_line(&mut self, shutdown: &CancellationToken) -> std::io::Result<Option<Line>> {
+    async fn read_line(&mut self, max: usize) -> std::io::Result<Option<Line>> {
         let idle = self.limits.idle_timeout;
+        let shutdown = self.shutdown.clone();
         tokio::select! {
-            line = tokio::time::timeout(idle, self.wire.read_line(MAX_COMMAND_LINE)) => match line {
+            line = tokio::time::timeout(idle, self.wire.read_line(max)) => match line {
                 Ok(line) => line,
                 Err(_) => {
                     let text = format!("{} Error: timeout exceeded", self.limits.hostname);
@@ -252,6 +279,11 @@ impl<H: Handler> Conn<H> {
                 self.reply(&Reply::new(221, "2.0.0", "Bye"));
                 Ok(Next::Close)
             }
+            Request::StartTls => self.starttls().await,
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
             other => Ok(self.error(Reply::new(
                 502,
                 "5.5.1",
@@ -270,8 +302,17 @@ impl<H: Handler> Conn<H> {
         };
         self.session.reset();
         self.session.helo = Some(host);
+        let starttls = match (&self.limits.tls, &self.session.tls) {
+            (Some(_), None) => "\nSTARTTLS",
+            _ => "",
+        };
+        let auth = if self.session.tls.is_some() && self.handler.offers_auth() {
+            "\nAUTH PLAIN LOGIN"
+        } else {
+            ""
+        };
         let text = format!(
-            "{}{pipelining}\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
+            "{}{pipelining}\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES{starttls}{auth}",
             self.limits.hostname, self.limits.max_message_size
         );
         // EHLO replies carry no enhanced code on their keyword lines (RFC 2034 section 3).
@@ -344,6 +385,170 @@ impl<H: Handler> Conn<H> {
         if close { Next::Close } else { Next::Continue }
     }
 
+    /// RFC 3207: the handshake, then a session that forgets everything said before it.
+    async fn starttls(&mut self) -> std::io::Result<Next> {
+        let Some(acceptor) = self.limits.tls.clone() else {
+            return Ok(self.error(Reply::new(502, "5.5.1", "Error: command not implemented")));
+        };
+        if self.session.tls.is_some() {
+            return Ok(self.error(Reply::new(554, "5.5.1", "Error: TLS already active")));
+        }
+        self.reply(&Reply::new(220, "2.0.0", "Ready to start TLS"));
+        self.wire.flush().await?;
+        // Anything pipelined after STARTTLS was sent in the clear and must not be taken as
+        // said over TLS (the command injection of CVE-2011-0411).
+        let injected = self.wire.buffered().len();
+        self.wire.consume(injected);
+        let handshake = self.wire.stream_mut().accept(&acceptor);
+        match tokio::time::timeout(self.limits.idle_timeout, handshake).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.session.peer, error = %e, "inbound TLS handshake failed");
+                return Ok(Next::Close);
+            }
+            Err(_) => return Ok(Next::Close),
+        }
+        self.session.reset();
+        self.session.helo = None;
+        self.session.tls = self.wire.get_ref().info(false);
+        Ok(Next::Continue)
+    }
+
+    /// AUTH PLAIN or LOGIN over TLS; the handler judges the user name and password.
+    async fn auth(&mut self, mechanism: u64, initial: String) -> std::io::Result<Next> {
+        if !self.handler.offers_auth() {
+            return Ok(self.error(Reply::new(
+                503,
+                "5.5.1",
+                "Error: authentication not enabled",
+            )));
+        }
+        if self.session.helo.is_none() {
+            return Ok(self.error(Reply::new(503, "5.5.1", "Error: send HELO/EHLO first")));
+        }
+        if self.session.tls.is_none() {
+            return Ok(self.error(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            )));
+        }
+        if self.session.user.is_some() {
+            return Ok(self.error(Reply::new(503, "5.5.1", "Error: already authenticated")));
+        }
+        if self.session.from.is_some() {
+            return Ok(self.error(Reply::new(
+                503,
+                "5.5.1",
+                "Error: MAIL transaction in progress",
+            )));
+        }
+        let initial = match initial.as_str() {
+            "" => None,
+            "=" => Some(Vec::new()),
+            text => match BASE64.decode(text) {
+                Ok(bytes) => Some(bytes),
+                Err(_) => return Ok(self.error(cannot_decode())),
+            },
+        };
+        let credentials = match mechanism {
+            smtp_proto::AUTH_PLAIN => self.sasl_plain(initial).await?,
+            smtp_proto::AUTH_LOGIN => self.sasl_login(initial).await?,
+            _ => {
+                return Ok(self.error(Reply::new(
+                    504,
+                    "5.5.4",
+                    "Unrecognized authentication type",
+                )));
+            }
+        };
+        let (user, password) = match credentials {
+            Sasl::Done(user, password) => (user, password),
+            Sasl::Refused(reply) => return Ok(self.error(reply)),
+            Sasl::Gone => return Ok(Next::Close),
+        };
+        if self
+            .handler
+            .authenticate(&self.session, &user, &password)
+            .await
+        {
+            self.session.user = Some(user);
+            self.reply(&Reply::new(235, "2.7.0", "Authentication successful"));
+            Ok(Next::Continue)
+        } else {
+            tracing::info!(peer = %self.session.peer, user, "SMTP AUTH failed");
+            Ok(self.error(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            )))
+        }
+    }
+
+    /// RFC 4616: `authzid NUL authcid NUL password`.
+    async fn sasl_plain(&mut self, initial: Option<Vec<u8>>) -> std::io::Result<Sasl> {
+        let message = match initial {
+            Some(message) => message,
+            None => match self.sasl_response("").await? {
+                Ok(message) => message,
+                Err(sasl) => return Ok(sasl),
+            },
+        };
+        let mut parts = message.split(|b| *b == 0);
+        let (Some(_authzid), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(Sasl::Refused(cannot_decode()));
+        };
+        Ok(sasl_done(user, password))
+    }
+
+    /// The LOGIN mechanism: user name, then password, each asked for.
+    async fn sasl_login(&mut self, initial: Option<Vec<u8>>) -> std::io::Result<Sasl> {
+        let user = match initial {
+            Some(user) if !user.is_empty() => user,
+            _ => match self.sasl_response("VXNlcm5hbWU6").await? {
+                Ok(user) => user,
+                Err(sasl) => return Ok(sasl),
+            },
+        };
+        let password = match self.sasl_response("UGFzc3dvcmQ6").await? {
+            Ok(password) => password,
+            Err(sasl) => return Ok(sasl),
+        };
+        Ok(sasl_done(&user, &password))
+    }
+
+    /// Sends a 334 challenge and reads the client's base64 answer.
+    async fn sasl_response(&mut self, challenge: &str) -> std::io::Result<Result<Vec<u8>, Sasl>> {
+        self.wire
+            .out
+            .extend_from_slice(format!("334 {challenge}\r\n").as_bytes());
+        self.wire.flush().await?;
+        let line = match self.read_line(MAX_AUTH_LINE).await? {
+            None => return Ok(Err(Sasl::Gone)),
+            Some(Line::TooLong) => {
+                return Ok(Err(Sasl::Refused(Reply::new(
+                    500,
+                    "5.5.6",
+                    "Error: line too long",
+                ))));
+            }
+            Some(Line::Complete(line)) => line,
+        };
+        let text = line.trim_ascii_end();
+        if text == b"*" {
+            return Ok(Err(Sasl::Refused(Reply::new(
+                501,
+                "5.7.0",
+                "Authentication aborted",
+            ))));
+        }
+        Ok(BASE64
+            .decode(text)
+            .map_err(|_| Sasl::Refused(cannot_decode())))
+    }
+
     async fn data(&mut self) -> std::io::Result<Next> {
         if self.session.from.is_none() {
             return Ok(self.error(Reply::new(503, "5.5.1", "Error: need MAIL command")));
@@ -405,4 +610,25 @@ impl<H: Handler> Conn<H> {
 enum Body {
     Complete(Vec<u8>),
     TooBig,
+}
+
+/// Where a SASL exchange ended.
+enum Sasl {
+    Done(String, String),
+    Refused(Reply),
+    /// The client went away or idled out.
+    Gone,
+}
+
+fn sasl_done(user: &[u8], password: &[u8]) -> Sasl {
+    match (std::str::from_utf8(user), std::str::from_utf8(password)) {
+        (Ok(user), Ok(password)) if !user.is_empty() => {
+            Sasl::Done(user.to_string(), password.to_string())
+        }
+        _ => Sasl::Refused(cannot_decode()),
+    }
+}
+
+fn cannot_decode() -> Reply {
+    Reply::new(501, "5.5.2", "Cannot decode response")
 }

@@ -40,6 +40,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         &self.stream
     }
 
+    /// The stream, to upgrade it in place (STARTTLS); the caller discards what is buffered.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     /// The bytes read but not yet consumed.
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.start..]

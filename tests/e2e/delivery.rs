@@ -421,6 +421,7 @@ async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
         &w.config.routes,
         w.config.delivery.clone(),
         "knock.test".into(),
+        knock::tls::Connectors::new(None).unwrap(),
     );
     let engine = knock::engine::Engine::start_parts(
         w.config.clone(),

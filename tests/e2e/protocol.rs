@@ -30,7 +30,8 @@ async fn ehlo_advertises_the_extensions() {
         "250-PIPELINING",
         "250-SIZE 26214400",
         "250-8BITMIME",
-        "250 ENHANCEDSTATUSCODES",
+        "250-ENHANCEDSTATUSCODES",
+        "250 STARTTLS",
     ] {
         assert!(ehlo.contains(ext), "{ext} missing from {ehlo}");
     }
@@ -60,7 +61,8 @@ async fn bad_syntax_and_bad_sequence() {
         ("RCPT TO:<no-domain>", "501 5.1.3"),
         ("RCPT TO:<a@@b>", "501 5.1.3"),
         ("DATA", "503 5.5.1"),
-        ("STARTTLS", "502 5.5.1"),
+        ("ETRN tx.test", "502 5.5.1"),
+        ("AUTH PLAIN", "503 5.5.1"),
     ];
     for (cmd, expected) in table {
         let reply = s.cmd(cmd).await;
