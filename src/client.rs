@@ -262,6 +262,9 @@ pub fn format_message(m: &MessageView) -> String {
                 a.local_ip.as_deref().unwrap_or("-"),
                 a.text
             );
+            if let Some(tls) = &a.tls {
+                let _ = writeln!(out, "       over {tls}");
+            }
         }
     }
     out

@@ -56,6 +56,8 @@ pub struct SinkConfig {
     pub ehlo: EhloMode,
     /// Offer STARTTLS with a self-signed certificate made at start.
     pub tls: bool,
+    /// Offer STARTTLS with this certificate chain and key (PEM files) instead.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for SinkConfig {
@@ -74,6 +76,7 @@ impl Default for SinkConfig {
             max_message_size: 50 * 1024 * 1024,
             ehlo: EhloMode::Full,
             tls: false,
+            tls_files: None,
         }
     }
 }
@@ -353,12 +356,18 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(config: SinkConfig) -> std::io::Result<Sink> {
-        let tls = match config.tls {
-            true => Some(
-                crate::tls::ephemeral_acceptor(&config.hostname).map_err(std::io::Error::other)?,
-            ),
-            false => None,
-        };
+        let tls = match (&config.tls_files, config.tls) {
+            (Some((cert, key)), _) => Some(crate::tls::acceptor(
+                Some(cert),
+                Some(key),
+                std::path::Path::new(""),
+                &config.hostname,
+            )),
+            (None, true) => Some(crate::tls::ephemeral_acceptor(&config.hostname)),
+            (None, false) => None,
+        }
+        .transpose()
+        .map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         if let Some(dir) = &config.save_dir {

@@ -213,3 +213,39 @@ fn classify_prints_class_and_disposition() {
     let (ok, _, err) = knock(&["classify", "not a reply"]);
     assert!(!ok && err.contains("not a reply line"), "{err}");
 }
+
+#[test]
+fn passwd_prints_a_line_the_credentials_file_takes() {
+    use std::io::Write;
+    let run = |user: &str, stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
+            .args(["passwd", user])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (out.status.success(), text(out.stdout), text(out.stderr))
+    };
+    let (ok, line, err) = run("alice", "wonderland\n");
+    assert!(ok, "{err}");
+    assert!(line.starts_with("alice:$argon2id$"), "{line}");
+    assert!(
+        !line.contains("wonderland"),
+        "the password itself is not printed"
+    );
+    let users = knock::auth::Credentials::parse(&line).unwrap();
+    assert!(users.verify("alice", "wonderland"));
+    let (ok, _, err) = run("bad:name", "x\n");
+    assert!(!ok && err.contains("user:"), "{err}");
+    let (ok, _, err) = run("bob", "");
+    assert!(!ok && err.contains("no password"), "{err}");
+}

@@ -10,4 +10,5 @@ mod delivery;
 mod http;
 mod knobs;
 mod protocol;
+mod security;
 mod sink;

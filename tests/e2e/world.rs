@@ -4,6 +4,7 @@ use knock::config::Config;
 use knock::engine::Engine;
 use knock::resolve::StaticResolver;
 use knock::sink::{Sink, SinkConfig};
+use knock::tls::{Policy, Stream};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,26 +157,47 @@ pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]
         .collect()
 }
 
-/// A line-by-line SMTP conversation for protocol tests.
+/// A line-by-line SMTP conversation for protocol tests, in plaintext or over TLS.
 pub struct Raw {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    stream: BufReader<Stream>,
 }
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> (Raw, String) {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (r, w) = stream.into_split();
         let mut raw = Raw {
-            reader: BufReader::new(r),
-            writer: w,
+            stream: BufReader::new(Stream::Plain(stream)),
         };
         let greeting = raw.reply().await;
         (raw, greeting)
     }
 
+    /// STARTTLS and the handshake (any certificate); returns the reply to STARTTLS.
+    pub async fn starttls(&mut self) -> String {
+        let reply = self.cmd("STARTTLS").await;
+        assert!(reply.starts_with("220 "), "{reply}");
+        self.upgrade(&knock::tls::Connectors::new(None).unwrap())
+            .await;
+        reply
+    }
+
+    /// The TLS handshake, once the server has said 220 to STARTTLS.
+    pub async fn upgrade(&mut self, connectors: &knock::tls::Connectors) {
+        assert!(
+            self.stream.buffer().is_empty(),
+            "nothing may follow the 220"
+        );
+        self.stream
+            .get_mut()
+            .connect(connectors, Policy::Require, "knock.test")
+            .await
+            .unwrap();
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes).await.unwrap();
+        stream.flush().await.unwrap();
     }
 
     /// Sends a command line and returns the reply (all its lines).
@@ -189,7 +211,7 @@ impl Raw {
         let mut all = String::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_line(&mut line))
                 .await
                 .unwrap()
                 .unwrap();
@@ -207,7 +229,7 @@ impl Raw {
     pub async fn closed(&mut self) -> bool {
         let mut line = String::new();
         matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.reader.read_line(&mut line)).await,
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read_line(&mut line)).await,
             Ok(Ok(0))
         )
     }
