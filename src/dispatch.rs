@@ -162,9 +162,13 @@ impl Inner {
             o.deferrals += outcomes.iter().filter(|o| o.is_transient()).count();
         }
         let updated = self.apply(&job, results, outcomes, now);
-        self.commit_and_tell(&job.envelope, &updated, body).await;
+        // The outcome takes its place in the commit order now; the worker goes on to the
+        // next message while it is written. The spool holds the old state until then, so a
+        // crash in between means another attempt (at least once), never a lost message.
+        let told = self.commit_and_tell(&job.envelope, &updated, body);
         self.scheduler
             .done(job.envelope.id, updated.group, job.destination, report);
+        tokio::spawn(told);
     }
 
     fn body(&self, envelope: &Envelope, body: Option<Bytes>) -> Result<Bytes, Observed> {
@@ -434,7 +438,15 @@ impl Inner {
 
     /// Commits the new state (with the DSN, in the same transaction), then writes the
     /// events and queues the DSN.
-    async fn commit_and_tell(&self, envelope: &Envelope, updated: &Updated, body: Option<Bytes>) {
+    /// Submits the outcome to the spool (its DSN and suppressions with it) and returns what
+    /// follows the commit: events, the suppression cache, the DSN's queueing. Submission
+    /// happens before this returns, so outcomes of one group are written in order.
+    fn commit_and_tell(
+        &self,
+        envelope: &Envelope,
+        updated: &Updated,
+        body: Option<Bytes>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let mut ops = vec![Op::Update {
             id: envelope.id,
             group: updated.group.clone(),
@@ -467,22 +479,31 @@ impl Inner {
             address: suppress::key(address),
             entry: entry.clone(),
         }));
-        match self.spool.commit(ops).await {
-            Ok(()) => {
-                for (address, entry) in hard {
-                    self.suppressions.insert(&address, entry);
+        let committing = self.spool.submit(ops);
+        let (suppressions, events, scheduler) = (
+            self.suppressions.clone(),
+            self.events.clone(),
+            self.scheduler.clone(),
+        );
+        let (id, told) = (envelope.id, updated.events.clone());
+        async move {
+            match committing.await {
+                Ok(()) => {
+                    for (address, entry) in hard {
+                        suppressions.insert(&address, entry);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%id, error = %e, "could not record a delivery outcome; it will be retried after a restart");
                 }
             }
-            Err(e) => {
-                tracing::error!(id = %envelope.id, error = %e, "could not record a delivery outcome; it will be retried after a restart");
+            for event in told {
+                events.emit(event).await;
             }
-        }
-        for event in &updated.events {
-            self.events.emit(event.clone()).await;
-        }
-        if let Some(b) = bounce {
-            emit_processed(&self.events, &b).await;
-            self.scheduler.enqueue(queued(b));
+            if let Some(b) = bounce {
+                emit_processed(&events, &b).await;
+                scheduler.enqueue(queued(b));
+            }
         }
     }
 }

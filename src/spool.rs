@@ -73,8 +73,14 @@ pub type Record = (Envelope, Vec<Group>);
 
 #[async_trait::async_trait]
 pub trait Spool: Send + Sync + 'static {
+    /// Hands `ops` to the writer and returns at once: their place in the commit order is
+    /// taken before this returns, so commits submitted one after another land in that
+    /// order. The future says when they are on disk (all or nothing).
+    fn submit(&self, ops: Vec<Op>) -> Committing;
     /// Makes `ops` durable, all or nothing; returns once they are on disk.
-    async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError>;
+    async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
+        self.submit(ops).await
+    }
     fn body(&self, id: MessageId) -> Result<Option<Bytes>, SpoolError>;
     fn record(&self, id: MessageId) -> Result<Option<Record>, SpoolError>;
     /// Reads all pending groups, setting aside what cannot be read.
@@ -84,6 +90,9 @@ pub trait Spool: Send + Sync + 'static {
     /// The suppression list as stored.
     fn suppressions(&self) -> Result<Vec<(String, crate::suppress::Suppression)>, SpoolError>;
 }
+
+/// A submitted commit: resolves once it is on disk, or failed.
+pub type Committing = futures::future::BoxFuture<'static, Result<(), SpoolError>>;
 
 struct Batch {
     ops: Vec<Op>,
@@ -250,12 +259,18 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, SpoolError> {
 
 #[async_trait::async_trait]
 impl Spool for RedbSpool {
-    async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
+    fn submit(&self, ops: Vec<Op>) -> Committing {
         let (done, wait) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(SpoolError::Closed)?;
-        tx.send(Batch { ops, done })
-            .map_err(|_| SpoolError::Closed)?;
-        wait.await.map_err(|_| SpoolError::Closed)?
+        let sent = match self.tx.as_ref() {
+            Some(tx) => tx.send(Batch { ops, done }).is_ok(),
+            None => false,
+        };
+        Box::pin(async move {
+            if !sent {
+                return Err(SpoolError::Closed);
+            }
+            wait.await.map_err(|_| SpoolError::Closed)?
+        })
     }
 
     fn body(&self, id: MessageId) -> Result<Option<Bytes>, SpoolError> {

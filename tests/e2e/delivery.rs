@@ -373,14 +373,14 @@ struct FaultySpool {
 
 #[async_trait::async_trait]
 impl knock::spool::Spool for FaultySpool {
-    async fn commit(&self, ops: Vec<knock::spool::Op>) -> Result<(), knock::spool::SpoolError> {
+    fn submit(&self, ops: Vec<knock::spool::Op>) -> knock::spool::Committing {
         let stores = ops.iter().any(|o| matches!(o, knock::spool::Op::Store(_)));
         if stores && self.full.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(knock::spool::SpoolError::Storage(
+            return Box::pin(std::future::ready(Err(knock::spool::SpoolError::Storage(
                 "No space left on device (os error 28)".into(),
-            ));
+            ))));
         }
-        self.inner.commit(ops).await
+        self.inner.submit(ops)
     }
     fn body(
         &self,
