@@ -313,6 +313,9 @@ pub struct SpoolConfig {
     /// How long a finished message's record (states and attempts) stays queryable.
     #[serde(with = "humantime_serde")]
     pub history: Duration,
+    /// Memory for the spool's page cache.
+    #[serde(deserialize_with = "de_size")]
+    pub cache_size: u64,
 }
 
 impl Default for SpoolConfig {
@@ -320,6 +323,7 @@ impl Default for SpoolConfig {
         Self {
             path: "knock-data".into(),
             history: Duration::from_secs(24 * 3600),
+            cache_size: crate::spool::DEFAULT_CACHE,
         }
     }
 }

@@ -17,14 +17,14 @@
 use crate::classify::{Classifier, stated_delay};
 use crate::dsn;
 use crate::event::{Event, Events, Kind};
-use crate::message::{Attempt, Envelope, Group, NewMessage, Recipient, State};
+use crate::message::{Attempt, Envelope, Group, MessageId, NewMessage, Recipient, State};
 use crate::outcome::{Class, Disposition, Observed, Outcome};
 use crate::provider::Providers;
 use crate::reply::Enhanced;
 use crate::schedule::{Next, Schedule};
-use crate::scheduler::{Job, Queued, SchedulerHandle};
+use crate::scheduler::{Held, Job, Queued, SchedulerHandle};
 use crate::shaping::Report;
-use crate::spool::{Op, Spool};
+use crate::spool::{Op, Spool, SpoolError};
 use crate::suppress::{self, Suppression, Suppressions};
 use crate::time::Timestamp;
 use crate::tls::TlsInfo;
@@ -83,15 +83,42 @@ impl Dispatcher {
     }
 
     /// Expires a group that outlived `max_age` while waiting, without an attempt.
-    pub fn spawn_expire(&self, envelope: Arc<Envelope>, group: Group) {
+    pub fn spawn_expire(&self, id: MessageId, domain: String, held: Option<Held>) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let domain = group.domain.clone();
-            let updated = inner.expire_waiting(&envelope, group, Timestamp::now());
-            inner.commit_and_tell(&envelope, &updated, None).await;
-            inner.scheduler.expired(envelope.id, domain);
+            let held = match held {
+                Some(held) => Some(held),
+                None => match inner.read_back(id, &domain) {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::error!(%id, %domain, error = %e, "reading a group to expire failed; trying again later");
+                        inner
+                            .scheduler
+                            .later(id, domain, Timestamp::now() + READ_RETRY);
+                        return;
+                    }
+                },
+            };
+            if let Some(held) = held {
+                let updated = inner.expire_waiting(&held.envelope, held.group, Timestamp::now());
+                inner.commit_and_tell(&held.envelope, &updated, None).await;
+            }
+            inner.scheduler.forget(id, domain);
         });
     }
+}
+
+/// When a group the spool could not give back is tried again.
+const READ_RETRY: Duration = Duration::from_secs(60);
+
+/// A job with its envelope and group in hand.
+struct Work {
+    envelope: Arc<Envelope>,
+    group: Group,
+    body: Option<Bytes>,
+    destination: Arc<str>,
+    messages_per_connection: usize,
+    greylist_delay: Option<Duration>,
 }
 
 /// An open connection: the domain it was opened for, and what it has carried.
@@ -138,7 +165,55 @@ impl Inner {
         }
     }
 
+    /// The job's envelope and group, held or read back from the spool; `None` when there
+    /// is nothing to deliver (and the scheduler has been told).
+    fn load(&self, job: Job) -> Option<Work> {
+        let held = match job.held {
+            Some(held) => held,
+            None => match self.read_back(job.id, &job.domain) {
+                Ok(Some(held)) => held,
+                Ok(None) => {
+                    self.scheduler.forget(job.id, job.domain.to_string());
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(id = %job.id, domain = %job.domain, error = %e, "reading a queued group from the spool failed; trying again later");
+                    let at = Timestamp::now() + READ_RETRY;
+                    self.scheduler.later(job.id, job.domain.to_string(), at);
+                    return None;
+                }
+            },
+        };
+        Some(Work {
+            envelope: held.envelope,
+            group: held.group,
+            body: held.body,
+            destination: job.destination,
+            messages_per_connection: job.messages_per_connection,
+            greylist_delay: job.greylist_delay,
+        })
+    }
+
+    /// A group's envelope and state as the spool has them; `None` when the group is gone
+    /// or final.
+    fn read_back(&self, id: MessageId, domain: &str) -> Result<Option<Held>, SpoolError> {
+        let Some((envelope, groups)) = self.spool.record(id)? else {
+            return Ok(None);
+        };
+        let group = groups
+            .into_iter()
+            .find(|g| g.domain == domain && !g.is_done());
+        Ok(group.map(|group| Held {
+            envelope: Arc::new(envelope),
+            group,
+            body: None,
+        }))
+    }
+
     async fn deliver(&self, open: &mut Option<Open>, job: Job) {
+        let Some(job) = self.load(job) else {
+            return;
+        };
         // Even past max_age the attempt is made: expiry applies when it fails again, as
         // with Postfix's maximal_queue_lifetime, so a receiver that is back still gets it.
         let now = Timestamp::now();
@@ -166,8 +241,12 @@ impl Inner {
         // next message while it is written. The spool holds the old state until then, so a
         // crash in between means another attempt (at least once), never a lost message.
         let told = self.commit_and_tell(&job.envelope, &updated, body);
-        self.scheduler
-            .done(job.envelope.id, updated.group, job.destination, report);
+        let held = Held {
+            envelope: job.envelope,
+            group: updated.group,
+            body: None,
+        };
+        self.scheduler.done(held, job.destination, report);
         tokio::spawn(told);
     }
 
@@ -196,7 +275,7 @@ impl Inner {
     async fn attempt(
         &self,
         open: &mut Option<Open>,
-        job: &Job,
+        job: &Work,
         body: &[u8],
     ) -> (Vec<Result1>, Seen) {
         let group = &job.group;
@@ -266,7 +345,7 @@ impl Inner {
     /// Records each pending recipient's attempt and moves it to its next state.
     fn apply(
         &self,
-        job: &Job,
+        job: &Work,
         results: Vec<Result1>,
         outcomes: Vec<Outcome>,
         now: Timestamp,
@@ -486,11 +565,17 @@ impl Inner {
             self.scheduler.clone(),
         );
         let (id, told) = (envelope.id, updated.events.clone());
+        // Still pending: once on disk, the scheduler may let go of its memory copy.
+        let pending = (!updated.group.is_done())
+            .then(|| (updated.group.domain.clone(), updated.group.attempts()));
         async move {
             match committing.await {
                 Ok(()) => {
                     for (address, entry) in hard {
                         suppressions.insert(&address, entry);
+                    }
+                    if let Some((domain, attempts)) = pending {
+                        scheduler.committed(id, domain, attempts);
                     }
                 }
                 Err(e) => {
@@ -563,11 +648,7 @@ pub fn queued(m: NewMessage) -> Vec<Queued> {
     let envelope = Arc::new(m.envelope);
     m.groups
         .into_iter()
-        .map(|group| Queued {
-            envelope: envelope.clone(),
-            group,
-            body: Some(m.body.clone()),
-        })
+        .map(|group| Queued::held(envelope.clone(), group, Some(m.body.clone())))
         .collect()
 }
 

@@ -60,9 +60,9 @@ impl Engine {
         config: Config,
         transport: Arc<dyn Transport>,
     ) -> anyhow::Result<Engine> {
-        let spool_dir = config.spool.path.clone();
+        let (spool_dir, cache) = (config.spool.path.clone(), config.spool.cache_size);
         let spool: Arc<dyn Spool> = Arc::new(
-            tokio::task::spawn_blocking(move || RedbSpool::open(&spool_dir))
+            tokio::task::spawn_blocking(move || RedbSpool::open_with_cache(&spool_dir, cache))
                 .await?
                 .with_context(|| {
                     format!(
@@ -137,17 +137,7 @@ impl Engine {
             groups = recovered.pending.len(),
             "recovered the queue from the spool"
         );
-        handle.enqueue(
-            recovered
-                .pending
-                .into_iter()
-                .map(|(envelope, group)| Queued {
-                    envelope,
-                    group,
-                    body: None,
-                })
-                .collect(),
-        );
+        handle.enqueue(recovered.pending.into_iter().map(Queued::from).collect());
 
         let intake = Arc::new(Intake {
             suppressions,

@@ -111,6 +111,21 @@ impl Group {
         self.recipients.iter().all(|r| r.state.is_final())
     }
 
+    /// Recipients not yet final, and how many of those have been deferred.
+    pub fn counts(&self) -> (u32, u32) {
+        let pending = self.pending().count() as u32;
+        let deferred = self
+            .pending()
+            .filter(|r| r.state == State::Deferred)
+            .count() as u32;
+        (pending, deferred)
+    }
+
+    /// Attempts made at the group's recipients, all together.
+    pub fn attempts(&self) -> usize {
+        self.recipients.iter().map(|r| r.attempts.len()).sum()
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
         self.recipients.iter().filter(|r| !r.state.is_final())
     }

@@ -7,38 +7,98 @@
 //! Nothing polls: the task sleeps until the earliest of the next due group, the end of a
 //! destination's pause or rate wait, and the next expiry sweep.
 //!
+//! Memory: a waiting group costs a small fixed entry (ids, times, counts; domain names are
+//! shared). Its envelope and recipients ([`Held`]) stay in memory only while they are
+//! needed: a new message until its first attempt, a group from an attempt until its new
+//! state is committed. Otherwise the spool is the one copy, and the worker that gets the
+//! group reads it back. A million deferred messages cost about 150 MB here.
+//!
 //! Not owned here: durability (workers commit to the spool before they report) and what an
 //! outcome means (classification and dispatch).
 
 use crate::dispatch::Dispatcher;
-use crate::message::{Envelope, Group, MessageId, State};
+use crate::message::{Envelope, Group, MessageId};
 use crate::provider::Providers;
 use crate::shaping::{Gate, Report, Shaping, ShapingView};
+use crate::spool::Waiting;
 use crate::time::Timestamp;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// A group as it enters the queue.
+/// A group's envelope and recipients, while they are held in memory.
 #[derive(Debug, Clone)]
-pub struct Queued {
+pub struct Held {
     pub envelope: Arc<Envelope>,
     pub group: Group,
     /// The message, when still in memory; workers read the spool otherwise.
     pub body: Option<Bytes>,
 }
 
+/// A group as it enters the queue: what the scheduler keeps of it, and what is held.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub id: MessageId,
+    pub domain: String,
+    pub received_at: Timestamp,
+    pub null_sender: bool,
+    /// Recipients not yet final, and how many of those have been deferred.
+    pub pending: u32,
+    pub deferred: u32,
+    /// When it is due; `None` when nothing is left to do.
+    pub due: Option<Timestamp>,
+    pub held: Option<Held>,
+}
+
+impl Queued {
+    /// A group whose envelope and state are in hand (a new message, a DSN).
+    pub fn held(envelope: Arc<Envelope>, group: Group, body: Option<Bytes>) -> Queued {
+        let (pending, deferred) = group.counts();
+        Queued {
+            id: envelope.id,
+            domain: group.domain.clone(),
+            received_at: envelope.received_at,
+            null_sender: envelope.is_null_sender(),
+            pending,
+            deferred,
+            due: group.next_attempt.filter(|_| !group.is_done()),
+            held: Some(Held {
+                envelope,
+                group,
+                body,
+            }),
+        }
+    }
+}
+
+impl From<Waiting> for Queued {
+    /// A group recovered from the spool, which keeps its envelope and state.
+    fn from(w: Waiting) -> Queued {
+        Queued {
+            id: w.id,
+            domain: w.domain,
+            received_at: w.received_at,
+            null_sender: w.null_sender,
+            pending: w.pending,
+            deferred: w.deferred,
+            due: Some(w.next_attempt),
+            held: None,
+        }
+    }
+}
+
 /// One group handed to a worker, with what the destination says about delivering it.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub envelope: Arc<Envelope>,
-    pub group: Group,
-    pub body: Option<Bytes>,
+    pub id: MessageId,
+    pub domain: Arc<str>,
+    /// `None`: the worker reads the envelope and group from the spool.
+    pub held: Option<Held>,
     pub destination: Arc<str>,
     pub messages_per_connection: usize,
     /// The greylist delay learned for this destination, if any.
@@ -55,15 +115,28 @@ pub enum Command {
         destination: Arc<str>,
         reply: oneshot::Sender<Option<Job>>,
     },
-    /// A worker has finished a job, committed its new state, and reports what it saw.
+    /// A worker has finished a job, submitted its new state to the spool, and reports
+    /// what it saw (the group comes back with its new state, body dropped).
     Done {
-        id: MessageId,
-        group: Group,
+        held: Held,
         destination: Arc<str>,
         report: Report,
     },
-    /// A group expired while waiting, without an attempt, and was committed.
-    Expired { id: MessageId, domain: String },
+    /// A group's state after `attempts` attempts is on disk: the memory copy may go.
+    Committed {
+        id: MessageId,
+        domain: String,
+        attempts: usize,
+    },
+    /// A group left the queue without an attempt (expired while waiting, or no longer in
+    /// the spool).
+    Forget { id: MessageId, domain: String },
+    /// A worker could not read a group from the spool: try it again at `at`.
+    Later {
+        id: MessageId,
+        domain: String,
+        at: Timestamp,
+    },
     Summary {
         reply: oneshot::Sender<Vec<DomainSummary>>,
     },
@@ -131,17 +204,28 @@ impl SchedulerHandle {
         rx.await.ok().flatten()
     }
 
-    pub fn done(&self, id: MessageId, group: Group, destination: Arc<str>, report: Report) {
+    pub fn done(&self, held: Held, destination: Arc<str>, report: Report) {
         let _ = self.tx.send(Command::Done {
-            id,
-            group,
+            held,
             destination,
             report,
         });
     }
 
-    pub fn expired(&self, id: MessageId, domain: String) {
-        let _ = self.tx.send(Command::Expired { id, domain });
+    pub fn committed(&self, id: MessageId, domain: String, attempts: usize) {
+        let _ = self.tx.send(Command::Committed {
+            id,
+            domain,
+            attempts,
+        });
+    }
+
+    pub fn forget(&self, id: MessageId, domain: String) {
+        let _ = self.tx.send(Command::Forget { id, domain });
+    }
+
+    pub fn later(&self, id: MessageId, domain: String, at: Timestamp) {
+        let _ = self.tx.send(Command::Later { id, domain, at });
     }
 
     pub async fn summary(&self) -> Vec<DomainSummary> {
@@ -178,12 +262,16 @@ pub struct Policy {
     pub max_age: Duration,
 }
 
-type Key = (MessageId, String);
+/// A group: its message and its (shared) domain name.
+type Key = (MessageId, Arc<str>);
 
 struct Entry {
-    envelope: Arc<Envelope>,
-    group: Group,
-    body: Option<Bytes>,
+    /// Boxed: most entries hold nothing, and stay small.
+    held: Option<Box<Held>>,
+    received_at: Timestamp,
+    null_sender: bool,
+    pending: u32,
+    deferred: u32,
     due: Timestamp,
     in_flight: bool,
 }
@@ -216,6 +304,8 @@ pub struct Scheduler {
     policy: Policy,
     entries: HashMap<Key, Entry>,
     due: BTreeSet<(Timestamp, Key)>,
+    /// Every domain name in the queue, once.
+    domains: HashSet<Arc<str>>,
     destinations: HashMap<Arc<str>, Destination>,
     provider_of: HashMap<String, (Arc<str>, Instant)>,
     awaiting_provider: HashMap<String, Vec<Key>>,
@@ -239,6 +329,7 @@ impl Scheduler {
             policy,
             entries: HashMap::new(),
             due: BTreeSet::new(),
+            domains: HashSet::new(),
             destinations: HashMap::new(),
             provider_of: HashMap::new(),
             awaiting_provider: HashMap::new(),
@@ -320,18 +411,41 @@ impl Scheduler {
             Command::Provider { domain, provider } => self.provider_found(domain, provider),
             Command::Next { destination, reply } => self.next_for_worker(&destination, reply),
             Command::Done {
-                id,
-                group,
+                held,
                 destination,
                 report,
             } => {
                 self.learn(&destination, &report);
-                self.finish(id, group);
+                self.finish(held);
                 self.release_due();
                 self.start_workers(&destination);
             }
-            Command::Expired { id, domain } => {
-                self.entries.remove(&(id, domain));
+            Command::Committed {
+                id,
+                domain,
+                attempts,
+            } => {
+                let key = (id, self.intern(&domain));
+                if let Some(e) = self.entries.get_mut(&key)
+                    && !e.in_flight
+                    && e.held
+                        .as_ref()
+                        .is_some_and(|h| h.group.attempts() == attempts)
+                {
+                    e.held = None;
+                }
+            }
+            Command::Forget { id, domain } => {
+                let key = (id, self.intern(&domain));
+                self.entries.remove(&key);
+            }
+            Command::Later { id, domain, at } => {
+                let key = (id, self.intern(&domain));
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.in_flight = false;
+                    e.due = at;
+                    self.due.insert((at, key));
+                }
             }
             Command::Summary { reply } => {
                 let _ = reply.send(self.summary());
@@ -342,21 +456,29 @@ impl Scheduler {
         }
     }
 
+    fn intern(&mut self, domain: &str) -> Arc<str> {
+        if let Some(d) = self.domains.get(domain) {
+            return d.clone();
+        }
+        let d: Arc<str> = domain.into();
+        self.domains.insert(d.clone());
+        d
+    }
+
     fn insert(&mut self, q: Queued) {
-        let Some(due) = q.group.next_attempt else {
+        let Some(due) = q.due else {
             return;
         };
-        if q.group.is_done() {
-            return;
-        }
-        let key = (q.envelope.id, q.group.domain.clone());
+        let key = (q.id, self.intern(&q.domain));
         self.due.insert((due, key.clone()));
         self.entries.insert(
             key,
             Entry {
-                envelope: q.envelope,
-                group: q.group,
-                body: q.body,
+                held: q.held.map(Box::new),
+                received_at: q.received_at,
+                null_sender: q.null_sender,
+                pending: q.pending,
+                deferred: q.deferred,
                 due,
                 in_flight: false,
             },
@@ -386,13 +508,13 @@ impl Scheduler {
         let domain = key.1.clone();
         let known = self
             .provider_of
-            .get(&domain)
+            .get(&*domain)
             .filter(|(_, at)| at.elapsed() < PROVIDER_TTL)
             .map(|(p, _)| p.clone());
         let provider = known.or_else(|| {
             let name: Arc<str> = self.policy.providers.by_domain(&domain)?.into();
             self.provider_of
-                .insert(domain.clone(), (name.clone(), Instant::now()));
+                .insert(domain.to_string(), (name.clone(), Instant::now()));
             Some(name)
         });
         match provider {
@@ -401,10 +523,13 @@ impl Scheduler {
                 Some(p)
             }
             None => {
-                let waiting = self.awaiting_provider.entry(domain.clone()).or_default();
+                let waiting = self
+                    .awaiting_provider
+                    .entry(domain.to_string())
+                    .or_default();
                 waiting.push(key);
                 if waiting.len() == 1 {
-                    self.dispatcher.find_provider(domain);
+                    self.dispatcher.find_provider(domain.to_string());
                 }
                 None
             }
@@ -536,9 +661,10 @@ impl Scheduler {
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.in_flight = true;
                 return Some(Job {
-                    envelope: entry.envelope.clone(),
-                    group: entry.group.clone(),
-                    body: entry.body.take(),
+                    id: key.0,
+                    // The worker returns what it holds with its report.
+                    held: entry.held.take().map(|h| *h),
+                    domain: key.1,
                     destination: name.clone(),
                     messages_per_connection: d.shaping.messages_per_connection(),
                     greylist_delay: d.greylist_delay,
@@ -549,10 +675,10 @@ impl Scheduler {
     }
 
     fn requeue(&mut self, job: Job) {
-        let key = (job.envelope.id, job.group.domain.clone());
+        let key = (job.id, job.domain);
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.in_flight = false;
-            entry.body = job.body;
+            entry.held = job.held.map(Box::new);
             self.destination(&job.destination).ready.push_front(key);
         }
     }
@@ -568,15 +694,16 @@ impl Scheduler {
         }
     }
 
-    fn finish(&mut self, id: MessageId, group: Group) {
-        let key = (id, group.domain.clone());
-        match group.next_attempt.filter(|_| !group.is_done()) {
+    /// A group is back from its attempt; it stays held until its state is committed.
+    fn finish(&mut self, held: Held) {
+        let key = (held.envelope.id, self.intern(&held.group.domain));
+        match held.group.next_attempt.filter(|_| !held.group.is_done()) {
             Some(due) => {
                 if let Some(entry) = self.entries.get_mut(&key) {
-                    entry.group = group;
+                    (entry.pending, entry.deferred) = held.group.counts();
+                    entry.held = Some(Box::new(Held { body: None, ..held }));
                     entry.in_flight = false;
                     entry.due = due;
-                    entry.body = None;
                     self.due.insert((due, key));
                 }
             }
@@ -595,7 +722,7 @@ impl Scheduler {
         for d in self.destinations.values_mut() {
             let entries = &self.entries;
             d.ready.retain(|key| match entries.get(key) {
-                Some(e) if !e.in_flight && e.envelope.received_at + max_age <= now => {
+                Some(e) if !e.in_flight && e.received_at + max_age <= now => {
                     expired.push(key.clone());
                     false
                 }
@@ -606,8 +733,8 @@ impl Scheduler {
         for key in expired {
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.in_flight = true;
-                self.dispatcher
-                    .spawn_expire(entry.envelope.clone(), entry.group.clone());
+                let held = entry.held.take().map(|h| *h);
+                self.dispatcher.spawn_expire(key.0, key.1.to_string(), held);
             }
         }
     }
@@ -616,29 +743,23 @@ impl Scheduler {
         let now = Timestamp::now();
         let mut by_domain: BTreeMap<&str, DomainSummary> = BTreeMap::new();
         for ((_, domain), entry) in &self.entries {
-            let s = by_domain
-                .entry(domain.as_str())
-                .or_insert_with(|| DomainSummary {
-                    domain: domain.clone(),
-                    provider: self.provider_of.get(domain).map(|(p, _)| p.to_string()),
-                    queued: 0,
-                    deferred: 0,
-                    in_flight: 0,
-                    oldest_age_seconds: 0,
-                    next_attempt: None,
-                });
-            for r in entry.group.pending() {
-                match r.state {
-                    State::Deferred => s.deferred += 1,
-                    _ => s.queued += 1,
-                }
-                if entry.in_flight {
-                    s.in_flight += 1;
-                }
+            let s = by_domain.entry(&**domain).or_insert_with(|| DomainSummary {
+                domain: domain.to_string(),
+                provider: self.provider_of.get(&**domain).map(|(p, _)| p.to_string()),
+                queued: 0,
+                deferred: 0,
+                in_flight: 0,
+                oldest_age_seconds: 0,
+                next_attempt: None,
+            });
+            s.deferred += entry.deferred as usize;
+            s.queued += (entry.pending - entry.deferred) as usize;
+            if entry.in_flight {
+                s.in_flight += entry.pending as usize;
             }
             s.oldest_age_seconds = s
                 .oldest_age_seconds
-                .max(now.since(entry.envelope.received_at).as_secs());
+                .max(now.since(entry.received_at).as_secs());
             if !entry.in_flight {
                 s.next_attempt = Some(s.next_attempt.map_or(entry.due, |t| t.min(entry.due)));
             }
@@ -651,11 +772,11 @@ impl Scheduler {
         // One pass over the queue and one over the providers, whatever their number.
         let mut waiting: HashMap<&str, Vec<(Timestamp, usize)>> = HashMap::new();
         for ((_, domain), e) in &self.entries {
-            if let Some((p, _)) = self.provider_of.get(domain) {
+            if let Some((p, _)) = self.provider_of.get(&**domain) {
                 waiting
                     .entry(p)
                     .or_default()
-                    .push((e.envelope.received_at, e.group.pending().count()));
+                    .push((e.received_at, e.pending as usize));
             }
         }
         let mut domains: HashMap<&str, Vec<String>> = HashMap::new();
@@ -717,7 +838,7 @@ fn front_is_null_sender(d: &Destination, entries: &HashMap<Key, Entry>) -> bool 
     d.ready
         .front()
         .and_then(|k| entries.get(k))
-        .is_some_and(|e| e.envelope.is_null_sender())
+        .is_some_and(|e| e.null_sender)
 }
 
 /// How often waiting groups are checked for expiry: often enough that expiry is late by at

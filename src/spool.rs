@@ -63,9 +63,22 @@ pub enum Op {
 /// Everything the spool held that still needs delivering, read at start-up.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub pending: Vec<(Arc<Envelope>, Group)>,
+    pub pending: Vec<Waiting>,
     /// Entries that could not be decoded (or lost their body) and were set aside.
     pub set_aside: usize,
+}
+
+/// A group waiting in the spool, as the scheduler needs to know it: the envelope and
+/// recipients stay on disk until a worker reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub id: MessageId,
+    pub domain: String,
+    pub received_at: Timestamp,
+    pub null_sender: bool,
+    pub pending: u32,
+    pub deferred: u32,
+    pub next_attempt: Timestamp,
 }
 
 /// A message's record: its envelope and every group, final or not.
@@ -105,13 +118,24 @@ pub struct RedbSpool {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// The page cache when none is configured (`[spool] cache_size`); redb's own default is
+/// 1 GiB, which a large spool fills and keeps resident.
+pub const DEFAULT_CACHE: u64 = 128 * 1024 * 1024;
+
 impl RedbSpool {
     /// Opens (or creates) the spool in directory `dir`.
     pub fn open(dir: &Path) -> Result<RedbSpool, SpoolError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE)
+    }
+
+    /// Opens the spool with a page cache of `cache` bytes.
+    pub fn open_with_cache(dir: &Path, cache: u64) -> Result<RedbSpool, SpoolError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SpoolError::Storage(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("spool.redb");
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(cache as usize)
+            .create(&path)
             .map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
         {
@@ -308,7 +332,8 @@ impl Spool for RedbSpool {
             let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
             let bodies = txn.open_table(BODIES).map_err(storage)?;
             let groups = txn.open_table(GROUPS).map_err(storage)?;
-            let mut cache: HashMap<u128, Option<Arc<Envelope>>> = HashMap::new();
+            // Per message: when it came and whether from the null sender, or unusable.
+            let mut cache: HashMap<u128, Option<(Timestamp, bool)>> = HashMap::new();
             for entry in groups.iter().map_err(storage)? {
                 let (key, value) = entry.map_err(storage)?;
                 let (id, domain) = key.value();
@@ -320,14 +345,14 @@ impl Spool for RedbSpool {
                         continue;
                     }
                 };
-                if group.is_done() {
+                let Some(next_attempt) = group.next_attempt.filter(|_| !group.is_done()) else {
                     continue;
-                }
+                };
                 let envelope = cache.entry(id).or_insert_with(|| {
                     let env = envelopes.get(id).ok().flatten()?;
                     let has_body = bodies.get(id).ok().flatten().is_some();
                     match serde_json::from_slice::<Envelope>(env.value()) {
-                        Ok(env) if has_body => Some(Arc::new(env)),
+                        Ok(env) if has_body => Some((env.received_at, env.is_null_sender())),
                         Ok(_) => {
                             tracing::error!(id = %uuid::Uuid::from_u128(id), "spool: message without a body set aside");
                             None
@@ -338,8 +363,19 @@ impl Spool for RedbSpool {
                         }
                     }
                 });
-                match envelope {
-                    Some(env) => recovered.pending.push((env.clone(), group)),
+                match *envelope {
+                    Some((received_at, null_sender)) => {
+                        let (pending, deferred) = group.counts();
+                        recovered.pending.push(Waiting {
+                            id: MessageId::from_u128(id),
+                            domain: domain.to_string(),
+                            received_at,
+                            null_sender,
+                            pending,
+                            deferred,
+                            next_attempt,
+                        });
+                    }
                     None => {
                         bad_envelopes.insert(id);
                         bad_groups.push((id, domain.to_string(), value.value().to_vec()));
@@ -509,7 +545,7 @@ mod tests {
         let spool = RedbSpool::open(dir.path()).unwrap();
         let recovered = spool.recover().unwrap();
         assert_eq!(recovered.pending.len(), 1, "only y.test is pending");
-        assert_eq!(recovered.pending[0].1.domain, "y.test");
+        assert_eq!(recovered.pending[0].domain, "y.test");
         assert_eq!(spool.body(id).unwrap().as_deref(), Some(&b"hello"[..]));
 
         let mut y = m.groups[1].clone();
@@ -554,7 +590,7 @@ mod tests {
         let recovered = spool.recover().unwrap();
         assert_eq!(recovered.set_aside, 1);
         assert_eq!(recovered.pending.len(), 1);
-        assert_eq!(recovered.pending[0].0.id, good.envelope.id);
+        assert_eq!(recovered.pending[0].id, good.envelope.id);
         // Set aside once: the next start is clean.
         assert_eq!(spool.recover().unwrap().set_aside, 0);
     }
