@@ -144,6 +144,9 @@ pub struct SmtpConfig {
     pub max_recipients: usize,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// The whole of a message's DATA must arrive within this (slow senders are cut off).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
     pub max_errors: u32,
     pub max_connections: usize,
     /// Users who may relay after AUTH (over TLS): `user:argon2-hash` lines, as
@@ -230,6 +233,7 @@ impl Default for SmtpConfig {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 1000,
             idle_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
             max_errors: 20,
             max_connections: 1000,
             credentials: None,

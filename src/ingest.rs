@@ -235,6 +235,7 @@ pub async fn run_smtp(
         max_message_size: config.max_message_size,
         max_recipients: config.max_recipients,
         idle_timeout: config.idle_timeout,
+        data_timeout: config.data_timeout,
         max_errors: config.max_errors,
         ehlo: EhloMode::Full,
         tls,

@@ -378,6 +378,7 @@ impl Sink {
             max_message_size: config.max_message_size,
             max_recipients: 1000,
             idle_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
             max_errors: 1000,
             ehlo: config.ehlo,
             tls,

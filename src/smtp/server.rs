@@ -32,6 +32,8 @@ pub struct Limits {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub idle_timeout: Duration,
+    /// The whole message must arrive within this, however steadily it trickles in.
+    pub data_timeout: Duration,
     pub max_errors: u32,
     /// What EHLO offers; the sink can play an older server.
     pub ehlo: EhloMode,
@@ -572,6 +574,7 @@ impl<H: Handler> Conn<H> {
     /// Reads the message up to the final dot; `None` when the client went away or idled.
     async fn receive_body(&mut self) -> std::io::Result<Option<Body>> {
         let max = self.limits.max_message_size as usize;
+        let deadline = tokio::time::Instant::now() + self.limits.data_timeout;
         let mut receiver = DataReceiver::new();
         let mut body = Vec::with_capacity(8 * 1024);
         let mut too_big = false;
@@ -592,7 +595,8 @@ impl<H: Handler> Conn<H> {
                     Body::Complete(body)
                 }));
             }
-            match tokio::time::timeout(self.limits.idle_timeout, self.wire.fill()).await {
+            let wait = deadline.min(tokio::time::Instant::now() + self.limits.idle_timeout);
+            match tokio::time::timeout_at(wait, self.wire.fill()).await {
                 Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),

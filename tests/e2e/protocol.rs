@@ -191,3 +191,42 @@ async fn garbage_does_not_wedge_the_server() {
     assert!(replies[0].starts_with("250 2.0.0"), "{replies:?}");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn slowloris_commands_and_data_are_cut_off() {
+    let (_w, engine) = engine_with(|c| {
+        c.smtp.idle_timeout = Duration::from_millis(400);
+        c.smtp.data_timeout = Duration::from_millis(800);
+    })
+    .await;
+    // A command line dribbled one byte per 100 ms never completes: the line's time runs out.
+    let (mut s, _) = Raw::connect(engine.smtp_addr).await;
+    let started = tokio::time::Instant::now();
+    for b in b"NOOP this line never ends ".iter().cycle() {
+        if started.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+        s.send(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(code(&s.reply().await), "421 4.4.2");
+    // A message dribbled faster than the idle timeout is still cut off at the data timeout.
+    let (mut s, _) = Raw::connect(engine.smtp_addr).await;
+    s.cmd("EHLO c.test").await;
+    s.cmd("MAIL FROM:<s@tx.test>").await;
+    s.cmd("RCPT TO:<a@x.test>").await;
+    assert_eq!(code(&s.cmd("DATA").await), "354 2.0.0");
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(700) {
+        s.send(b"x").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = s.reply().await;
+    assert_eq!(code(&reply), "421 4.4.2", "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1100),
+        "cut off at the data timeout"
+    );
+    assert!(s.closed().await);
+    engine.shutdown().await;
+}
