@@ -6,6 +6,7 @@
 use crate::config::TimeoutConfig;
 use crate::sink::Stats;
 use crate::smtp::client::Client;
+use crate::tls::Policy;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct BenchConfig {
     pub to: String,
     pub sink_stats: Option<String>,
     pub progress: bool,
+    /// Start TLS on every session (any certificate), as a submission client would.
+    pub starttls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +171,14 @@ async fn session(
             let mut c = Client::connect(config.target, &timeouts).await?;
             c.read_greeting().await?;
             c.hello("bench.knock").await?;
+            if config.starttls {
+                let connectors = crate::tls::Connectors::new(None)?;
+                let host = config.target.ip().to_string();
+                if let Err(refused) = c.starttls(&connectors, Policy::Require, &host).await? {
+                    anyhow::bail!("STARTTLS refused: {refused}");
+                }
+                c.hello("bench.knock").await?;
+            }
             client = Some(c);
         }
         let c = client.as_mut().expect("connected above");

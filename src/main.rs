@@ -180,6 +180,9 @@ struct BenchArgs {
     /// A sink's stats URL (http://ADDR/stats): wait for delivery and report its rate.
     #[arg(long)]
     sink_stats: Option<String>,
+    /// Start TLS on every session.
+    #[arg(long)]
+    starttls: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -268,6 +271,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 to: args.to,
                 sink_stats: args.sink_stats,
                 progress: true,
+                starttls: args.starttls,
             })
             .await?;
             print!("{report}");

@@ -280,14 +280,25 @@ struct Destination {
     name: Arc<str>,
     ready: VecDeque<Key>,
     workers: usize,
-    /// Workers holding a connection open while the rate makes them wait a moment.
-    idle: VecDeque<oneshot::Sender<Option<Job>>>,
+    /// Workers holding a connection open, until the rate lets them go on or the next
+    /// message comes, but no longer than their `until`.
+    idle: VecDeque<Idle>,
     shaping: Shaping,
     greylist_delay: Option<Duration>,
 }
 
-/// A worker waits with its connection open for at most this long; longer, it closes.
+/// A worker waits with its connection open for at most this long for the rate; longer,
+/// it closes.
 const IDLE_HOLD: Duration = Duration::from_secs(5);
+/// With nothing left to send, a worker keeps its connection this long for the next message
+/// (Postfix's `smtp_connection_cache_time_limit`): a steady trickle reuses connections
+/// instead of opening one, and shaking hands for TLS, per message.
+const KEEP_OPEN: Duration = Duration::from_secs(2);
+
+struct Idle {
+    reply: oneshot::Sender<Option<Job>>,
+    until: Instant,
+}
 /// Providers are looked up again after this long.
 const PROVIDER_TTL: Duration = Duration::from_secs(3600);
 
@@ -370,7 +381,7 @@ impl Scheduler {
         for d in self.destinations.values_mut() {
             d.ready.clear();
             for w in d.idle.drain(..) {
-                let _ = w.send(None);
+                let _ = w.reply.send(None);
                 d.workers -= 1;
             }
         }
@@ -574,8 +585,12 @@ impl Scheduler {
                 return;
             };
             if d.ready.is_empty() {
-                for w in d.idle.drain(..) {
-                    let _ = w.send(None);
+                // Idle workers past their time close their connections.
+                let (done, keep): (VecDeque<Idle>, VecDeque<Idle>) =
+                    d.idle.drain(..).partition(|w| w.until <= now);
+                d.idle = keep;
+                for w in done {
+                    let _ = w.reply.send(None);
                     d.workers -= 1;
                 }
                 return;
@@ -602,7 +617,7 @@ impl Scheduler {
                 d.workers += 1;
                 self.dispatcher.spawn_worker(job);
             } else if let Some(w) = d.idle.pop_front()
-                && let Err(Some(job)) = w.send(Some(job))
+                && let Err(Some(job)) = w.reply.send(Some(job))
             {
                 // The worker is gone: its job goes back to the front.
                 d.workers -= 1;
@@ -619,9 +634,15 @@ impl Scheduler {
             let _ = reply.send(None);
             return;
         };
-        if self.stopping || d.ready.is_empty() || d.workers > d.shaping.connection_limit() {
+        if self.stopping || d.workers > d.shaping.connection_limit() {
             d.workers -= 1;
             let _ = reply.send(None);
+            return;
+        }
+        if d.ready.is_empty() {
+            let until = now + KEEP_OPEN;
+            d.idle.push_back(Idle { reply, until });
+            self.wakes.insert((until, name.clone()));
             return;
         }
         let charge = !front_is_null_sender(d, &self.entries);
@@ -645,8 +666,12 @@ impl Scheduler {
                 }
             }
             Err(Gate::Until(t)) if t.duration_since(now) <= IDLE_HOLD => {
-                d.idle.push_back(reply);
+                d.idle.push_back(Idle {
+                    reply,
+                    until: now + IDLE_HOLD,
+                });
                 self.wakes.insert((t, name.clone()));
+                self.wakes.insert((now + IDLE_HOLD, name.clone()));
             }
             Err(_) => {
                 d.workers -= 1;

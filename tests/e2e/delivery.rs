@@ -329,6 +329,31 @@ async fn connections_are_reused_for_several_messages() {
 }
 
 #[tokio::test]
+async fn a_trickle_of_messages_keeps_one_connection_open() {
+    let w = World::new(&["30s"], "1h");
+    let rx = plain_sink().await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    // Each message is delivered before the next comes, so the queue is empty in between:
+    // the worker keeps its connection for the next one instead of closing it.
+    for i in 0..5 {
+        let rcpt = format!("u{i}@rx.test");
+        smtp_send(
+            engine.smtp_addr,
+            "s@tx.test",
+            &[&rcpt],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+        assert!(rx.wait_for_messages(i + 1, T).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rx.stats().connections, 1, "one connection for the trickle");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
 async fn deferred_mail_survives_a_restart_with_its_attempt_count() {
     let w = World::new(&["1s"], "1h");
     let addr = dead_addr().await;

@@ -30,6 +30,7 @@ async fn inject(engine: &knock::engine::Engine, n: usize, to: &str) {
         to: to.into(),
         sink_stats: None,
         progress: false,
+        starttls: false,
     })
     .await
     .unwrap();

@@ -157,6 +157,7 @@ async fn bench_reports_accepted_and_delivered() {
         to: "a@rx.test".into(),
         sink_stats: Some(format!("http://{stats_addr}/stats")),
         progress: false,
+        starttls: false,
     })
     .await
     .unwrap();
