@@ -407,6 +407,8 @@ impl Scheduler {
         }
         if now >= self.next_sweep {
             self.sweep_expired();
+            // Domain names no group refers to any more.
+            self.domains.retain(|d| Arc::strong_count(d) > 1);
             self.next_sweep = now + sweep_interval(self.policy.max_age);
         }
     }
