@@ -14,8 +14,9 @@ use crate::time::Timestamp;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 const ENVELOPES: TableDefinition<u128, &[u8]> = TableDefinition::new("envelopes");
@@ -113,7 +114,7 @@ struct Batch {
 }
 
 pub struct RedbSpool {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     tx: Option<mpsc::UnboundedSender<Batch>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -133,10 +134,7 @@ impl RedbSpool {
         std::fs::create_dir_all(dir)
             .map_err(|e| SpoolError::Storage(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("spool.redb");
-        let db = Database::builder()
-            .set_cache_size(cache as usize)
-            .create(&path)
-            .map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
+        let db = open_database(&path, cache)?;
         let txn = db.begin_write().map_err(storage)?;
         {
             txn.open_table(ENVELOPES).map_err(storage)?;
@@ -147,7 +145,11 @@ impl RedbSpool {
             txn.open_table(SUPPRESSIONS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        let db = Arc::new(db);
+        let db = Arc::new(Handle {
+            path,
+            cache,
+            db: RwLock::new(Some(Arc::new(db))),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
@@ -172,7 +174,71 @@ impl Drop for RedbSpool {
     }
 }
 
-fn writer_loop(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>) {
+fn open_database(path: &Path, cache: u64) -> Result<Database, SpoolError> {
+    Database::builder()
+        .set_cache_size(cache as usize)
+        .create(path)
+        .map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))
+}
+
+/// The open database, and the means to open it again. After a write fails (a full disk, an
+/// I/O error) redb refuses every later operation until the database is closed and opened
+/// again; the writer does that, so knock recovers by itself once the cause is gone.
+struct Handle {
+    path: PathBuf,
+    cache: u64,
+    /// `None` while it is being (or could not be) opened again.
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for readers to finish with the old database.
+const READERS_GRACE: Duration = Duration::from_secs(5);
+
+impl Handle {
+    fn get(&self) -> Result<Arc<Database>, SpoolError> {
+        self.db
+            .read()
+            .expect("spool handle lock")
+            .clone()
+            .ok_or_else(|| {
+                SpoolError::Storage("the spool is being reopened after a write error".into())
+            })
+    }
+
+    /// Closes the database and opens it again. Readers hold it only for one read; redb
+    /// opens a file once per process, so their handles must be gone first.
+    fn reopen(&self) -> Result<Arc<Database>, SpoolError> {
+        let old = self.db.write().expect("spool handle lock").take();
+        if let Some(mut old) = old {
+            let deadline = Instant::now() + READERS_GRACE;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still) if Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still) => {
+                        *self.db.write().expect("spool handle lock") = Some(still);
+                        return Err(SpoolError::Storage(
+                            "the spool is still in use; not reopened".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = Arc::new(open_database(&self.path, self.cache)?);
+        *self.db.write().expect("spool handle lock") = Some(db.clone());
+        tracing::warn!(path = %self.path.display(), "spool reopened after a write error");
+        Ok(db)
+    }
+}
+
+fn writer_loop(handle: Arc<Handle>, mut rx: mpsc::UnboundedReceiver<Batch>) {
+    let mut failed = false;
     while let Some(first) = rx.blocking_recv() {
         let mut batches = vec![first];
         while batches.len() < MAX_BATCH {
@@ -181,7 +247,13 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Batch>) {
                 Err(_) => break,
             }
         }
-        let result = apply(&db, &batches);
+        // After a failed write the database must be opened again before it takes more.
+        let db = match failed {
+            true => handle.reopen(),
+            false => handle.get(),
+        };
+        let result = db.and_then(|db| apply(&db, &batches));
+        failed = result.is_err();
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batches.len(), "spool commit failed");
         }
@@ -298,14 +370,18 @@ impl Spool for RedbSpool {
     }
 
     fn body(&self, id: MessageId) -> Result<Option<Bytes>, SpoolError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
         let bodies = txn.open_table(BODIES).map_err(storage)?;
         let body = bodies.get(id.as_u128()).map_err(storage)?;
         Ok(body.map(|b| Bytes::copy_from_slice(b.value())))
     }
 
     fn record(&self, id: MessageId) -> Result<Option<Record>, SpoolError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
         let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
         let Some(env) = envelopes.get(id.as_u128()).map_err(storage)? else {
             return Ok(None);
@@ -328,7 +404,9 @@ impl Spool for RedbSpool {
         let mut bad_groups: Vec<(u128, String, Vec<u8>)> = Vec::new();
         let mut bad_envelopes: BTreeSet<u128> = BTreeSet::new();
         {
-            let txn = self.db.begin_read().map_err(storage)?;
+            // Held for the whole transaction: a reopen waits for it.
+            let db = self.db.get()?;
+            let txn = db.begin_read().map_err(storage)?;
             let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
             let bodies = txn.open_table(BODIES).map_err(storage)?;
             let groups = txn.open_table(GROUPS).map_err(storage)?;
@@ -391,7 +469,9 @@ impl Spool for RedbSpool {
     }
 
     fn suppressions(&self) -> Result<Vec<(String, crate::suppress::Suppression)>, SpoolError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(SUPPRESSIONS).map_err(storage)?;
         let mut all = Vec::new();
         for entry in table.iter().map_err(storage)? {
@@ -407,7 +487,9 @@ impl Spool for RedbSpool {
     }
 
     fn purge(&self, before: Timestamp) -> Result<usize, SpoolError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_write().map_err(storage)?;
         let mut purged = 0;
         {
             let mut history = txn.open_table(HISTORY).map_err(storage)?;
@@ -448,7 +530,9 @@ impl RedbSpool {
         bad_groups: Vec<(u128, String, Vec<u8>)>,
         bad_envelopes: BTreeSet<u128>,
     ) -> Result<(), SpoolError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_write().map_err(storage)?;
         {
             let mut aside = txn.open_table(SET_ASIDE).map_err(storage)?;
             let mut groups = txn.open_table(GROUPS).map_err(storage)?;
@@ -494,7 +578,9 @@ impl RedbSpool {
         domain: &str,
         raw: &[u8],
     ) -> Result<(), SpoolError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_write().map_err(storage)?;
         txn.open_table(GROUPS)
             .map_err(storage)?
             .insert((id.as_u128(), domain), raw)

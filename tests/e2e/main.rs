@@ -7,6 +7,7 @@ mod world;
 mod cli;
 mod crash;
 mod delivery;
+mod disk;
 mod http;
 mod knobs;
 mod protocol;
