@@ -53,7 +53,14 @@ pub struct Inner {
     pub greylist_window: Duration,
     /// The outbound STARTTLS policy, per destination.
     pub tls: crate::config::TlsConfig,
+    /// Outcomes submitted and not yet on disk, at most [`MAX_UNCOMMITTED`]: if the disk
+    /// stalls, workers stop instead of delivering on with nothing recorded (which a crash
+    /// would turn into that many duplicates).
+    pub uncommitted: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many delivery outcomes may wait for the spool at once.
+pub const MAX_UNCOMMITTED: usize = 1024;
 
 /// Deferrals on one connection after which it is closed rather than reused: receivers
 /// slow down and cut off error-heavy sessions.
@@ -240,6 +247,7 @@ impl Inner {
         // The outcome takes its place in the commit order now; the worker goes on to the
         // next message while it is written. The spool holds the old state until then, so a
         // crash in between means another attempt (at least once), never a lost message.
+        let permit = self.uncommitted.clone().acquire_owned().await;
         let told = self.commit_and_tell(&job.envelope, &updated, body);
         let held = Held {
             envelope: job.envelope,
@@ -247,7 +255,10 @@ impl Inner {
             body: None,
         };
         self.scheduler.done(held, job.destination, report);
-        tokio::spawn(told);
+        tokio::spawn(async move {
+            told.await;
+            drop(permit);
+        });
     }
 
     fn body(&self, envelope: &Envelope, body: Option<Bytes>) -> Result<Bytes, Observed> {

@@ -107,6 +107,7 @@ impl Engine {
             hostname: config.smtp.hostname.clone(),
             max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
             tls: config.tls.clone(),
+            uncommitted: Arc::new(tokio::sync::Semaphore::new(dispatch::MAX_UNCOMMITTED)),
         });
         let policy = Policy {
             providers: providers.clone(),
