@@ -683,6 +683,14 @@ path = "knock-data/events.jsonl"
         assert_eq!(c.retry.schedule, d.retry.schedule);
         assert_eq!(c.delivery.timeouts.data_done, d.delivery.timeouts.data_done);
         assert_eq!(c.spool.history, d.spool.history);
+        assert_eq!(c.spool.cache_size, d.spool.cache_size);
+        assert_eq!(c.smtp.data_timeout, d.smtp.data_timeout);
+        assert_eq!(c.smtp.client_limits, d.smtp.client_limits);
+        assert_eq!(
+            (c.tls.starttls, c.tls.outbound),
+            (d.tls.starttls, d.tls.outbound)
+        );
+        assert!(c.tls.destinations.is_empty() && c.smtp.credentials.is_none());
     }
 
     #[test]
@@ -701,6 +709,13 @@ path = "knock-data/events.jsonl"
             ("[retry]\nschedule = [\"5 parsecs\"]", "schedule"),
             ("[retry]\nschedule = []", "retry.schedule"),
             ("[retry]\nschedule = [\"0s\"]", "retry.schedule[0]"),
+            ("[tls]\noutbound = \"always\"", "outbound"),
+            ("[tls]\ncert = \"c.pem\"", "tls.cert and tls.key"),
+            (
+                "[smtp.client_limits]\nconnections = 0",
+                "smtp.client_limits.connections",
+            ),
+            ("[smtp.client_limits]\nmessages = \"lots\"", "messages"),
             (
                 "[routes]\n\"a.test\" = [\"bad host!\"]",
                 "routes.\"a.test\"[0]",
