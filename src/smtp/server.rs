@@ -448,9 +448,9 @@ impl<H: Handler> Conn<H> {
         let initial = match initial.as_str() {
             "" => None,
             "=" => Some(Vec::new()),
-            text => match BASE64.decode(text) {
+            text => match decode_sasl_response(text.as_bytes()) {
                 Ok(bytes) => Some(bytes),
-                Err(_) => return Ok(self.error(cannot_decode())),
+                Err(reply) => return Ok(self.error(reply)),
             },
         };
         let credentials = match mechanism {
@@ -496,13 +496,10 @@ impl<H: Handler> Conn<H> {
                 Err(sasl) => return Ok(sasl),
             },
         };
-        let mut parts = message.split(|b| *b == 0);
-        let (Some(_authzid), Some(user), Some(password), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Ok(Sasl::Refused(cannot_decode()));
-        };
-        Ok(sasl_done(user, password))
+        Ok(match decode_plain(&message) {
+            Ok((user, password)) => Sasl::Done(user, password),
+            Err(reply) => Sasl::Refused(reply),
+        })
     }
 
     /// The LOGIN mechanism: user name, then password, each asked for.
@@ -518,7 +515,10 @@ impl<H: Handler> Conn<H> {
             Ok(password) => password,
             Err(sasl) => return Ok(sasl),
         };
-        Ok(sasl_done(&user, &password))
+        Ok(match credentials(&user, &password) {
+            Ok((user, password)) => Sasl::Done(user, password),
+            Err(reply) => Sasl::Refused(reply),
+        })
     }
 
     /// Sends a 334 challenge and reads the client's base64 answer.
@@ -538,17 +538,7 @@ impl<H: Handler> Conn<H> {
             }
             Some(Line::Complete(line)) => line,
         };
-        let text = line.trim_ascii_end();
-        if text == b"*" {
-            return Ok(Err(Sasl::Refused(Reply::new(
-                501,
-                "5.7.0",
-                "Authentication aborted",
-            ))));
-        }
-        Ok(BASE64
-            .decode(text)
-            .map_err(|_| Sasl::Refused(cannot_decode())))
+        Ok(decode_sasl_response(&line).map_err(Sasl::Refused))
     }
 
     async fn data(&mut self) -> std::io::Result<Next> {
@@ -624,15 +614,64 @@ enum Sasl {
     Gone,
 }
 
-fn sasl_done(user: &[u8], password: &[u8]) -> Sasl {
+/// Decodes a client's SASL response line (RFC 4954): base64, or `*` to give up. Pure, so
+/// it can be fuzzed.
+pub fn decode_sasl_response(line: &[u8]) -> Result<Vec<u8>, Reply> {
+    let text = line.trim_ascii_end();
+    if text == b"*" {
+        return Err(Reply::new(501, "5.7.0", "Authentication aborted"));
+    }
+    BASE64.decode(text).map_err(|_| cannot_decode())
+}
+
+/// The user and password of a PLAIN message (RFC 4616: `authzid NUL user NUL password`;
+/// the authorization identity is not used). Pure, so it can be fuzzed.
+pub fn decode_plain(message: &[u8]) -> Result<(String, String), Reply> {
+    let mut parts = message.split(|b| *b == 0);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_authzid), Some(user), Some(password), None) => credentials(user, password),
+        _ => Err(cannot_decode()),
+    }
+}
+
+fn credentials(user: &[u8], password: &[u8]) -> Result<(String, String), Reply> {
     match (std::str::from_utf8(user), std::str::from_utf8(password)) {
         (Ok(user), Ok(password)) if !user.is_empty() => {
-            Sasl::Done(user.to_string(), password.to_string())
+            Ok((user.to_string(), password.to_string()))
         }
-        _ => Sasl::Refused(cannot_decode()),
+        _ => Err(cannot_decode()),
     }
 }
 
 fn cannot_decode() -> Reply {
     Reply::new(501, "5.5.2", "Cannot decode response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_plain_decoding_table() {
+        let code = |r: Result<(String, String), Reply>| match r {
+            Ok((user, password)) => format!("{user}/{password}"),
+            Err(reply) => format!("{} {}", reply.code, reply.enhanced.unwrap()),
+        };
+        let plain =
+            |line: &str| decode_sasl_response(line.as_bytes()).and_then(|m| decode_plain(&m));
+        let cases = [
+            ("AGFsaWNlAHdvbmRlcmxhbmQ=\r\n", "alice/wonderland"), // \0alice\0wonderland
+            ("YWRtaW4AYWxpY2UAd29uZGVybGFuZA==", "alice/wonderland"), // admin\0alice\0...
+            ("AGFsaWNlAA==", "alice/"),                           // empty password
+            ("AABwYXNz", "501 5.5.2"),                            // no user
+            ("YWxpY2U=", "501 5.5.2"),                            // no NULs
+            ("AGEAYgBj", "501 5.5.2"),                            // a NUL too many
+            ("AP8AeA==", "501 5.5.2"),                            // user not UTF-8
+            ("!!!", "501 5.5.2"),
+            ("*\r\n", "501 5.7.0"),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(code(plain(line)), expected, "{line:?}");
+        }
+    }
 }
