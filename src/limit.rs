@@ -41,7 +41,8 @@ impl Drop for Slot {
 fn keyed(rate: Option<Rate>) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
     let rate = rate?;
     let burst = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(rate.per / rate.count.max(1))?.allow_burst(burst);
+    let period = (rate.per / rate.count.max(1)).max(std::time::Duration::from_nanos(1));
+    let quota = Quota::with_period(period)?.allow_burst(burst);
     Some(RateLimiter::keyed(quota))
 }
 
