@@ -241,10 +241,11 @@ impl SmtpTransport {
             client.quit().await;
             return Err(Observed::Reply(greeting).into());
         }
-        self.hello(&mut client).await?;
-        if policy != Policy::Off
-            && let Err(failed) = self.starttls(&mut client, host, policy).await
-        {
+        let mut ready = self.hello(&mut client, host).await;
+        if ready.is_ok() && policy != Policy::Off {
+            ready = self.starttls(&mut client, host, policy).await;
+        }
+        if let Err(failed) = ready {
             client.quit().await;
             return Err(failed);
         }
@@ -254,11 +255,11 @@ impl SmtpTransport {
         })
     }
 
-    async fn hello(&self, client: &mut Client) -> Result<(), OpenFailed> {
+    async fn hello(&self, client: &mut Client, host: &str) -> Result<(), OpenFailed> {
         let hello = client
             .hello(&self.helo_name)
             .await
-            .map_err(|e| Observed::network(format!("{}: {e}", client.peer)))?;
+            .map_err(|e| Observed::network(format!("{host}: {e}")))?;
         if !hello.is_positive() {
             return Err(Observed::Reply(hello).into());
         }
@@ -287,7 +288,7 @@ impl SmtpTransport {
             };
         }
         match client.starttls(&self.connectors, policy, host).await {
-            Ok(Ok(())) => self.hello(client).await,
+            Ok(Ok(())) => self.hello(client, host).await,
             Ok(Err(refused)) if policy.requires_tls() => Err(tls_failure(
                 (4, 7, 4),
                 format!("TLS is required, but host {host} refused to start TLS: {refused}"),
