@@ -659,7 +659,7 @@ pub fn queued(m: NewMessage) -> Vec<Queued> {
     let envelope = Arc::new(m.envelope);
     m.groups
         .into_iter()
-        .map(|group| Queued::held(envelope.clone(), group, Some(m.body.clone())))
+        .filter_map(|group| Queued::held(envelope.clone(), group, Some(m.body.clone())))
         .collect()
 }
 

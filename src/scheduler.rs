@@ -41,53 +41,44 @@ pub struct Held {
     pub body: Option<Bytes>,
 }
 
-/// A group as it enters the queue: what the scheduler keeps of it, and what is held.
+/// A group as it enters the queue: what the scheduler keeps of it (as the spool's
+/// recovery reads it too), and what is held in memory, if anything.
 #[derive(Debug, Clone)]
 pub struct Queued {
-    pub id: MessageId,
-    pub domain: String,
-    pub received_at: Timestamp,
-    pub null_sender: bool,
-    /// Recipients not yet final, and how many of those have been deferred.
-    pub pending: u32,
-    pub deferred: u32,
-    /// When it is due; `None` when nothing is left to do.
-    pub due: Option<Timestamp>,
+    pub waiting: Waiting,
     pub held: Option<Held>,
 }
 
 impl Queued {
-    /// A group whose envelope and state are in hand (a new message, a DSN).
-    pub fn held(envelope: Arc<Envelope>, group: Group, body: Option<Bytes>) -> Queued {
+    /// A group whose envelope and state are in hand (a new message, a DSN); `None` when
+    /// nothing is left to deliver (every recipient suppressed).
+    pub fn held(envelope: Arc<Envelope>, group: Group, body: Option<Bytes>) -> Option<Queued> {
+        let next_attempt = group.next_attempt.filter(|_| !group.is_done())?;
         let (pending, deferred) = group.counts();
-        Queued {
-            id: envelope.id,
-            domain: group.domain.clone(),
-            received_at: envelope.received_at,
-            null_sender: envelope.is_null_sender(),
-            pending,
-            deferred,
-            due: group.next_attempt.filter(|_| !group.is_done()),
+        Some(Queued {
+            waiting: Waiting {
+                id: envelope.id,
+                domain: group.domain.clone(),
+                received_at: envelope.received_at,
+                null_sender: envelope.is_null_sender(),
+                pending,
+                deferred,
+                next_attempt,
+            },
             held: Some(Held {
                 envelope,
                 group,
                 body,
             }),
-        }
+        })
     }
 }
 
 impl From<Waiting> for Queued {
     /// A group recovered from the spool, which keeps its envelope and state.
-    fn from(w: Waiting) -> Queued {
+    fn from(waiting: Waiting) -> Queued {
         Queued {
-            id: w.id,
-            domain: w.domain,
-            received_at: w.received_at,
-            null_sender: w.null_sender,
-            pending: w.pending,
-            deferred: w.deferred,
-            due: Some(w.next_attempt),
+            waiting,
             held: None,
         }
     }
@@ -480,19 +471,18 @@ impl Scheduler {
     }
 
     fn insert(&mut self, q: Queued) {
-        let Some(due) = q.due else {
-            return;
-        };
-        let key = (q.id, self.intern(&q.domain));
+        let Queued { waiting: w, held } = q;
+        let due = w.next_attempt;
+        let key = (w.id, self.intern(&w.domain));
         self.due.insert((due, key.clone()));
         self.entries.insert(
             key,
             Entry {
-                held: q.held.map(Box::new),
-                received_at: q.received_at,
-                null_sender: q.null_sender,
-                pending: q.pending,
-                deferred: q.deferred,
+                held: held.map(Box::new),
+                received_at: w.received_at,
+                null_sender: w.null_sender,
+                pending: w.pending,
+                deferred: w.deferred,
                 due,
                 in_flight: false,
             },

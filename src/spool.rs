@@ -69,16 +69,18 @@ pub struct Recovered {
     pub set_aside: usize,
 }
 
-/// A group waiting in the spool, as the scheduler needs to know it: the envelope and
-/// recipients stay on disk until a worker reads them.
+/// A group waiting for delivery, as the scheduler needs to know it; the envelope and
+/// recipients stay on disk (or in a [`crate::scheduler::Held`]) until a worker needs them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waiting {
     pub id: MessageId,
     pub domain: String,
     pub received_at: Timestamp,
     pub null_sender: bool,
+    /// Recipients not yet final, and how many of those have been deferred.
     pub pending: u32,
     pub deferred: u32,
+    /// When the group is due.
     pub next_attempt: Timestamp,
 }
 
