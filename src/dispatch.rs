@@ -108,7 +108,8 @@ impl Dispatcher {
             };
             if let Some(held) = held {
                 let updated = inner.expire_waiting(&held.envelope, held.group, Timestamp::now());
-                inner.commit_and_tell(&held.envelope, &updated, None).await;
+                let (_, told) = inner.commit_and_tell(&held.envelope, updated, None);
+                told.await;
             }
             inner.scheduler.forget(id, domain);
         });
@@ -248,10 +249,10 @@ impl Inner {
         // next message while it is written. The spool holds the old state until then, so a
         // crash in between means another attempt (at least once), never a lost message.
         let permit = self.uncommitted.clone().acquire_owned().await;
-        let told = self.commit_and_tell(&job.envelope, &updated, body);
+        let (group, told) = self.commit_and_tell(&job.envelope, updated, body);
         let held = Held {
             envelope: job.envelope,
-            group: updated.group,
+            group,
             body: None,
         };
         self.scheduler.done(held, job.destination, report);
@@ -528,15 +529,16 @@ impl Inner {
 
     /// Commits the new state (with the DSN, in the same transaction), then writes the
     /// events and queues the DSN.
-    /// Submits the outcome to the spool (its DSN and suppressions with it) and returns what
-    /// follows the commit: events, the suppression cache, the DSN's queueing. Submission
-    /// happens before this returns, so outcomes of one group are written in order.
+    /// Submits the outcome to the spool (its DSN and suppressions with it) and returns the
+    /// group's new state and what follows the commit: events, the suppression cache, the
+    /// DSN's queueing. Submission happens before this returns, so outcomes of one group are
+    /// written in order.
     fn commit_and_tell(
         &self,
         envelope: &Envelope,
-        updated: &Updated,
+        updated: Updated,
         body: Option<Bytes>,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> (Group, impl Future<Output = ()> + Send + 'static) {
         let mut ops = vec![Op::Update {
             id: envelope.id,
             group: updated.group.clone(),
@@ -575,11 +577,11 @@ impl Inner {
             self.events.clone(),
             self.scheduler.clone(),
         );
-        let (id, told) = (envelope.id, updated.events.clone());
+        let (id, told) = (envelope.id, updated.events);
         // Still pending: once on disk, the scheduler may let go of its memory copy.
         let pending = (!updated.group.is_done())
             .then(|| (updated.group.domain.clone(), updated.group.attempts()));
-        async move {
+        let told = async move {
             match committing.await {
                 Ok(()) => {
                     for (address, entry) in hard {
@@ -600,7 +602,8 @@ impl Inner {
                 emit_processed(&events, &b).await;
                 scheduler.enqueue(queued(b));
             }
-        }
+        };
+        (updated.group, told)
     }
 }
 
