@@ -17,6 +17,27 @@ fn knock(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `knock` with `stdin` on its standard input.
+fn knock_with_stdin(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
+        .args(args)
+        .env_remove("KNOCK_API")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn send_then_queue_and_show() {
     let w = World::new(&["1h"], "2h");
@@ -164,23 +185,12 @@ fn classify_prints_class_and_disposition() {
         vec![vec!["greylist", "transient"], vec!["hard", "permanent"]]
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
-        .args(["classify", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"421 4.7.0 mx.test Error: too many connections from 192.0.2.1\n250 2.0.0 Ok\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let (ok, out, _) = knock_with_stdin(
+        &["classify", "--json"],
+        b"421 4.7.0 mx.test Error: too many connections from 192.0.2.1\n250 2.0.0 Ok\n",
+    );
+    assert!(ok);
+    let rows: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -216,25 +226,7 @@ fn classify_prints_class_and_disposition() {
 
 #[test]
 fn passwd_prints_a_line_the_credentials_file_takes() {
-    use std::io::Write;
-    let run = |user: &str, stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
-            .args(["passwd", user])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-        (out.status.success(), text(out.stdout), text(out.stderr))
-    };
+    let run = |user: &str, stdin: &str| knock_with_stdin(&["passwd", user], stdin.as_bytes());
     let (ok, line, err) = run("alice", "wonderland\n");
     assert!(ok, "{err}");
     assert!(line.starts_with("alice:$argon2id$"), "{line}");

@@ -47,7 +47,7 @@ async fn delivered_with_body_intact_and_a_full_event() {
         "dot-stuffing must round-trip: {text:?}"
     );
 
-    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    let id = queued_id(&replies[0]);
     let (status, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(m["recipients"][0]["state"], "delivered");
@@ -365,7 +365,7 @@ async fn deferred_mail_survives_a_restart_with_its_attempt_count() {
         b"Subject: later\r\n\r\nx\r\n",
     )
     .await;
-    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    let id = queued_id(&replies[0]);
     let deferred = w.wait_event(T, is("deferred", "a@rx.test")).await;
     assert_eq!(
         (deferred["attempt"].as_u64(), deferred["class"].as_str()),
@@ -475,19 +475,7 @@ async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
     )
     .await;
     assert!(refused[0].starts_with("452 4.3.1"), "{refused:?}");
-    let (status, json) = http_post(
-        &engine,
-        "/api/v1/messages",
-        r#"{"from": "s@tx.test", "to": ["during@rx.test"], "subject": "s", "text": "t"}"#,
-    )
-    .await;
-    assert_eq!(status, 507, "{json}");
-    assert!(
-        json["error"]
-            .as_str()
-            .unwrap()
-            .contains("nothing was accepted")
-    );
+    assert_http_refuses_for_storage(&engine).await;
 
     // Space returns: new mail is taken again, and the old message is delivered.
     spool.full.store(false, std::sync::atomic::Ordering::SeqCst);

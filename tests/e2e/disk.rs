@@ -67,7 +67,7 @@ async fn a_real_full_disk_refuses_new_mail_and_recovers_when_space_returns() {
 
     let first = send(&engine, "before@rx.test", b"Subject: 1\r\n\r\nx\r\n").await;
     assert!(first.starts_with("250"), "{first}");
-    let id = first.rsplit(' ').next().unwrap().to_string();
+    let id = queued_id(&first);
     w.wait_event(T, is("deferred", "before@rx.test")).await;
 
     // The disk fills up (someone else's file), and knock's next writes fail.
@@ -88,13 +88,7 @@ async fn a_real_full_disk_refuses_new_mail_and_recovers_when_space_returns() {
     }
     let refused = refused.expect("a full disk must refuse something");
     assert!(refused.starts_with("452 4.3.1"), "{refused}");
-    let (status, json) = http_post(
-        &engine,
-        "/api/v1/messages",
-        r#"{"from": "s@tx.test", "to": ["during@rx.test"], "subject": "s", "text": "t"}"#,
-    )
-    .await;
-    assert_eq!(status, 507, "{json}");
+    assert_http_refuses_for_storage(&engine).await;
 
     // Room again: knock takes mail without a restart, and the old message was kept.
     std::fs::remove_file(&filler).unwrap();

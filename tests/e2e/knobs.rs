@@ -385,7 +385,7 @@ async fn hard_bounces_are_suppressed_and_the_list_can_be_edited() {
         b"Subject: 2\r\n\r\nx\r\n",
     )
     .await;
-    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    let id = queued_id(&replies[0]);
     w.wait_event(t, is("suppressed", "Unknown@rx.test")).await;
     w.wait_event(t, is("delivered", "ok@rx.test")).await;
     assert_eq!(rx.received().last().unwrap().rcpts, vec!["ok@rx.test"]);

@@ -163,7 +163,7 @@ async fn pipelined_commands_are_answered_in_order() {
     let queued = s.reply().await;
     assert!(queued.starts_with("250 2.0.0 Ok: queued as "), "{queued}");
     assert_eq!(code(&s.reply().await), "221 2.0.0");
-    let id = queued.trim_end().rsplit(' ').next().unwrap();
+    let id = queued_id(&queued);
     let (status, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
     assert_eq!(
         status, 200,

@@ -109,7 +109,7 @@ async fn outbound_tls_is_opportunistic_and_recorded_on_the_attempt() {
         b"Subject: t\r\n\r\nx\r\n",
     )
     .await;
-    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    let id = queued_id(&replies[0]);
 
     let over_tls = w.wait_event(WAIT, is("delivered", "a@tls.test")).await;
     let tls = over_tls["tls"].as_str().unwrap();
@@ -183,7 +183,7 @@ async fn the_verify_policy_delivers_only_to_a_certificate_valid_for_the_mx() {
         b"Subject: t\r\n\r\nx\r\n",
     )
     .await;
-    let id = replies[0].rsplit(' ').next().unwrap().to_string();
+    let id = queued_id(&replies[0]);
     let ok = w.wait_event(WAIT, is("delivered", "a@good.test")).await;
     assert!(ok["tls"].as_str().unwrap().ends_with(" verified"), "{ok}");
     let refused = w.wait_event(WAIT, is("deferred", "b@bad.test")).await;

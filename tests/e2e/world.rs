@@ -157,6 +157,29 @@ pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]
         .collect()
 }
 
+/// The queue id in `250 2.0.0 Ok: queued as <id>`.
+pub fn queued_id(reply: &str) -> String {
+    reply.trim_end().rsplit(' ').next().unwrap().to_string()
+}
+
+/// New mail is refused over HTTP because the spool cannot store it.
+pub async fn assert_http_refuses_for_storage(engine: &Engine) {
+    let (status, json) = http_post(
+        engine,
+        "/api/v1/messages",
+        r#"{"from": "s@tx.test", "to": ["during@rx.test"], "subject": "s", "text": "t"}"#,
+    )
+    .await;
+    assert_eq!(status, 507, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was accepted"),
+        "{json}"
+    );
+}
+
 /// A line-by-line SMTP conversation for protocol tests, in plaintext or over TLS.
 pub struct Raw {
     stream: BufReader<Stream>,
