@@ -2,10 +2,10 @@
 //! `cargo bench --bench hot`; figures in docs/benchmarks.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use knock::classify::Classifier;
+use knock::policy::classify::Classifier;
+use knock::policy::schedule::Schedule;
+use knock::policy::shaping::{Limits, Report, Shaping, Tuning};
 use knock::reply::Reply;
-use knock::schedule::Schedule;
-use knock::shaping::{Limits, Report, Shaping, Tuning};
 use knock::time::Timestamp;
 use std::hint::black_box;
 use std::time::Duration;
@@ -36,12 +36,12 @@ fn smtp(c: &mut Criterion) {
             }
         })
     });
-    let body = knock::bench::make_message("a@b.test", "c@d.test", 5 * 1024, 1);
+    let body = knock::tools::bench::make_message("a@b.test", "c@d.test", 5 * 1024, 1);
     let mut out = Vec::with_capacity(6 * 1024);
     c.bench_function("smtp: dot-stuff a 5 KiB message", |b| {
         b.iter(|| {
             out.clear();
-            knock::smtp::dot_stuff(black_box(&body), &mut out);
+            knock::net::smtp::dot_stuff(black_box(&body), &mut out);
         })
     });
 }

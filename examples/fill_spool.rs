@@ -6,10 +6,10 @@
 //! cargo run --release --example fill_spool -- DIR COUNT [DOMAINS] [BODY_BYTES]
 //! ```
 
+use knock::engine::spool::{Op, RedbSpool, Spool};
 use knock::message::{Attempt, Envelope, Group, NewMessage, Recipient, State, new_id};
 use knock::outcome::Class;
 use knock::reply::Enhanced;
-use knock::spool::{Op, RedbSpool, Spool};
 use knock::time::Timestamp;
 use std::time::{Duration, Instant};
 

@@ -34,7 +34,7 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Providers of the operator's own, in front of the shipped table.
     #[serde(rename = "provider")]
-    pub providers: Vec<crate::provider::ProviderDef>,
+    pub providers: Vec<crate::policy::provider::ProviderDef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,34 +84,10 @@ pub struct AdaptConfig {
 
 impl Default for AdaptConfig {
     fn default() -> Self {
-        let t = crate::shaping::Tuning::default();
         Self {
-            throttle_pause: t.throttle_pause,
-            outage_backoff: t.outage_initial,
-            outage_backoff_max: t.outage_max,
-        }
-    }
-}
-
-impl Config {
-    /// The shaping of `provider`: its own table, else `"*"`, else `[delivery]`.
-    pub fn shaping_for(&self, provider: &str) -> crate::shaping::Limits {
-        let own = self.shaping.get(provider).or_else(|| self.shaping.get("*"));
-        let pick = |f: fn(&ShapingConfig) -> Option<usize>| own.and_then(f);
-        crate::shaping::Limits {
-            rate: own.and_then(|s| s.rate),
-            max_connections: pick(|s| s.max_connections).unwrap_or(self.delivery.max_connections),
-            messages_per_connection: pick(|s| s.messages_per_connection)
-                .unwrap_or(self.delivery.messages_per_connection),
-        }
-    }
-
-    pub fn tuning(&self) -> crate::shaping::Tuning {
-        crate::shaping::Tuning {
-            throttle_pause: self.adapt.throttle_pause,
-            outage_initial: self.adapt.outage_backoff,
-            outage_max: self.adapt.outage_backoff_max.max(self.adapt.outage_backoff),
-            ..Default::default()
+            throttle_pause: Duration::from_millis(200),
+            outage_backoff: Duration::from_secs(30),
+            outage_backoff_max: Duration::from_secs(600),
         }
     }
 }
@@ -121,15 +97,6 @@ impl Config {
 pub struct ClassifyConfig {
     /// The operator's own rules (TOML, as `data/classify.toml`), read before the shipped ones.
     pub rules: Option<PathBuf>,
-}
-
-impl ClassifyConfig {
-    pub fn classifier(&self) -> anyhow::Result<crate::classify::Classifier> {
-        match &self.rules {
-            Some(path) => crate::classify::Classifier::with_file(path),
-            None => Ok(crate::classify::Classifier::default()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,11 +160,11 @@ pub struct TlsConfig {
     /// Offer STARTTLS to inbound clients.
     pub starttls: bool,
     /// Outbound STARTTLS for destinations not listed below.
-    pub outbound: crate::tls::Policy,
+    pub outbound: crate::net::tls::Policy,
     /// More trusted roots (PEM) for the `verify` policy, beside the Mozilla set.
     pub ca_file: Option<PathBuf>,
     /// Outbound policy by recipient domain or provider name (the domain wins).
-    pub destinations: BTreeMap<String, crate::tls::Policy>,
+    pub destinations: BTreeMap<String, crate::net::tls::Policy>,
 }
 
 impl Default for TlsConfig {
@@ -206,7 +173,7 @@ impl Default for TlsConfig {
             cert: None,
             key: None,
             starttls: true,
-            outbound: crate::tls::Policy::Opportunistic,
+            outbound: crate::net::tls::Policy::Opportunistic,
             ca_file: None,
             destinations: BTreeMap::new(),
         }
@@ -215,7 +182,7 @@ impl Default for TlsConfig {
 
 impl TlsConfig {
     /// The outbound policy for mail to `domain` at `provider`.
-    pub fn policy_for(&self, domain: &str, provider: &str) -> crate::tls::Policy {
+    pub fn policy_for(&self, domain: &str, provider: &str) -> crate::net::tls::Policy {
         self.destinations
             .get(domain)
             .or_else(|| self.destinations.get(provider))
@@ -310,6 +277,10 @@ impl std::fmt::Debug for HttpConfig {
     }
 }
 
+/// The spool's page cache when none is configured (`[spool] cache_size`); redb's own
+/// default is 1 GiB, which a large spool fills and keeps resident.
+pub const DEFAULT_SPOOL_CACHE: u64 = 128 * 1024 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
@@ -327,7 +298,7 @@ impl Default for SpoolConfig {
         Self {
             path: "knock-data".into(),
             history: Duration::from_secs(24 * 3600),
-            cache_size: crate::spool::DEFAULT_CACHE,
+            cache_size: DEFAULT_SPOOL_CACHE,
         }
     }
 }

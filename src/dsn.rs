@@ -195,7 +195,7 @@ mod tests {
         .unwrap();
         let failed = [Failure {
             recipient: "nobody@b.test".into(),
-            outcome: crate::classify::Classifier::default().reply(&reply),
+            outcome: crate::policy::classify::Classifier::default().reply(&reply),
             mx: Some("mx.b.test".into()),
             state: State::Bounced,
         }];
@@ -236,7 +236,7 @@ mod tests {
     fn no_dsn_to_the_null_sender() {
         let failed = [Failure {
             recipient: "x@b.test".into(),
-            outcome: crate::classify::Classifier::default()
+            outcome: crate::policy::classify::Classifier::default()
                 .outcome(&crate::outcome::Observed::network("down")),
             mx: None,
             state: State::Expired,

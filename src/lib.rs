@@ -40,34 +40,18 @@
 //! | [`time`] | timestamps as persisted and shown |
 
 pub mod address;
-pub mod api;
-pub mod auth;
-pub mod bench;
-pub mod classify;
-pub mod client;
 pub mod config;
-pub mod diagnose;
-pub mod dispatch;
 pub mod dsn;
 pub mod engine;
 pub mod event;
-pub mod ingest;
-pub mod limit;
 pub mod message;
+pub mod net;
 pub mod outcome;
-pub mod provider;
+pub mod policy;
 pub mod reply;
-pub mod resolve;
-pub mod schedule;
-pub mod scheduler;
-pub mod shaping;
-pub mod sink;
-pub mod smtp;
-pub mod spool;
-pub mod suppress;
+pub mod surface;
 pub mod time;
-pub mod tls;
-pub mod transport;
+pub mod tools;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once at start-up and in
 /// test helpers: the HTTP client panics without one.

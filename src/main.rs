@@ -4,10 +4,12 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use knock::api::SendRequest;
-use knock::client::{ApiClient, api_base, format_destinations, format_message, format_queue};
 use knock::config::{Config, Rate};
-use knock::smtp::server::EhloMode;
+use knock::net::smtp::server::EhloMode;
+use knock::surface::api::SendRequest;
+use knock::surface::client::{
+    ApiClient, api_base, format_destinations, format_message, format_queue,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -262,7 +264,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             replies,
         } => classify(rules, json, replies),
         Command::Bench(args) => {
-            let report = knock::bench::run(knock::bench::BenchConfig {
+            let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
                 target: args.smtp,
                 count: args.count,
                 size: args.size.as_u64() as usize,
@@ -282,7 +284,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 fn classify(rules: Option<PathBuf>, json: bool, replies: Vec<String>) -> anyhow::Result<()> {
     use std::io::BufRead;
-    let classifier = knock::config::ClassifyConfig { rules }.classifier()?;
+    let classifier =
+        knock::policy::classify::Classifier::from_config(&knock::config::ClassifyConfig { rules })?;
     let lines: Box<dyn Iterator<Item = std::io::Result<String>>> = if replies.is_empty() {
         Box::new(std::io::stdin().lock().lines())
     } else {
@@ -354,7 +357,7 @@ fn passwd(user: &str) -> anyhow::Result<()> {
     if password.is_empty() {
         anyhow::bail!("no password on stdin");
     }
-    println!("{user}:{}", knock::auth::hash_password(password)?);
+    println!("{user}:{}", knock::net::auth::hash_password(password)?);
     Ok(())
 }
 
@@ -363,7 +366,7 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
         anyhow::bail!("--defer-share: must be between 0 and 1");
     }
     let sink = Arc::new(
-        knock::sink::Sink::start(knock::sink::SinkConfig {
+        knock::tools::sink::Sink::start(knock::tools::sink::SinkConfig {
             listen: args.listen,
             hostname: args.hostname,
             save_dir: args.save,
@@ -391,7 +394,7 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("--stats: cannot listen on {addr}"))?;
         eprintln!("stats at http://{}/stats", listener.local_addr()?);
-        let app = knock::sink::stats_router(sink.clone());
+        let app = knock::tools::sink::stats_router(sink.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

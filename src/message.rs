@@ -85,7 +85,7 @@ pub struct Attempt {
     pub class: Option<Class>,
     /// The TLS the session ran over; absent in plaintext or when no session was had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::TlsInfo>,
+    pub tls: Option<crate::net::tls::TlsInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 
 use knock::address::Address;
 use knock::reply::Reply;
-use knock::smtp::server::{decode_plain, decode_sasl_response, parse_command};
+use knock::net::smtp::server::{decode_plain, decode_sasl_response, parse_command};
 use libfuzzer_sys::fuzz_target;
 
 fn well_formed(reply: Reply) {

@@ -2,7 +2,7 @@
 //! a parsed reply survives being written and read again.
 #![no_main]
 
-use knock::classify::Classifier;
+use knock::policy::classify::Classifier;
 use knock::reply::Reply;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let classifier = CLASSIFIER.get_or_init(Classifier::default);
     let _ = classifier.reply(&reply);
-    let _ = knock::classify::stated_delay(&reply.text);
+    let _ = knock::policy::classify::stated_delay(&reply.text);
     let mut out = Vec::new();
     reply.write_to(&mut out);
     // Invalid UTF-8 comes back as U+FFFD, three bytes each: the written reply can outgrow

@@ -1,7 +1,7 @@
 //! The client subcommands against a running engine, as a user runs them.
 
 use crate::world::*;
-use knock::resolve::StaticResolver;
+use knock::net::resolve::StaticResolver;
 use std::process::Command;
 
 fn knock(args: &[&str]) -> (bool, String, String) {
@@ -234,7 +234,7 @@ fn passwd_prints_a_line_the_credentials_file_takes() {
         !line.contains("wonderland"),
         "the password itself is not printed"
     );
-    let users = knock::auth::Credentials::parse(&line).unwrap();
+    let users = knock::net::auth::Credentials::parse(&line).unwrap();
     assert!(users.verify("alice", "wonderland"));
     let (ok, _, err) = run("bad:name", "x\n");
     assert!(!ok && err.contains("user:"), "{err}");

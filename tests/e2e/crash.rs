@@ -2,7 +2,7 @@
 //! every message that got a 250 is delivered at least once.
 
 use crate::world::*;
-use knock::smtp::client::Client;
+use knock::net::smtp::client::Client;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -90,7 +90,7 @@ async fn write_config(dir: &std::path::Path, rx: SocketAddr) -> (std::path::Path
 }
 
 /// How many times each numbered message reached the receiver.
-fn delivered_counts(rx: &knock::sink::Sink) -> HashMap<usize, usize> {
+fn delivered_counts(rx: &knock::tools::sink::Sink) -> HashMap<usize, usize> {
     let mut seen: HashMap<usize, usize> = HashMap::new();
     for m in rx.received() {
         if let Some(n) = number(&m.body) {

@@ -2,8 +2,8 @@
 //! DNS outcomes, next MX, connection reuse, and carrying on after a restart.
 
 use crate::world::*;
-use knock::resolve::{DnsError, StaticResolver};
-use knock::sink::SinkConfig;
+use knock::net::resolve::{DnsError, StaticResolver};
+use knock::tools::sink::SinkConfig;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
@@ -392,42 +392,50 @@ async fn deferred_mail_survives_a_restart_with_its_attempt_count() {
 
 /// A spool whose new-message writes can be made to fail, as on a full disk.
 struct FaultySpool {
-    inner: knock::spool::RedbSpool,
+    inner: knock::engine::spool::RedbSpool,
     full: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
-impl knock::spool::Spool for FaultySpool {
-    fn submit(&self, ops: Vec<knock::spool::Op>) -> knock::spool::Committing {
-        let stores = ops.iter().any(|o| matches!(o, knock::spool::Op::Store(_)));
+impl knock::engine::spool::Spool for FaultySpool {
+    fn submit(&self, ops: Vec<knock::engine::spool::Op>) -> knock::engine::spool::Committing {
+        let stores = ops
+            .iter()
+            .any(|o| matches!(o, knock::engine::spool::Op::Store(_)));
         if stores && self.full.load(std::sync::atomic::Ordering::SeqCst) {
-            return Box::pin(std::future::ready(Err(knock::spool::SpoolError::Storage(
-                "No space left on device (os error 28)".into(),
-            ))));
+            return Box::pin(std::future::ready(Err(
+                knock::engine::spool::SpoolError::Storage(
+                    "No space left on device (os error 28)".into(),
+                ),
+            )));
         }
         self.inner.submit(ops)
     }
     fn body(
         &self,
         id: knock::message::MessageId,
-    ) -> Result<Option<bytes::Bytes>, knock::spool::SpoolError> {
+    ) -> Result<Option<bytes::Bytes>, knock::engine::spool::SpoolError> {
         self.inner.body(id)
     }
     fn record(
         &self,
         id: knock::message::MessageId,
-    ) -> Result<Option<knock::spool::Record>, knock::spool::SpoolError> {
+    ) -> Result<Option<knock::engine::spool::Record>, knock::engine::spool::SpoolError> {
         self.inner.record(id)
     }
-    fn recover(&self) -> Result<knock::spool::Recovered, knock::spool::SpoolError> {
+    fn recover(&self) -> Result<knock::engine::spool::Recovered, knock::engine::spool::SpoolError> {
         self.inner.recover()
     }
-    fn purge(&self, before: knock::time::Timestamp) -> Result<usize, knock::spool::SpoolError> {
+    fn purge(
+        &self,
+        before: knock::time::Timestamp,
+    ) -> Result<usize, knock::engine::spool::SpoolError> {
         self.inner.purge(before)
     }
     fn suppressions(
         &self,
-    ) -> Result<Vec<(String, knock::suppress::Suppression)>, knock::spool::SpoolError> {
+    ) -> Result<Vec<(String, knock::policy::suppress::Suppression)>, knock::engine::spool::SpoolError>
+    {
         self.inner.suppressions()
     }
 }
@@ -438,15 +446,15 @@ async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
     w.config.adapt.outage_backoff = Duration::from_millis(300);
     let addr = dead_addr().await;
     let spool = std::sync::Arc::new(FaultySpool {
-        inner: knock::spool::RedbSpool::open(&w.config.spool.path).unwrap(),
+        inner: knock::engine::spool::RedbSpool::open(&w.config.spool.path).unwrap(),
         full: false.into(),
     });
-    let transport = knock::transport::SmtpTransport::new(
+    let transport = knock::net::transport::SmtpTransport::new(
         std::sync::Arc::new(route(StaticResolver::new(), "rx.test", addr)),
         &w.config.routes,
         w.config.delivery.clone(),
         "knock.test".into(),
-        knock::tls::Connectors::new(None).unwrap(),
+        knock::net::tls::Connectors::new(None).unwrap(),
     );
     let engine = knock::engine::Engine::start_parts(
         w.config.clone(),

@@ -2,8 +2,8 @@
 //! Needs root (to mount); the CI runs as root. Not run elsewhere, and says so.
 
 use crate::world::*;
-use knock::resolve::StaticResolver;
-use knock::sink::SinkConfig;
+use knock::net::resolve::StaticResolver;
+use knock::tools::sink::SinkConfig;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The HTTP API: injection, errors that name the field, message state.
 
 use crate::world::*;
-use knock::resolve::StaticResolver;
+use knock::net::resolve::StaticResolver;
 use std::time::Duration;
 
 #[tokio::test]
@@ -209,14 +209,15 @@ async fn untrusted_clients_need_a_bearer_token() {
     let (status, _) = http_get(&engine, "/api/v1/health").await;
     assert_eq!(status, 200, "the health check needs no token");
 
-    let client = knock::client::ApiClient::new(
+    let client = knock::surface::client::ApiClient::new(
         format!("http://{}", engine.http_addr),
         Some("a-long-enough-token-1"),
     )
     .unwrap();
     assert!(client.queue().await.is_ok());
     let anonymous =
-        knock::client::ApiClient::new(format!("http://{}", engine.http_addr), None).unwrap();
+        knock::surface::client::ApiClient::new(format!("http://{}", engine.http_addr), None)
+            .unwrap();
     let err = anonymous.queue().await.unwrap_err().to_string();
     assert!(err.contains("401"), "{err}");
     engine.shutdown().await;

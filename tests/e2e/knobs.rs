@@ -4,8 +4,8 @@
 
 use crate::world::*;
 use knock::config::Rate;
-use knock::resolve::StaticResolver;
-use knock::sink::SinkConfig;
+use knock::net::resolve::StaticResolver;
+use knock::tools::sink::SinkConfig;
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +21,7 @@ fn secs(from: SystemTime, to: SystemTime) -> f64 {
 
 /// Injects `n` messages to `to@rx.test`... over SMTP, `sessions` at a time.
 async fn inject(engine: &knock::engine::Engine, n: usize, to: &str) {
-    let report = knock::bench::run(knock::bench::BenchConfig {
+    let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
         target: engine.smtp_addr,
         count: n,
         size: 1024,

@@ -3,7 +3,7 @@
 
 use crate::world::*;
 use knock::engine::Engine;
-use knock::resolve::StaticResolver;
+use knock::net::resolve::StaticResolver;
 use std::time::Duration;
 
 async fn engine_with(edit: impl FnOnce(&mut knock::config::Config)) -> (World, Engine) {

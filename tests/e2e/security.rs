@@ -2,8 +2,8 @@
 //! policy, AUTH over TLS only, the relay rule, and per-client limits.
 
 use crate::world::*;
-use knock::resolve::StaticResolver;
-use knock::sink::SinkConfig;
+use knock::net::resolve::StaticResolver;
+use knock::tools::sink::SinkConfig;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ async fn starttls_works_out_of_the_box_and_the_certificate_is_kept() {
     let body = String::from_utf8(rx.received()[0].body.clone()).unwrap();
     assert!(body.contains("with ESMTPS id"), "{body}");
     assert!(body.contains("(using TLSv1.3 with cipher"), "{body}");
-    let (cert, key) = knock::tls::self_signed_paths(&w.config.spool.path);
+    let (cert, key) = knock::net::tls::self_signed_paths(&w.config.spool.path);
     assert!(
         cert.exists() && key.exists(),
         "the self-signed pair is kept with the spool"
@@ -67,7 +67,7 @@ async fn pipelined_commands_after_starttls_are_discarded() {
     s.send(b"STARTTLS\r\nMAIL FROM:<evil@attacker.test>\r\n")
         .await;
     assert!(s.reply().await.starts_with("220 "));
-    let connectors = knock::tls::Connectors::new(None).unwrap();
+    let connectors = knock::net::tls::Connectors::new(None).unwrap();
     s.upgrade(&connectors).await;
     // The injected MAIL was not taken: the session starts over and needs EHLO.
     assert!(
@@ -84,7 +84,7 @@ async fn outbound_tls_is_opportunistic_and_recorded_on_the_attempt() {
     w.config
         .tls
         .destinations
-        .insert("strict.test".into(), knock::tls::Policy::Require);
+        .insert("strict.test".into(), knock::net::tls::Policy::Require);
     let tls_rx = sink(SinkConfig {
         tls: true,
         ..Default::default()
@@ -168,7 +168,7 @@ async fn the_verify_policy_delivers_only_to_a_certificate_valid_for_the_mx() {
     .await;
 
     let mut w = World::new(&["300ms"], "1h");
-    w.config.tls.outbound = knock::tls::Policy::Verify;
+    w.config.tls.outbound = knock::net::tls::Policy::Verify;
     w.config.tls.ca_file = Some(cert);
     let resolver = route(
         route(StaticResolver::new(), "good.test", good.addr),
@@ -199,13 +199,13 @@ async fn the_verify_policy_delivers_only_to_a_certificate_valid_for_the_mx() {
 }
 
 /// An engine whose SMTP clients on loopback are not trusted, with one user, alice.
-async fn engine_with_users() -> (World, knock::engine::Engine, knock::sink::Sink) {
+async fn engine_with_users() -> (World, knock::engine::Engine, knock::tools::sink::Sink) {
     let mut w = World::new(&["1s"], "1h");
     let rx = plain_sink().await;
     let credentials = w.config.spool.path.with_file_name("users");
     let line = format!(
         "alice:{}\n",
-        knock::auth::hash_password("wonderland").unwrap()
+        knock::net::auth::hash_password("wonderland").unwrap()
     );
     std::fs::write(&credentials, line).unwrap();
     w.config.smtp.credentials = Some(credentials);

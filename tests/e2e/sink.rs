@@ -2,9 +2,9 @@
 
 use crate::world::*;
 use knock::config::Rate;
-use knock::resolve::StaticResolver;
-use knock::sink::SinkConfig;
-use knock::smtp::server::EhloMode;
+use knock::net::resolve::StaticResolver;
+use knock::net::smtp::server::EhloMode;
+use knock::tools::sink::SinkConfig;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,8 +147,8 @@ async fn bench_reports_accepted_and_delivered() {
     let rx = Arc::new(plain_sink().await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stats_addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, knock::sink::stats_router(rx.clone())).into_future());
-    let report = knock::bench::run(knock::bench::BenchConfig {
+    tokio::spawn(axum::serve(listener, knock::tools::sink::stats_router(rx.clone())).into_future());
+    let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
         target: rx.addr,
         count: 200,
         size: 2048,

@@ -2,9 +2,9 @@
 
 use knock::config::Config;
 use knock::engine::Engine;
-use knock::resolve::StaticResolver;
-use knock::sink::{Sink, SinkConfig};
-use knock::tls::{Policy, Stream};
+use knock::net::resolve::StaticResolver;
+use knock::net::tls::{Policy, Stream};
+use knock::tools::sink::{Sink, SinkConfig};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ pub async fn dead_addr() -> SocketAddr {
 /// Sends one message over SMTP the way a client program would; returns the final reply.
 pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]) -> Vec<String> {
     let timeouts = knock::config::TimeoutConfig::default();
-    let mut c = knock::smtp::client::Client::connect(addr, &timeouts)
+    let mut c = knock::net::smtp::client::Client::connect(addr, &timeouts)
         .await
         .unwrap();
     c.read_greeting().await.unwrap();
@@ -199,13 +199,13 @@ impl Raw {
     pub async fn starttls(&mut self) -> String {
         let reply = self.cmd("STARTTLS").await;
         assert!(reply.starts_with("220 "), "{reply}");
-        self.upgrade(&knock::tls::Connectors::new(None).unwrap())
+        self.upgrade(&knock::net::tls::Connectors::new(None).unwrap())
             .await;
         reply
     }
 
     /// The TLS handshake, once the server has said 220 to STARTTLS.
-    pub async fn upgrade(&mut self, connectors: &knock::tls::Connectors) {
+    pub async fn upgrade(&mut self, connectors: &knock::net::tls::Connectors) {
         assert!(
             self.stream.buffer().is_empty(),
             "nothing may follow the 220"

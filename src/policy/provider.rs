@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-pub const SHIPPED_PROVIDERS: &str = include_str!("../data/providers.toml");
+pub const SHIPPED_PROVIDERS: &str = include_str!("../../data/providers.toml");
 
 /// One provider: a name, the domains known to be hosted there, and MX host suffixes.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -1,9 +1,9 @@
 //! The suppression list: addresses that bounced hard. Later mail to them is marked
 //! `suppressed` at acceptance (with an event) and never sent, which protects the sender's
 //! reputation. Mail from the null sender (DSNs) is never suppressed. The list is kept in the
-//! spool; this is its in-memory copy, read on every acceptance.
+//! spool (the engine writes it there, then here); this is its in-memory copy, read on every
+//! acceptance.
 
-use crate::spool::{Op, Spool, SpoolError};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -57,36 +57,6 @@ impl Suppressions {
             .expect("suppressions lock")
             .remove(&key(address))
             .is_some()
-    }
-
-    /// Puts `address` on the list, durably.
-    pub async fn add(
-        &self,
-        spool: &dyn Spool,
-        address: &str,
-        s: Suppression,
-    ) -> Result<(), SpoolError> {
-        spool
-            .commit(vec![Op::Suppress {
-                address: key(address),
-                entry: s.clone(),
-            }])
-            .await?;
-        self.insert(address, s);
-        Ok(())
-    }
-
-    /// Takes `address` off the list, durably; `false` when it was not on it.
-    pub async fn delete(&self, spool: &dyn Spool, address: &str) -> Result<bool, SpoolError> {
-        if !self.contains(address) {
-            return Ok(false);
-        }
-        spool
-            .commit(vec![Op::Unsuppress {
-                address: key(address),
-            }])
-            .await?;
-        Ok(self.remove(address))
     }
 
     pub fn list(&self) -> Vec<(String, Suppression)> {

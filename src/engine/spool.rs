@@ -55,7 +55,7 @@ pub enum Op {
     /// An address goes on the suppression list.
     Suppress {
         address: String,
-        entry: crate::suppress::Suppression,
+        entry: crate::policy::suppress::Suppression,
     },
     /// An address comes off the suppression list.
     Unsuppress { address: String },
@@ -70,7 +70,7 @@ pub struct Recovered {
 }
 
 /// A group waiting for delivery, as the scheduler needs to know it; the envelope and
-/// recipients stay on disk (or in a [`crate::scheduler::Held`]) until a worker needs them.
+/// recipients stay on disk (or in the scheduler's memory) until a worker needs them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waiting {
     pub id: MessageId,
@@ -104,7 +104,9 @@ pub trait Spool: Send + Sync + 'static {
     /// Forgets finished messages that finished before `before`; returns how many.
     fn purge(&self, before: Timestamp) -> Result<usize, SpoolError>;
     /// The suppression list as stored.
-    fn suppressions(&self) -> Result<Vec<(String, crate::suppress::Suppression)>, SpoolError>;
+    fn suppressions(
+        &self,
+    ) -> Result<Vec<(String, crate::policy::suppress::Suppression)>, SpoolError>;
 }
 
 /// A submitted commit: resolves once it is on disk, or failed.
@@ -121,9 +123,7 @@ pub struct RedbSpool {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// The page cache when none is configured (`[spool] cache_size`); redb's own default is
-/// 1 GiB, which a large spool fills and keeps resident.
-pub const DEFAULT_CACHE: u64 = 128 * 1024 * 1024;
+pub use crate::config::DEFAULT_SPOOL_CACHE as DEFAULT_CACHE;
 
 impl RedbSpool {
     /// Opens (or creates) the spool in directory `dir`.
@@ -470,7 +470,9 @@ impl Spool for RedbSpool {
         Ok(recovered)
     }
 
-    fn suppressions(&self) -> Result<Vec<(String, crate::suppress::Suppression)>, SpoolError> {
+    fn suppressions(
+        &self,
+    ) -> Result<Vec<(String, crate::policy::suppress::Suppression)>, SpoolError> {
         // Held for the whole transaction: a reopen waits for it.
         let db = self.db.get()?;
         let txn = db.begin_read().map_err(storage)?;

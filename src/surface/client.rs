@@ -2,8 +2,8 @@
 //! `--config`, `KNOCK_API`, or the embedded default, in that order), calls the API, and
 //! formats what it returns for people.
 
-use crate::api::{MessageView, QueueView, SendRequest, SendResponse};
 use crate::config::{Config, DEFAULT_HTTP_LISTEN};
+use crate::surface::api::{MessageView, QueueView, SendRequest, SendResponse};
 use crate::time::Timestamp;
 use anyhow::{Context, bail};
 use std::fmt::Write;
@@ -70,7 +70,7 @@ impl ApiClient {
         self.read(resp).await
     }
 
-    pub async fn destinations(&self) -> anyhow::Result<crate::api::DestinationsView> {
+    pub async fn destinations(&self) -> anyhow::Result<crate::surface::api::DestinationsView> {
         let resp = self
             .http
             .get(format!("{}/api/v1/destinations", self.base))
@@ -83,7 +83,7 @@ impl ApiClient {
         &self,
         provider: Option<&str>,
         window: &str,
-    ) -> anyhow::Result<crate::api::DiagnoseView> {
+    ) -> anyhow::Result<crate::surface::api::DiagnoseView> {
         let mut query = vec![("window", window)];
         if let Some(p) = provider {
             query.push(("provider", p));
@@ -172,7 +172,7 @@ pub fn format_queue(q: &QueueView) -> String {
 }
 
 /// The destinations' shaping, under the per-domain table.
-pub fn format_destinations(d: &crate::api::DestinationsView) -> String {
+pub fn format_destinations(d: &crate::surface::api::DestinationsView) -> String {
     if d.destinations.is_empty() {
         return String::new();
     }

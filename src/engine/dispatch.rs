@@ -14,21 +14,21 @@
 //! queue state itself. If a worker dies mid-delivery the spool still holds the old state,
 //! so the recipients are tried again after a restart (at least once, never lost).
 
-use crate::classify::{Classifier, stated_delay};
 use crate::dsn;
+use crate::engine::scheduler::{Held, Job, Queued, SchedulerHandle};
+use crate::engine::spool::{Op, Spool, SpoolError};
 use crate::event::{Event, Events, Kind};
 use crate::message::{Attempt, Envelope, Group, MessageId, NewMessage, Recipient, State};
+use crate::net::tls::TlsInfo;
+use crate::net::transport::{Connection, Transport};
 use crate::outcome::{Class, Disposition, Observed, Outcome};
-use crate::provider::Providers;
+use crate::policy::classify::{Classifier, stated_delay};
+use crate::policy::provider::Providers;
+use crate::policy::schedule::{Next, Schedule};
+use crate::policy::shaping::Report;
+use crate::policy::suppress::{self, Suppression, Suppressions};
 use crate::reply::Enhanced;
-use crate::schedule::{Next, Schedule};
-use crate::scheduler::{Held, Job, Queued, SchedulerHandle};
-use crate::shaping::Report;
-use crate::spool::{Op, Spool, SpoolError};
-use crate::suppress::{self, Suppression, Suppressions};
 use crate::time::Timestamp;
-use crate::tls::TlsInfo;
-use crate::transport::{Connection, Transport};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,9 +4,9 @@
 //! sink to have received everything and reports the end-to-end delivered rate.
 
 use crate::config::TimeoutConfig;
-use crate::sink::Stats;
-use crate::smtp::client::Client;
-use crate::tls::Policy;
+use crate::net::smtp::client::Client;
+use crate::net::tls::Policy;
+use crate::tools::sink::Stats;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -172,7 +172,7 @@ async fn session(
             c.read_greeting().await?;
             c.hello("bench.knock").await?;
             if config.starttls {
-                let connectors = crate::tls::Connectors::new(None)?;
+                let connectors = crate::net::tls::Connectors::new(None)?;
                 let host = config.target.ip().to_string();
                 if let Err(refused) = c.starttls(&connectors, Policy::Require, &host).await? {
                     anyhow::bail!("STARTTLS refused: {refused}");

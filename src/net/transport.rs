@@ -4,11 +4,11 @@
 //! substitute a scripted transport.
 
 use crate::config::{DeliveryConfig, parse_host_port};
+use crate::net::resolve::{DnsError, Resolver};
+use crate::net::smtp::client::{Client, ClientError, TransactionReplies};
+use crate::net::tls::{Connectors, Policy, TlsInfo};
 use crate::outcome::Observed;
 use crate::reply::Enhanced;
-use crate::resolve::{DnsError, Resolver};
-use crate::smtp::client::{Client, ClientError, TransactionReplies};
-use crate::tls::{Connectors, Policy, TlsInfo};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

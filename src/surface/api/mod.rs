@@ -3,9 +3,9 @@
 //! (`{"error": "...", "field": "to[1]"}`). Documented in `docs/http-api.md`.
 
 use crate::address::Address;
-use crate::ingest::Intake;
+use crate::engine::ingest::Intake;
+use crate::engine::scheduler::DomainSummary;
 use crate::message::{Attempt, MessageId, State, new_id};
-use crate::scheduler::DomainSummary;
 use crate::time::Timestamp;
 use axum::Router;
 use axum::extract::{Path, State as AxState};
@@ -388,7 +388,7 @@ async fn get_queue(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<QueueVi
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DestinationsView {
-    pub destinations: Vec<crate::scheduler::DestinationView>,
+    pub destinations: Vec<crate::engine::scheduler::DestinationView>,
 }
 
 async fn get_destinations(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<DestinationsView> {
@@ -402,7 +402,7 @@ async fn get_destinations(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<
 pub struct SuppressionView {
     pub address: String,
     #[serde(flatten)]
-    pub entry: crate::suppress::Suppression,
+    pub entry: crate::policy::suppress::Suppression,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -442,16 +442,15 @@ async fn put_suppression(
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
             .map_err(json_error)?
     };
-    let address = crate::suppress::key(&parsed.to_string());
-    let entry = crate::suppress::Suppression {
+    let address = crate::policy::suppress::key(&parsed.to_string());
+    let entry = crate::policy::suppress::Suppression {
         added_at: Timestamp::now(),
         reason: req.reason.unwrap_or_else(|| "added by the operator".into()),
         message_id: None,
     };
     state
         .intake
-        .suppressions
-        .add(state.intake.spool.as_ref(), &address, entry.clone())
+        .suppress(&address, entry.clone())
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(axum::Json(SuppressionView { address, entry }))
@@ -462,11 +461,10 @@ async fn delete_suppression(
     AxState(state): AxState<Arc<ApiState>>,
     Path(address): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let address = crate::suppress::key(&address);
+    let address = crate::policy::suppress::key(&address);
     let removed = state
         .intake
-        .suppressions
-        .delete(state.intake.spool.as_ref(), &address)
+        .unsuppress(&address)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     if !removed {
@@ -489,7 +487,7 @@ struct DiagnoseQuery {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DiagnoseView {
     pub window_seconds: u64,
-    pub providers: Vec<crate::diagnose::Diagnosis>,
+    pub providers: Vec<crate::surface::diagnose::Diagnosis>,
 }
 
 /// `GET /api/v1/diagnose?provider=google&window=1h`.
@@ -509,18 +507,19 @@ async fn get_diagnose(
             .saturating_sub(window.as_millis() as u64),
     );
     let path = state.events_path.clone();
-    let records = tokio::task::spawn_blocking(move || crate::diagnose::read_events(&path, since))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("reading the event log: {e}"),
-            )
-        })?;
+    let records =
+        tokio::task::spawn_blocking(move || crate::surface::diagnose::read_events(&path, since))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("reading the event log: {e}"),
+                )
+            })?;
     let destinations = state.intake.scheduler.destinations().await;
     let providers =
-        crate::diagnose::diagnose(&records, &destinations, q.provider.as_deref(), window);
+        crate::surface::diagnose::diagnose(&records, &destinations, q.provider.as_deref(), window);
     if let Some(p) = &q.provider
         && providers.is_empty()
     {

@@ -5,17 +5,17 @@
 //! the connection limit and the per-client limits.
 
 use crate::address::Address;
-use crate::auth::Credentials;
 use crate::config::SmtpConfig;
-use crate::dispatch::{emit_processed, queued};
+use crate::engine::dispatch::{emit_processed, queued};
+use crate::engine::scheduler::SchedulerHandle;
+use crate::engine::spool::{Op, Spool, SpoolError};
 use crate::event::{Event, Events, Kind};
-use crate::limit::ClientLimits;
 use crate::message::{Envelope, MessageId, NewMessage, State, group_by_domain, new_id};
+use crate::net::auth::Credentials;
+use crate::net::limit::ClientLimits;
+use crate::net::smtp::server::{self, EhloMode, Handler, Limits, Session};
+use crate::policy::suppress::{Suppression, Suppressions};
 use crate::reply::Reply;
-use crate::scheduler::SchedulerHandle;
-use crate::smtp::server::{self, EhloMode, Handler, Limits, Session};
-use crate::spool::{Op, Spool, SpoolError};
-use crate::suppress::Suppressions;
 use crate::time::{Timestamp, rfc5322};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -66,6 +66,33 @@ impl Intake {
         }
         self.scheduler.enqueue(queued(message.clone()));
         Ok(message)
+    }
+
+    /// Puts `address` on the suppression list, durably.
+    pub async fn suppress(&self, address: &str, entry: Suppression) -> Result<(), SpoolError> {
+        let address = crate::policy::suppress::key(address);
+        self.spool
+            .commit(vec![Op::Suppress {
+                address: address.clone(),
+                entry: entry.clone(),
+            }])
+            .await?;
+        self.suppressions.insert(&address, entry);
+        Ok(())
+    }
+
+    /// Takes `address` off the suppression list, durably; `false` when it was not on it.
+    pub async fn unsuppress(&self, address: &str) -> Result<bool, SpoolError> {
+        if !self.suppressions.contains(address) {
+            return Ok(false);
+        }
+        let address = crate::policy::suppress::key(address);
+        self.spool
+            .commit(vec![Op::Unsuppress {
+                address: address.clone(),
+            }])
+            .await?;
+        Ok(self.suppressions.remove(&address))
     }
 
     /// Marks the recipients on the suppression list; returns their events.

@@ -17,11 +17,11 @@
 //! Not owned here: durability (workers commit to the spool before they report) and what an
 //! outcome means (classification and dispatch).
 
-use crate::dispatch::Dispatcher;
+use crate::engine::dispatch::Dispatcher;
+use crate::engine::spool::Waiting;
 use crate::message::{Envelope, Group, MessageId};
-use crate::provider::Providers;
-use crate::shaping::{Gate, Report, Shaping, ShapingView};
-use crate::spool::Waiting;
+use crate::policy::provider::Providers;
+use crate::policy::shaping::{Gate, Report, Shaping, ShapingView};
 use crate::time::Timestamp;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The rules knock ships with.
-pub const SHIPPED_RULES: &str = include_str!("../data/classify.toml");
+pub const SHIPPED_RULES: &str = include_str!("../../data/classify.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +86,14 @@ impl Classifier {
             phrase_class: phrases.into_iter().map(|(_, c)| c).collect(),
             matcher,
         })
+    }
+
+    /// The classifier `[classify]` asks for: the operator's rules, if any, before the shipped.
+    pub fn from_config(config: &crate::config::ClassifyConfig) -> anyhow::Result<Classifier> {
+        match &config.rules {
+            Some(path) => Classifier::with_file(path),
+            None => Ok(Classifier::default()),
+        }
     }
 
     /// The shipped rules behind an operator's file.
@@ -233,7 +241,7 @@ mod tests {
     use super::*;
 
     /// Real reply lines, one per line: `class<TAB>reply`.
-    const REPLIES: &str = include_str!("../tests/data/replies.tsv");
+    const REPLIES: &str = include_str!("../../tests/data/replies.tsv");
 
     #[test]
     fn real_replies_table() {

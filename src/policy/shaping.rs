@@ -12,7 +12,7 @@
 //!
 //! The state lives in the scheduler task; nothing here sleeps or does I/O.
 
-use crate::config::Rate;
+use crate::config::{AdaptConfig, Config, Rate, ShapingConfig};
 use crate::outcome::Class;
 use crate::time::Timestamp;
 use governor::clock::Clock;
@@ -50,17 +50,42 @@ pub struct Tuning {
     pub latency_factor: f64,
 }
 
-impl Default for Tuning {
-    fn default() -> Self {
+impl Tuning {
+    /// The tuning `[adapt]` asks for; the rest are knock's defaults.
+    pub fn from_config(adapt: &AdaptConfig) -> Tuning {
         Tuning {
             decrease: 0.95,
             increase: 0.02,
             increase_every: Duration::from_secs(2),
-            throttle_pause: Duration::from_millis(200),
+            throttle_pause: adapt.throttle_pause,
             react_every: Duration::from_secs(1),
-            outage_initial: Duration::from_secs(30),
-            outage_max: Duration::from_secs(600),
+            outage_initial: adapt.outage_backoff,
+            outage_max: adapt.outage_backoff_max.max(adapt.outage_backoff),
             latency_factor: 4.0,
+        }
+    }
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning::from_config(&AdaptConfig::default())
+    }
+}
+
+impl Limits {
+    /// The static limits of `provider`: its own `[shaping]` table, else `"*"`, else
+    /// `[delivery]`.
+    pub fn for_provider(config: &Config, provider: &str) -> Limits {
+        let own = config
+            .shaping
+            .get(provider)
+            .or_else(|| config.shaping.get("*"));
+        let pick = |f: fn(&ShapingConfig) -> Option<usize>| own.and_then(f);
+        Limits {
+            rate: own.and_then(|s| s.rate),
+            max_connections: pick(|s| s.max_connections).unwrap_or(config.delivery.max_connections),
+            messages_per_connection: pick(|s| s.messages_per_connection)
+                .unwrap_or(config.delivery.messages_per_connection),
         }
     }
 }

@@ -1,21 +1,27 @@
 //! Wires the parts together: opens the spool and the event log, recovers what the spool
 //! holds, starts the scheduler, the SMTP listener and the HTTP API, and stops them in order.
 
-use crate::api::{self, ApiState};
+pub mod dispatch;
+pub mod ingest;
+pub mod scheduler;
+pub mod spool;
+
 use crate::config::Config;
-use crate::dispatch::{self, Dispatcher};
+use crate::engine::spool::{RedbSpool, Spool};
 use crate::event::Events;
-use crate::ingest::{self, Intake};
-use crate::provider::Providers;
-use crate::resolve::{DnsResolver, Resolver};
-use crate::schedule::Schedule;
-use crate::scheduler::{self, Policy, Queued, Scheduler};
-use crate::shaping::Shaping;
-use crate::spool::{RedbSpool, Spool};
-use crate::suppress::Suppressions;
+use crate::net::resolve::{DnsResolver, Resolver};
+use crate::net::transport::{SmtpTransport, Transport};
+use crate::policy::classify::Classifier;
+use crate::policy::provider::Providers;
+use crate::policy::schedule::Schedule;
+use crate::policy::shaping::{Limits, Shaping, Tuning};
+use crate::policy::suppress::Suppressions;
+use crate::surface::api::{self, ApiState};
 use crate::time::Timestamp;
-use crate::transport::{SmtpTransport, Transport};
 use anyhow::Context;
+use dispatch::Dispatcher;
+use ingest::Intake;
+use scheduler::{Policy, Queued, Scheduler};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +57,7 @@ impl Engine {
             &config.routes,
             config.delivery.clone(),
             config.smtp.hostname.clone(),
-            crate::tls::Connectors::new(config.tls.ca_file.as_deref())?,
+            crate::net::tls::Connectors::new(config.tls.ca_file.as_deref())?,
         );
         Self::start_with_transport(config, Arc::new(transport)).await
     }
@@ -80,7 +86,7 @@ impl Engine {
         transport: Arc<dyn Transport>,
         spool: Arc<dyn Spool>,
     ) -> anyhow::Result<Engine> {
-        let classifier = Arc::new(config.classify.classifier()?);
+        let classifier = Arc::new(Classifier::from_config(&config.classify)?);
         let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;
         let suppressions = Arc::new(Suppressions::new(spool.suppressions()?));
@@ -114,7 +120,10 @@ impl Engine {
             shaping: {
                 let config = config.clone();
                 Box::new(move |provider: &str| {
-                    Shaping::new(config.shaping_for(provider), config.tuning())
+                    Shaping::new(
+                        Limits::for_provider(&config, provider),
+                        Tuning::from_config(&config.adapt),
+                    )
                 })
             },
             greylist_floor: config.greylist.floor,
@@ -213,7 +222,7 @@ impl Engine {
 /// The listener's TLS and AUTH set-up; errors name the key.
 fn inbound(config: &Config) -> anyhow::Result<ingest::Inbound> {
     let tls = match config.tls.starttls {
-        true => Some(crate::tls::acceptor(
+        true => Some(crate::net::tls::acceptor(
             config.tls.cert.as_deref(),
             config.tls.key.as_deref(),
             &config.spool.path,
@@ -222,7 +231,7 @@ fn inbound(config: &Config) -> anyhow::Result<ingest::Inbound> {
         false => None,
     };
     let credentials = match &config.smtp.credentials {
-        Some(path) => Some(crate::auth::Credentials::load(path)?),
+        Some(path) => Some(crate::net::auth::Credentials::load(path)?),
         None => None,
     };
     if credentials.is_some() && tls.is_none() {

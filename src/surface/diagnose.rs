@@ -5,8 +5,8 @@
 //! figures that led to it, what knock is doing about it, what the operator can do, the
 //! time the provider's queue takes to drain at the allowed rate, and an honest confidence.
 
+use crate::engine::scheduler::DestinationView;
 use crate::outcome::Class;
-use crate::scheduler::DestinationView;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -15,8 +15,8 @@
 
 use crate::address::Address;
 use crate::config::Rate;
+use crate::net::smtp::server::{self, EhloMode, Handler, Limits, Session};
 use crate::reply::Reply;
-use crate::smtp::server::{self, EhloMode, Handler, Limits, Session};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -143,7 +143,7 @@ pub struct Received {
     pub rcpts: Vec<String>,
     pub body: Vec<u8>,
     /// The TLS the message arrived over.
-    pub tls: Option<crate::tls::TlsInfo>,
+    pub tls: Option<crate::net::tls::TlsInfo>,
 }
 
 struct SinkHandler {
@@ -357,13 +357,13 @@ pub struct Sink {
 impl Sink {
     pub async fn start(config: SinkConfig) -> std::io::Result<Sink> {
         let tls = match (&config.tls_files, config.tls) {
-            (Some((cert, key)), _) => Some(crate::tls::acceptor(
+            (Some((cert, key)), _) => Some(crate::net::tls::acceptor(
                 Some(cert),
                 Some(key),
                 std::path::Path::new(""),
                 &config.hostname,
             )),
-            (None, true) => Some(crate::tls::ephemeral_acceptor(&config.hostname)),
+            (None, true) => Some(crate::net::tls::ephemeral_acceptor(&config.hostname)),
             (None, false) => None,
         }
         .transpose()

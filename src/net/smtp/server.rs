@@ -6,9 +6,9 @@
 //! carries an enhanced status code.
 
 use crate::address::Address;
+use crate::net::smtp::wire::{Line, Wire};
+use crate::net::tls::{Stream, TlsInfo};
 use crate::reply::Reply;
-use crate::smtp::wire::{Line, Wire};
-use crate::tls::{Stream, TlsInfo};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;

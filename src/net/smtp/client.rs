@@ -4,9 +4,9 @@
 //! and by `knock bench`.
 
 use crate::config::TimeoutConfig;
+use crate::net::smtp::wire::Wire;
+use crate::net::tls::{Connectors, Policy, Stream, TlsInfo};
 use crate::reply::{Reply, ReplyError};
-use crate::smtp::wire::Wire;
-use crate::tls::{Connectors, Policy, Stream, TlsInfo};
 use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -419,7 +419,7 @@ impl Client {
         let mut raw = Vec::new();
         loop {
             match self.wire.read_line(MAX_REPLY).await {
-                Ok(Some(crate::smtp::wire::Line::Complete(line))) => {
+                Ok(Some(crate::net::smtp::wire::Line::Complete(line))) => {
                     let last = line.len() < 4 || line[3] != b'-';
                     raw.extend_from_slice(&line);
                     if raw.len() > MAX_REPLY {
@@ -432,7 +432,7 @@ impl Client {
                         return Ok(raw);
                     }
                 }
-                Ok(Some(crate::smtp::wire::Line::TooLong)) => {
+                Ok(Some(crate::net::smtp::wire::Line::TooLong)) => {
                     return Err(ClientError::Protocol {
                         stage,
                         detail: "reply line too long".into(),

@@ -1,0 +1,6 @@
+//! What operators and programs talk to: the HTTP API ([`api`]), the client the CLI uses to
+//! call it ([`client`]), and the per-provider verdicts of [`diagnose`].
+
+pub mod api;
+pub mod client;
+pub mod diagnose;
