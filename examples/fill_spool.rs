@@ -27,6 +27,7 @@ fn message(n: usize, domains: usize, body: &bytes::Bytes, now: Timestamp) -> New
         enhanced: Some(Enhanced::new(4, 2, 0)),
         text: format!("<{address}>: Recipient address rejected: Greylisted, try again later"),
         class: Some(Class::Greylist),
+        failure: None,
         tls: None,
     };
     NewMessage {

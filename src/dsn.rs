@@ -22,19 +22,20 @@ pub struct Failure {
     pub state: State,
 }
 
-/// The DSN for `failed` recipients of `envelope`, ready for the spool. `None` when the
-/// sender cannot receive one (the null sender, or an address that does not parse).
+/// The DSN for `failed` recipients of `envelope`, made at `now`, ready for the spool.
+/// `None` when the sender cannot receive one (the null sender, or an address that does not
+/// parse).
 pub fn build(
     hostname: &str,
     envelope: &Envelope,
     original: &[u8],
     failed: &[Failure],
+    now: Timestamp,
 ) -> Option<NewMessage> {
     if envelope.is_null_sender() {
         return None;
     }
     let sender = Address::parse(&envelope.from).ok()?;
-    let now = Timestamp::now();
     let id = new_id();
     let raw = MessageBuilder::new()
         .from(MailAddress::new_address(
@@ -201,7 +202,9 @@ mod tests {
         }];
         let original =
             b"From: s@a.test\r\nTo: nobody@b.test\r\nSubject: hi there\r\n\r\nsecret body\r\n";
-        let dsn = build("knock.test", &envelope("s@a.test"), original, &failed).unwrap();
+        let now = Timestamp(1_700_000_100_000);
+        let dsn = build("knock.test", &envelope("s@a.test"), original, &failed, now).unwrap();
+        assert_eq!(dsn.envelope.received_at, now);
         assert_eq!(dsn.envelope.from, "");
         assert_eq!(dsn.groups[0].recipients[0].address, "s@a.test");
         let text = String::from_utf8(dsn.body.to_vec()).unwrap();
@@ -236,11 +239,15 @@ mod tests {
     fn no_dsn_to_the_null_sender() {
         let failed = [Failure {
             recipient: "x@b.test".into(),
-            outcome: crate::policy::classify::Classifier::default()
-                .outcome(&crate::outcome::Observed::network("down")),
+            outcome: crate::policy::classify::Classifier::default().outcome(
+                &crate::outcome::Observed::Failure(crate::outcome::Failure::new(
+                    crate::outcome::FailureKind::ConnectFailed,
+                    "down",
+                )),
+            ),
             mx: None,
             state: State::Expired,
         }];
-        assert!(build("knock.test", &envelope(""), b"", &failed).is_none());
+        assert!(build("knock.test", &envelope(""), b"", &failed, Timestamp(0)).is_none());
     }
 }

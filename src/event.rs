@@ -3,15 +3,16 @@
 //! Events are produced where things happen and written by one task, so a slow disk never
 //! holds up delivery; the log is flushed whenever the queue of events runs empty.
 
-use crate::outcome::Class;
+use crate::message::NewMessage;
+use crate::outcome::{Class, FailureKind};
 use crate::reply::Enhanced;
 use crate::time::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Processed,
@@ -37,7 +38,7 @@ impl From<crate::message::State> for Kind {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub event: Kind,
     pub timestamp: Timestamp,
@@ -68,6 +69,9 @@ pub struct Event {
     pub text: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<Class>,
+    /// What knock saw itself when the receiver said nothing (`timeout`, `reset`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,9 +79,10 @@ pub struct Event {
 }
 
 impl Event {
-    /// An event with the identity fields set and the rest empty.
+    /// An event at `timestamp` with the identity fields set and the rest empty.
     pub fn new(
         event: Kind,
+        timestamp: Timestamp,
         message_id: String,
         recipient: String,
         domain: String,
@@ -85,7 +90,7 @@ impl Event {
     ) -> Event {
         Event {
             event,
-            timestamp: Timestamp::now(),
+            timestamp,
             message_id,
             recipient,
             domain,
@@ -99,10 +104,52 @@ impl Event {
             enhanced: None,
             text: None,
             class: None,
+            failure: None,
             next_attempt: None,
             ee_seconds: None,
         }
     }
+}
+
+/// One `processed` event per recipient of a message accepted at `at`.
+pub fn processed(m: &NewMessage, at: Timestamp) -> Vec<Event> {
+    let mut events = Vec::new();
+    for g in &m.groups {
+        for r in &g.recipients {
+            events.push(Event::new(
+                Kind::Processed,
+                at,
+                m.envelope.id.to_string(),
+                r.address.clone(),
+                g.domain.clone(),
+                m.envelope.from.clone(),
+            ));
+        }
+    }
+    events
+}
+
+/// Reads events back from the log at `path`: those at or after `since`, from the last
+/// `at_most` bytes of the file (a line cut by that limit is skipped, as are lines that are
+/// not events). A missing log has no events.
+pub fn read_log(path: &Path, since: Timestamp, at_most: u64) -> std::io::Result<Vec<Event>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(at_most);
+    file.seek(SeekFrom::Start(start))?;
+    // Bytes: the cut may fall inside a character, and its line is skipped anyway.
+    let mut bytes = Vec::new();
+    file.take(at_most).read_to_end(&mut bytes)?;
+    let lines = bytes.split(|&b| b == b'\n').skip(usize::from(start > 0));
+    Ok(lines
+        .filter_map(|l| serde_json::from_slice::<Event>(l).ok())
+        .filter(|e| e.timestamp >= since)
+        .collect())
 }
 
 /// Where events go. Cheap to clone; sending never blocks delivery for long.
@@ -169,6 +216,7 @@ mod tests {
     fn every_field_is_documented() {
         let mut e = Event::new(
             Kind::Deferred,
+            Timestamp(0),
             "id".into(),
             "a@b.test".into(),
             "b.test".into(),
@@ -182,6 +230,7 @@ mod tests {
         e.enhanced = Enhanced::parse("4.2.0");
         e.text = Some("Greylisted".into());
         e.class = Some(Class::Greylist);
+        e.failure = Some(FailureKind::Timeout);
         e.next_attempt = Some(Timestamp(0));
         e.ee_seconds = Some(1.0);
         let doc = include_str!("../docs/events.md");
@@ -203,6 +252,7 @@ mod tests {
             events
                 .emit(Event::new(
                     kind,
+                    Timestamp(1),
                     "id".into(),
                     "a@b.test".into(),
                     "b.test".into(),

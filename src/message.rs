@@ -83,6 +83,9 @@ pub struct Attempt {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<Class>,
+    /// What knock saw itself (a timeout, a reset, a DNS answer), when nothing was said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::outcome::FailureKind>,
     /// The TLS the session ran over; absent in plaintext or when no session was had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::net::tls::TlsInfo>,

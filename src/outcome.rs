@@ -1,7 +1,7 @@
 //! Outcomes: what one attempt meant for one recipient. What was *observed* (a reply, or a
-//! failure knock saw itself) is an [`Observed`]; the classifier (`classify`) turns it into an
+//! [`Failure`] knock saw itself) is an [`Observed`]; the classifier (`classify`) turns it into an
 //! [`Outcome`] with a disposition and a [`Class`], in that one place. What to *do* about an
-//! outcome is dispatch's and the retry schedule's business.
+//! outcome is the reaction's business (`policy::react`).
 
 use crate::reply::{Enhanced, Reply};
 use serde::{Deserialize, Serialize};
@@ -72,22 +72,19 @@ pub enum Disposition {
 pub enum Observed {
     /// The receiver replied.
     Reply(Reply),
-    /// Nothing was said: knock saw a DNS answer, a connection failure or a timeout, and
-    /// gives it an enhanced code of its own.
-    Local { enhanced: Enhanced, text: String },
+    /// Nothing was said: knock saw a DNS answer, a connection failure, a timeout or a
+    /// problem of its own.
+    Failure(Failure),
 }
 
 impl Observed {
-    pub fn local(enhanced: Enhanced, text: impl Into<String>) -> Observed {
-        Observed::Local {
-            enhanced,
-            text: text.into(),
+    /// A temporary failure by its code, before any classification: what a worker counts
+    /// to decide whether a connection has drawn too many deferrals.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Observed::Reply(r) => (400..500).contains(&r.code),
+            Observed::Failure(f) => f.kind.enhanced().class == 4,
         }
-    }
-
-    /// A connection failure, timeout or lost connection.
-    pub fn network(text: impl Into<String>) -> Observed {
-        Observed::local(Enhanced::new(4, 4, 1), text)
     }
 }
 
@@ -95,7 +92,145 @@ impl std::fmt::Display for Observed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Observed::Reply(r) => write!(f, "{r}"),
-            Observed::Local { enhanced, text } => write!(f, "{enhanced} {text}"),
+            Observed::Failure(failure) => write!(f, "{} {failure}", failure.kind.enhanced()),
+        }
+    }
+}
+
+impl From<Failure> for Observed {
+    fn from(f: Failure) -> Observed {
+        Observed::Failure(f)
+    }
+}
+
+/// A failure knock saw by itself. It stays typed from where it happened (the SMTP client,
+/// DNS, the TLS policy, the spool) to classification, the attempt record and the event: a
+/// timeout, a reset and a closed connection are different kinds, never different strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The MX host it concerns, when there is one.
+    pub host: Option<String>,
+    /// What happened, in words, for the event text and the DSN.
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, detail: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            host: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// The same failure, said of `host`.
+    pub fn at(self, host: &str) -> Failure {
+        Failure {
+            host: Some(host.to_string()),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Some(host) => write!(f, "{host}: {}", self.detail),
+            None => f.write_str(&self.detail),
+        }
+    }
+}
+
+/// The kinds of failure knock tells apart, with the enhanced status code (RFC 3463) and
+/// the class each one stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The connection was refused, or the host could not be reached.
+    ConnectFailed,
+    /// No connection within `[delivery.timeouts] connect`.
+    ConnectTimeout,
+    /// The server did not answer a command within its timeout.
+    Timeout,
+    /// The connection was reset or broke while talking.
+    Reset,
+    /// The server closed the connection.
+    Closed,
+    /// What the server sent is not SMTP.
+    Protocol,
+    /// TLS is required for the destination and the server does not offer it.
+    TlsNotOffered,
+    /// TLS is required and the server refused STARTTLS.
+    TlsRefused,
+    /// The TLS handshake failed (or the certificate did not verify).
+    TlsHandshake,
+    /// The domain does not exist (NXDOMAIN).
+    NoSuchDomain,
+    /// The domain accepts no mail (null MX, RFC 7505).
+    NullMx,
+    /// The mail exchanger has no address.
+    NoAddress,
+    /// DNS did not answer, or answered with an error.
+    DnsTemporary,
+    /// Every mail exchanger was tried and none could be used.
+    NoMailExchanger,
+    /// The message body is missing from the spool.
+    SpoolMissing,
+    /// The spool could not be read.
+    SpoolUnreadable,
+}
+
+impl FailureKind {
+    pub fn enhanced(self) -> Enhanced {
+        use FailureKind::*;
+        let (class, subject, detail) = match self {
+            ConnectFailed | ConnectTimeout | NoMailExchanger => (4, 4, 1),
+            Timeout | Reset | Closed => (4, 4, 2),
+            Protocol => (4, 5, 0),
+            TlsNotOffered | TlsRefused => (4, 7, 4),
+            TlsHandshake => (4, 7, 5),
+            NoSuchDomain => (5, 1, 2),
+            NullMx => (5, 1, 10),
+            NoAddress => (4, 4, 4),
+            DnsTemporary => (4, 4, 3),
+            SpoolMissing => (5, 3, 0),
+            SpoolUnreadable => (4, 3, 0),
+        };
+        Enhanced::new(class, subject, detail)
+    }
+
+    /// The class of this kind of failure (before it is fitted to its disposition).
+    pub fn class(self) -> Class {
+        use FailureKind::*;
+        match self {
+            ConnectFailed | ConnectTimeout | Timeout | Reset | Closed | Protocol
+            | NoMailExchanger | NoAddress | DnsTemporary => Class::Network,
+            TlsNotOffered | TlsRefused | TlsHandshake => Class::Policy,
+            NoSuchDomain | NullMx => Class::Hard,
+            SpoolMissing | SpoolUnreadable => Class::System,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use FailureKind::*;
+        match self {
+            ConnectFailed => "connect_failed",
+            ConnectTimeout => "connect_timeout",
+            Timeout => "timeout",
+            Reset => "reset",
+            Closed => "closed",
+            Protocol => "protocol",
+            TlsNotOffered => "tls_not_offered",
+            TlsRefused => "tls_refused",
+            TlsHandshake => "tls_handshake",
+            NoSuchDomain => "no_such_domain",
+            NullMx => "null_mx",
+            NoAddress => "no_address",
+            DnsTemporary => "dns_temporary",
+            NoMailExchanger => "no_mail_exchanger",
+            SpoolMissing => "spool_missing",
+            SpoolUnreadable => "spool_unreadable",
         }
     }
 }
@@ -109,6 +244,8 @@ pub struct Outcome {
     pub code: Option<u16>,
     pub enhanced: Option<Enhanced>,
     pub text: String,
+    /// What knock saw itself, when the receiver said nothing.
+    pub failure: Option<FailureKind>,
 }
 
 impl Outcome {

@@ -1,6 +1,7 @@
-//! Timestamps as knock persists and shows them: wall-clock UTC, millisecond precision,
-//! RFC 3339 text in JSON. Timing *inside* the scheduler uses `tokio::time`; these are what
-//! is written to the spool, the event log and the API.
+//! Time as knock keeps it: [`Timestamp`], wall-clock UTC with millisecond precision and
+//! RFC 3339 text in JSON, is what the spool, the event log and the API hold, and also the
+//! `now` that the scheduler core is told. The core never reads a clock: the engine tells it
+//! [`WallClock`] time, `knock simulate` and the tests tell it virtual time.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -31,6 +32,12 @@ impl Timestamp {
     /// Time from now until `self`, zero if it has passed.
     pub fn until_now(self) -> Duration {
         self.since(Timestamp::now())
+    }
+}
+
+impl std::ops::AddAssign<Duration> for Timestamp {
+    fn add_assign(&mut self, rhs: Duration) {
+        *self = *self + rhs;
     }
 }
 
@@ -76,6 +83,39 @@ impl<'de> Deserialize<'de> for Timestamp {
         humantime::parse_rfc3339(&text)
             .map(Timestamp::from)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The engine's clock: UTC as read once at start, carried on by a monotonic clock, so the
+/// time it tells never goes backwards when the system clock is stepped. It runs on
+/// `tokio::time`, so a runtime with paused time pauses it too.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    origin: Timestamp,
+    started: tokio::time::Instant,
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock::new()
+    }
+}
+
+impl WallClock {
+    pub fn new() -> WallClock {
+        WallClock {
+            origin: Timestamp::now(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.origin + self.started.elapsed()
+    }
+
+    /// The instant at which this clock will tell `at` (now, if that has passed).
+    pub fn instant(&self, at: Timestamp) -> tokio::time::Instant {
+        self.started + at.since(self.origin)
     }
 }
 

@@ -6,8 +6,8 @@
 
 use crate::address::Address;
 use crate::config::SmtpConfig;
-use crate::engine::dispatch::{emit_processed, queued};
-use crate::engine::scheduler::SchedulerHandle;
+use crate::engine::driver::SchedulerHandle;
+use crate::engine::scheduler::Queued;
 use crate::engine::spool::{Op, Spool, SpoolError};
 use crate::event::{Event, Events, Kind};
 use crate::message::{Envelope, MessageId, NewMessage, State, group_by_domain, new_id};
@@ -16,7 +16,7 @@ use crate::net::limit::ClientLimits;
 use crate::net::smtp::server::{self, EhloMode, Handler, Limits, Session};
 use crate::policy::suppress::{Suppression, Suppressions};
 use crate::reply::Reply;
-use crate::time::{Timestamp, rfc5322};
+use crate::time::{Timestamp, WallClock, rfc5322};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -31,6 +31,9 @@ pub struct Intake {
     pub suppressions: Arc<Suppressions>,
     pub scheduler: SchedulerHandle,
     pub events: Events,
+    /// The scheduler's clock: a new message is due at once by the time the scheduler
+    /// keeps, whatever the system clock does.
+    pub clock: WallClock,
 }
 
 impl Intake {
@@ -45,7 +48,7 @@ impl Intake {
         body: Bytes,
         source: String,
     ) -> Result<NewMessage, SpoolError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let mut message = NewMessage {
             envelope: Envelope {
                 id,
@@ -58,13 +61,15 @@ impl Intake {
             groups: group_by_domain(rcpts, now),
             body,
         };
-        let suppressed = self.mark_suppressed(&mut message);
+        let suppressed = self.mark_suppressed(&mut message, now);
         self.spool.commit(vec![Op::Store(message.clone())]).await?;
-        emit_processed(&self.events, &message).await;
+        for e in crate::event::processed(&message, now) {
+            self.events.emit(e).await;
+        }
         for e in suppressed {
             self.events.emit(e).await;
         }
-        self.scheduler.enqueue(queued(message.clone()));
+        self.scheduler.enqueue(Queued::new_message(message.clone()));
         Ok(message)
     }
 
@@ -96,7 +101,7 @@ impl Intake {
     }
 
     /// Marks the recipients on the suppression list; returns their events.
-    fn mark_suppressed(&self, message: &mut NewMessage) -> Vec<Event> {
+    fn mark_suppressed(&self, message: &mut NewMessage, now: Timestamp) -> Vec<Event> {
         let mut events = Vec::new();
         if message.envelope.is_null_sender() {
             return events;
@@ -110,6 +115,7 @@ impl Intake {
                 r.state = State::Suppressed;
                 let mut e = Event::new(
                     Kind::Suppressed,
+                    now,
                     message.envelope.id.to_string(),
                     r.address.clone(),
                     g.domain.clone(),

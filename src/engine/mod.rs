@@ -2,32 +2,31 @@
 //! holds, starts the scheduler, the SMTP listener and the HTTP API, and stops them in order.
 
 pub mod dispatch;
+pub mod driver;
 pub mod ingest;
 pub mod scheduler;
 pub mod spool;
 
 use crate::config::Config;
-use crate::engine::spool::{RedbSpool, Spool};
 use crate::event::Events;
 use crate::net::resolve::{DnsResolver, Resolver};
 use crate::net::transport::{SmtpTransport, Transport};
-use crate::policy::classify::Classifier;
-use crate::policy::provider::Providers;
-use crate::policy::schedule::Schedule;
-use crate::policy::shaping::{Limits, Shaping, Tuning};
 use crate::policy::suppress::Suppressions;
 use crate::surface::api::{self, ApiState};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, WallClock};
 use anyhow::Context;
 use dispatch::Dispatcher;
+use driver::Driver;
 use ingest::Intake;
 use scheduler::{Policy, Queued, Scheduler};
+use spool::{RedbSpool, Spool};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long in-flight deliveries get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -38,6 +37,8 @@ pub struct Engine {
     pub http_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The tasks the scheduler's effects run in: workers, lookups, writes.
+    work: TaskTracker,
     events_writer: JoinHandle<()>,
 }
 
@@ -86,10 +87,14 @@ impl Engine {
         transport: Arc<dyn Transport>,
         spool: Arc<dyn Spool>,
     ) -> anyhow::Result<Engine> {
-        let classifier = Arc::new(Classifier::from_config(&config.classify)?);
+        let policy = Policy::from_config(&config)?;
         let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;
-        let suppressions = Arc::new(Suppressions::new(spool.suppressions()?));
+        let stored = {
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || spool.suppressions()).await??
+        };
+        let suppressions = Arc::new(Suppressions::new(stored));
         let smtp_listener = TcpListener::bind(config.smtp.listen)
             .await
             .with_context(|| format!("smtp.listen: cannot listen on {}", config.smtp.listen))?;
@@ -97,43 +102,36 @@ impl Engine {
             .await
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let shutdown = CancellationToken::new();
+        let clock = WallClock::new();
+        let work = TaskTracker::new();
 
-        let (handle, commands) = scheduler::channel();
-        let providers = Providers::new(config.providers.clone());
+        let (handle, commands) = driver::channel();
         let dispatcher = Dispatcher::new(dispatch::Inner {
-            suppressions: suppressions.clone(),
-            transport,
-            classifier,
-            providers: providers.clone(),
-            greylist_window: config.greylist.window,
+            transport: transport.clone(),
             spool: spool.clone(),
-            events: events.clone(),
-            schedule: Schedule::from_config(&config.retry),
             scheduler: handle.clone(),
-            hostname: config.smtp.hostname.clone(),
             max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
             tls: config.tls.clone(),
             uncommitted: Arc::new(tokio::sync::Semaphore::new(dispatch::MAX_UNCOMMITTED)),
+            clock,
+            tasks: work.clone(),
         });
-        let policy = Policy {
-            providers: providers.clone(),
-            shaping: {
-                let config = config.clone();
-                Box::new(move |provider: &str| {
-                    Shaping::new(
-                        Limits::for_provider(&config, provider),
-                        Tuning::from_config(&config.adapt),
-                    )
-                })
+        let driver = Driver::new(
+            Scheduler::new(policy),
+            commands,
+            clock,
+            driver::Io {
+                dispatcher,
+                transport,
+                spool: spool.clone(),
+                events: events.clone(),
+                suppressions: suppressions.clone(),
+                handle: handle.clone(),
+                hostname: config.smtp.hostname.clone(),
+                tasks: work.clone(),
             },
-            greylist_floor: config.greylist.floor,
-            greylist_ceiling: Schedule::from_config(&config.retry).delay(1),
-            max_age: config.retry.max_age,
-        };
-        let scheduler = Scheduler::new(commands, dispatcher, policy);
-        let mut tasks = vec![tokio::spawn(
-            scheduler.run(shutdown.clone(), SHUTDOWN_GRACE),
-        )];
+        );
+        let mut tasks = vec![tokio::spawn(driver.run(shutdown.clone(), SHUTDOWN_GRACE))];
 
         let recover_spool = spool.clone();
         let recovered = tokio::task::spawn_blocking(move || recover_spool.recover()).await??;
@@ -154,6 +152,7 @@ impl Engine {
             spool: spool.clone(),
             scheduler: handle,
             events,
+            clock,
         });
         let smtp_addr = smtp_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
@@ -192,6 +191,7 @@ impl Engine {
             http_addr,
             shutdown,
             tasks,
+            work,
             events_writer,
         })
     }
@@ -202,6 +202,16 @@ impl Engine {
         self.shutdown.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        // Workers closing their connections, outcomes being written and told.
+        self.work.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.work.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some deliveries did not finish in time; they are tried again at the next start"
+            );
         }
         let _ = self.events_writer.await;
     }

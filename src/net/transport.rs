@@ -5,10 +5,10 @@
 
 use crate::config::{DeliveryConfig, parse_host_port};
 use crate::net::resolve::{DnsError, Resolver};
-use crate::net::smtp::client::{Client, ClientError, TransactionReplies};
+use crate::net::smtp::client::{Client, ClientError};
 use crate::net::tls::{Connectors, Policy, TlsInfo};
-use crate::outcome::Observed;
-use crate::reply::Enhanced;
+use crate::outcome::{Failure, FailureKind, Observed};
+use crate::reply::Reply;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,7 +52,14 @@ pub trait Connection: Send {
     /// The slowest reply (the greeting included) since the last call: a slowing receiver
     /// shows here before it refuses anything.
     fn take_slowest_reply(&mut self) -> Option<Duration>;
-    async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies;
+    /// One transaction: each recipient's reply (its RCPT reply when that refused it, else
+    /// the reply to the end of data), or the failure that cut the conversation short.
+    async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Vec<Result<Reply, Failure>>;
     async fn quit(self: Box<Self>);
 }
 
@@ -127,15 +134,15 @@ impl SmtpTransport {
     }
 }
 
-/// RFC 3463 / RFC 7505 codes for what DNS said.
+/// What DNS said, as a failure of its kind.
 fn dns_observed(e: DnsError) -> Observed {
-    let code = match &e {
-        DnsError::NxDomain(_) => Enhanced::new(5, 1, 2),
-        DnsError::NullMx(_) => Enhanced::new(5, 1, 10),
-        DnsError::NoAddress(_) => Enhanced::new(4, 4, 4),
-        DnsError::Temporary(..) => Enhanced::new(4, 4, 3),
+    let kind = match &e {
+        DnsError::NxDomain(_) => FailureKind::NoSuchDomain,
+        DnsError::NullMx(_) => FailureKind::NullMx,
+        DnsError::NoAddress(_) => FailureKind::NoAddress,
+        DnsError::Temporary(..) => FailureKind::DnsTemporary,
     };
-    Observed::local(code, e.to_string())
+    Failure::new(kind, e.to_string()).into()
 }
 
 #[async_trait]
@@ -154,7 +161,11 @@ impl Transport for SmtpTransport {
                 unreachable: false,
             })?;
         let mut failure = ConnectError {
-            observed: Observed::network(format!("no mail exchanger for {domain}")),
+            observed: Failure::new(
+                FailureKind::NoMailExchanger,
+                format!("no mail exchanger for {domain}"),
+            )
+            .into(),
             mx: None,
             unreachable: true,
         };
@@ -232,7 +243,7 @@ impl SmtpTransport {
         policy: Policy,
     ) -> Result<SmtpConnection, OpenFailed> {
         // Client errors name the address; the host name is what operators look for.
-        let described = |e: ClientError| Observed::network(format!("{host}: {e}"));
+        let described = |e: ClientError| Observed::from(Failure::from(&e).at(host));
         let mut client = Client::connect(addr, &self.config.timeouts)
             .await
             .map_err(described)?;
@@ -259,7 +270,7 @@ impl SmtpTransport {
         let hello = client
             .hello(&self.helo_name)
             .await
-            .map_err(|e| Observed::network(format!("{host}: {e}")))?;
+            .map_err(|e| Observed::from(Failure::from(&e).at(host)))?;
         if !hello.is_positive() {
             return Err(Observed::Reply(hello).into());
         }
@@ -273,15 +284,15 @@ impl SmtpTransport {
         host: &str,
         policy: Policy,
     ) -> Result<(), OpenFailed> {
-        let tls_failure = |code: (u8, u16, u16), text: String| OpenFailed {
-            observed: Observed::local(Enhanced::new(code.0, code.1, code.2), text),
+        let tls_failure = |kind: FailureKind, text: String| OpenFailed {
+            observed: Failure::new(kind, text).into(),
             tls_policy: true,
         };
         if !client.capabilities.starttls {
             return match policy.requires_tls() {
                 // Postfix's words and code for the same case.
                 true => Err(tls_failure(
-                    (4, 7, 4),
+                    FailureKind::TlsNotOffered,
                     format!("TLS is required, but was not offered by host {host}"),
                 )),
                 false => Ok(()),
@@ -290,16 +301,16 @@ impl SmtpTransport {
         match client.starttls(&self.connectors, policy, host).await {
             Ok(Ok(())) => self.hello(client, host).await,
             Ok(Err(refused)) if policy.requires_tls() => Err(tls_failure(
-                (4, 7, 4),
+                FailureKind::TlsRefused,
                 format!("TLS is required, but host {host} refused to start TLS: {refused}"),
             )),
             // Refused STARTTLS leaves the plaintext session as it was (RFC 3207 section 4).
             Ok(Err(_)) => Ok(()),
             Err(e @ ClientError::Handshake(_)) => Err(tls_failure(
-                (4, 7, 5),
+                FailureKind::TlsHandshake,
                 format!("{host}: cannot start TLS: {e}"),
             )),
-            Err(e) => Err(Observed::network(format!("{host}: {e}")).into()),
+            Err(e) => Err(Observed::from(Failure::from(&e).at(host)).into()),
         }
     }
 }
@@ -331,8 +342,18 @@ impl Connection for SmtpConnection {
         self.client.take_slowest_reply()
     }
 
-    async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies {
-        self.client.send(from, rcpts, body).await
+    async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Vec<Result<Reply, Failure>> {
+        let replies = self.client.send(from, rcpts, body).await;
+        replies
+            .per_recipient
+            .into_iter()
+            .map(|r| r.map_err(|e| Failure::from(&e)))
+            .collect()
     }
 
     async fn quit(self: Box<Self>) {

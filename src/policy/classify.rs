@@ -6,7 +6,7 @@
 //! whose phrase occurs in the reply, then the enhanced code's subject, then the basic code.
 //! The class is then fitted to the disposition (`Class::transient` / `Class::permanent`).
 
-use crate::outcome::{Class, Disposition, Observed, Outcome};
+use crate::outcome::{Class, Disposition, Failure, Observed, Outcome};
 use crate::reply::{Enhanced, Reply};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use anyhow::Context;
@@ -132,16 +132,33 @@ impl Classifier {
     pub fn outcome(&self, observed: &Observed) -> Outcome {
         match observed {
             Observed::Reply(reply) => self.reply(reply),
-            Observed::Local { enhanced, text } => {
-                let code = if enhanced.class == 4 { 451 } else { 550 };
-                Outcome {
-                    disposition: disposition(code).expect("4xx or 5xx"),
-                    class: self.class(code, Some(*enhanced), text),
-                    code: None,
-                    enhanced: Some(*enhanced),
-                    text: text.clone(),
-                }
-            }
+            Observed::Failure(failure) => self.failure(failure),
+        }
+    }
+
+    /// A failure knock saw itself: its kind says the class, unless the operator's `[codes]`
+    /// give the kind's enhanced code a class of their own.
+    pub fn failure(&self, failure: &Failure) -> Outcome {
+        let enhanced = failure.kind.enhanced();
+        let disposition = match enhanced.class {
+            5 => Disposition::Permanent,
+            _ => Disposition::Transient,
+        };
+        let class = self
+            .codes
+            .get(&enhanced)
+            .copied()
+            .unwrap_or(failure.kind.class());
+        Outcome {
+            disposition,
+            class: Some(match disposition {
+                Disposition::Permanent => class.permanent(),
+                _ => class.transient(),
+            }),
+            code: None,
+            enhanced: Some(enhanced),
+            text: failure.to_string(),
+            failure: Some(failure.kind),
         }
     }
 
@@ -153,6 +170,7 @@ impl Classifier {
             code: Some(reply.code),
             enhanced: reply.enhanced,
             text,
+            failure: None,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The policy the engine applies: what a reply means ([`classify`]), when to try again
-//! ([`schedule`]), how fast and how wide to send to a destination ([`shaping`]), which
-//! receiving infrastructure a domain belongs to ([`provider`]), and which addresses are never
-//! sent to again ([`suppress`]). Pure decisions on data; no sockets, no disk, no clock.
+//! ([`schedule`]), how fast and how wide to send to a destination ([`shaping`]), which knob
+//! each outcome turns ([`react`]), which receiving infrastructure a domain belongs to
+//! ([`provider`]), and which addresses are never sent to again ([`suppress`]). Decisions on
+//! data: no sockets, no disk, and no clock (the time is passed in).
 
 pub mod classify;
 pub mod provider;
+pub mod react;
 pub mod schedule;
 pub mod shaping;
 pub mod suppress;

@@ -10,18 +10,21 @@
 //! - rising latency (connect, greeting, replies) over its baseline takes connections away
 //!   before the receiver starts refusing (silent throttling).
 //!
-//! The state lives in the scheduler task; nothing here sleeps or does I/O.
+//! The state lives in the scheduler; nothing here sleeps, does I/O or reads a clock: every
+//! call is told the time.
 
 use crate::config::{AdaptConfig, Config, Rate, ShapingConfig};
 use crate::outcome::Class;
 use crate::time::Timestamp;
-use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, FakeRelativeClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Static limits for a destination.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,11 +114,45 @@ pub struct Report {
     pub greylist_cleared: Option<Duration>,
 }
 
+/// Deferrals on one connection after which it is closed rather than reused: receivers
+/// slow down and cut off error-heavy sessions.
+pub const MAX_DEFERRALS_PER_CONNECTION: usize = 3;
+
+/// What one open connection has carried, to decide whether it carries the next job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionUse {
+    /// The recipient domain it was opened for.
+    pub domain: String,
+    /// Transactions sent over it.
+    pub sent: usize,
+    /// Recipients deferred over it.
+    pub deferrals: usize,
+}
+
+impl ConnectionUse {
+    pub fn new(domain: &str) -> ConnectionUse {
+        ConnectionUse {
+            domain: domain.to_string(),
+            sent: 0,
+            deferrals: 0,
+        }
+    }
+
+    /// Whether the connection may carry a job for `domain`. Only the same domain: two
+    /// domains of one provider may have different MX hosts (Microsoft 365 tenants), and a
+    /// connection to one is no promise for the other.
+    pub fn may_carry(&self, domain: &str, messages_per_connection: usize) -> bool {
+        self.domain == domain
+            && self.sent < messages_per_connection
+            && self.deferrals < MAX_DEFERRALS_PER_CONNECTION
+    }
+}
+
 /// Why a destination cannot start a delivery now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     /// Wait until then (rate or pause).
-    Until(Instant),
+    Until(Timestamp),
     /// An outage probe is already out; wait for its report.
     Probing,
 }
@@ -125,19 +162,19 @@ pub struct Shaping {
     tuning: Tuning,
     /// The rate allowed now; `None` is unlimited.
     rate: Option<f64>,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Pacer>,
     connections: usize,
-    paused_until: Option<Instant>,
+    paused_until: Option<Timestamp>,
     outage: Option<Outage>,
-    accepted: VecDeque<(Instant, usize)>,
-    last_change: Instant,
-    last_throttle: Option<Instant>,
+    accepted: VecDeque<(Timestamp, usize)>,
+    last_change: Timestamp,
+    last_throttle: Option<Timestamp>,
     /// What the receiver was taking at the last throttle: with no static rate, the limit
     /// lifts once the climb has doubled it.
     throttled_at: Option<f64>,
     /// After a turn-away at the greeting, connections do not climb back until then.
-    connections_held_until: Option<Instant>,
-    last_latency_cut: Instant,
+    connections_held_until: Option<Timestamp>,
+    last_latency_cut: Timestamp,
     latency: Option<Latency>,
     recent: VecDeque<(Timestamp, Class)>,
 }
@@ -153,7 +190,7 @@ struct Outage {
 struct Latency {
     baseline: f64,
     average: f64,
-    at: Instant,
+    at: Timestamp,
 }
 
 /// How far back acceptances count when measuring what the receiver takes.
@@ -170,11 +207,11 @@ const RECENT: usize = 20;
 const MIN_RATE: f64 = 1.0 / 60.0;
 
 impl Shaping {
-    pub fn new(limits: Limits, tuning: Tuning) -> Shaping {
+    pub fn new(limits: Limits, tuning: Tuning, now: Timestamp) -> Shaping {
         let rate = limits.rate.map(|r| r.count as f64 / r.per.as_secs_f64());
         let connections = limits.max_connections;
         Shaping {
-            limiter: rate.map(limiter),
+            limiter: rate.map(|r| Pacer::new(r, now)),
             rate,
             connections,
             limits,
@@ -182,11 +219,11 @@ impl Shaping {
             paused_until: None,
             outage: None,
             accepted: VecDeque::new(),
-            last_change: Instant::now(),
+            last_change: now,
             last_throttle: None,
             throttled_at: None,
             connections_held_until: None,
-            last_latency_cut: Instant::now(),
+            last_latency_cut: now,
             latency: None,
             recent: VecDeque::new(),
         }
@@ -210,7 +247,7 @@ impl Shaping {
 
     /// May a delivery start now? Takes a rate token when it may and `charge` is set (mail
     /// from the null sender, DSNs, does not spend the senders' budget).
-    pub fn admit(&mut self, now: Instant, charge: bool) -> Result<(), Gate> {
+    pub fn admit(&mut self, now: Timestamp, charge: bool) -> Result<(), Gate> {
         if let Some(until) = self.paused_until.filter(|&u| u > now) {
             return Err(Gate::Until(until));
         }
@@ -221,11 +258,9 @@ impl Shaping {
             outage.probing = true;
             return Ok(());
         }
-        if let Some(limiter) = self.limiter.as_ref().filter(|_| charge)
-            && let Err(not_until) = limiter.check()
+        if let Some(limiter) = self.limiter.as_mut().filter(|_| charge)
+            && let Err(wait) = limiter.check(now)
         {
-            // The limiter's own clock: making a new one costs a calibration.
-            let wait = not_until.wait_time_from(limiter.clock().now());
             return Err(Gate::Until(now + wait.max(Duration::from_millis(1))));
         }
         Ok(())
@@ -240,9 +275,9 @@ impl Shaping {
     }
 
     /// Learns from one delivery's report.
-    pub fn report(&mut self, now: Instant, at: Timestamp, r: &Report) {
+    pub fn report(&mut self, now: Timestamp, r: &Report) {
         for c in &r.classes {
-            self.recent.push_back((at, *c));
+            self.recent.push_back((now, *c));
             if self.recent.len() > RECENT {
                 self.recent.pop_front();
             }
@@ -253,7 +288,7 @@ impl Shaping {
         while self
             .accepted
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > MEASURE_WINDOW)
+            .is_some_and(|(t, _)| now.since(*t) > MEASURE_WINDOW)
         {
             self.accepted.pop_front();
         }
@@ -271,13 +306,13 @@ impl Shaping {
         }
     }
 
-    fn outage_report(&mut self, now: Instant, r: &Report) {
+    fn outage_report(&mut self, now: Timestamp, r: &Report) {
         if r.unreachable {
             let backoff = match self.outage {
                 Some(o) => (o.backoff * 2).min(self.tuning.outage_max),
                 None => self.tuning.outage_initial,
             };
-            let since = self.outage.map(|o| o.since).unwrap_or_else(Timestamp::now);
+            let since = self.outage.map(|o| o.since).unwrap_or(now);
             self.outage = Some(Outage {
                 backoff,
                 probing: false,
@@ -296,22 +331,18 @@ impl Shaping {
 
     /// Multiplicative decrease: down to what the receiver was taking, one connection less,
     /// a short pause. Throttles closer together than `react_every` are one event.
-    fn throttled(&mut self, now: Instant) {
+    fn throttled(&mut self, now: Timestamp) {
         if self
             .last_throttle
-            .is_some_and(|t| now.duration_since(t) < self.tuning.react_every)
+            .is_some_and(|t| now.since(t) < self.tuning.react_every)
         {
             return;
         }
         self.last_throttle = Some(now);
         let current = self.rate.unwrap_or(f64::INFINITY);
-        // What the receiver took lately: the last second says it best when its window is
-        // short, the last five when it is long; take the higher, and never go up here.
-        let recent = self.measured_over(now, Duration::from_secs(1));
-        let base = match self
-            .measured_rate(now)
-            .map(|m| recent.map_or(m, |r| r.max(m)))
-        {
+        // What the receiver took over the last seconds, never more than the rate allowed.
+        // The last second alone would read a burst after a window's reset as the rate.
+        let base = match self.measured_rate(now) {
             Some(m) => m.min(current),
             // Refused before anything was accepted: the rate says nothing yet.
             None if current.is_finite() => current,
@@ -321,7 +352,7 @@ impl Shaping {
             }
         };
         self.throttled_at = Some(base);
-        self.set_rate(Some((base * self.tuning.decrease).max(MIN_RATE)));
+        self.set_rate(Some((base * self.tuning.decrease).max(MIN_RATE)), now);
         self.fewer_connections(now);
         self.paused_until = Some(now + self.tuning.throttle_pause);
         self.last_change = now;
@@ -329,19 +360,19 @@ impl Shaping {
 
     /// Turned away at the greeting ("too many connections"): the connection count is the
     /// problem, and it stays lower for a while.
-    fn turned_away(&mut self, now: Instant) {
+    fn turned_away(&mut self, now: Timestamp) {
         self.fewer_connections(now);
         self.connections_held_until = Some(now + CONNECTION_HOLD);
     }
 
-    fn fewer_connections(&mut self, now: Instant) {
+    fn fewer_connections(&mut self, now: Timestamp) {
         self.connections = self.connections.saturating_sub(1).max(1);
         self.last_change = now;
     }
 
     /// Additive increase while clean: the rate and the connections come back.
-    fn clean(&mut self, now: Instant) {
-        if now.duration_since(self.last_change) < self.tuning.increase_every {
+    fn clean(&mut self, now: Timestamp) {
+        if now.since(self.last_change) < self.tuning.increase_every {
             return;
         }
         self.last_change = now;
@@ -354,9 +385,11 @@ impl Shaping {
         {
             let next = rate + (rate * self.tuning.increase).max(MIN_RATE);
             match static_rate {
-                Some(s) => self.set_rate(Some(next.min(s))),
-                None if self.throttled_at.is_some_and(|t| next > 2.0 * t) => self.set_rate(None),
-                None => self.set_rate(Some(next)),
+                Some(s) => self.set_rate(Some(next.min(s)), now),
+                None if self.throttled_at.is_some_and(|t| next > 2.0 * t) => {
+                    self.set_rate(None, now)
+                }
+                None => self.set_rate(Some(next), now),
             }
         }
         let held = self.connections_held_until.is_some_and(|t| t > now) || self.is_slow();
@@ -372,7 +405,7 @@ impl Shaping {
         })
     }
 
-    fn observe_latency(&mut self, now: Instant, sample: Duration) {
+    fn observe_latency(&mut self, now: Timestamp, sample: Duration) {
         let s = sample.as_secs_f64();
         let l = self.latency.get_or_insert(Latency {
             baseline: s,
@@ -382,7 +415,7 @@ impl Shaping {
         l.average = 0.8 * l.average + 0.2 * s;
         // The baseline follows the quiet times: it comes down at once, and goes up only
         // with a time constant of minutes, however many samples arrive.
-        let dt = now.duration_since(l.at).as_secs_f64();
+        let dt = now.since(l.at).as_secs_f64();
         l.at = now;
         l.baseline = if s < l.baseline {
             s
@@ -390,7 +423,7 @@ impl Shaping {
             l.baseline + (s - l.baseline) * (dt / BASELINE_RISE.as_secs_f64()).min(1.0)
         };
         if self.is_slow()
-            && now.duration_since(self.last_latency_cut) >= self.tuning.increase_every
+            && now.since(self.last_latency_cut) >= self.tuning.increase_every
             && self.connections > 1
         {
             self.connections -= 1;
@@ -399,34 +432,34 @@ impl Shaping {
     }
 
     /// The rate the queue drains at: the allowed rate, else what was accepted lately.
-    pub fn drain_rate(&self, now: Instant) -> Option<f64> {
+    pub fn drain_rate(&self, now: Timestamp) -> Option<f64> {
         self.rate.or_else(|| self.measured_rate(now))
     }
 
-    fn measured_rate(&self, now: Instant) -> Option<f64> {
+    fn measured_rate(&self, now: Timestamp) -> Option<f64> {
         self.measured_over(now, MEASURE_WINDOW)
     }
 
     /// Acceptances per second over the last `window` (or since the first, if later; at
     /// least half a second, so one burst is not taken for a rate).
-    fn measured_over(&self, now: Instant, window: Duration) -> Option<f64> {
+    fn measured_over(&self, now: Timestamp, window: Duration) -> Option<f64> {
         let recent = self
             .accepted
             .iter()
-            .filter(|(t, _)| now.duration_since(*t) <= window);
+            .filter(|(t, _)| now.since(*t) <= window);
         let (first, total) = recent.fold((None, 0), |(first, total), (t, n)| {
             (first.or(Some(*t)), total + n)
         });
-        let span = now.duration_since(first?).as_secs_f64().max(0.5);
+        let span = now.since(first?).as_secs_f64().max(0.5);
         Some(total as f64 / span)
     }
 
-    fn set_rate(&mut self, rate: Option<f64>) {
+    fn set_rate(&mut self, rate: Option<f64>, now: Timestamp) {
         self.rate = rate;
-        self.limiter = rate.map(limiter);
+        self.limiter = rate.map(|r| Pacer::new(r, now));
     }
 
-    pub fn view(&self, now: Instant) -> ShapingView {
+    pub fn view(&self, now: Timestamp) -> ShapingView {
         ShapingView {
             rate_per_minute: self.rate.map(|r| (r * 60.0 * 10.0).round() / 10.0),
             static_rate_per_minute: self
@@ -439,7 +472,7 @@ impl Shaping {
             paused_for_seconds: self
                 .paused_until
                 .filter(|&u| u > now)
-                .map(|u| u.duration_since(now).as_secs_f64()),
+                .map(|u| u.since(now).as_secs_f64()),
             outage_since: self.outage.map(|o| o.since),
             outage_backoff_seconds: self.outage.map(|o| o.backoff.as_secs()),
             latency_ms: self.latency.map(|l| (l.average * 1000.0).round()),
@@ -449,12 +482,42 @@ impl Shaping {
     }
 }
 
-fn limiter(rate: f64) -> DefaultDirectRateLimiter {
-    let period = Duration::from_secs_f64(1.0 / rate.max(MIN_RATE));
-    let quota = Quota::with_period(period)
-        .expect("a positive period")
-        .allow_burst(NonZeroU32::MIN);
-    RateLimiter::direct(quota)
+/// The destination's pace: governor's GCRA on a clock that is told the time instead of
+/// reading one, so the same pacing runs on wall time and on virtual time.
+struct Pacer {
+    limiter: RateLimiter<NotKeyed, InMemoryState, FakeRelativeClock, NoOpMiddleware<Nanos>>,
+    clock: FakeRelativeClock,
+    at: Timestamp,
+}
+
+impl Pacer {
+    fn new(rate: f64, now: Timestamp) -> Pacer {
+        let rate = rate.max(MIN_RATE);
+        let period = Duration::from_secs_f64(1.0 / rate);
+        // Time moves in milliseconds: above a thousand a second, a millisecond's worth may
+        // start at once, or the rate could never be reached.
+        let burst = NonZeroU32::new((rate / 1000.0).ceil() as u32).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(burst);
+        let clock = FakeRelativeClock::default();
+        Pacer {
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+            at: now,
+        }
+    }
+
+    /// Takes a start if the pace allows one at `now`; else how long until it does.
+    fn check(&mut self, now: Timestamp) -> Result<(), Duration> {
+        if now > self.at {
+            self.clock.advance(now.since(self.at));
+            self.at = now;
+        }
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
 }
 
 /// A destination's shaping as the API shows it.
@@ -501,22 +564,17 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn throttle_halves_towards_what_was_accepted_then_climbs_back() {
-        let mut s = Shaping::new(limits(None), Tuning::default());
-        let t0 = Instant::now();
+    #[test]
+    fn throttle_halves_towards_what_was_accepted_then_climbs_back() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), Timestamp(1_000_000));
+        let t0 = Timestamp(1_000_000);
         // 500 accepted over 5 s: the receiver took 100/s.
         for i in 0..50 {
-            s.report(
-                t0 + Duration::from_millis(100 * i),
-                Timestamp(0),
-                &accepted(10),
-            );
+            s.report(t0 + Duration::from_millis(100 * i), &accepted(10));
         }
         let t1 = t0 + Duration::from_secs(5);
         s.report(
             t1,
-            Timestamp(0),
             &Report {
                 throttled: true,
                 connected: true,
@@ -538,7 +596,6 @@ mod tests {
         // A second throttle inside the pause is the same event.
         s.report(
             t1 + Duration::from_millis(10),
-            Timestamp(0),
             &Report {
                 throttled: true,
                 ..Default::default()
@@ -549,7 +606,7 @@ mod tests {
         let mut t = t1;
         for _ in 0..3 {
             t += Duration::from_secs(1);
-            s.report(t, Timestamp(0), &accepted(1));
+            s.report(t, &accepted(1));
         }
         let v = s.view(t);
         assert!(
@@ -559,21 +616,25 @@ mod tests {
         assert_eq!(v.connections, 4);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn static_rate_paces_and_caps_the_climb() {
-        let mut s = Shaping::new(limits(Some("600/min")), Tuning::default());
-        let now = Instant::now();
+    #[test]
+    fn static_rate_paces_and_caps_the_climb() {
+        let mut s = Shaping::new(
+            limits(Some("600/min")),
+            Tuning::default(),
+            Timestamp(1_000_000),
+        );
+        let now = Timestamp(1_000_000);
         assert_eq!(s.admit(now, true), Ok(()));
         match s.admit(now, true) {
             Err(Gate::Until(t)) => assert!(
                 t > now && t <= now + Duration::from_millis(101),
                 "{:?}",
-                t - now
+                t.since(now)
             ),
             other => panic!("{other:?}"),
         }
         for i in 1..20 {
-            s.report(now + Duration::from_secs(i), Timestamp(0), &accepted(10));
+            s.report(now + Duration::from_secs(i), &accepted(10));
         }
         assert_eq!(
             s.view(now).rate_per_minute,
@@ -582,15 +643,15 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn outage_backs_off_and_lets_one_probe_through() {
-        let mut s = Shaping::new(limits(None), Tuning::default());
-        let t0 = Instant::now();
+    #[test]
+    fn outage_backs_off_and_lets_one_probe_through() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), Timestamp(1_000_000));
+        let t0 = Timestamp(1_000_000);
         let down = Report {
             unreachable: true,
             ..Default::default()
         };
-        s.report(t0, Timestamp(0), &down);
+        s.report(t0, &down);
         assert_eq!(
             s.admit(t0, true),
             Err(Gate::Until(t0 + Duration::from_secs(30)))
@@ -598,7 +659,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(30);
         assert_eq!(s.admit(t1, true), Ok(()), "the probe");
         assert_eq!(s.admit(t1, true), Err(Gate::Probing), "one probe at a time");
-        s.report(t1, Timestamp(0), &down);
+        s.report(t1, &down);
         assert_eq!(
             s.admit(t1, true),
             Err(Gate::Until(t1 + Duration::from_secs(60))),
@@ -606,21 +667,20 @@ mod tests {
         );
         let t2 = t1 + Duration::from_secs(60);
         assert_eq!(s.admit(t2, true), Ok(()));
-        s.report(t2, Timestamp(0), &accepted(1));
+        s.report(t2, &accepted(1));
         assert!(!s.in_outage());
         assert_eq!(s.admit(t2, true), Ok(()), "flow resumes at once");
         assert_eq!(s.connection_limit(), 4);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn rising_latency_takes_connections_away() {
-        let mut s = Shaping::new(limits(None), Tuning::default());
-        let mut t = Instant::now();
+    #[test]
+    fn rising_latency_takes_connections_away() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), Timestamp(1_000_000));
+        let mut t = Timestamp(1_000_000);
         for _ in 0..20 {
             t += Duration::from_millis(200);
             s.report(
                 t,
-                Timestamp(0),
                 &Report {
                     latency: Some(Duration::from_millis(5)),
                     ..accepted(1)
@@ -632,7 +692,6 @@ mod tests {
             t += Duration::from_millis(500);
             s.report(
                 t,
-                Timestamp(0),
                 &Report {
                     latency: Some(Duration::from_millis(200)),
                     connected: true,

@@ -153,7 +153,7 @@ pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]
     replies
         .per_recipient
         .into_iter()
-        .map(|r| r.map(|r| r.one_line()).unwrap_or_else(|e| e))
+        .map(|r| r.map(|r| r.one_line()).unwrap_or_else(|e| e.to_string()))
         .collect()
 }
 

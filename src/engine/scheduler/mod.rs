@@ -1,43 +1,59 @@
-//! The scheduler: the one task that owns queue state and timing. It keeps every pending
-//! (message, domain) group in a due-time index; when a group is due it goes to the ready
-//! queue of its *destination* (the domain's provider, found from its MX hosts once and
-//! cached), and the destination's shaping decides when and over how many connections it
-//! is delivered. Workers and the API talk to it only through [`Command`]s on its channel.
+//! The scheduler: the core of the engine as a state machine. It owns *when* and *how
+//! fast*: every pending (message, domain) group in a due-time index; when a group is due it
+//! goes to the ready queue of its *destination* (the domain's provider, found from its MX
+//! hosts once and cached), whose shaping decides when and over how many connections it is
+//! delivered; each outcome is classified and turned into the next state of each recipient
+//! (`policy::react`).
 //!
-//! Nothing polls: the task sleeps until the earliest of the next due group, the end of a
-//! destination's pause or rate wait, and the next expiry sweep.
+//! It does no I/O and reads no clock: [`Scheduler::handle`] takes an [`Input`] (a message
+//! queued, an outcome reported, a worker idle, a clock tick, ...) with the time, and hands
+//! back the [`Effect`]s that follow (start a delivery on destination X, look a provider up,
+//! persist a new state with its events, ...). [`Scheduler::next_wake`] says when it wants to
+//! be told the time again. The engine drives it on wall time with real sockets and a spool
+//! (`engine::driver`); `knock simulate` drives the very same code on virtual time against
+//! modelled receivers; the tests drive it input by input.
 //!
 //! Memory: a waiting group costs a small fixed entry (ids, times, counts; domain names are
 //! shared). Its envelope and recipients ([`Held`]) stay in memory only while they are
-//! needed: a new message until its first attempt, a group from an attempt until its new
-//! state is committed. Otherwise the spool is the one copy, and the worker that gets the
-//! group reads it back. An entry is about 150 bytes; with a million deferred messages the
-//! whole process stays under 400 MiB (docs/benchmarks.md).
-//!
-//! Not owned here: durability (workers commit to the spool before they report) and what an
-//! outcome means (classification and dispatch).
+//! needed: a new message until its first attempt (unless it waits far back in a ready
+//! queue), a group from an attempt until its new state is committed. Otherwise the spool is
+//! the one copy, and the worker that gets the group reads it back.
 
-use crate::engine::dispatch::Dispatcher;
+mod destination;
+mod ready;
+
+pub use destination::Destination;
+pub use ready::{Placed, ReadyQueue};
+
+use crate::config::Config;
 use crate::engine::spool::Waiting;
-use crate::message::{Envelope, Group, MessageId};
+use crate::message::{Envelope, Group, MessageId, NewMessage};
+use crate::outcome::Observed;
+use crate::policy::classify::Classifier;
 use crate::policy::provider::Providers;
-use crate::policy::shaping::{Gate, Report, Shaping, ShapingView};
+use crate::policy::react::{self, Attempted, Rules, Seen, Updated, Where};
+use crate::policy::schedule::Schedule;
+use crate::policy::shaping::{Gate, Limits, Shaping, ShapingView, Tuning};
 use crate::time::Timestamp;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+/// A group: its message and its (shared) domain name.
+pub type Key = (MessageId, Arc<str>);
+
+/// A delivery worker (one connection), as the scheduler names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u64);
 
 /// A group's envelope and recipients, while they are held in memory.
 #[derive(Debug, Clone)]
 pub struct Held {
     pub envelope: Arc<Envelope>,
     pub group: Group,
-    /// The message, when still in memory; workers read the spool otherwise.
+    /// The message, when in memory; workers read the spool otherwise.
     pub body: Option<Bytes>,
 }
 
@@ -72,6 +88,15 @@ impl Queued {
             }),
         })
     }
+
+    /// A new message's groups, body kept in memory for the first attempt.
+    pub fn new_message(m: NewMessage) -> Vec<Queued> {
+        let envelope = Arc::new(m.envelope);
+        m.groups
+            .into_iter()
+            .filter_map(|group| Queued::held(envelope.clone(), group, Some(m.body.clone())))
+            .collect()
+    }
 }
 
 impl From<Waiting> for Queued {
@@ -84,7 +109,7 @@ impl From<Waiting> for Queued {
     }
 }
 
-/// One group handed to a worker, with what the destination says about delivering it.
+/// One group handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: MessageId,
@@ -93,48 +118,155 @@ pub struct Job {
     pub held: Option<Held>,
     pub destination: Arc<str>,
     pub messages_per_connection: usize,
-    /// The greylist delay learned for this destination, if any.
-    pub greylist_delay: Option<Duration>,
 }
 
-pub enum Command {
+/// What a worker reports after an attempt at a group.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub worker: WorkerId,
+    pub destination: Arc<str>,
+    /// The group as it was tried (with the body, for a DSN, when it was read).
+    pub held: Held,
+    /// When the attempt started.
+    pub started: Timestamp,
+    /// What was observed for each pending recipient, in order.
+    pub results: Vec<(Observed, Where)>,
+    pub seen: Seen,
+}
+
+/// Why a job came back without an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    /// It never reached its worker (the worker was gone): back to the front of the queue.
+    NotStarted,
+    /// Its worker was dropped mid-delivery (a panic, a cancelled task): tried again soon.
+    Abandoned,
+}
+
+/// What happened, told to the scheduler.
+#[derive(Debug)]
+pub enum Input {
     /// New or recovered groups, due at their `next_attempt`.
-    Enqueue(Vec<Queued>),
-    /// The provider of a domain, found from its MX hosts.
-    Provider { domain: String, provider: String },
-    /// A worker for `destination` is free: its next job, or `None` and the worker ends.
-    Next {
-        destination: Arc<str>,
-        reply: oneshot::Sender<Option<Job>>,
+    Queued(Vec<Queued>),
+    /// The MX hosts of a domain (empty when DNS could not say), for its provider.
+    MxHosts { domain: String, hosts: Vec<String> },
+    /// A worker finished an attempt; it asks for its next job with [`Input::Idle`].
+    Delivered(Box<Delivery>),
+    /// A worker is free for its next job.
+    Idle { worker: WorkerId },
+    /// A job came back without an outcome.
+    Returned {
+        worker: WorkerId,
+        job: Job,
+        why: Return,
     },
-    /// A worker has finished a job, submitted its new state to the spool, and reports
-    /// what it saw (the group comes back with its new state, body dropped).
-    Done {
-        held: Held,
-        destination: Arc<str>,
-        report: Report,
+    /// A worker ended (its task finished, panicked or was cancelled).
+    WorkerGone { worker: WorkerId },
+    /// A group is no longer in the spool (or is final): it leaves the queue.
+    Gone {
+        worker: Option<WorkerId>,
+        id: MessageId,
+        domain: String,
     },
+    /// A group could not be read from the spool: it is tried again later.
+    Unreadable {
+        worker: Option<WorkerId>,
+        id: MessageId,
+        domain: String,
+    },
+    /// A group read back from the spool, to expire it ([`Effect::Load`]).
+    Loaded(Held),
     /// A group's state after `attempts` attempts is on disk: the memory copy may go.
     Committed {
         id: MessageId,
         domain: String,
         attempts: usize,
     },
-    /// A group left the queue without an attempt (expired while waiting, or no longer in
-    /// the spool).
-    Forget { id: MessageId, domain: String },
-    /// A worker could not read a group from the spool: try it again at `at`.
-    Later {
-        id: MessageId,
-        domain: String,
-        at: Timestamp,
-    },
-    Summary {
-        reply: oneshot::Sender<Vec<DomainSummary>>,
-    },
-    Destinations {
-        reply: oneshot::Sender<Vec<DestinationView>>,
-    },
+    /// The time has come ([`Scheduler::next_wake`]).
+    Tick,
+    /// Stop: start nothing more; running workers finish and report.
+    Shutdown,
+}
+
+/// What the scheduler asks for.
+#[derive(Debug)]
+pub enum Effect {
+    /// Start a worker (a new connection) with its first job.
+    Start { worker: WorkerId, job: Job },
+    /// Give an idle worker its next job.
+    Assign { worker: WorkerId, job: Job },
+    /// Let a worker go: it closes its connection and ends.
+    Dismiss { worker: WorkerId },
+    /// Find the MX hosts of a domain ([`Input::MxHosts`]).
+    LookUp { domain: String },
+    /// Read a group back from the spool to expire it ([`Input::Loaded`]).
+    Load { id: MessageId, domain: String },
+    /// Write a group's new state (with its DSN and suppressions), then tell its events.
+    Persist(Box<Persist>),
+}
+
+/// A group's new state to write. Persists of one group come in the order they are to be
+/// written.
+#[derive(Debug)]
+pub struct Persist {
+    pub envelope: Arc<Envelope>,
+    pub updated: Updated,
+    /// The message, when in hand, for a DSN.
+    pub body: Option<Bytes>,
+    /// When the group is still pending: its attempts, to acknowledge with
+    /// [`Input::Committed`] once on disk.
+    pub pending: Option<usize>,
+}
+
+/// Makes the shaping of a new destination, by its name, at a time.
+pub type ShapingOf = Box<dyn Fn(&str, Timestamp) -> Shaping + Send + Sync>;
+
+/// How the scheduler shapes, learns and reacts; from the config.
+pub struct Policy {
+    pub classifier: Arc<Classifier>,
+    pub rules: Rules,
+    pub providers: Providers,
+    /// The shaping of a new destination.
+    pub shaping: ShapingOf,
+    /// Learned greylist delays stay within these bounds.
+    pub greylist_floor: Duration,
+    pub greylist_ceiling: Duration,
+    /// How long a recipient may live; waiting groups past it are expired.
+    pub max_age: Duration,
+    /// Groups at the front of a ready queue that may stay held in memory.
+    pub ready_hot: usize,
+    /// Seeds the jitter; `None` seeds it at random.
+    pub seed: Option<u64>,
+}
+
+/// Groups at the front of each ready queue kept in memory with their message.
+pub const READY_HOT: usize = 10_000;
+
+impl Policy {
+    pub fn from_config(config: &Config) -> anyhow::Result<Policy> {
+        let schedule = Schedule::from_config(&config.retry);
+        let shaping = config.clone();
+        Ok(Policy {
+            classifier: Arc::new(Classifier::from_config(&config.classify)?),
+            greylist_ceiling: schedule.delay(1),
+            rules: Rules {
+                schedule,
+                greylist_window: config.greylist.window,
+            },
+            providers: Providers::new(config.providers.clone()),
+            shaping: Box::new(move |provider, now| {
+                Shaping::new(
+                    Limits::for_provider(&shaping, provider),
+                    Tuning::from_config(&shaping.adapt),
+                    now,
+                )
+            }),
+            greylist_floor: config.greylist.floor,
+            max_age: config.retry.max_age,
+            ready_hot: READY_HOT,
+            seed: None,
+        })
+    }
 }
 
 /// What `knock queue` shows for one domain.
@@ -170,93 +302,6 @@ pub struct DestinationView {
     pub expiring_before_drain: usize,
 }
 
-/// The handle everyone else holds.
-#[derive(Clone)]
-pub struct SchedulerHandle {
-    tx: mpsc::UnboundedSender<Command>,
-}
-
-impl SchedulerHandle {
-    pub fn enqueue(&self, groups: Vec<Queued>) {
-        let _ = self.tx.send(Command::Enqueue(groups));
-    }
-
-    pub fn provider(&self, domain: String, provider: String) {
-        let _ = self.tx.send(Command::Provider { domain, provider });
-    }
-
-    pub async fn next_job(&self, destination: &Arc<str>) -> Option<Job> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Next {
-                destination: destination.clone(),
-                reply,
-            })
-            .ok()?;
-        rx.await.ok().flatten()
-    }
-
-    pub fn done(&self, held: Held, destination: Arc<str>, report: Report) {
-        let _ = self.tx.send(Command::Done {
-            held,
-            destination,
-            report,
-        });
-    }
-
-    pub fn committed(&self, id: MessageId, domain: String, attempts: usize) {
-        let _ = self.tx.send(Command::Committed {
-            id,
-            domain,
-            attempts,
-        });
-    }
-
-    pub fn forget(&self, id: MessageId, domain: String) {
-        let _ = self.tx.send(Command::Forget { id, domain });
-    }
-
-    pub fn later(&self, id: MessageId, domain: String, at: Timestamp) {
-        let _ = self.tx.send(Command::Later { id, domain, at });
-    }
-
-    pub async fn summary(&self) -> Vec<DomainSummary> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Summary { reply }).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    pub async fn destinations(&self) -> Vec<DestinationView> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Destinations { reply }).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-}
-
-pub fn channel() -> (SchedulerHandle, mpsc::UnboundedReceiver<Command>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (SchedulerHandle { tx }, rx)
-}
-
-/// How the scheduler shapes and learns; from the config.
-pub struct Policy {
-    pub providers: Providers,
-    /// The shaping of a new destination.
-    pub shaping: Box<dyn Fn(&str) -> Shaping + Send>,
-    /// Learned greylist delays stay within these bounds.
-    pub greylist_floor: Duration,
-    pub greylist_ceiling: Duration,
-    /// How long a recipient may live; waiting groups past it are expired.
-    pub max_age: Duration,
-}
-
-/// A group: its message and its (shared) domain name.
-type Key = (MessageId, Arc<str>);
-
 struct Entry {
     /// Boxed: most entries hold nothing, and stay small.
     held: Option<Box<Held>>,
@@ -265,18 +310,16 @@ struct Entry {
     pending: u32,
     deferred: u32,
     due: Timestamp,
+    /// With a worker, or being read back to expire.
     in_flight: bool,
+    /// The attempts of a new state handed out to persist and not yet acknowledged: until
+    /// then the memory copy is the only current one.
+    uncommitted: Option<usize>,
 }
 
-struct Destination {
-    name: Arc<str>,
-    ready: VecDeque<Key>,
-    workers: usize,
-    /// Workers holding a connection open, until the rate lets them go on or the next
-    /// message comes, but no longer than their `until`.
-    idle: VecDeque<Idle>,
-    shaping: Shaping,
-    greylist_delay: Option<Duration>,
+struct Worker {
+    destination: Arc<str>,
+    job: Option<Key>,
 }
 
 /// A worker waits with its connection open for at most this long for the rate; longer,
@@ -286,13 +329,12 @@ const IDLE_HOLD: Duration = Duration::from_secs(5);
 /// (Postfix's `smtp_connection_cache_time_limit`): a steady trickle reuses connections
 /// instead of opening one, and shaking hands for TLS, per message.
 const KEEP_OPEN: Duration = Duration::from_secs(2);
-
-struct Idle {
-    reply: oneshot::Sender<Option<Job>>,
-    until: Instant,
-}
 /// Providers are looked up again after this long.
 const PROVIDER_TTL: Duration = Duration::from_secs(3600);
+/// When a group the spool could not give back is tried again.
+const READ_RETRY: Duration = Duration::from_secs(60);
+/// When a group whose worker was lost mid-delivery is tried again.
+const RETURN_RETRY: Duration = Duration::from_secs(1);
 
 /// How a destination's queue would drain.
 struct Drain {
@@ -302,162 +344,151 @@ struct Drain {
 }
 
 pub struct Scheduler {
-    rx: mpsc::UnboundedReceiver<Command>,
-    dispatcher: Dispatcher,
     policy: Policy,
+    rng: fastrand::Rng,
     entries: HashMap<Key, Entry>,
     due: BTreeSet<(Timestamp, Key)>,
     /// Every domain name in the queue, once.
     domains: HashSet<Arc<str>>,
     destinations: HashMap<Arc<str>, Destination>,
-    provider_of: HashMap<String, (Arc<str>, Instant)>,
-    awaiting_provider: HashMap<String, Vec<Key>>,
-    /// When gated destinations may start again (rate waits, pauses); a destination may be
-    /// listed more than once, which costs only a spare look.
-    wakes: BTreeSet<(Instant, Arc<str>)>,
-    next_sweep: Instant,
+    provider_of: HashMap<Arc<str>, (Arc<str>, Timestamp)>,
+    awaiting_provider: HashMap<Arc<str>, Vec<Key>>,
+    workers: HashMap<WorkerId, Worker>,
+    next_worker: u64,
+    /// When gated destinations may start again (rate waits, pauses, idle workers' time); a
+    /// destination may be listed more than once, which costs only a spare look.
+    wakes: BTreeSet<(Timestamp, Arc<str>)>,
+    next_sweep: Option<Timestamp>,
     stopping: bool,
+    out: Vec<Effect>,
 }
 
 impl Scheduler {
-    pub fn new(
-        rx: mpsc::UnboundedReceiver<Command>,
-        dispatcher: Dispatcher,
-        policy: Policy,
-    ) -> Self {
+    pub fn new(policy: Policy) -> Scheduler {
+        let rng = match policy.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
         Scheduler {
-            rx,
-            dispatcher,
-            next_sweep: Instant::now() + sweep_interval(policy.max_age),
             policy,
+            rng,
             entries: HashMap::new(),
             due: BTreeSet::new(),
             domains: HashSet::new(),
             destinations: HashMap::new(),
             provider_of: HashMap::new(),
             awaiting_provider: HashMap::new(),
+            workers: HashMap::new(),
+            next_worker: 0,
             wakes: BTreeSet::new(),
+            next_sweep: None,
             stopping: false,
+            out: Vec::new(),
         }
     }
 
-    /// Runs until `shutdown`, then until the running workers have reported (at most
-    /// `grace`); whatever is left stays in the spool for the next start.
-    pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
-        loop {
-            let wake = self.next_wake();
-            tokio::select! {
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
-                    None => return,
-                },
-                _ = tokio::time::sleep_until(wake), if !self.stopping => self.tick(),
-                _ = shutdown.cancelled(), if !self.stopping => self.stop(),
-            }
-            if self.stopping {
-                break;
-            }
+    /// Takes what happened at `now` and returns what to do about it. `now` never goes
+    /// backwards from one call to the next.
+    pub fn handle(&mut self, input: Input, now: Timestamp) -> Vec<Effect> {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + sweep_interval(self.policy.max_age));
         }
-        // Let running workers finish and report, but not forever.
-        let deadline = Instant::now() + grace;
-        while self.destinations.values().any(|d| d.workers > 0) {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(cmd)) => self.handle(cmd),
-                _ => return,
+        match input {
+            Input::Queued(groups) => {
+                for q in groups {
+                    self.insert(q);
+                }
+                self.release_due(now);
             }
+            Input::MxHosts { domain, hosts } => {
+                let provider = self.policy.providers.name_for(&domain, &hosts);
+                self.provider_found(&domain, provider, now);
+            }
+            Input::Delivered(delivery) => self.delivered(*delivery, now),
+            Input::Idle { worker } => self.idle(worker, now),
+            Input::Returned { worker, job, why } => self.returned(worker, job, why, now),
+            Input::WorkerGone { worker } => self.worker_gone(worker, now),
+            Input::Gone { worker, id, domain } => {
+                self.job_over(worker);
+                let key = (id, self.intern(&domain));
+                self.entries.remove(&key);
+            }
+            Input::Unreadable { worker, id, domain } => {
+                self.job_over(worker);
+                let key = (id, self.intern(&domain));
+                self.reschedule(key, now + READ_RETRY);
+            }
+            Input::Loaded(held) => {
+                let key = (held.envelope.id, self.intern(&held.group.domain));
+                if self.entries.get(&key).is_some_and(|e| e.in_flight) {
+                    self.expire_loaded(held, now);
+                }
+            }
+            Input::Committed {
+                id,
+                domain,
+                attempts,
+            } => self.committed(id, &domain, attempts),
+            Input::Tick => self.tick(now),
+            Input::Shutdown => self.stop(),
         }
+        std::mem::take(&mut self.out)
+    }
+
+    /// When the scheduler wants [`Input::Tick`]: the next due group, the end of a
+    /// destination's wait, or the next expiry sweep. `None` once stopping.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        if self.stopping {
+            return None;
+        }
+        let due = self.due.first().map(|(at, _)| *at);
+        let wake = self.wakes.first().map(|(t, _)| *t);
+        [due, wake, self.next_sweep].into_iter().flatten().min()
+    }
+
+    /// Workers alive (busy or idle); after [`Input::Shutdown`], the engine waits for this
+    /// to reach zero.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Groups handed to workers (or being read back) and not returned yet.
+    pub fn in_flight(&self) -> usize {
+        self.entries.values().filter(|e| e.in_flight).count()
+    }
+
+    /// Groups in the queue, in flight or not.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     fn stop(&mut self) {
         self.stopping = true;
         for d in self.destinations.values_mut() {
-            d.ready.clear();
-            for w in d.idle.drain(..) {
-                let _ = w.reply.send(None);
+            d.ready.drain().for_each(drop);
+            for (worker, _) in d.idle.drain(..) {
+                self.out.push(Effect::Dismiss { worker });
+                self.workers.remove(&worker);
                 d.workers -= 1;
             }
         }
     }
 
-    fn next_wake(&self) -> Instant {
-        let now = Instant::now();
-        let due = self.due.first().map(|(at, _)| now + at.until_now());
-        let destinations = self.wakes.first().map(|(t, _)| *t);
-        due.into_iter()
-            .chain(destinations)
-            .chain([self.next_sweep])
-            .min()
-            .unwrap_or(self.next_sweep)
-    }
-
-    fn tick(&mut self) {
-        self.release_due();
-        let now = Instant::now();
+    fn tick(&mut self, now: Timestamp) {
+        self.release_due(now);
         while self.wakes.first().is_some_and(|(t, _)| *t <= now) {
             let (_, name) = self.wakes.pop_first().expect("first exists");
-            self.start_workers(&name);
+            self.start_workers(&name, now);
         }
-        if now >= self.next_sweep {
-            self.sweep_expired();
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            self.sweep_expired(now);
             // Domain names no group refers to any more.
             self.domains.retain(|d| Arc::strong_count(d) > 1);
-            self.next_sweep = now + sweep_interval(self.policy.max_age);
-        }
-    }
-
-    fn handle(&mut self, cmd: Command) {
-        match cmd {
-            Command::Enqueue(groups) => {
-                for q in groups {
-                    self.insert(q);
-                }
-                self.release_due();
-            }
-            Command::Provider { domain, provider } => self.provider_found(domain, provider),
-            Command::Next { destination, reply } => self.next_for_worker(&destination, reply),
-            Command::Done {
-                held,
-                destination,
-                report,
-            } => {
-                self.learn(&destination, &report);
-                self.finish(held);
-                self.release_due();
-                self.start_workers(&destination);
-            }
-            Command::Committed {
-                id,
-                domain,
-                attempts,
-            } => {
-                let key = (id, self.intern(&domain));
-                if let Some(e) = self.entries.get_mut(&key)
-                    && !e.in_flight
-                    && e.held
-                        .as_ref()
-                        .is_some_and(|h| h.group.attempts() == attempts)
-                {
-                    e.held = None;
-                }
-            }
-            Command::Forget { id, domain } => {
-                let key = (id, self.intern(&domain));
-                self.entries.remove(&key);
-            }
-            Command::Later { id, domain, at } => {
-                let key = (id, self.intern(&domain));
-                if let Some(e) = self.entries.get_mut(&key) {
-                    e.in_flight = false;
-                    e.due = at;
-                    self.due.insert((at, key));
-                }
-            }
-            Command::Summary { reply } => {
-                let _ = reply.send(self.summary());
-            }
-            Command::Destinations { reply } => {
-                let _ = reply.send(self.destination_views());
-            }
+            self.next_sweep = Some(now + sweep_interval(self.policy.max_age));
         }
     }
 
@@ -474,6 +505,12 @@ impl Scheduler {
         let Queued { waiting: w, held } = q;
         let due = w.next_attempt;
         let key = (w.id, self.intern(&w.domain));
+        if let Some(old) = self.entries.get(&key)
+            && !old.in_flight
+        {
+            // Queued again (a recovery racing a live copy): one entry, one place.
+            self.due.remove(&(old.due, key.clone()));
+        }
         self.due.insert((due, key.clone()));
         self.entries.insert(
             key,
@@ -485,106 +522,121 @@ impl Scheduler {
                 deferred: w.deferred,
                 due,
                 in_flight: false,
+                uncommitted: None,
             },
         );
     }
 
+    /// Puts a group back in the due index at `at`.
+    fn reschedule(&mut self, key: Key, at: Timestamp) {
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.in_flight = false;
+            entry.due = at;
+            self.due.insert((at, key));
+        }
+    }
+
     /// Moves every group whose time has come towards its destination.
-    fn release_due(&mut self) {
+    fn release_due(&mut self, now: Timestamp) {
         if self.stopping {
             return;
         }
-        let now = Timestamp::now();
         let mut touched = BTreeSet::new();
         while self.due.first().is_some_and(|(at, _)| *at <= now) {
             let (_, key) = self.due.pop_first().expect("first exists");
-            if let Some(dest) = self.route(key) {
+            if let Some(dest) = self.route(key, now) {
                 touched.insert(dest);
             }
         }
         for dest in touched {
-            self.start_workers(&dest);
+            self.start_workers(&dest, now);
         }
     }
 
     /// Puts a due group in its destination's ready queue, or waits for its provider.
-    fn route(&mut self, key: Key) -> Option<Arc<str>> {
+    fn route(&mut self, key: Key, now: Timestamp) -> Option<Arc<str>> {
         let domain = key.1.clone();
         let known = self
             .provider_of
-            .get(&*domain)
-            .filter(|(_, at)| at.elapsed() < PROVIDER_TTL)
+            .get(&domain)
+            .filter(|(_, at)| now.since(*at) < PROVIDER_TTL)
             .map(|(p, _)| p.clone());
         let provider = known.or_else(|| {
             let name: Arc<str> = self.policy.providers.by_domain(&domain)?.into();
-            self.provider_of
-                .insert(domain.to_string(), (name.clone(), Instant::now()));
+            self.provider_of.insert(domain.clone(), (name.clone(), now));
             Some(name)
         });
         match provider {
             Some(p) => {
-                self.destination(&p).ready.push_back(key);
+                self.make_ready(&p, key, now);
                 Some(p)
             }
             None => {
-                let waiting = self
-                    .awaiting_provider
-                    .entry(domain.to_string())
-                    .or_default();
+                let waiting = self.awaiting_provider.entry(domain.clone()).or_default();
                 waiting.push(key);
                 if waiting.len() == 1 {
-                    self.dispatcher.find_provider(domain.to_string());
+                    self.out.push(Effect::LookUp {
+                        domain: domain.to_string(),
+                    });
                 }
                 None
             }
         }
     }
 
-    fn provider_found(&mut self, domain: String, provider: String) {
+    /// Appends a group to a ready queue; far back in the queue, its memory copy goes if
+    /// the spool has its current state.
+    fn make_ready(&mut self, name: &Arc<str>, key: Key, now: Timestamp) {
+        let placed = self.destination(name, now).ready.push_back(key.clone());
+        if placed == Placed::Cold
+            && let Some(entry) = self.entries.get_mut(&key)
+            && entry.uncommitted.is_none()
+        {
+            entry.held = None;
+        }
+    }
+
+    fn provider_found(&mut self, domain: &str, provider: String, now: Timestamp) {
         let provider: Arc<str> = provider.into();
+        let domain = self.intern(domain);
         self.provider_of
-            .insert(domain.clone(), (provider.clone(), Instant::now()));
+            .insert(domain.clone(), (provider.clone(), now));
         let waiting = self.awaiting_provider.remove(&domain).unwrap_or_default();
         if self.stopping {
             return;
         }
-        let d = self.destination(&provider);
-        d.ready.extend(waiting);
-        self.start_workers(&provider);
+        for key in waiting {
+            self.make_ready(&provider, key, now);
+        }
+        self.start_workers(&provider, now);
     }
 
-    fn destination(&mut self, name: &Arc<str>) -> &mut Destination {
+    fn destination(&mut self, name: &Arc<str>, now: Timestamp) -> &mut Destination {
         let policy = &self.policy;
-        self.destinations
-            .entry(name.clone())
-            .or_insert_with(|| Destination {
-                name: name.clone(),
-                ready: VecDeque::new(),
-                workers: 0,
-                idle: VecDeque::new(),
-                shaping: (policy.shaping)(name),
-                greylist_delay: None,
-            })
+        self.destinations.entry(name.clone()).or_insert_with(|| {
+            Destination::new(name.clone(), (policy.shaping)(name, now), policy.ready_hot)
+        })
     }
 
     /// Hands ready jobs to idle workers or new ones, as far as the shaping allows.
-    fn start_workers(&mut self, name: &Arc<str>) {
+    fn start_workers(&mut self, name: &Arc<str>, now: Timestamp) {
         if self.stopping {
             return;
         }
-        let now = Instant::now();
         loop {
             let Some(d) = self.destinations.get_mut(name) else {
                 return;
             };
             if d.ready.is_empty() {
                 // Idle workers past their time close their connections.
-                let (done, keep): (VecDeque<Idle>, VecDeque<Idle>) =
-                    d.idle.drain(..).partition(|w| w.until <= now);
-                d.idle = keep;
-                for w in done {
-                    let _ = w.reply.send(None);
+                while let Some(&(worker, until)) = d.idle.front() {
+                    if until > now {
+                        break;
+                    }
+                    d.idle.pop_front();
                     d.workers -= 1;
+                    self.workers.remove(&worker);
+                    self.out.push(Effect::Dismiss { worker });
                 }
                 return;
             }
@@ -608,75 +660,82 @@ impl Scheduler {
             let d = self.destinations.get_mut(name).expect("exists");
             if spawn {
                 d.workers += 1;
-                self.dispatcher.spawn_worker(job);
-            } else if let Some(w) = d.idle.pop_front()
-                && let Err(Some(job)) = w.reply.send(Some(job))
-            {
-                // The worker is gone: its job goes back to the front.
-                d.workers -= 1;
-                d.shaping.start_lost();
-                self.requeue(job);
+                let worker = WorkerId(self.next_worker);
+                self.next_worker += 1;
+                self.workers.insert(
+                    worker,
+                    Worker {
+                        destination: name.clone(),
+                        job: Some((job.id, job.domain.clone())),
+                    },
+                );
+                self.out.push(Effect::Start { worker, job });
+            } else {
+                let (worker, _) = d.idle.pop_front().expect("not empty");
+                self.assign(worker, job);
             }
         }
     }
 
+    fn assign(&mut self, worker: WorkerId, job: Job) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.job = Some((job.id, job.domain.clone()));
+        }
+        self.out.push(Effect::Assign { worker, job });
+    }
+
+    /// Lets a worker go: it is no longer counted.
+    fn dismiss(&mut self, worker: WorkerId, name: &Arc<str>) {
+        if self.workers.remove(&worker).is_some()
+            && let Some(d) = self.destinations.get_mut(name)
+        {
+            d.workers -= 1;
+        }
+        self.out.push(Effect::Dismiss { worker });
+    }
+
     /// A worker is free: give it the next job, keep it waiting a moment, or let it go.
-    fn next_for_worker(&mut self, name: &Arc<str>, reply: oneshot::Sender<Option<Job>>) {
-        let now = Instant::now();
-        let Some(d) = self.destinations.get_mut(name) else {
-            let _ = reply.send(None);
+    fn idle(&mut self, worker: WorkerId, now: Timestamp) {
+        let Some(name) = self.workers.get(&worker).map(|w| w.destination.clone()) else {
+            self.out.push(Effect::Dismiss { worker });
+            return;
+        };
+        let Some(d) = self.destinations.get_mut(&name) else {
+            self.dismiss(worker, &name);
             return;
         };
         if self.stopping || d.workers > d.shaping.connection_limit() {
-            d.workers -= 1;
-            let _ = reply.send(None);
+            self.dismiss(worker, &name);
             return;
         }
         if d.ready.is_empty() {
             let until = now + KEEP_OPEN;
-            d.idle.push_back(Idle { reply, until });
-            self.wakes.insert((until, name.clone()));
+            d.idle.push_back((worker, until));
+            self.wakes.insert((until, name));
             return;
         }
         let charge = !front_is_null_sender(d, &self.entries);
-        let d = self.destinations.get_mut(name).expect("exists");
+        let d = self.destinations.get_mut(&name).expect("exists");
         match d.shaping.admit(now, charge) {
-            Ok(()) => {
-                let job = self.take_ready(name);
-                let d = self.destinations.get_mut(name).expect("exists");
-                match job {
-                    Some(job) => {
-                        if let Err(Some(job)) = reply.send(Some(job)) {
-                            d.workers -= 1;
-                            d.shaping.start_lost();
-                            self.requeue(job);
-                        }
-                    }
-                    None => {
-                        d.workers -= 1;
-                        let _ = reply.send(None);
-                    }
-                }
-            }
-            Err(Gate::Until(t)) if t.duration_since(now) <= IDLE_HOLD => {
-                d.idle.push_back(Idle {
-                    reply,
-                    until: now + IDLE_HOLD,
-                });
+            Ok(()) => match self.take_ready(&name) {
+                Some(job) => self.assign(worker, job),
+                None => self.dismiss(worker, &name),
+            },
+            Err(Gate::Until(t)) if t.since(now) <= IDLE_HOLD => {
+                d.idle.push_back((worker, now + IDLE_HOLD));
                 self.wakes.insert((t, name.clone()));
-                self.wakes.insert((now + IDLE_HOLD, name.clone()));
+                self.wakes.insert((now + IDLE_HOLD, name));
             }
-            Err(_) => {
-                d.workers -= 1;
-                let _ = reply.send(None);
-            }
+            Err(_) => self.dismiss(worker, &name),
         }
     }
 
     fn take_ready(&mut self, name: &Arc<str>) -> Option<Job> {
         let d = self.destinations.get_mut(name)?;
         while let Some(key) = d.ready.pop_front() {
-            if let Some(entry) = self.entries.get_mut(&key) {
+            if let Some(entry) = self.entries.get_mut(&key)
+                && !entry.in_flight
+            {
                 entry.in_flight = true;
                 return Some(Job {
                     id: key.0,
@@ -685,56 +744,152 @@ impl Scheduler {
                     domain: key.1,
                     destination: name.clone(),
                     messages_per_connection: d.shaping.messages_per_connection(),
-                    greylist_delay: d.greylist_delay,
                 });
             }
         }
         None
     }
 
-    fn requeue(&mut self, job: Job) {
-        let key = (job.id, job.domain);
-        if let Some(entry) = self.entries.get_mut(&key) {
-            entry.in_flight = false;
-            entry.held = job.held.map(Box::new);
-            self.destination(&job.destination).ready.push_front(key);
+    /// The worker's job is over (reported, returned, or found gone).
+    fn job_over(&mut self, worker: Option<WorkerId>) {
+        if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+            w.job = None;
         }
     }
 
-    fn learn(&mut self, name: &Arc<str>, report: &Report) {
-        let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
-        let d = self.destination(name);
-        d.shaping.report(Instant::now(), Timestamp::now(), report);
-        if let Some(cleared) = report.greylist_cleared {
-            // Never above the normal schedule's first step, which wins over the floor.
-            let learned = cleared.clamp(floor.min(ceiling), ceiling);
-            d.greylist_delay = Some(d.greylist_delay.map_or(learned, |g| g.min(learned)));
+    fn returned(&mut self, worker: WorkerId, job: Job, why: Return, now: Timestamp) {
+        self.job_over(Some(worker));
+        let key = (job.id, job.domain);
+        if let Some(d) = self.destinations.get_mut(&job.destination) {
+            // An outage probe that never reported lets another go.
+            d.shaping.start_lost();
         }
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        entry.held = job.held.map(Box::new);
+        match why {
+            Return::NotStarted => {
+                entry.in_flight = false;
+                if !self.stopping {
+                    self.destination(&job.destination, now)
+                        .ready
+                        .push_front(key);
+                    self.start_workers(&job.destination, now);
+                }
+            }
+            Return::Abandoned => {
+                tracing::warn!(id = %key.0, domain = %key.1, "a delivery was abandoned without an outcome; trying again");
+                self.reschedule(key, now + RETURN_RETRY);
+            }
+        }
+    }
+
+    fn worker_gone(&mut self, worker: WorkerId, now: Timestamp) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
+        if let Some(d) = self.destinations.get_mut(&w.destination) {
+            d.workers -= 1;
+            d.forget_idle(worker);
+        }
+        if let Some(key) = w.job {
+            // Its job never came back: the spool holds the group's state.
+            if let Some(d) = self.destinations.get_mut(&w.destination) {
+                d.shaping.start_lost();
+            }
+            self.reschedule(key, now + RETURN_RETRY);
+        }
+        self.start_workers(&w.destination, now);
+    }
+
+    /// An attempt is over: classify, react, learn, and persist the group's new state.
+    fn delivered(&mut self, d: Delivery, now: Timestamp) {
+        self.job_over(Some(d.worker));
+        let Delivery {
+            destination,
+            held,
+            started,
+            results,
+            seen,
+            ..
+        } = d;
+        let classifier = self.policy.classifier.clone();
+        let outcomes: Vec<(crate::outcome::Outcome, Where)> = results
+            .into_iter()
+            .map(|(observed, at)| (classifier.outcome(&observed), at))
+            .collect();
+        let just: Vec<crate::outcome::Outcome> = outcomes.iter().map(|(o, _)| o.clone()).collect();
+        let report = react::destination_report(&held.group, &just, seen, now);
+        let learned = self.destination(&destination, now).greylist_delay;
+        let rng = &mut self.rng;
+        let updated = react::apply(
+            &self.policy.rules,
+            &Attempted {
+                envelope: &held.envelope,
+                provider: &destination,
+                started,
+                now,
+                learned_greylist: learned,
+            },
+            held.group,
+            outcomes,
+            || rng.f64(),
+        );
+        let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
+        self.destination(&destination, now)
+            .learn(&report, now, floor, ceiling);
+        let pending = self.finish(&held.envelope, &updated.group);
+        self.out.push(Effect::Persist(Box::new(Persist {
+            envelope: held.envelope,
+            updated,
+            body: held.body,
+            pending,
+        })));
+        self.release_due(now);
+        self.start_workers(&destination, now);
     }
 
     /// A group is back from its attempt; it stays held until its state is committed.
-    fn finish(&mut self, held: Held) {
-        let key = (held.envelope.id, self.intern(&held.group.domain));
-        match held.group.next_attempt.filter(|_| !held.group.is_done()) {
+    /// Returns its attempts when it is still pending.
+    fn finish(&mut self, envelope: &Arc<Envelope>, group: &Group) -> Option<usize> {
+        let key = (envelope.id, self.intern(&group.domain));
+        match group.next_attempt.filter(|_| !group.is_done()) {
             Some(due) => {
-                if let Some(entry) = self.entries.get_mut(&key) {
-                    (entry.pending, entry.deferred) = held.group.counts();
-                    entry.held = Some(Box::new(Held { body: None, ..held }));
-                    entry.in_flight = false;
-                    entry.due = due;
-                    self.due.insert((due, key));
-                }
+                let attempts = group.attempts();
+                let entry = self.entries.get_mut(&key)?;
+                (entry.pending, entry.deferred) = group.counts();
+                entry.held = Some(Box::new(Held {
+                    envelope: envelope.clone(),
+                    group: group.clone(),
+                    body: None,
+                }));
+                entry.uncommitted = Some(attempts);
+                self.reschedule(key, due);
+                Some(attempts)
             }
             None => {
                 self.entries.remove(&key);
+                None
+            }
+        }
+    }
+
+    fn committed(&mut self, id: MessageId, domain: &str, attempts: usize) {
+        let key = (id, self.intern(domain));
+        if let Some(e) = self.entries.get_mut(&key)
+            && e.uncommitted == Some(attempts)
+        {
+            e.uncommitted = None;
+            if !e.in_flight {
+                e.held = None;
             }
         }
     }
 
     /// Expires groups that outlived `max_age` waiting in a ready queue (a paused or
     /// throttled destination), without spending an attempt on them.
-    fn sweep_expired(&mut self) {
-        let now = Timestamp::now();
+    fn sweep_expired(&mut self, now: Timestamp) {
         let max_age = self.policy.max_age;
         let mut expired = Vec::new();
         for d in self.destinations.values_mut() {
@@ -749,21 +904,38 @@ impl Scheduler {
             });
         }
         for key in expired {
-            if let Some(entry) = self.entries.get_mut(&key) {
-                entry.in_flight = true;
-                let held = entry.held.take().map(|h| *h);
-                self.dispatcher.spawn_expire(key.0, key.1.to_string(), held);
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            entry.in_flight = true;
+            match entry.held.take() {
+                Some(held) => self.expire_loaded(*held, now),
+                None => self.out.push(Effect::Load {
+                    id: key.0,
+                    domain: key.1.to_string(),
+                }),
             }
         }
     }
 
-    fn summary(&self) -> Vec<DomainSummary> {
-        let now = Timestamp::now();
+    fn expire_loaded(&mut self, held: Held, now: Timestamp) {
+        let key = (held.envelope.id, self.intern(&held.group.domain));
+        self.entries.remove(&key);
+        let updated = react::expire(&held.envelope, held.group, now);
+        self.out.push(Effect::Persist(Box::new(Persist {
+            envelope: held.envelope,
+            updated,
+            body: held.body,
+            pending: None,
+        })));
+    }
+
+    pub fn summary(&self, now: Timestamp) -> Vec<DomainSummary> {
         let mut by_domain: BTreeMap<&str, DomainSummary> = BTreeMap::new();
         for ((_, domain), entry) in &self.entries {
             let s = by_domain.entry(&**domain).or_insert_with(|| DomainSummary {
                 domain: domain.to_string(),
-                provider: self.provider_of.get(&**domain).map(|(p, _)| p.to_string()),
+                provider: self.provider_of.get(domain).map(|(p, _)| p.to_string()),
                 queued: 0,
                 deferred: 0,
                 in_flight: 0,
@@ -785,12 +957,11 @@ impl Scheduler {
         by_domain.into_values().collect()
     }
 
-    fn destination_views(&self) -> Vec<DestinationView> {
-        let now = Instant::now();
+    pub fn destination_views(&self, now: Timestamp) -> Vec<DestinationView> {
         // One pass over the queue and one over the providers, whatever their number.
         let mut waiting: HashMap<&str, Vec<(Timestamp, usize)>> = HashMap::new();
         for ((_, domain), e) in &self.entries {
-            if let Some((p, _)) = self.provider_of.get(&**domain) {
+            if let Some((p, _)) = self.provider_of.get(domain) {
                 waiting
                     .entry(p)
                     .or_default()
@@ -799,7 +970,7 @@ impl Scheduler {
         }
         let mut domains: HashMap<&str, Vec<String>> = HashMap::new();
         for (domain, (p, _)) in &self.provider_of {
-            domains.entry(p).or_default().push(domain.clone());
+            domains.entry(p).or_default().push(domain.to_string());
         }
         let mut views: Vec<DestinationView> = self
             .destinations
@@ -827,17 +998,21 @@ impl Scheduler {
 
     /// The queue of one destination: how many wait, how long it takes to drain at the
     /// current rate, and how many would expire first (oldest go first).
-    fn drain(&self, d: &Destination, mut received: Vec<(Timestamp, usize)>, now: Instant) -> Drain {
+    fn drain(
+        &self,
+        d: &Destination,
+        mut received: Vec<(Timestamp, usize)>,
+        now: Timestamp,
+    ) -> Drain {
         received.sort();
         let pending = received.iter().map(|(_, n)| n).sum();
         let rate = d.shaping.drain_rate(now).filter(|r| *r > 0.0);
         let mut expiring = 0;
         if let Some(rate) = rate {
-            let start = Timestamp::now();
             let mut ahead = 0usize;
             for (at, n) in &received {
                 ahead += n;
-                let turn = start + Duration::from_secs_f64(ahead as f64 / rate);
+                let turn = now + Duration::from_secs_f64(ahead as f64 / rate);
                 if *at + self.policy.max_age < turn {
                     expiring += n;
                 }

@@ -6,21 +6,25 @@
 use crate::config::TimeoutConfig;
 use crate::net::smtp::wire::Wire;
 use crate::net::tls::{Connectors, Policy, Stream, TlsInfo};
+use crate::outcome::{Failure, FailureKind};
 use crate::reply::{Reply, ReplyError};
 use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// Longest reply accepted, all lines together.
 const MAX_REPLY: usize = 64 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+/// Why a conversation with a server failed. Cloneable (the I/O error is shared), so every
+/// recipient of a broken transaction carries the same typed error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     #[error("connect to {addr} failed: {source}")]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: SocketAddr },
@@ -29,14 +33,38 @@ pub enum ClientError {
     #[error("connection lost during {stage}: {source}")]
     Io {
         stage: &'static str,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("connection closed by the server during {stage}")]
     Closed { stage: &'static str },
     #[error("protocol error during {stage}: {detail}")]
     Protocol { stage: &'static str, detail: String },
     #[error("TLS handshake failed: {0}")]
-    Handshake(std::io::Error),
+    Handshake(Arc<std::io::Error>),
+}
+
+impl ClientError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ClientError::Connect { .. } => FailureKind::ConnectFailed,
+            ClientError::ConnectTimeout { .. } => FailureKind::ConnectTimeout,
+            ClientError::Timeout { .. } => FailureKind::Timeout,
+            // A server that hangs up while knock writes shows as a reset or a broken pipe.
+            ClientError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::UnexpectedEof => FailureKind::Closed,
+                _ => FailureKind::Reset,
+            },
+            ClientError::Closed { .. } => FailureKind::Closed,
+            ClientError::Protocol { .. } => FailureKind::Protocol,
+            ClientError::Handshake(_) => FailureKind::TlsHandshake,
+        }
+    }
+}
+
+impl From<&ClientError> for Failure {
+    fn from(e: &ClientError) -> Failure {
+        Failure::new(e.kind(), e.to_string())
+    }
 }
 
 /// What the server offered in its EHLO reply.
@@ -52,7 +80,7 @@ pub struct Capabilities {
 /// The replies of one transaction, one per recipient in the order given.
 #[derive(Debug, Clone)]
 pub struct TransactionReplies {
-    pub per_recipient: Vec<Result<Reply, String>>,
+    pub per_recipient: Vec<Result<Reply, ClientError>>,
     /// Whether the connection can carry another transaction.
     pub reusable: bool,
 }
@@ -78,13 +106,19 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr,
+                    source: Arc::new(source),
+                });
+            }
             Err(_) => return Err(ClientError::ConnectTimeout { addr }),
         };
         let _ = stream.set_nodelay(true);
-        let local = stream
-            .local_addr()
-            .map_err(|source| ClientError::Connect { addr, source })?;
+        let local = stream.local_addr().map_err(|source| ClientError::Connect {
+            addr,
+            source: Arc::new(source),
+        })?;
         Ok(Client {
             wire: Wire::new(Stream::Plain(stream)),
             tls: None,
@@ -155,7 +189,7 @@ impl Client {
             Ok(Ok(verified)) => verified,
             Ok(Err(e)) => {
                 self.broken = true;
-                return Err(ClientError::Handshake(e));
+                return Err(ClientError::Handshake(Arc::new(e)));
             }
             Err(_) => {
                 self.broken = true;
@@ -188,9 +222,8 @@ impl Client {
             }
             Err(e) => {
                 self.broken = true;
-                let text = e.to_string();
                 TransactionReplies {
-                    per_recipient: rcpts.iter().map(|_| Err(text.clone())).collect(),
+                    per_recipient: rcpts.iter().map(|_| Err(e.clone())).collect(),
                     reusable: false,
                 }
             }
@@ -310,7 +343,7 @@ impl Client {
             Ok(Err(source)) => {
                 return Err(ClientError::Io {
                     stage: "message body",
-                    source,
+                    source: Arc::new(source),
                 });
             }
             Err(_) => {
@@ -380,7 +413,10 @@ impl Client {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => {
                 self.broken = true;
-                Err(ClientError::Io { stage, source })
+                Err(ClientError::Io {
+                    stage,
+                    source: Arc::new(source),
+                })
             }
             Err(_) => {
                 self.broken = true;
@@ -439,7 +475,12 @@ impl Client {
                     });
                 }
                 Ok(None) => return Err(ClientError::Closed { stage }),
-                Err(source) => return Err(ClientError::Io { stage, source }),
+                Err(source) => {
+                    return Err(ClientError::Io {
+                        stage,
+                        source: Arc::new(source),
+                    });
+                }
             }
         }
     }

@@ -1,0 +1,734 @@
+//! Reacting to an outcome: the class picks the knob, never the other way round.
+//!
+//! | outcome | knob |
+//! | --- | --- |
+//! | delivered | done; the destination counts a clean delivery |
+//! | permanent | bounce now, a DSN to the sender; a `hard` bounce also suppresses the address |
+//! | transient `greylist` (first in a row) | wait out the receiver's window: stated in the reply, else learned for the provider, else `[greylist] window`; never earlier |
+//! | transient `throttle` | back to the ready queue at once without a backoff step; the destination slows down instead |
+//! | any other transient | the recipient's own backoff (`[retry] schedule`, with jitter) |
+//! | transient at or past `max_age` | expire, a DSN to the sender |
+//! | a group that waited past `max_age` | expire every pending recipient without an attempt |
+//!
+//! What the *destination* learns from a delivery (too fast, too many connections, down,
+//! slow) is [`destination_report`]; shaping applies it.
+//!
+//! Everything here is a pure function of the outcome, the recipient's history, the time
+//! and a random roll, all passed in: the scheduler core calls it on wall time in the
+//! engine and on virtual time in `knock simulate`.
+
+use crate::dsn;
+use crate::event::{Event, Kind};
+use crate::message::{Attempt, Envelope, Group, Recipient, State};
+use crate::outcome::{Class, Disposition, Outcome};
+use crate::policy::classify::stated_delay;
+use crate::policy::schedule::{Next, Schedule};
+use crate::policy::shaping::Report;
+use crate::policy::suppress::Suppression;
+use crate::reply::Enhanced;
+use crate::time::Timestamp;
+use std::time::Duration;
+
+/// The rules reactions follow, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub schedule: Schedule,
+    /// The greylist wait when the reply states none and nothing was learned.
+    pub greylist_window: Duration,
+}
+
+/// The knob one outcome turns for its recipient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
+pub enum Knob {
+    /// Delivered.
+    Done,
+    /// Refused for good: bounce now; `suppress` when the address itself is bad.
+    Bounce { suppress: bool },
+    /// Greylisted: retry once the window has passed, at this time.
+    GreylistWait(Timestamp),
+    /// Throttled: the rate is the problem, not this message; it may go again at once and the
+    /// destination's pace decides when.
+    Pace(Timestamp),
+    /// Any other temporary failure: the recipient's own backoff.
+    Backoff(Timestamp),
+    /// Out of time: give up and tell the sender.
+    Expire,
+}
+
+impl Knob {
+    /// The recipient's state after the knob is turned.
+    pub fn state(self) -> State {
+        match self {
+            Knob::Done => State::Delivered,
+            Knob::Bounce { .. } => State::Bounced,
+            Knob::GreylistWait(_) | Knob::Pace(_) | Knob::Backoff(_) => State::Deferred,
+            Knob::Expire => State::Expired,
+        }
+    }
+
+    /// When the recipient is tried again, if it is.
+    pub fn retry_at(self) -> Option<Timestamp> {
+        match self {
+            Knob::GreylistWait(t) | Knob::Pace(t) | Knob::Backoff(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// What a recipient's earlier attempts say about the next one.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct History {
+    /// The class of the last attempt, if any.
+    pub previous: Option<Class>,
+    /// Temporary failures so far that count against the backoff (throttles do not).
+    pub failures: u32,
+}
+
+impl History {
+    pub fn of(rcpt: &Recipient) -> History {
+        History {
+            previous: rcpt.attempts.last().and_then(|a| a.class),
+            failures: rcpt
+                .attempts
+                .iter()
+                .filter(|a| a.class != Some(Class::Throttle))
+                .count() as u32,
+        }
+    }
+}
+
+/// The moment of a reaction: when the message came, now, the greylist delay learned for
+/// the destination, and a roll in `[0, 1)` for the jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Moment {
+    pub received: Timestamp,
+    pub now: Timestamp,
+    pub learned_greylist: Option<Duration>,
+    pub roll: f64,
+}
+
+/// The knob for one outcome.
+pub fn react(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
+    match o.disposition {
+        Disposition::Delivered => Knob::Done,
+        Disposition::Permanent => Knob::Bounce {
+            suppress: o.class == Some(Class::Hard),
+        },
+        Disposition::Transient => transient(rules, o, history, at),
+    }
+}
+
+fn transient(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
+    let schedule = &rules.schedule;
+    let retry = |wait: Duration, knob: fn(Timestamp) -> Knob| match schedule.after(
+        at.received,
+        at.now,
+        wait,
+    ) {
+        Next::RetryAt(t) => knob(t),
+        Next::Expire => Knob::Expire,
+    };
+    match o.class {
+        Some(Class::Throttle) => retry(Duration::ZERO, Knob::Pace),
+        // Wait out the window once; a second greylisting in a row is an ordinary failure.
+        Some(Class::Greylist) if history.previous != Some(Class::Greylist) => {
+            let window = stated_delay(&o.text)
+                .or(at.learned_greylist)
+                .unwrap_or(rules.greylist_window);
+            retry(greylist_wait(window), Knob::GreylistWait)
+        }
+        _ => match schedule.next(at.received, at.now, history.failures + 1, at.roll) {
+            Next::RetryAt(t) => Knob::Backoff(t),
+            Next::Expire => Knob::Expire,
+        },
+    }
+}
+
+/// A greylist wait with a margin, so the retry lands after the window, never on its edge.
+pub fn greylist_wait(window: Duration) -> Duration {
+    window + (window / 20).max(Duration::from_millis(200))
+}
+
+/// What one attempt at a recipient saw, beside the outcome.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Where {
+    pub mx: Option<String>,
+    pub local_ip: Option<String>,
+    pub tls: Option<crate::net::tls::TlsInfo>,
+}
+
+/// What a delivery saw of the destination beyond the replies.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Seen {
+    /// A session was had (a probe that gets one ends an outage).
+    pub connected: bool,
+    /// Every MX host was tried and none would talk.
+    pub unreachable: bool,
+    /// Time to connect and greeting, and the slowest command reply.
+    pub latency: Option<Duration>,
+}
+
+/// A group after an attempt or an expiry: its new state, the events that tell it, the
+/// failures a DSN reports and the addresses to suppress.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub group: Group,
+    pub events: Vec<Event>,
+    pub failed: Vec<dsn::Failure>,
+    pub suppress: Vec<(String, Suppression)>,
+}
+
+/// The attempt being applied: whose envelope, to which destination (`provider`, named in
+/// the events), when it started, when it was reported, and the greylist delay learned for
+/// the destination.
+pub struct Attempted<'a> {
+    pub envelope: &'a Envelope,
+    pub provider: &'a str,
+    pub started: Timestamp,
+    pub now: Timestamp,
+    pub learned_greylist: Option<Duration>,
+}
+
+/// Applies one attempt's outcomes to the group: the next state of each pending recipient
+/// (in order), its attempt record, its event, and what the sender and the suppression list
+/// are to be told. `roll` gives each recipient its jitter, in `[0, 1)`.
+pub fn apply(
+    rules: &Rules,
+    a: &Attempted<'_>,
+    mut group: Group,
+    outcomes: Vec<(Outcome, Where)>,
+    mut roll: impl FnMut() -> f64,
+) -> Updated {
+    let envelope = a.envelope;
+    let mut events = Vec::with_capacity(outcomes.len());
+    let mut failed = Vec::new();
+    let mut suppress = Vec::new();
+    let mut next_attempt: Option<Timestamp> = None;
+    let id = envelope.id.to_string();
+    let pending = group.recipients.iter_mut().filter(|r| !r.state.is_final());
+    for (rcpt, (o, at)) in pending.zip(outcomes) {
+        let moment = Moment {
+            received: envelope.received_at,
+            now: a.now,
+            learned_greylist: a.learned_greylist,
+            roll: roll(),
+        };
+        let knob = react(rules, &o, History::of(rcpt), moment);
+        let (state, retry_at) = (knob.state(), knob.retry_at());
+        rcpt.attempts.push(Attempt {
+            at: a.started,
+            mx: at.mx.clone(),
+            local_ip: at.local_ip.clone(),
+            code: o.code,
+            enhanced: o.enhanced,
+            text: o.text.clone(),
+            class: o.class,
+            failure: o.failure,
+            tls: at.tls.clone(),
+        });
+        rcpt.state = state;
+        let mut event = Event::new(
+            Kind::from(state),
+            a.now,
+            id.clone(),
+            rcpt.address.clone(),
+            group.domain.clone(),
+            envelope.from.clone(),
+        );
+        event.provider = Some(a.provider.to_string());
+        event.attempt = Some(rcpt.attempts.len() as u32);
+        event.local_ip = at.local_ip;
+        event.tls = at.tls.as_ref().map(|t| t.to_string());
+        event.code = o.code;
+        event.enhanced = o.enhanced;
+        event.text = Some(o.text.clone());
+        event.class = o.class;
+        event.failure = o.failure;
+        event.next_attempt = retry_at;
+        match knob {
+            Knob::Done => {
+                event.ee_seconds = Some(a.now.since(envelope.received_at).as_secs_f64());
+            }
+            // The group goes when its last deferred recipient may: never early.
+            Knob::GreylistWait(t) | Knob::Pace(t) | Knob::Backoff(t) => {
+                next_attempt = next_attempt.max(Some(t));
+            }
+            Knob::Bounce { .. } | Knob::Expire => {
+                if let Knob::Bounce { suppress: true } = knob {
+                    suppress.push((
+                        rcpt.address.clone(),
+                        Suppression {
+                            added_at: a.now,
+                            reason: o.diagnostic(),
+                            message_id: Some(id.clone()),
+                        },
+                    ));
+                }
+                failed.push(dsn::Failure {
+                    recipient: rcpt.address.clone(),
+                    outcome: o,
+                    mx: at.mx.clone(),
+                    state,
+                });
+            }
+        }
+        event.mx = at.mx;
+        events.push(event);
+    }
+    group.next_attempt = next_attempt;
+    Updated {
+        group,
+        events,
+        failed,
+        suppress,
+    }
+}
+
+/// Expires every pending recipient of a group that waited past its lifetime without an
+/// attempt; the last reply, if any, stays the reason.
+pub fn expire(envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated {
+    let mut events = Vec::new();
+    let mut failed = Vec::new();
+    let age = humantime::format_duration(Duration::from_secs(
+        now.since(envelope.received_at).as_secs(),
+    ));
+    for rcpt in group.recipients.iter_mut().filter(|r| !r.state.is_final()) {
+        rcpt.state = State::Expired;
+        let last = rcpt.attempts.last();
+        let outcome = match last {
+            Some(a) => Outcome {
+                disposition: Disposition::Transient,
+                class: a.class,
+                code: a.code,
+                enhanced: a.enhanced,
+                text: a.text.clone(),
+                failure: a.failure,
+            },
+            None => Outcome {
+                disposition: Disposition::Transient,
+                class: None,
+                code: None,
+                enhanced: Some(Enhanced::new(4, 4, 7)),
+                text: format!("message expired after {age} in the queue"),
+                failure: None,
+            },
+        };
+        let mx = last.and_then(|a| a.mx.clone());
+        let mut event = Event::new(
+            Kind::Expired,
+            now,
+            envelope.id.to_string(),
+            rcpt.address.clone(),
+            group.domain.clone(),
+            envelope.from.clone(),
+        );
+        event.attempt = Some(rcpt.attempts.len() as u32);
+        event.mx = mx.clone();
+        event.code = outcome.code;
+        event.enhanced = outcome.enhanced;
+        event.text = Some(outcome.text.clone());
+        event.class = outcome.class;
+        event.failure = outcome.failure;
+        events.push(event);
+        failed.push(dsn::Failure {
+            recipient: rcpt.address.clone(),
+            mx,
+            outcome,
+            state: State::Expired,
+        });
+    }
+    group.next_attempt = None;
+    Updated {
+        group,
+        events,
+        failed,
+        suppress: Vec::new(),
+    }
+}
+
+/// What the destination's shaping learns from one delivery of `group` (its pending
+/// recipients, before the attempt) with these outcomes.
+pub fn destination_report(
+    group: &Group,
+    outcomes: &[Outcome],
+    seen: Seen,
+    now: Timestamp,
+) -> Report {
+    let greylist_cleared = group
+        .pending()
+        .zip(outcomes)
+        .filter(|(_, o)| o.disposition == Disposition::Delivered)
+        .filter_map(|(r, _)| {
+            r.attempts
+                .last()
+                .filter(|a| a.class == Some(Class::Greylist))
+                .map(|a| now.since(a.at))
+        })
+        .min();
+    // A throttling reply at the greeting means too many connections; in a transaction,
+    // too fast. Neither is an outage.
+    let throttle = outcomes.iter().any(|o| o.class == Some(Class::Throttle));
+    Report {
+        accepted: outcomes
+            .iter()
+            .filter(|o| o.disposition == Disposition::Delivered)
+            .count(),
+        throttled: throttle && seen.connected,
+        turned_away: throttle && !seen.connected,
+        unreachable: seen.unreachable && !throttle,
+        connected: seen.connected,
+        latency: seen.latency,
+        classes: outcomes.iter().filter_map(|o| o.class).collect(),
+        greylist_cleared,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn rules() -> Rules {
+        Rules {
+            schedule: Schedule::new(vec![5 * MIN, 15 * MIN, 30 * MIN], 72 * 60 * MIN, 0.1),
+            greylist_window: 5 * MIN,
+        }
+    }
+
+    fn outcome(disposition: Disposition, class: Option<Class>, text: &str) -> Outcome {
+        Outcome {
+            disposition,
+            class,
+            code: None,
+            enhanced: None,
+            text: text.into(),
+            failure: None,
+        }
+    }
+
+    /// class, text, previous class, failures so far, learned greylist, age of the message
+    /// → the knob (times as seconds after now; `None` for knobs with no time).
+    #[test]
+    fn the_class_picks_the_knob() {
+        use Disposition::*;
+        let t0 = Timestamp(1_000_000_000_000);
+        let old = 72 * 60 * MIN;
+        type Row = (
+            Disposition,
+            Option<Class>,
+            &'static str,
+            Option<Class>,
+            u32,
+            Option<u64>,
+            Duration,
+            &'static str,
+            Option<u64>,
+        );
+        let table: &[Row] = &[
+            (Delivered, None, "Ok", None, 0, None, MIN, "done", None),
+            (
+                Permanent,
+                Some(Class::Hard),
+                "5.1.1 no such user",
+                None,
+                0,
+                None,
+                MIN,
+                "bounce+suppress",
+                None,
+            ),
+            (
+                Permanent,
+                Some(Class::Block),
+                "blocked",
+                None,
+                0,
+                None,
+                MIN,
+                "bounce",
+                None,
+            ),
+            (
+                Permanent,
+                Some(Class::Policy),
+                "refused",
+                Some(Class::Greylist),
+                1,
+                None,
+                MIN,
+                "bounce",
+                None,
+            ),
+            // greylist: configured window, then learned, then stated; margin 5 %
+            (
+                Transient,
+                Some(Class::Greylist),
+                "Greylisted",
+                None,
+                0,
+                None,
+                MIN,
+                "greylist",
+                Some(315),
+            ),
+            (
+                Transient,
+                Some(Class::Greylist),
+                "Greylisted",
+                None,
+                0,
+                Some(60),
+                MIN,
+                "greylist",
+                Some(63),
+            ),
+            (
+                Transient,
+                Some(Class::Greylist),
+                "Greylisted for 120 seconds",
+                None,
+                0,
+                Some(60),
+                MIN,
+                "greylist",
+                Some(126),
+            ),
+            // a second greylisting in a row is an ordinary failure: the backoff's 2nd step
+            (
+                Transient,
+                Some(Class::Greylist),
+                "Greylisted",
+                Some(Class::Greylist),
+                1,
+                None,
+                MIN,
+                "backoff",
+                Some(900),
+            ),
+            // throttle: at once, no step spent
+            (
+                Transient,
+                Some(Class::Throttle),
+                "too much mail",
+                Some(Class::Throttle),
+                0,
+                None,
+                MIN,
+                "pace",
+                Some(0),
+            ),
+            // everything else: the schedule by failures
+            (
+                Transient,
+                Some(Class::Mailbox),
+                "mailbox full",
+                None,
+                0,
+                None,
+                MIN,
+                "backoff",
+                Some(300),
+            ),
+            (
+                Transient,
+                Some(Class::Network),
+                "timeout",
+                Some(Class::Network),
+                2,
+                None,
+                MIN,
+                "backoff",
+                Some(1800),
+            ),
+            (
+                Transient,
+                Some(Class::System),
+                "busy",
+                None,
+                9,
+                None,
+                MIN,
+                "backoff",
+                Some(1800),
+            ),
+            // out of time
+            (
+                Transient,
+                Some(Class::Mailbox),
+                "mailbox full",
+                None,
+                3,
+                None,
+                old,
+                "expire",
+                None,
+            ),
+            (
+                Transient,
+                Some(Class::Throttle),
+                "too much mail",
+                None,
+                0,
+                None,
+                old,
+                "expire",
+                None,
+            ),
+            (
+                Transient,
+                Some(Class::Greylist),
+                "Greylisted",
+                None,
+                0,
+                None,
+                old,
+                "expire",
+                None,
+            ),
+        ];
+        for &(disposition, class, text, previous, failures, learned, age, knob, wait) in table {
+            let at = Moment {
+                received: Timestamp(t0.0 - age.as_millis() as u64),
+                now: t0,
+                learned_greylist: learned.map(Duration::from_secs),
+                roll: 0.0,
+            };
+            let history = History { previous, failures };
+            let got = react(&rules(), &outcome(disposition, class, text), history, at);
+            let name = match got {
+                Knob::Done => "done",
+                Knob::Bounce { suppress: true } => "bounce+suppress",
+                Knob::Bounce { suppress: false } => "bounce",
+                Knob::GreylistWait(_) => "greylist",
+                Knob::Pace(_) => "pace",
+                Knob::Backoff(_) => "backoff",
+                Knob::Expire => "expire",
+            };
+            let after = got.retry_at().map(|t| t.since(t0).as_secs());
+            assert_eq!(
+                (name, after),
+                (knob, wait),
+                "{disposition:?} {class:?} {text:?} after {previous:?} x{failures}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_retry_never_lands_past_the_deadline_and_jitter_only_lengthens() {
+        let t0 = Timestamp(1_000_000_000_000);
+        let received = Timestamp(t0.0 - (72 * 60 - 2) * 60_000);
+        let o = outcome(Disposition::Transient, Some(Class::Mailbox), "full");
+        let at = |roll| Moment {
+            received,
+            now: t0,
+            learned_greylist: None,
+            roll,
+        };
+        let history = History::default();
+        assert_eq!(
+            react(&rules(), &o, history, at(0.0)).retry_at(),
+            Some(received + 72 * 60 * MIN),
+            "the last try falls on the deadline"
+        );
+        let fresh = |roll| Moment {
+            received: t0,
+            ..at(roll)
+        };
+        for i in 0..10 {
+            let roll = i as f64 / 10.0;
+            let wait = react(&rules(), &o, history, fresh(roll))
+                .retry_at()
+                .unwrap()
+                .since(t0);
+            assert!(
+                wait >= 5 * MIN && wait <= (5 * MIN).mul_f64(1.1),
+                "{wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn throttles_spend_no_backoff_step() {
+        let attempt = |class| Attempt {
+            at: Timestamp(0),
+            mx: None,
+            local_ip: None,
+            code: Some(450),
+            enhanced: None,
+            text: String::new(),
+            class: Some(class),
+            failure: None,
+            tls: None,
+        };
+        let rcpt = Recipient {
+            address: "a@b.test".into(),
+            state: State::Deferred,
+            attempts: vec![
+                attempt(Class::Throttle),
+                attempt(Class::Mailbox),
+                attempt(Class::Throttle),
+            ],
+        };
+        assert_eq!(
+            History::of(&rcpt),
+            History {
+                previous: Some(Class::Throttle),
+                failures: 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_destination_hears_too_fast_too_many_down_and_cleared() {
+        let t0 = Timestamp(1_000_000);
+        let group = |class: Option<Class>| Group {
+            domain: "b.test".into(),
+            recipients: vec![Recipient {
+                address: "a@b.test".into(),
+                state: State::Deferred,
+                attempts: vec![Attempt {
+                    at: t0,
+                    mx: None,
+                    local_ip: None,
+                    code: Some(450),
+                    enhanced: None,
+                    text: String::new(),
+                    class,
+                    failure: None,
+                    tls: None,
+                }],
+            }],
+            next_attempt: Some(t0),
+        };
+        let throttle = outcome(Disposition::Transient, Some(Class::Throttle), "slow down");
+        let network = outcome(Disposition::Transient, Some(Class::Network), "refused");
+        let ok = outcome(Disposition::Delivered, None, "Ok");
+        let connected = Seen {
+            connected: true,
+            ..Default::default()
+        };
+        let down = Seen {
+            unreachable: true,
+            ..Default::default()
+        };
+        let later = t0 + Duration::from_secs(90);
+        let r = destination_report(
+            &group(None),
+            std::slice::from_ref(&throttle),
+            connected,
+            later,
+        );
+        assert!(r.throttled && !r.turned_away && !r.unreachable);
+        let r = destination_report(&group(None), &[throttle], Seen::default(), later);
+        assert!(r.turned_away && !r.throttled, "throttled at the greeting");
+        let r = destination_report(&group(None), &[network], down, later);
+        assert!(r.unreachable && !r.connected);
+        let r = destination_report(&group(Some(Class::Greylist)), &[ok], connected, later);
+        assert_eq!(
+            (r.accepted, r.greylist_cleared),
+            (1, Some(Duration::from_secs(90)))
+        );
+    }
+}
