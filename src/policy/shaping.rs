@@ -308,17 +308,26 @@ impl Shaping {
 
     fn outage_report(&mut self, now: Timestamp, r: &Report) {
         if r.unreachable {
-            let backoff = match self.outage {
-                Some(o) => (o.backoff * 2).min(self.tuning.outage_max),
-                None => self.tuning.outage_initial,
-            };
-            let since = self.outage.map(|o| o.since).unwrap_or(now);
-            self.outage = Some(Outage {
-                backoff,
-                probing: false,
-                since,
-            });
-            self.paused_until = Some(now + backoff);
+            let max = self.tuning.outage_max;
+            match &mut self.outage {
+                // A connection that was opened before the outage began: it tells nothing
+                // new, and must not lengthen the wait as a failed probe does.
+                Some(o) if !o.probing => {}
+                Some(o) => {
+                    o.backoff = (o.backoff * 2).min(max);
+                    o.probing = false;
+                    self.paused_until = Some(now + o.backoff);
+                }
+                None => {
+                    let backoff = self.tuning.outage_initial;
+                    self.outage = Some(Outage {
+                        backoff,
+                        probing: false,
+                        since: now,
+                    });
+                    self.paused_until = Some(now + backoff);
+                }
+            }
         } else if r.connected {
             if self.outage.take().is_some() {
                 self.paused_until = None;

@@ -513,3 +513,89 @@ async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
     assert!(!got.contains(&"during@rx.test".to_string()));
     engine.shutdown().await;
 }
+
+/// A transport whose first delivery panics mid-way: connected, then gone.
+struct PanicsOnce {
+    inner: knock::net::transport::SmtpTransport,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl knock::net::transport::Transport for PanicsOnce {
+    async fn connect(
+        &self,
+        domain: &str,
+        policy: knock::net::tls::Policy,
+    ) -> Result<Box<dyn knock::net::transport::Connection>, knock::net::transport::ConnectError>
+    {
+        let conn = self.inner.connect(domain, policy).await;
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a bug in the transport, mid-delivery");
+        }
+        conn
+    }
+
+    async fn mx_hosts(&self, domain: &str) -> Vec<String> {
+        self.inner.mx_hosts(domain).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_strands_no_group_and_costs_no_connection() {
+    let mut w = World::new(&["1h"], "2h");
+    w.config.delivery.max_connections = 3;
+    let rx = sink(SinkConfig {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await;
+    let transport = PanicsOnce {
+        inner: knock::net::transport::SmtpTransport::new(
+            std::sync::Arc::new(route(StaticResolver::new(), "rx.test", rx.addr)),
+            &w.config.routes,
+            w.config.delivery.clone(),
+            "knock.test".into(),
+            knock::net::tls::Connectors::new(None).unwrap(),
+        ),
+        panicked: false.into(),
+    };
+    let engine = knock::engine::Engine::start_with_transport(
+        w.config.clone(),
+        std::sync::Arc::new(transport),
+    )
+    .await
+    .unwrap();
+    smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["first@rx.test"],
+        b"Subject: 1\r\n\r\nx\r\n",
+    )
+    .await;
+    // Not an hour later (the schedule's first step): the group came back without an attempt.
+    let e = w.wait_event(T, is("delivered", "first@rx.test")).await;
+    assert_eq!(e["attempt"], 1, "the lost try was no attempt: {e}");
+    assert!(w.events().iter().all(|e| e["event"] != "deferred"));
+    // The slot of the worker that died is free: the destination still opens all three.
+    let n = 60;
+    let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
+        target: engine.smtp_addr,
+        count: n,
+        size: 1024,
+        concurrency: 6,
+        from: "s@tx.test".into(),
+        to: "user@rx.test".into(),
+        sink_stats: None,
+        progress: false,
+        starttls: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.accepted, n);
+    assert!(rx.wait_for_messages(n as u64 + 1, T).await);
+    assert_eq!(rx.stats().peak_sessions, 3, "{:?}", rx.stats());
+    engine.shutdown().await;
+}

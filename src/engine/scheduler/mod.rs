@@ -726,7 +726,13 @@ impl Scheduler {
                 self.wakes.insert((t, name.clone()));
                 self.wakes.insert((now + IDLE_HOLD, name));
             }
-            Err(_) => self.dismiss(worker, &name),
+            Err(Gate::Until(t)) => {
+                // A long wait (a pause, an outage's backoff): the connection goes, and the
+                // destination starts again when the wait is over.
+                self.wakes.insert((t, name.clone()));
+                self.dismiss(worker, &name);
+            }
+            Err(Gate::Probing) => self.dismiss(worker, &name),
         }
     }
 
@@ -1039,3 +1045,6 @@ fn front_is_null_sender(d: &Destination, entries: &HashMap<Key, Entry>) -> bool 
 fn sweep_interval(max_age: Duration) -> Duration {
     (max_age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
+
+#[cfg(test)]
+mod tests;

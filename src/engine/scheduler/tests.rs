@@ -1,0 +1,549 @@
+//! The scheduler driven input by input on virtual time: no sockets, no sleeps, no clock.
+
+use super::*;
+use crate::message::{Recipient, State};
+use crate::outcome::{Failure, FailureKind};
+use crate::policy::provider::ProviderDef;
+use crate::reply::Reply;
+
+const SEC: Duration = Duration::from_secs(1);
+const MIN: Duration = Duration::from_secs(60);
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+/// A scheduler on virtual time, and what it asked for.
+struct Harness {
+    core: Scheduler,
+    now: Timestamp,
+}
+
+/// `a.test` and `b.test` belong to providers `pa` and `pb`; every other domain is looked up.
+fn policy(configure: impl FnOnce(&mut Config)) -> Policy {
+    let mut config = Config::default();
+    config.retry.schedule = vec![5 * MIN, 15 * MIN, 30 * MIN];
+    config.retry.max_age = 72 * 60 * MIN;
+    config.retry.jitter = 0.0;
+    config.delivery.max_connections = 3;
+    for (name, domain) in [("pa", "a.test"), ("pb", "b.test")] {
+        config.providers.push(ProviderDef {
+            name: name.into(),
+            domains: vec![domain.into()],
+            mx: vec![],
+        });
+    }
+    configure(&mut config);
+    let mut policy = Policy::from_config(&config).unwrap();
+    policy.seed = Some(7);
+    policy
+}
+
+impl Harness {
+    fn new(policy: Policy) -> Harness {
+        Harness {
+            core: Scheduler::new(policy),
+            now: T0,
+        }
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Effect> {
+        self.core.handle(input, self.now)
+    }
+
+    /// A new message from `s@x.test` to `rcpts` (all of one domain), with its body.
+    fn queue(&mut self, n: u128, rcpts: &[&str]) -> Vec<Effect> {
+        let q = message(n, rcpts, self.now);
+        self.input(Input::Queued(vec![q]))
+    }
+
+    /// Moves the clock forward by `by`, ticking whenever the scheduler asked to be woken.
+    fn advance(&mut self, by: Duration) -> Vec<Effect> {
+        let end = self.now + by;
+        let mut effects = Vec::new();
+        while let Some(wake) = self.core.next_wake().filter(|w| *w <= end) {
+            self.now = self.now.max(wake);
+            effects.extend(self.input(Input::Tick));
+        }
+        self.now = end;
+        effects
+    }
+
+    /// A worker's report of `job`: one reply per pending recipient (or one for all), then
+    /// its request for the next job.
+    fn report(&mut self, worker: WorkerId, job: Job, replies: &[&str]) -> Vec<Effect> {
+        let held = job.held.expect("tests keep groups held");
+        let pending = held.group.pending().count();
+        let results = (0..pending)
+            .map(|i| {
+                let line = replies[i.min(replies.len() - 1)];
+                let reply = Reply::parse(format!("{line}\r\n").as_bytes()).unwrap();
+                (Observed::Reply(reply), Where::default())
+            })
+            .collect();
+        self.delivered(worker, job.destination, held, results, true)
+    }
+
+    fn delivered(
+        &mut self,
+        worker: WorkerId,
+        destination: Arc<str>,
+        held: Held,
+        results: Vec<(Observed, Where)>,
+        connected: bool,
+    ) -> Vec<Effect> {
+        let delivery = Delivery {
+            worker,
+            destination,
+            held,
+            started: self.now,
+            results,
+            seen: Seen {
+                connected,
+                unreachable: !connected,
+                latency: None,
+            },
+        };
+        let mut effects = self.input(Input::Delivered(Box::new(delivery)));
+        effects.extend(self.input(Input::Idle { worker }));
+        effects
+    }
+
+    /// Reports `job` refused at connect: every MX down.
+    fn unreachable(&mut self, worker: WorkerId, job: Job) -> Vec<Effect> {
+        let held = job.held.expect("held");
+        let failure = Failure::new(FailureKind::ConnectFailed, "connection refused");
+        let results = held
+            .group
+            .pending()
+            .map(|_| (Observed::from(failure.clone()), Where::default()))
+            .collect();
+        self.delivered(worker, job.destination, held, results, false)
+    }
+}
+
+fn message(n: u128, rcpts: &[&str], now: Timestamp) -> Queued {
+    let domain = rcpts[0].split('@').nth(1).unwrap().to_string();
+    let envelope = Envelope {
+        id: uuid::Uuid::from_u128(n),
+        from: "s@x.test".into(),
+        received_at: now,
+        size: 5,
+        source: "test".into(),
+        done_at: None,
+    };
+    let group = Group {
+        domain,
+        recipients: rcpts
+            .iter()
+            .map(|r| Recipient {
+                address: r.to_string(),
+                state: State::Queued,
+                attempts: Vec::new(),
+            })
+            .collect(),
+        next_attempt: Some(now),
+    };
+    Queued::held(
+        Arc::new(envelope),
+        group,
+        Some(Bytes::from_static(b"hello")),
+    )
+    .unwrap()
+}
+
+/// The jobs handed out (started or assigned), with their workers.
+fn jobs(effects: Vec<Effect>) -> Vec<(WorkerId, Job)> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Start { worker, job } | Effect::Assign { worker, job } => Some((worker, job)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persists(effects: &[Effect]) -> Vec<&Persist> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(p) => Some(&**p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one job among `effects`.
+fn one_job(effects: Vec<Effect>) -> (WorkerId, Job) {
+    let mut jobs = jobs(effects);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    jobs.pop().unwrap()
+}
+
+fn dismissed(effects: &[Effect]) -> Vec<WorkerId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Dismiss { worker } => Some(*worker),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The single event of a persist, and when its recipient is due next.
+fn deferred_until(effects: &[Effect]) -> Timestamp {
+    let p = persists(effects);
+    let event = &p[0].updated.events[0];
+    assert_eq!(event.event, crate::event::Kind::Deferred, "{event:?}");
+    event.next_attempt.unwrap()
+}
+
+#[test]
+fn a_new_message_starts_at_once_and_a_delivery_is_persisted_with_its_event() {
+    let mut h = Harness::new(policy(|_| {}));
+    let (worker, job) = one_job(h.queue(1, &["u@a.test"]));
+    assert_eq!(&*job.destination, "pa");
+    assert!(
+        job.held.as_ref().unwrap().body.is_some(),
+        "the body goes along"
+    );
+    h.now += Duration::from_millis(30);
+    let effects = h.report(worker, job, &["250 2.0.0 Ok"]);
+    let p = persists(&effects);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].pending, None, "done: nothing to acknowledge");
+    let e = &p[0].updated.events[0];
+    assert_eq!(e.event, crate::event::Kind::Delivered);
+    assert_eq!(e.ee_seconds, Some(0.03));
+    assert_eq!(e.provider.as_deref(), Some("pa"));
+    assert!(h.core.is_empty());
+    // Nothing else to do: the worker keeps its connection for the next message a moment.
+    assert!(dismissed(&effects).is_empty());
+    let later = h.advance(3 * SEC);
+    assert_eq!(dismissed(&later), vec![worker]);
+    assert_eq!(h.core.workers(), 0);
+}
+
+#[test]
+fn greylisting_waits_the_stated_then_learned_then_configured_window() {
+    let mut h = Harness::new(policy(|c| c.greylist.window = 4 * MIN));
+    // Configured: the reply states nothing and nothing is learned.
+    let (w, job) = one_job(h.queue(1, &["u@a.test"]));
+    let effects = h.report(w, job, &["450 4.2.0 Greylisted, see http://postgrey/help"]);
+    let due = deferred_until(&effects);
+    assert_eq!(due, T0 + react::greylist_wait(4 * MIN));
+    // Nothing starts before then: the receiver's clock must not be reset.
+    assert!(jobs(h.advance(due.since(h.now) - SEC)).is_empty());
+    let (w, job) = one_job(h.advance(SEC));
+    h.now += 10 * SEC;
+    h.report(w, job, &["250 2.0.0 Ok"]);
+    // Learned: it cleared after 4m22s, within the floor (1 min) and the first step (5 min).
+    let learned = h.core.destination_views(h.now)[0].greylist_delay_seconds;
+    assert_eq!(learned, Some(react::greylist_wait(4 * MIN).as_secs() + 10));
+    let start = h.now;
+    let (w, job) = one_job(h.queue(2, &["v@a.test"]));
+    let effects = h.report(w, job, &["450 4.2.0 Greylisted, see http://postgrey/help"]);
+    let wait = Duration::from_secs(learned.unwrap());
+    assert_eq!(deferred_until(&effects), start + react::greylist_wait(wait));
+    // Stated: the reply's own words win.
+    let start = h.now;
+    let (w, job) = one_job(h.queue(3, &["x@a.test"]));
+    let effects = h.report(
+        w,
+        job,
+        &["451 4.7.1 Greylisted, please try again in 90 seconds"],
+    );
+    assert_eq!(
+        deferred_until(&effects),
+        start + react::greylist_wait(90 * SEC)
+    );
+}
+
+#[test]
+fn a_static_rate_spaces_the_starts() {
+    let mut h = Harness::new(policy(|c| {
+        c.shaping.insert(
+            "pa".into(),
+            crate::config::ShapingConfig {
+                rate: Some("10/s".parse().unwrap()),
+                max_connections: Some(100),
+                ..Default::default()
+            },
+        );
+    }));
+    let mut starts = Vec::new();
+    let mut all = Vec::new();
+    for n in 0..30 {
+        all.extend(h.queue(n, &[&format!("u{n}@a.test")]));
+    }
+    starts.extend(jobs(all).into_iter().map(|_| h.now));
+    for _ in 0..40 {
+        let effects = h.advance(Duration::from_millis(100));
+        starts.extend(jobs(effects).into_iter().map(|_| h.now));
+    }
+    assert_eq!(starts.len(), 30);
+    let spread = starts[29].since(starts[0]);
+    assert!(
+        (2800..=3000).contains(&spread.as_millis()),
+        "30 starts at 10/s over {spread:?}"
+    );
+}
+
+#[test]
+fn a_throttle_requeues_without_a_step_and_slows_the_destination() {
+    let mut h = Harness::new(policy(|_| {}));
+    let mut handed = Vec::new();
+    for n in 0..3 {
+        handed.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
+    }
+    assert_eq!(handed.len(), 3, "three connections");
+    // Accepted for a while: the receiver took ~20/s.
+    for n in 100..140 {
+        let (w, job) = handed.remove(0);
+        h.now += Duration::from_millis(50);
+        handed.extend(jobs(h.queue(n, &[&format!("r{n}@a.test")])));
+        handed.extend(jobs(h.report(w, job, &["250 2.0.0 Ok"])));
+    }
+    let (w, job) = handed.remove(0);
+    let id = job.id;
+    let effects = h.report(
+        w,
+        job,
+        &["421 4.7.0 mx Error: too much mail from 192.0.2.1"],
+    );
+    let p = persists(&effects);
+    let event = &p[0].updated.events[0];
+    assert_eq!(event.class, Some(crate::outcome::Class::Throttle));
+    assert_eq!(
+        event.next_attempt,
+        Some(h.now),
+        "no backoff step: due at once"
+    );
+    let view = &h.core.destination_views(h.now)[0];
+    assert_eq!(view.shaping.connections, 2, "one connection fewer");
+    let rate = view.shaping.rate_per_minute.unwrap() / 60.0;
+    assert!((15.0..=20.0).contains(&rate), "rate {rate}/s");
+    assert!(view.shaping.paused_for_seconds.is_some(), "a short pause");
+    // The throttled group is tried again after the pause, without a backoff.
+    let mut later = jobs(h.advance(Duration::from_millis(300)));
+    for (w, job) in handed {
+        later.extend(jobs(h.report(w, job, &["250 2.0.0 Ok"])));
+    }
+    assert!(later.iter().any(|(_, j)| j.id == id), "{later:?}");
+}
+
+#[test]
+fn an_outage_backs_off_the_destination_and_probes_one_at_a_time() {
+    let mut h = Harness::new(policy(|c| {
+        c.adapt.outage_backoff = 30 * SEC;
+        c.adapt.outage_backoff_max = 120 * SEC;
+    }));
+    let mut handed = Vec::new();
+    for n in 0..10 {
+        handed.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
+    }
+    assert_eq!(handed.len(), 3);
+    let mut after = Vec::new();
+    for (w, job) in handed.drain(..) {
+        after.extend(h.unreachable(w, job));
+    }
+    assert!(jobs(after).is_empty(), "the destination as a whole waits");
+    assert!(jobs(h.advance(29 * SEC)).is_empty());
+    let mut probes = jobs(h.advance(SEC));
+    assert_eq!(probes.len(), 1, "one probe");
+    assert!(jobs(h.advance(10 * SEC)).is_empty(), "only one at a time");
+    let (w, job) = probes.pop().unwrap();
+    assert!(jobs(h.unreachable(w, job)).is_empty());
+    assert!(
+        jobs(h.advance(59 * SEC)).is_empty(),
+        "the wait doubled to 60 s"
+    );
+    let (w, job) = one_job(h.advance(SEC));
+    let flowing = jobs(h.report(w, job, &["250 2.0.0 Ok"]));
+    assert_eq!(
+        flowing.len(),
+        3,
+        "flow resumes at once, on every connection"
+    );
+    assert!(
+        h.core.destination_views(h.now)[0]
+            .shaping
+            .outage_since
+            .is_none()
+    );
+}
+
+#[test]
+fn the_retry_schedule_then_expiry_with_a_dsn() {
+    let mut h = Harness::new(policy(|c| {
+        c.retry.schedule = vec![10 * MIN, 20 * MIN];
+        c.retry.max_age = 45 * MIN;
+    }));
+    let (w, job) = one_job(h.queue(1, &["u@a.test"]));
+    let effects = h.report(w, job, &["452 4.2.2 Mailbox full"]);
+    assert_eq!(deferred_until(&effects), T0 + 10 * MIN);
+    let (w, job) = one_job(h.advance(10 * MIN));
+    let effects = h.report(w, job, &["452 4.2.2 Mailbox full"]);
+    assert_eq!(deferred_until(&effects), T0 + 30 * MIN);
+    let (w, job) = one_job(h.advance(20 * MIN));
+    let effects = h.report(w, job, &["452 4.2.2 Mailbox full"]);
+    // The last step would pass the deadline: the last try falls on it.
+    assert_eq!(deferred_until(&effects), T0 + 45 * MIN);
+    let (w, job) = one_job(h.advance(15 * MIN));
+    let effects = h.report(w, job, &["452 4.2.2 Mailbox full"]);
+    let p = persists(&effects);
+    assert_eq!(p[0].updated.events[0].event, crate::event::Kind::Expired);
+    assert_eq!(p[0].updated.failed.len(), 1, "the sender hears of it");
+    assert!(h.core.is_empty());
+}
+
+#[test]
+fn a_group_waiting_past_its_lifetime_in_a_paused_destination_expires_without_an_attempt() {
+    let mut h = Harness::new(policy(|c| {
+        c.retry.max_age = 10 * MIN;
+        c.adapt.outage_backoff = 30 * MIN;
+        c.adapt.outage_backoff_max = 30 * MIN;
+        c.delivery.max_connections = 1;
+    }));
+    let (w, job) = one_job(h.queue(1, &["u@a.test"]));
+    h.queue(2, &["v@a.test"]);
+    h.unreachable(w, job);
+    let effects = h.advance(11 * MIN);
+    assert!(jobs(h.advance(SEC)).is_empty(), "no attempt while paused");
+    let p = persists(&effects);
+    let mut expired: Vec<(&str, Option<u32>)> = p
+        .iter()
+        .flat_map(|p| &p.updated.events)
+        .inspect(|e| assert_eq!(e.event, crate::event::Kind::Expired))
+        .map(|e| (e.recipient.as_str(), e.attempt))
+        .collect();
+    expired.sort();
+    // u was tried once before the outage, v never: neither is tried to expire.
+    assert_eq!(expired, [("u@a.test", Some(1)), ("v@a.test", Some(0))]);
+    assert!(h.core.is_empty());
+}
+
+#[test]
+fn a_busy_destination_does_not_hold_up_another() {
+    let mut h = Harness::new(policy(|c| {
+        c.shaping.insert(
+            "pa".into(),
+            crate::config::ShapingConfig {
+                rate: Some("1/s".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+    }));
+    let groups = (0..10_000)
+        .map(|n| message(n, &[&format!("u{n}@a.test")], h.now))
+        .collect();
+    assert_eq!(jobs(h.input(Input::Queued(groups))).len(), 1, "pa at 1/s");
+    let (_, job) = one_job(h.queue(20_000, &["w@b.test"]));
+    assert_eq!(&*job.destination, "pb", "pb goes at once");
+    let views = h.core.destination_views(h.now);
+    assert_eq!(views[0].ready, 9_999);
+}
+
+#[test]
+fn far_back_in_a_ready_queue_groups_are_not_kept_in_memory() {
+    let mut p = policy(|c| c.delivery.max_connections = 1);
+    p.ready_hot = 10;
+    let mut h = Harness::new(p);
+    let messages: Vec<Queued> = (0..100)
+        .map(|n| message(n, &[&format!("u{n}@a.test")], h.now))
+        .collect();
+    let mut next = jobs(h.input(Input::Queued(messages.clone())));
+    let in_memory = h.core.entries.values().filter(|e| e.held.is_some()).count();
+    assert_eq!(
+        in_memory, 9,
+        "the first ten of the queue, one of them with its worker"
+    );
+    let mut with_message = 0;
+    for _ in 0..100 {
+        let (w, mut job) = next.pop().expect("one worker, always busy");
+        with_message += usize::from(job.held.is_some());
+        // What a worker reads back from the spool when the job comes without it.
+        job.held
+            .get_or_insert_with(|| messages[job.id.as_u128() as usize].held.clone().unwrap());
+        next = jobs(h.report(w, job, &["250 2.0.0 Ok"]));
+    }
+    assert_eq!(with_message, 10);
+    assert!(h.core.is_empty());
+}
+
+#[test]
+fn shutdown_starts_nothing_and_every_group_comes_back() {
+    let mut h = Harness::new(policy(|_| {}));
+    let mut handed = Vec::new();
+    for n in 0..5 {
+        handed.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
+    }
+    assert_eq!(handed.len(), 3);
+    assert_eq!(h.core.in_flight(), 3);
+    let effects = h.input(Input::Shutdown);
+    assert!(jobs(effects).is_empty());
+    assert_eq!(h.core.next_wake(), None, "no more ticks");
+    // One reports, one is abandoned (its task was cancelled), one's worker dies.
+    let (w1, j1) = handed.remove(0);
+    let effects = h.report(w1, j1, &["451 4.3.0 try later"]);
+    assert_eq!(persists(&effects).len(), 1, "its outcome is still written");
+    assert_eq!(dismissed(&effects), vec![w1]);
+    let (w2, j2) = handed.remove(0);
+    h.input(Input::Returned {
+        worker: w2,
+        job: j2,
+        why: Return::Abandoned,
+    });
+    h.input(Input::WorkerGone { worker: w2 });
+    let (w3, _) = handed.remove(0);
+    h.input(Input::WorkerGone { worker: w3 });
+    assert_eq!(h.core.workers(), 0);
+    assert_eq!(h.core.in_flight(), 0, "every group came back");
+    assert_eq!(h.core.len(), 5, "and stays queued (the spool has it)");
+}
+
+#[test]
+fn a_worker_lost_mid_delivery_frees_its_slot_and_its_group_goes_again() {
+    let mut h = Harness::new(policy(|c| c.delivery.max_connections = 1));
+    let (w, job) = one_job(h.queue(1, &["u@a.test"]));
+    h.queue(2, &["v@a.test"]);
+    // The worker panics: its guards hand the job back and free the slot.
+    h.input(Input::Returned {
+        worker: w,
+        job,
+        why: Return::Abandoned,
+    });
+    let (w2, job2) = one_job(h.input(Input::WorkerGone { worker: w }));
+    assert_eq!(job2.id, uuid::Uuid::from_u128(2), "the slot is free again");
+    let retried = jobs(h.report(w2, job2, &["250 2.0.0 Ok"]));
+    let retried: Vec<_> = retried
+        .into_iter()
+        .chain(jobs(h.advance(2 * SEC)))
+        .collect();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        retried[0].1.id,
+        uuid::Uuid::from_u128(1),
+        "the lost group goes again"
+    );
+    assert!(retried[0].1.held.is_some(), "with what the worker held");
+}
+
+#[test]
+fn providers_are_looked_up_once_per_domain() {
+    let mut h = Harness::new(policy(|_| {}));
+    let effects = h.queue(1, &["u@c.test"]);
+    h.queue(2, &["v@c.test"]);
+    let lookups: Vec<_> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::LookUp { .. }))
+        .collect();
+    assert_eq!(lookups.len(), 1);
+    let started = jobs(h.input(Input::MxHosts {
+        domain: "c.test".into(),
+        hosts: vec!["mx1.hoster.test".into()],
+    }));
+    assert_eq!(started.len(), 2);
+    assert!(
+        started
+            .iter()
+            .all(|(_, j)| &*j.destination == "mx1.hoster.test")
+    );
+}
