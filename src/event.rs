@@ -262,16 +262,45 @@ mod tests {
         }
         drop(events);
         writer.await.unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let kinds: Vec<String> = text
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
-        assert_eq!(kinds, ["processed", "delivered"]);
+        let back = read_log(&path, Timestamp(0), u64::MAX).unwrap();
+        let kinds: Vec<Kind> = back.iter().map(|e| e.event).collect();
+        assert_eq!(kinds, [Kind::Processed, Kind::Delivered]);
+        assert_eq!(back[0].timestamp, Timestamp(1));
+    }
+
+    #[test]
+    fn the_log_reads_back_typed_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut text = String::new();
+        for t in 0..10 {
+            let e = Event::new(
+                Kind::Deferred,
+                Timestamp(t),
+                format!("id{t}"),
+                "a@b.test".into(),
+                "b.test".into(),
+                String::new(),
+            );
+            text.push_str(&serde_json::to_string(&e).unwrap());
+            text.push('\n');
+            if t == 4 {
+                text.push_str("not an event\n");
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let all = read_log(&path, Timestamp(0), u64::MAX).unwrap();
+        assert_eq!(all.len(), 10, "the stray line is skipped");
+        let recent = read_log(&path, Timestamp(7), u64::MAX).unwrap();
+        assert_eq!(recent.len(), 3);
+        // From the last bytes only: the line they cut into is skipped, not misread.
+        let tail = read_log(&path, Timestamp(0), 250).unwrap();
+        assert!(!tail.is_empty() && tail.len() < 3, "{}", tail.len());
+        assert_eq!(tail.last().unwrap().message_id, "id9");
+        assert!(
+            read_log(&dir.path().join("none"), Timestamp(0), 100)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

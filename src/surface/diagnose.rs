@@ -6,61 +6,15 @@
 //! time the provider's queue takes to drain at the allowed rate, and an honest confidence.
 
 use crate::engine::scheduler::DestinationView;
+use crate::event::{Event, Kind};
 use crate::outcome::Class;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::time::Duration;
 
-/// The part of an event line diagnosis reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Record {
-    pub event: String,
-    pub timestamp: Timestamp,
-    pub message_id: String,
-    pub recipient: String,
-    pub domain: String,
-    #[serde(default)]
-    pub provider: Option<String>,
-    #[serde(default)]
-    pub attempt: Option<u32>,
-    #[serde(default)]
-    pub code: Option<u16>,
-    #[serde(default)]
-    pub enhanced: Option<String>,
-    #[serde(default)]
-    pub text: Option<String>,
-    #[serde(default)]
-    pub class: Option<Class>,
-    #[serde(default)]
-    pub ee_seconds: Option<f64>,
-}
-
-/// The most of the event log read from its end.
-const READ_AT_MOST: u64 = 64 * 1024 * 1024;
-
-/// Events at or after `since`, from the end of the log.
-pub fn read_events(path: &Path, since: Timestamp) -> std::io::Result<Vec<Record>> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
-    let start = len.saturating_sub(READ_AT_MOST);
-    file.seek(SeekFrom::Start(start))?;
-    // Read bytes: the cut may fall inside a character, and its line is skipped anyway.
-    let mut bytes = Vec::new();
-    file.take(READ_AT_MOST).read_to_end(&mut bytes)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let lines = text.lines().skip(usize::from(start > 0));
-    Ok(lines
-        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
-        .filter(|r| r.timestamp >= since)
-        .collect())
-}
+/// How much of the event log diagnosis reads, from its end.
+pub const READ_AT_MOST: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,7 +96,7 @@ pub struct Diagnosis {
 
 /// Diagnoses every provider seen in `records` or in `destinations` (or only `only`).
 pub fn diagnose(
-    records: &[Record],
+    records: &[Event],
     destinations: &[DestinationView],
     only: Option<&str>,
     window: Duration,
@@ -158,7 +112,7 @@ pub fn diagnose(
             provider_of.insert(domain.as_str(), d.destination.as_str());
         }
     }
-    let mut by_provider: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    let mut by_provider: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
     for r in records {
         if let Some(p) = r
             .provider
@@ -187,7 +141,7 @@ pub fn diagnose(
 
 fn one(
     provider: &str,
-    recs: &[&Record],
+    recs: &[&Event],
     dest: Option<&DestinationView>,
     window: Duration,
 ) -> Diagnosis {
@@ -209,22 +163,26 @@ fn one(
     }
 }
 
-fn figures(recs: &[&Record], dest: Option<&DestinationView>) -> Figures {
-    let count = |kind: &str| recs.iter().filter(|r| r.event == kind).count();
-    let deferred: Vec<&&Record> = recs.iter().filter(|r| r.event == "deferred").collect();
-    let (delivered, bounced, expired) = (count("delivered"), count("bounced"), count("expired"));
+fn figures(recs: &[&Event], dest: Option<&DestinationView>) -> Figures {
+    let count = |kind: Kind| recs.iter().filter(|r| r.event == kind).count();
+    let deferred: Vec<&&Event> = recs.iter().filter(|r| r.event == Kind::Deferred).collect();
+    let (delivered, bounced, expired) = (
+        count(Kind::Delivered),
+        count(Kind::Bounced),
+        count(Kind::Expired),
+    );
     let attempts = deferred.len()
         + delivered
         + bounced
         + recs
             .iter()
-            .filter(|r| r.event == "expired" && r.code.is_some())
+            .filter(|r| r.event == Kind::Expired && r.code.is_some())
             .count();
     // Deferrals and refusals together: a provider that refuses everything is not healthy.
     let mut by_class: BTreeMap<String, usize> = BTreeMap::new();
     for r in recs
         .iter()
-        .filter(|r| matches!(r.event.as_str(), "deferred" | "bounced"))
+        .filter(|r| matches!(r.event, Kind::Deferred | Kind::Bounced))
     {
         *by_class
             .entry(r.class.map(|c| c.as_str()).unwrap_or("unknown").to_string())
@@ -233,7 +191,7 @@ fn figures(recs: &[&Record], dest: Option<&DestinationView>) -> Figures {
     let mut replies: HashMap<String, (usize, Option<Class>)> = HashMap::new();
     for r in recs
         .iter()
-        .filter(|r| matches!(r.event.as_str(), "deferred" | "bounced" | "expired"))
+        .filter(|r| matches!(r.event, Kind::Deferred | Kind::Bounced | Kind::Expired))
     {
         let e = replies.entry(reply_line(r)).or_insert((0, r.class));
         e.0 += 1;
@@ -250,7 +208,7 @@ fn figures(recs: &[&Record], dest: Option<&DestinationView>) -> Figures {
     top.truncate(3);
     let delivered_attempts: Vec<u32> = recs
         .iter()
-        .filter(|r| r.event == "delivered")
+        .filter(|r| r.event == Kind::Delivered)
         .filter_map(|r| r.attempt)
         .collect();
     let mut ee: Vec<f64> = recs.iter().filter_map(|r| r.ee_seconds).collect();
@@ -282,7 +240,7 @@ fn figures(recs: &[&Record], dest: Option<&DestinationView>) -> Figures {
     }
 }
 
-fn reply_line(r: &Record) -> String {
+fn reply_line(r: &Event) -> String {
     let text: String = r.text.as_deref().unwrap_or("").chars().take(100).collect();
     match (r.code, &r.enhanced) {
         (Some(c), Some(e)) => format!("{c} {e} {text}"),
@@ -293,10 +251,10 @@ fn reply_line(r: &Record) -> String {
 }
 
 /// Of the recipients greylisted in the window, the share delivered later.
-fn greylist_cleared(recs: &[&Record]) -> Option<f64> {
+fn greylist_cleared(recs: &[&Event]) -> Option<f64> {
     let greylisted: HashSet<(&str, &str)> = recs
         .iter()
-        .filter(|r| r.event == "deferred" && r.class == Some(Class::Greylist))
+        .filter(|r| r.event == Kind::Deferred && r.class == Some(Class::Greylist))
         .map(|r| (r.message_id.as_str(), r.recipient.as_str()))
         .collect();
     if greylisted.is_empty() {
@@ -305,7 +263,7 @@ fn greylist_cleared(recs: &[&Record]) -> Option<f64> {
     let cleared = recs
         .iter()
         .filter(|r| {
-            r.event == "delivered"
+            r.event == Kind::Delivered
                 && greylisted.contains(&(r.message_id.as_str(), r.recipient.as_str()))
         })
         .count();
@@ -313,11 +271,11 @@ fn greylist_cleared(recs: &[&Record]) -> Option<f64> {
 }
 
 /// Pearson correlation, per minute, between attempts and throttle deferrals.
-fn throttle_correlation(recs: &[&Record]) -> Option<f64> {
+fn throttle_correlation(recs: &[&Event]) -> Option<f64> {
     let mut minutes: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for r in recs
         .iter()
-        .filter(|r| matches!(r.event.as_str(), "deferred" | "delivered" | "bounced"))
+        .filter(|r| matches!(r.event, Kind::Deferred | Kind::Delivered | Kind::Bounced))
     {
         let m = minutes.entry(r.timestamp.millis() / 60_000).or_default();
         m.0 += 1.0;
@@ -342,7 +300,7 @@ fn throttle_correlation(recs: &[&Record]) -> Option<f64> {
 }
 
 /// Arrivals minus completions in the second half of the window against the first.
-fn trend(recs: &[&Record]) -> String {
+fn trend(recs: &[&Event]) -> String {
     let (Some(first), Some(last)) = (
         recs.iter().map(|r| r.timestamp).min(),
         recs.iter().map(|r| r.timestamp).max(),
@@ -350,17 +308,17 @@ fn trend(recs: &[&Record]) -> String {
         return "steady".into();
     };
     let mid = Timestamp(first.millis() + (last.millis() - first.millis()) / 2);
-    let net = |half: &dyn Fn(&Record) -> bool| -> i64 {
+    let net = |half: &dyn Fn(&Event) -> bool| -> i64 {
         recs.iter()
             .filter(|r| half(r))
-            .map(|r| match r.event.as_str() {
-                "processed" => 1,
-                "delivered" | "bounced" | "expired" | "suppressed" => -1,
+            .map(|r| match r.event {
+                Kind::Processed => 1,
+                Kind::Delivered | Kind::Bounced | Kind::Expired | Kind::Suppressed => -1,
                 _ => 0,
             })
             .sum()
     };
-    let second = net(&|r: &Record| r.timestamp >= mid);
+    let second = net(&|r: &Event| r.timestamp >= mid);
     let total = recs.len().max(1) as i64;
     match second {
         n if n * 10 > total => "growing".into(),
@@ -601,21 +559,23 @@ impl std::fmt::Display for Diagnosis {
 mod tests {
     use super::*;
 
-    fn rec(event: &str, t: u64, id: &str, class: Option<Class>, text: &str) -> Record {
-        Record {
-            event: event.into(),
-            timestamp: Timestamp(1_700_000_000_000 + t * 1000),
-            message_id: id.into(),
-            recipient: format!("{id}@x.test"),
-            domain: "x.test".into(),
-            provider: Some("p".into()),
-            attempt: Some(1),
-            code: class.map(|_| 450),
-            enhanced: None,
-            text: Some(text.into()),
-            class,
-            ee_seconds: (event == "delivered").then_some(1.0),
-        }
+    fn rec(event: &str, t: u64, id: &str, class: Option<Class>, text: &str) -> Event {
+        let kind: Kind = serde_json::from_value(serde_json::json!(event)).unwrap();
+        let mut e = Event::new(
+            kind,
+            Timestamp(1_700_000_000_000 + t * 1000),
+            id.into(),
+            format!("{id}@x.test"),
+            "x.test".into(),
+            "s@y.test".into(),
+        );
+        e.provider = Some("p".into());
+        e.attempt = Some(1);
+        e.code = class.map(|_| 450);
+        e.text = Some(text.into());
+        e.class = class;
+        e.ee_seconds = (kind == Kind::Delivered).then_some(1.0);
+        e
     }
 
     #[test]

@@ -1,0 +1,255 @@
+//! `/api/v1/messages`: inject a message, read one back with its recipients and attempts.
+
+use super::{ApiError, ApiState};
+use crate::address::Address;
+use crate::message::{Attempt, MessageId, State, new_id};
+use crate::time::Timestamp;
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// `POST /api/v1/messages`: either `raw` RFC 5322 text, or `subject` and `text`.
+#[derive(Debug, Serialize)]
+pub struct SendRequest {
+    pub from: String,
+    pub to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A request as it arrives: every field may be missing, and each that must be there is
+/// named when it is not.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    raw: Option<String>,
+    subject: Option<String>,
+    text: Option<String>,
+}
+
+impl TryFrom<SendBody> for SendRequest {
+    type Error = ApiError;
+    fn try_from(b: SendBody) -> Result<SendRequest, ApiError> {
+        Ok(SendRequest {
+            from: b
+                .from
+                .ok_or_else(|| ApiError::field("from", "missing: the envelope sender"))?,
+            to: b
+                .to
+                .ok_or_else(|| ApiError::field("to", "missing: the recipients"))?,
+            raw: b.raw,
+            subject: b.subject,
+            text: b.text,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub id: String,
+    pub recipients: Vec<String>,
+}
+
+pub(super) async fn post_message(
+    AxState(state): AxState<Arc<ApiState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, axum::Json<SendResponse>), ApiError> {
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        error: e.body_text(),
+        field: Some("body".into()),
+    })?;
+    let req = SendRequest::try_from(super::parse_json::<SendBody>(&body)?)?;
+    let from = Address::parse(&req.from)
+        .map_err(|e| ApiError::field("from", format!("not a valid address: {e}")))?;
+    if req.to.is_empty() {
+        return Err(ApiError::field("to", "at least one recipient is needed"));
+    }
+    let rcpts = req
+        .to
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Address::parse(t).map_err(|e| {
+                ApiError::field(format!("to[{i}]"), format!("not a valid address: {e}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let id = new_id();
+    let message = match (&req.raw, &req.subject, &req.text) {
+        (Some(raw), None, None) => raw_message(raw)?,
+        (Some(_), _, _) => {
+            return Err(ApiError::field(
+                "raw",
+                "give either raw or subject and text, not both",
+            ));
+        }
+        (None, Some(subject), Some(text)) => {
+            build_message(&state.hostname, id, &from, &rcpts, subject, text)?
+        }
+        (None, None, _) => {
+            return Err(ApiError::field(
+                "subject",
+                "needed (or give the whole message as raw)",
+            ));
+        }
+        (None, Some(_), None) => {
+            return Err(ApiError::field(
+                "text",
+                "needed (or give the whole message as raw)",
+            ));
+        }
+    };
+    if message.len() as u64 > state.max_message_size {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error: format!(
+                "message is {} bytes; the limit is {}",
+                message.len(),
+                state.max_message_size
+            ),
+            field: Some(if req.raw.is_some() { "raw" } else { "text" }.into()),
+        });
+    }
+    let stored = state
+        .intake
+        .accept(id, from.to_string(), &rcpts, message, "http".into())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not store a message from the API");
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the spool could not store the message (disk full or a write error); nothing was accepted, try again",
+            )
+        })?;
+    let recipients = stored
+        .groups
+        .iter()
+        .flat_map(|g| g.recipients.iter().map(|r| r.address.clone()))
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(SendResponse {
+            id: id.to_string(),
+            recipients,
+        }),
+    ))
+}
+
+fn raw_message(raw: &str) -> Result<Bytes, ApiError> {
+    let has_headers = raw.lines().next().is_some_and(|l| {
+        l.split_once(':')
+            .is_some_and(|(name, _)| !name.is_empty() && !name.contains(' '))
+    });
+    if !has_headers {
+        return Err(ApiError::field(
+            "raw",
+            "not an RFC 5322 message: it must start with a header field",
+        ));
+    }
+    // Normalise line endings to CRLF, as SMTP carries them.
+    let mut out = String::with_capacity(raw.len() + raw.len() / 40);
+    for line in raw.split_inclusive('\n') {
+        out.push_str(line.trim_end_matches(['\r', '\n']));
+        out.push_str("\r\n");
+    }
+    Ok(out.into())
+}
+
+fn build_message(
+    hostname: &str,
+    id: MessageId,
+    from: &Address,
+    to: &[Address],
+    subject: &str,
+    text: &str,
+) -> Result<Bytes, ApiError> {
+    mail_builder::MessageBuilder::new()
+        .from(from.to_string())
+        .to(to.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        .subject(subject)
+        .message_id(format!("{id}@{hostname}"))
+        .text_body(text)
+        .write_to_vec()
+        .map(Bytes::from)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("building the message: {e}"),
+            )
+        })
+}
+
+/// `GET /api/v1/messages/{id}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MessageView {
+    pub id: String,
+    pub from: String,
+    pub received_at: Timestamp,
+    pub size: u64,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<Timestamp>,
+    pub recipients: Vec<RecipientView>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecipientView {
+    pub address: String,
+    pub domain: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<Timestamp>,
+    pub attempts: Vec<Attempt>,
+}
+
+pub(super) async fn get_message(
+    AxState(state): AxState<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<MessageView>, ApiError> {
+    let id: MessageId = id
+        .parse()
+        .map_err(|_| ApiError::field("id", format!("{id:?} is not a message id")))?;
+    let record = state
+        .intake
+        .spool
+        .record(id)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let Some((envelope, groups)) = record else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no message {id} (never accepted, or finished and purged)"),
+        ));
+    };
+    let recipients = groups
+        .into_iter()
+        .flat_map(|g| {
+            let next = g.next_attempt;
+            let domain = g.domain;
+            g.recipients.into_iter().map(move |r| RecipientView {
+                next_attempt: if r.state.is_final() { None } else { next },
+                address: r.address,
+                domain: domain.clone(),
+                state: r.state,
+                attempts: r.attempts,
+            })
+        })
+        .collect();
+    Ok(axum::Json(MessageView {
+        id: envelope.id.to_string(),
+        from: envelope.from,
+        received_at: envelope.received_at,
+        size: envelope.size,
+        source: envelope.source,
+        done_at: envelope.done_at,
+        recipients,
+    }))
+}
