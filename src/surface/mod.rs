@@ -2,5 +2,6 @@
 //! call it ([`client`]), and the per-provider verdicts of [`diagnose`].
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod diagnose;

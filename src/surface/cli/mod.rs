@@ -1,0 +1,406 @@
+//! The `knock` command line: the subcommands and their arguments ([`Cli`]), one function per
+//! subcommand, and what they print ([`format`]). `serve` runs the engine; `send`, `queue`
+//! and `diagnose` talk to a running engine over its HTTP API; `sink` and `bench` are the
+//! receiving MX and load generator for tests, benchmarks and trying a policy; `classify`
+//! and `passwd` work offline.
+
+pub mod format;
+
+use crate::config::{Config, Rate};
+use crate::net::smtp::server::EhloMode;
+use crate::surface::api::SendRequest;
+use crate::surface::client::{ApiClient, api_base};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "knock",
+    version,
+    about = "An outbound mail delivery engine that understands deferrals"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the engine (embedded defaults when no config file is given).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Inject a message through the HTTP API and print its id.
+    Send(SendArgs),
+    /// Show the queue per domain, or one message with `queue show ID`.
+    Queue {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        show: Option<QueueCommand>,
+    },
+    /// Run a scriptable receiving MX.
+    Sink(SinkArgs),
+    /// Send N messages over C concurrent SMTP sessions and report the rates.
+    Bench(BenchArgs),
+    /// Say, per provider, what is behind the deferrals and what is being done about it.
+    Diagnose {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this provider (as `knock queue` names it).
+        provider: Option<String>,
+        /// How far back to read the event log.
+        #[arg(long, default_value = "1h")]
+        window: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a credentials-file line (`user:argon2-hash`) for SMTP AUTH; the password is
+    /// read from stdin (first line), so it stays out of the shell history.
+    Passwd { user: String },
+    /// Classify reply lines (arguments, or one per line on stdin) as knock would.
+    Classify {
+        /// Your own rules (TOML, like data/classify.toml), read before the shipped ones.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// One JSON object per line: {"reply", "class", "transient"}.
+        #[arg(long)]
+        json: bool,
+        /// Reply lines, e.g. "450 4.2.0 Greylisted"; read from stdin when none are given.
+        replies: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// One message's recipients and attempts.
+    Show { id: String },
+}
+
+#[derive(Args)]
+pub struct ApiArgs {
+    /// Base URL of the engine's HTTP API (else --config's [http] listen, else KNOCK_API).
+    #[arg(long)]
+    api: Option<String>,
+    /// Read the API address from this config file's [http] listen.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Bearer token, needed from outside the engine's [http] trusted_networks.
+    #[arg(long, env = "KNOCK_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::new(
+            api_base(self.api.as_deref(), self.config.as_deref())?,
+            self.token.as_deref(),
+        )
+    }
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[arg(long)]
+    from: String,
+    #[arg(long, required = true)]
+    to: Vec<String>,
+    #[arg(long, requires = "text", conflicts_with = "file")]
+    subject: Option<String>,
+    #[arg(long, requires = "subject", conflicts_with = "file")]
+    text: Option<String>,
+    /// A whole RFC 5322 message.
+    #[arg(long, required_unless_present = "subject")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SinkArgs {
+    #[arg(long, default_value = "127.0.0.1:2600")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "sink.localdomain")]
+    hostname: String,
+    /// Save each accepted message as N.eml in this directory.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Greylist the first attempt of each (client IP, sender, recipient) for this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    greylist: Option<Duration>,
+    /// Answer 421 4.7.0 past N messages per period per client, e.g. 100/min.
+    #[arg(long)]
+    rate: Option<Rate>,
+    /// Defer this share of recipients at random with 450 4.7.1 (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    defer_share: f64,
+    /// Wait this long before every reply.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<Duration>,
+    /// Serve the counters as JSON at http://ADDR/stats.
+    #[arg(long)]
+    stats: Option<std::net::SocketAddr>,
+    /// Turn a client IP's connections away past this many at once (421 4.7.0).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Under load: past this many open sessions, every reply waits --slow-delay longer.
+    #[arg(long, requires = "slow_delay")]
+    slow_above: Option<usize>,
+    /// The extra wait per reply under load (with --slow-above).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    slow_delay: Option<Duration>,
+    /// Do not offer PIPELINING.
+    #[arg(long, conflicts_with = "helo_only")]
+    no_pipelining: bool,
+    /// Refuse EHLO (502), so clients fall back to HELO.
+    #[arg(long)]
+    helo_only: bool,
+    /// Offer STARTTLS (with a self-signed certificate made at start).
+    #[arg(long)]
+    tls: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Where to send (knock's SMTP listener).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp: std::net::SocketAddr,
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    count: usize,
+    #[arg(long, default_value = "5KiB")]
+    size: bytesize::ByteSize,
+    #[arg(long, short = 'c', default_value_t = 20)]
+    concurrency: usize,
+    #[arg(long, default_value = "bench@knock.test")]
+    from: String,
+    #[arg(long, default_value = "user@example.test")]
+    to: String,
+    /// A sink's stats URL (http://ADDR/stats): wait for delivery and report its rate.
+    #[arg(long)]
+    sink_stats: Option<String>,
+    /// Start TLS on every session.
+    #[arg(long)]
+    starttls: bool,
+}
+
+/// Runs one subcommand.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => serve(config).await,
+        Command::Send(args) => send(args).await,
+        Command::Queue { api, json, show } => queue(api, json, show).await,
+        Command::Sink(args) => sink(args).await,
+        Command::Bench(args) => bench(args).await,
+        Command::Diagnose {
+            api,
+            provider,
+            window,
+            json,
+        } => diagnose(api, provider, window, json).await,
+        Command::Passwd { user } => passwd(&user),
+        Command::Classify {
+            rules,
+            json,
+            replies,
+        } => classify(rules, json, replies),
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    crate::engine::Engine::start(config)
+        .await?
+        .run_until_signal()
+        .await
+}
+
+async fn queue(api: ApiArgs, json: bool, show: Option<QueueCommand>) -> anyhow::Result<()> {
+    let client = api.client()?;
+    match show {
+        Some(QueueCommand::Show { id }) => {
+            let m = client.message(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print!("{}", format::message(&m));
+            }
+        }
+        None => {
+            let q = client.queue().await?;
+            let d = client.destinations().await?;
+            if json {
+                let both =
+                    serde_json::json!({"domains": q.domains, "destinations": d.destinations});
+                println!("{}", serde_json::to_string_pretty(&both)?);
+            } else {
+                print!("{}\n{}", format::queue(&q), format::destinations(&d));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn diagnose(
+    api: ApiArgs,
+    provider: Option<String>,
+    window: String,
+    json: bool,
+) -> anyhow::Result<()> {
+    let report = api.client()?.diagnose(provider.as_deref(), &window).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.providers.is_empty() {
+        println!("nothing to diagnose: no events in the last {window} and nothing queued");
+    } else {
+        for d in &report.providers {
+            println!("{d}");
+        }
+    }
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let report = crate::tools::bench::run(crate::tools::bench::BenchConfig {
+        target: args.smtp,
+        count: args.count,
+        size: args.size.as_u64() as usize,
+        concurrency: args.concurrency,
+        from: args.from,
+        to: args.to,
+        sink_stats: args.sink_stats,
+        progress: true,
+        starttls: args.starttls,
+    })
+    .await?;
+    print!("{report}");
+    Ok(())
+}
+
+fn classify(rules: Option<PathBuf>, json: bool, replies: Vec<String>) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let classifier =
+        crate::policy::classify::Classifier::from_config(&crate::config::ClassifyConfig { rules })?;
+    let lines: Box<dyn Iterator<Item = std::io::Result<String>>> = if replies.is_empty() {
+        Box::new(std::io::stdin().lock().lines())
+    } else {
+        Box::new(replies.into_iter().map(Ok))
+    };
+    let mut bad = 0;
+    for line in lines {
+        let line = line.context("reading stdin")?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let reply = match crate::reply::Reply::parse(format!("{line}\r\n").as_bytes()) {
+            Ok(reply) => reply,
+            Err(e) => {
+                eprintln!("not a reply line ({e}): {line}");
+                bad += 1;
+                continue;
+            }
+        };
+        let outcome = classifier.reply(&reply);
+        if json {
+            let class = outcome.class.map(|c| c.as_str());
+            let j = serde_json::json!({"reply": line, "class": class, "transient": outcome.is_transient()});
+            println!("{j}");
+        } else {
+            println!("{}", format::classified(&outcome, line));
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} line(s) were not SMTP replies");
+    }
+    Ok(())
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let raw = match &args.file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let req = SendRequest {
+        from: args.from,
+        to: args.to,
+        raw,
+        subject: args.subject,
+        text: args.text,
+    };
+    let resp = args.api.client()?.send(&req).await?;
+    println!("{}", resp.id);
+    Ok(())
+}
+
+fn passwd(user: &str) -> anyhow::Result<()> {
+    if user.is_empty() || user.contains(':') || user.chars().any(char::is_whitespace) {
+        anyhow::bail!("user: must be non-empty, without ':' or spaces");
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin");
+    }
+    println!("{user}:{}", crate::net::auth::hash_password(password)?);
+    Ok(())
+}
+
+async fn sink(args: SinkArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.defer_share) {
+        anyhow::bail!("--defer-share: must be between 0 and 1");
+    }
+    let sink = Arc::new(
+        crate::tools::sink::Sink::start(crate::tools::sink::SinkConfig {
+            listen: args.listen,
+            hostname: args.hostname,
+            save_dir: args.save,
+            keep: false,
+            greylist: args.greylist,
+            rate: args.rate,
+            defer_share: args.defer_share,
+            delay: args.delay.unwrap_or_default(),
+            max_connections: args.max_connections,
+            slow_above: args.slow_above.zip(args.slow_delay),
+            ehlo: match (args.no_pipelining, args.helo_only) {
+                (_, true) => EhloMode::HeloOnly,
+                (true, _) => EhloMode::NoPipelining,
+                _ => EhloMode::Full,
+            },
+            tls: args.tls,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", args.listen))?,
+    );
+    eprintln!("knock sink listening on {}", sink.addr);
+    if let Some(addr) = args.stats {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--stats: cannot listen on {addr}"))?;
+        eprintln!("stats at http://{}/stats", listener.local_addr()?);
+        let app = crate::tools::sink::stats_router(sink.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    let stats = sink.stop().await;
+    eprintln!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(())
+}
