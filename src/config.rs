@@ -4,7 +4,7 @@
 
 use anyhow::{Context, bail};
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,18 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Providers of the operator's own, in front of the shipped table.
     #[serde(rename = "provider")]
-    pub providers: Vec<crate::policy::provider::ProviderDef>,
+    pub providers: Vec<ProviderDef>,
+}
+
+/// One provider: a name, the domains known to be hosted there, and MX host suffixes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDef {
+    pub name: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub mx: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +160,28 @@ impl Default for ClientLimitsConfig {
     }
 }
 
+/// What outbound delivery does about STARTTLS for a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never STARTTLS.
+    Off,
+    /// STARTTLS when the receiver offers it, any certificate; plaintext when it does not,
+    /// or when the handshake fails (the same host is tried again without TLS).
+    #[default]
+    Opportunistic,
+    /// STARTTLS must be offered and succeed (any certificate), else the mail waits.
+    Require,
+    /// As `require`, and the certificate must chain to a trusted root and name the MX host.
+    Verify,
+}
+
+impl TlsPolicy {
+    pub fn requires_tls(self) -> bool {
+        matches!(self, TlsPolicy::Require | TlsPolicy::Verify)
+    }
+}
+
 /// STARTTLS in both directions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -160,11 +193,11 @@ pub struct TlsConfig {
     /// Offer STARTTLS to inbound clients.
     pub starttls: bool,
     /// Outbound STARTTLS for destinations not listed below.
-    pub outbound: crate::net::tls::Policy,
+    pub outbound: TlsPolicy,
     /// More trusted roots (PEM) for the `verify` policy, beside the Mozilla set.
     pub ca_file: Option<PathBuf>,
     /// Outbound policy by recipient domain or provider name (the domain wins).
-    pub destinations: BTreeMap<String, crate::net::tls::Policy>,
+    pub destinations: BTreeMap<String, TlsPolicy>,
 }
 
 impl Default for TlsConfig {
@@ -173,7 +206,7 @@ impl Default for TlsConfig {
             cert: None,
             key: None,
             starttls: true,
-            outbound: crate::net::tls::Policy::Opportunistic,
+            outbound: TlsPolicy::Opportunistic,
             ca_file: None,
             destinations: BTreeMap::new(),
         }
@@ -182,7 +215,7 @@ impl Default for TlsConfig {
 
 impl TlsConfig {
     /// The outbound policy for mail to `domain` at `provider`.
-    pub fn policy_for(&self, domain: &str, provider: &str) -> crate::net::tls::Policy {
+    pub fn policy_for(&self, domain: &str, provider: &str) -> TlsPolicy {
         self.destinations
             .get(domain)
             .or_else(|| self.destinations.get(provider))

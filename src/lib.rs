@@ -1,43 +1,23 @@
 //! knock: an outbound mail delivery engine that understands deferrals.
 //!
-//! Mail comes in over SMTP ([`ingest`]) and HTTP ([`api`]), is made durable in the
-//! [`spool`] before it is acknowledged, and is delivered to the recipients' MX hosts by
-//! the [`dispatch`] workers, which the [`scheduler`] feeds. Every reply or error becomes an
-//! [`outcome::Outcome`] with a [`outcome::Class`]; the retry [`schedule`] says when a
-//! deferred recipient is tried again; permanent failures and expiry produce a [`dsn`] to the
-//! sender; everything that happens is written as an [`event`].
+//! Mail comes in over SMTP and HTTP (`engine::ingest`, `surface::api`), is made durable in
+//! the spool before it is acknowledged, and is delivered to the recipients' MX hosts. What
+//! decides *when* and *how fast* is one state machine with no I/O and no clock
+//! (`engine::scheduler`): the engine runs it on wall time, `knock simulate` on virtual time.
 //!
-//! Layout:
+//! Layout, from the bottom up:
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | [`config`] | the TOML configuration, its defaults and validation |
-//! | [`address`] | mailbox syntax and domains |
-//! | [`reply`] | SMTP replies with enhanced status codes |
-//! | [`smtp`] | the wire protocol: line framing, the server session engine, the client |
-//! | [`tls`] | STARTTLS both ways: certificates, policies, the plain-or-TLS stream |
-//! | [`auth`] | SMTP AUTH users and their argon2 password hashes |
-//! | [`limit`] | per-client limits on the SMTP listener |
-//! | [`message`] | message, recipient, attempt and state types |
-//! | [`suppress`] | the suppression list of addresses that bounced hard |
-//! | [`spool`] | durable storage with group commit |
-//! | [`schedule`] | the pure retry arithmetic |
-//! | [`outcome`] | what an attempt observed, and outcomes with their classes |
-//! | [`classify`] | the one classifier: enhanced codes, then receivers' phrases (data) |
-//! | [`provider`] | which receiving infrastructure a domain belongs to |
-//! | [`resolve`] | MX and address lookup behind the `Resolver` trait |
-//! | [`transport`] | the SMTP client behind the `Transport` trait |
-//! | [`scheduler`] | the one task that owns queue state and timing |
-//! | [`dispatch`] | delivery workers, one per open connection |
-//! | [`dsn`] | delivery status notifications (RFC 3464) |
-//! | [`event`] | the event log |
-//! | [`ingest`] | the SMTP listener that accepts mail into the spool |
-//! | [`api`] | the HTTP API |
-//! | [`engine`] | wires the parts together and runs them |
-//! | [`sink`] | a scriptable receiving MX for tests and benchmarks |
-//! | [`bench`] | the SMTP load generator |
-//! | [`client`] | the HTTP client behind `knock send` and `knock queue` |
-//! | [`time`] | timestamps as persisted and shown |
+//! | layer | modules | owns |
+//! | --- | --- | --- |
+//! | vocabulary | [`time`], [`config`], [`address`], [`reply`], [`outcome`], [`message`], [`event`], [`dsn`] | the plain types everything speaks: timestamps, the configuration, addresses, replies, outcomes and failures, messages and attempts, events, DSNs |
+//! | protocol and network | [`net`] | SMTP both ways, the `Transport` and `Resolver` seams, STARTTLS, AUTH, per-client limits |
+//! | policy | [`policy`] | classification, the retry schedule, shaping, the reaction to outcomes, providers, suppressions |
+//! | engine core | [`engine`] | ingest, spool, the scheduler state machine and its driver, delivery workers |
+//! | tools | [`tools`] | `knock sink` and `knock bench` |
+//! | surfaces | [`surface`] | the HTTP API, its client, diagnosis, the command line |
+//! | wiring | [`serve`] | one running knock: engine, listeners and API started and stopped in order |
+//!
+//! No two files import each other; `docs/architecture.md` draws the flow.
 
 pub mod address;
 pub mod config;
@@ -49,6 +29,7 @@ pub mod net;
 pub mod outcome;
 pub mod policy;
 pub mod reply;
+pub mod serve;
 pub mod surface;
 pub mod time;
 pub mod tools;

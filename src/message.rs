@@ -68,6 +68,27 @@ impl State {
     }
 }
 
+/// The TLS a connection ended up with, kept on attempt records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: String,
+    pub cipher: String,
+    /// The peer's certificate chains to a trusted root and names the host (outbound only).
+    #[serde(default)]
+    pub verified: bool,
+}
+
+impl std::fmt::Display for TlsInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.version, self.cipher)?;
+        if self.verified {
+            write!(f, " verified")?;
+        }
+        Ok(())
+    }
+}
+
 /// One try at delivering to a recipient.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -88,7 +109,7 @@ pub struct Attempt {
     pub failure: Option<crate::outcome::FailureKind>,
     /// The TLS the session ran over; absent in plaintext or when no session was had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::net::tls::TlsInfo>,
+    pub tls: Option<TlsInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,10 +11,10 @@
 //! `Drop` frees its connection slot. A panic or a cancelled task costs a retry, never a
 //! message or a destination's capacity.
 
-use crate::engine::driver::{SchedulerHandle, read_back};
+use crate::engine::handle::SchedulerHandle;
 use crate::engine::scheduler::{Delivery, Held, Input, Job, Return, WorkerId};
-use crate::engine::spool::Spool;
-use crate::message::Group;
+use crate::engine::spool::{Spool, SpoolError};
+use crate::message::{Group, MessageId};
 use crate::net::transport::{Connection, Transport};
 use crate::outcome::{Failure, FailureKind, Observed};
 use crate::policy::react::{Seen, Where};
@@ -298,6 +298,26 @@ impl Inner {
         seen.latency = o.conn.take_slowest_reply();
         (results, seen)
     }
+}
+
+/// A group's envelope and state as the spool has them; `None` when the group is gone or
+/// final. Blocking: call it on the blocking pool.
+pub fn read_back(
+    spool: &dyn Spool,
+    id: MessageId,
+    domain: &str,
+) -> Result<Option<Held>, SpoolError> {
+    let Some((envelope, groups)) = spool.record(id)? else {
+        return Ok(None);
+    };
+    let group = groups
+        .into_iter()
+        .find(|g| g.domain == domain && !g.is_done());
+    Ok(group.map(|group| Held {
+        envelope: Arc::new(envelope),
+        group,
+        body: None,
+    }))
 }
 
 fn held_group(guard: &JobGuard) -> Group {

@@ -1,16 +1,14 @@
 //! The scheduler task: runs the scheduler core on wall time. It is the one owner of the
 //! [`Scheduler`]: it feeds it what the workers, the intake and the API send over the
-//! channel ([`SchedulerHandle`]) and the clock's ticks, and carries out its effects with
+//! channel (`engine::handle`) and the clock's ticks, and carries out its effects with
 //! real I/O: workers started, jobs handed over, MX hosts looked up, groups read back on
 //! the blocking pool, new states submitted to the spool in the order the core gave them,
 //! and, once on disk, events written, suppressions kept and DSNs queued.
 
 use crate::dsn;
-use crate::engine::dispatch::Dispatcher;
-use crate::engine::scheduler::{
-    Delivery, DestinationView, DomainSummary, Effect, Held, Input, Job, Persist, Queued, Return,
-    Scheduler, WorkerId,
-};
+use crate::engine::dispatch::{Dispatcher, read_back};
+use crate::engine::handle::{Command, SchedulerHandle};
+use crate::engine::scheduler::{Effect, Input, Job, Persist, Queued, Return, Scheduler, WorkerId};
 use crate::engine::spool::{Op, Spool};
 use crate::event::{self, Events};
 use crate::net::transport::Transport;
@@ -21,96 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-
-/// What reaches the scheduler task.
-pub enum Command {
-    Input(Input),
-    /// A worker's outcome, and its request for its next job.
-    Delivered {
-        delivery: Box<Delivery>,
-        /// One of the places for outcomes waiting for the disk; given back once committed.
-        permit: OwnedSemaphorePermit,
-        next: oneshot::Sender<Option<Job>>,
-    },
-    /// A worker whose job is over without an outcome (`Gone` or `Unreadable`) asks for
-    /// its next job.
-    Next {
-        input: Input,
-        worker: WorkerId,
-        next: oneshot::Sender<Option<Job>>,
-    },
-    Summary {
-        reply: oneshot::Sender<Vec<DomainSummary>>,
-    },
-    Destinations {
-        reply: oneshot::Sender<Vec<DestinationView>>,
-    },
-}
-
-/// The handle everyone else holds.
-#[derive(Clone)]
-pub struct SchedulerHandle {
-    tx: mpsc::UnboundedSender<Command>,
-}
-
-impl SchedulerHandle {
-    pub fn enqueue(&self, groups: Vec<Queued>) {
-        self.input(Input::Queued(groups));
-    }
-
-    /// Tells the scheduler something that needs no answer. Never blocks: drop guards call
-    /// it.
-    pub fn input(&self, input: Input) {
-        let _ = self.tx.send(Command::Input(input));
-    }
-
-    /// Reports an outcome; returns the worker's next job, or `None` when it is to close.
-    pub async fn delivered(&self, delivery: Delivery, permit: OwnedSemaphorePermit) -> Option<Job> {
-        let (next, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Delivered {
-                delivery: Box::new(delivery),
-                permit,
-                next,
-            })
-            .ok()?;
-        rx.await.ok().flatten()
-    }
-
-    /// Reports a job that came to nothing (`Gone`, `Unreadable`); returns the next job.
-    pub async fn next(&self, worker: WorkerId, input: Input) -> Option<Job> {
-        let (next, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Next {
-                input,
-                worker,
-                next,
-            })
-            .ok()?;
-        rx.await.ok().flatten()
-    }
-
-    pub async fn summary(&self) -> Vec<DomainSummary> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Summary { reply }).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    pub async fn destinations(&self) -> Vec<DestinationView> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Destinations { reply }).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-}
-
-pub fn channel() -> (SchedulerHandle, mpsc::UnboundedReceiver<Command>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (SchedulerHandle { tx }, rx)
-}
 
 /// What the effects are carried out with.
 pub struct Io {
@@ -405,26 +313,6 @@ impl Teller {
             drop(permit);
         });
     }
-}
-
-/// A group's envelope and state as the spool has them; `None` when the group is gone or
-/// final. Blocking: call it on the blocking pool.
-pub fn read_back(
-    spool: &dyn Spool,
-    id: crate::message::MessageId,
-    domain: &str,
-) -> Result<Option<Held>, crate::engine::spool::SpoolError> {
-    let Some((envelope, groups)) = spool.record(id)? else {
-        return Ok(None);
-    };
-    let group = groups
-        .into_iter()
-        .find(|g| g.domain == domain && !g.is_done());
-    Ok(group.map(|group| Held {
-        envelope: Arc::new(envelope),
-        group,
-        body: None,
-    }))
 }
 
 /// The message body from the spool, read on the blocking pool; `None` when it cannot be

@@ -6,7 +6,7 @@
 
 use crate::address::Address;
 use crate::config::SmtpConfig;
-use crate::engine::driver::SchedulerHandle;
+use crate::engine::handle::SchedulerHandle;
 use crate::engine::scheduler::Queued;
 use crate::engine::spool::{Op, Spool, SpoolError};
 use crate::event::{Event, Events, Kind};

@@ -17,7 +17,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -27,48 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// What outbound delivery does about STARTTLS for a destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// Never STARTTLS.
-    Off,
-    /// STARTTLS when the receiver offers it, any certificate; plaintext when it does not,
-    /// or when the handshake fails (the same host is tried again without TLS).
-    #[default]
-    Opportunistic,
-    /// STARTTLS must be offered and succeed (any certificate), else the mail waits.
-    Require,
-    /// As `require`, and the certificate must chain to a trusted root and name the MX host.
-    Verify,
-}
-
-impl Policy {
-    pub fn requires_tls(self) -> bool {
-        matches!(self, Policy::Require | Policy::Verify)
-    }
-}
-
-/// The TLS a connection ended up with, kept on attempt records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TlsInfo {
-    /// `TLSv1.3`, `TLSv1.2`.
-    pub version: String,
-    pub cipher: String,
-    /// The peer's certificate chains to a trusted root and names the host (outbound only).
-    #[serde(default)]
-    pub verified: bool,
-}
-
-impl std::fmt::Display for TlsInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.version, self.cipher)?;
-        if self.verified {
-            write!(f, " verified")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::config::TlsPolicy as Policy;
+pub use crate::message::TlsInfo;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

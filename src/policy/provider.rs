@@ -10,16 +10,7 @@ use serde::Deserialize;
 
 pub const SHIPPED_PROVIDERS: &str = include_str!("../../data/providers.toml");
 
-/// One provider: a name, the domains known to be hosted there, and MX host suffixes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderDef {
-    pub name: String,
-    #[serde(default)]
-    pub domains: Vec<String>,
-    #[serde(default)]
-    pub mx: Vec<String>,
-}
+pub use crate::config::ProviderDef;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

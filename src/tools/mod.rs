@@ -1,5 +1,5 @@
 //! Tools built on knock's own code: a scriptable receiving MX ([`sink`]) and the SMTP load
-//! generator ([`bench`]).
+//! generator ([`bench`](mod@bench)).
 
 pub mod bench;
 pub mod sink;

@@ -456,7 +456,7 @@ async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
         "knock.test".into(),
         knock::net::tls::Connectors::new(None).unwrap(),
     );
-    let engine = knock::engine::Engine::start_parts(
+    let engine = knock::serve::Engine::start_parts(
         w.config.clone(),
         std::sync::Arc::new(transport),
         spool.clone(),
@@ -562,7 +562,7 @@ async fn a_panicking_worker_strands_no_group_and_costs_no_connection() {
         ),
         panicked: false.into(),
     };
-    let engine = knock::engine::Engine::start_with_transport(
+    let engine = knock::serve::Engine::start_with_transport(
         w.config.clone(),
         std::sync::Arc::new(transport),
     )

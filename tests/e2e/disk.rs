@@ -46,7 +46,7 @@ fn fill(path: &Path) {
     while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
 }
 
-async fn send(engine: &knock::engine::Engine, rcpt: &str, body: &[u8]) -> String {
+async fn send(engine: &knock::serve::Engine, rcpt: &str, body: &[u8]) -> String {
     smtp_send(engine.smtp_addr, "s@tx.test", &[rcpt], body).await[0].clone()
 }
 

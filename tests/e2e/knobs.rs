@@ -20,7 +20,7 @@ fn secs(from: SystemTime, to: SystemTime) -> f64 {
 }
 
 /// Injects `n` messages to `to@rx.test`... over SMTP, `sessions` at a time.
-async fn inject(engine: &knock::engine::Engine, n: usize, to: &str) {
+async fn inject(engine: &knock::serve::Engine, n: usize, to: &str) {
     let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
         target: engine.smtp_addr,
         count: n,

@@ -2,8 +2,8 @@
 //! reply with an enhanced status code, and nothing crashes or wedges the server.
 
 use crate::world::*;
-use knock::engine::Engine;
 use knock::net::resolve::StaticResolver;
+use knock::serve::Engine;
 use std::time::Duration;
 
 async fn engine_with(edit: impl FnOnce(&mut knock::config::Config)) -> (World, Engine) {

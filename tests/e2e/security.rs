@@ -9,7 +9,7 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn message(engine: &knock::engine::Engine, id: &str) -> Value {
+async fn message(engine: &knock::serve::Engine, id: &str) -> Value {
     let (status, m) = http_get(engine, &format!("/api/v1/messages/{id}")).await;
     assert_eq!(status, 200, "{m}");
     m
@@ -199,7 +199,7 @@ async fn the_verify_policy_delivers_only_to_a_certificate_valid_for_the_mx() {
 }
 
 /// An engine whose SMTP clients on loopback are not trusted, with one user, alice.
-async fn engine_with_users() -> (World, knock::engine::Engine, knock::tools::sink::Sink) {
+async fn engine_with_users() -> (World, knock::serve::Engine, knock::tools::sink::Sink) {
     let mut w = World::new(&["1s"], "1h");
     let rx = plain_sink().await;
     let credentials = w.config.spool.path.with_file_name("users");

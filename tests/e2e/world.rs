@@ -1,9 +1,9 @@
 //! The test world: an engine, sinks, a static resolver, and helpers to talk to them.
 
 use knock::config::Config;
-use knock::engine::Engine;
 use knock::net::resolve::StaticResolver;
 use knock::net::tls::{Policy, Stream};
+use knock::serve::Engine;
 use knock::tools::sink::{Sink, SinkConfig};
 use serde_json::Value;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! The `knock` command line: the subcommands and their arguments ([`Cli`]), one function per
-//! subcommand, and what they print ([`format`]). `serve` runs the engine; `send`, `queue`
+//! subcommand, and what they print ([`format`](mod@format)). `serve` runs the engine; `send`, `queue`
 //! and `diagnose` talk to a running engine over its HTTP API; `sink` and `bench` are the
 //! receiving MX and load generator for tests, benchmarks and trying a policy; `classify`
 //! and `passwd` work offline.
@@ -217,7 +217,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => Config::load(&path)?,
         None => Config::default(),
     };
-    crate::engine::Engine::start(config)
+    crate::serve::Engine::start(config)
         .await?
         .run_until_signal()
         .await

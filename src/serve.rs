@@ -1,0 +1,274 @@
+//! `knock serve`: one running knock. Opens the spool and the event log, recovers what the
+//! spool holds, starts the scheduler task (`engine`), the SMTP listener and the HTTP API
+//! (`surface::api`), and stops them in order. It sits above the engine core and the
+//! surfaces, and wires them together.
+
+use crate::config::Config;
+use crate::engine::{dispatch, driver, handle, ingest, scheduler, spool};
+use crate::event::Events;
+use crate::net::resolve::{DnsResolver, Resolver};
+use crate::net::transport::{SmtpTransport, Transport};
+use crate::policy::suppress::Suppressions;
+use crate::surface::api::{self, ApiState};
+use crate::time::{Timestamp, WallClock};
+use anyhow::Context;
+use dispatch::Dispatcher;
+use driver::Driver;
+use ingest::Intake;
+use scheduler::{Policy, Queued, Scheduler};
+use spool::{RedbSpool, Spool};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long in-flight deliveries get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+pub struct Engine {
+    pub smtp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    /// The tasks the scheduler's effects run in: workers, lookups, writes.
+    work: TaskTracker,
+    events_writer: JoinHandle<()>,
+}
+
+impl Engine {
+    /// Starts with real DNS.
+    pub async fn start(config: Config) -> anyhow::Result<Engine> {
+        let resolver = DnsResolver::from_system(config.dns.timeout, config.dns.attempts)
+            .context("setting up the DNS resolver")?;
+        Self::start_with(config, Arc::new(resolver)).await
+    }
+
+    /// Starts with the given resolver (tests use a static one).
+    pub async fn start_with(config: Config, resolver: Arc<dyn Resolver>) -> anyhow::Result<Engine> {
+        config.validate()?;
+        let transport = SmtpTransport::new(
+            resolver,
+            &config.routes,
+            config.delivery.clone(),
+            config.smtp.hostname.clone(),
+            crate::net::tls::Connectors::new(config.tls.ca_file.as_deref())?,
+        );
+        Self::start_with_transport(config, Arc::new(transport)).await
+    }
+
+    pub async fn start_with_transport(
+        config: Config,
+        transport: Arc<dyn Transport>,
+    ) -> anyhow::Result<Engine> {
+        let (spool_dir, cache) = (config.spool.path.clone(), config.spool.cache_size);
+        let spool: Arc<dyn Spool> = Arc::new(
+            tokio::task::spawn_blocking(move || RedbSpool::open_with_cache(&spool_dir, cache))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "spool.path: opening the spool in {}",
+                        config.spool.path.display()
+                    )
+                })?,
+        );
+        Self::start_parts(config, transport, spool).await
+    }
+
+    /// Starts on a given transport and spool (tests wrap the spool to inject faults).
+    pub async fn start_parts(
+        config: Config,
+        transport: Arc<dyn Transport>,
+        spool: Arc<dyn Spool>,
+    ) -> anyhow::Result<Engine> {
+        let policy = Policy::from_config(&config)?;
+        let inbound = inbound(&config)?;
+        let (events, events_writer) = Events::open(&config.events.path).await?;
+        let stored = {
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || spool.suppressions()).await??
+        };
+        let suppressions = Arc::new(Suppressions::new(stored));
+        let smtp_listener = TcpListener::bind(config.smtp.listen)
+            .await
+            .with_context(|| format!("smtp.listen: cannot listen on {}", config.smtp.listen))?;
+        let http_listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
+        let shutdown = CancellationToken::new();
+        let clock = WallClock::new();
+        let work = TaskTracker::new();
+
+        let (handle, commands) = handle::channel();
+        let dispatcher = Dispatcher::new(dispatch::Inner {
+            transport: transport.clone(),
+            spool: spool.clone(),
+            scheduler: handle.clone(),
+            max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
+            tls: config.tls.clone(),
+            uncommitted: Arc::new(tokio::sync::Semaphore::new(dispatch::MAX_UNCOMMITTED)),
+            clock,
+            tasks: work.clone(),
+        });
+        let driver = Driver::new(
+            Scheduler::new(policy),
+            commands,
+            clock,
+            driver::Io {
+                dispatcher,
+                transport,
+                spool: spool.clone(),
+                events: events.clone(),
+                suppressions: suppressions.clone(),
+                handle: handle.clone(),
+                hostname: config.smtp.hostname.clone(),
+                tasks: work.clone(),
+            },
+        );
+        let mut tasks = vec![tokio::spawn(driver.run(shutdown.clone(), SHUTDOWN_GRACE))];
+
+        let recover_spool = spool.clone();
+        let recovered = tokio::task::spawn_blocking(move || recover_spool.recover()).await??;
+        if recovered.set_aside > 0 {
+            tracing::error!(
+                entries = recovered.set_aside,
+                "unreadable spool entries were set aside (table set_aside in the spool)"
+            );
+        }
+        tracing::info!(
+            groups = recovered.pending.len(),
+            "recovered the queue from the spool"
+        );
+        handle.enqueue(recovered.pending.into_iter().map(Queued::from).collect());
+
+        let intake = Arc::new(Intake {
+            suppressions,
+            spool: spool.clone(),
+            scheduler: handle,
+            events,
+            clock,
+        });
+        let smtp_addr = smtp_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        tasks.push(tokio::spawn(ingest::run_smtp(
+            smtp_listener,
+            intake.clone(),
+            inbound,
+            shutdown.clone(),
+        )));
+        let app = api::router(Arc::new(ApiState {
+            intake,
+            events_path: config.events.path.clone(),
+            trusted_networks: config.http.trusted_networks.clone(),
+            tokens: config.http.all_tokens(),
+            hostname: config.smtp.hostname.clone(),
+            max_message_size: config.smtp.max_message_size,
+        }));
+        let http_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            let served = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        }));
+        tasks.push(tokio::spawn(purge_loop(
+            spool,
+            config.spool.history,
+            shutdown.clone(),
+        )));
+        tracing::info!(smtp = %smtp_addr, http = %http_addr, "knock is running");
+        Ok(Engine {
+            smtp_addr,
+            http_addr,
+            shutdown,
+            tasks,
+            work,
+            events_writer,
+        })
+    }
+
+    /// Stops accepting, lets in-flight deliveries finish (within a grace period), flushes
+    /// the event log and closes the spool.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // Workers closing their connections, outcomes being written and told.
+        self.work.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.work.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some deliveries did not finish in time; they are tried again at the next start"
+            );
+        }
+        let _ = self.events_writer.await;
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+/// The listener's TLS and AUTH set-up; errors name the key.
+fn inbound(config: &Config) -> anyhow::Result<ingest::Inbound> {
+    let tls = match config.tls.starttls {
+        true => Some(crate::net::tls::acceptor(
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+            &config.spool.path,
+            &config.smtp.hostname,
+        )?),
+        false => None,
+    };
+    let credentials = match &config.smtp.credentials {
+        Some(path) => Some(crate::net::auth::Credentials::load(path)?),
+        None => None,
+    };
+    if credentials.is_some() && tls.is_none() {
+        anyhow::bail!("smtp.credentials: AUTH is only offered over TLS; set tls.starttls = true");
+    }
+    Ok(ingest::Inbound {
+        config: config.smtp.clone(),
+        tls,
+        credentials,
+    })
+}
+
+async fn purge_loop(spool: Arc<dyn Spool>, keep: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let spool = spool.clone();
+        let before = Timestamp(
+            Timestamp::now()
+                .millis()
+                .saturating_sub(keep.as_millis() as u64),
+        );
+        match tokio::task::spawn_blocking(move || spool.purge(before)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(messages = n, "purged finished messages from the spool")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging the spool failed"),
+            _ => {}
+        }
+    }
+}
