@@ -1,5 +1,7 @@
-//! Tools built on knock's own code: a scriptable receiving MX ([`sink`]) and the SMTP load
+//! Tools built on knock's own code: models of how real receivers limit and defer
+//! ([`receiver`]), a receiving MX that plays them over SMTP ([`sink`]), and the SMTP load
 //! generator ([`bench`](mod@bench)).
 
 pub mod bench;
+pub mod receiver;
 pub mod sink;

@@ -1,6 +1,9 @@
 //! `knock sink`: a receiving MX with scripted behaviour, for tests, benchmarks and for
 //! operators trying their policy. It accepts mail over the same SMTP engine as ingest and
-//! can greylist, rate-limit, defer at random, answer slowly, and refuse magic recipients:
+//! plays a receiver model (`tools::receiver`, the same that `knock simulate` plays): a
+//! scenario's `[receiver.NAME]`, or the shorthands of its flags (greylist, a fixed-window
+//! rate, a connection cap, random deferrals, slow replies). Magic recipients answer as
+//! scripted:
 //!
 //! | local part | reply |
 //! | --- | --- |
@@ -17,6 +20,11 @@ use crate::address::Address;
 use crate::config::Rate;
 use crate::net::smtp::server::{self, EhloMode, Handler, Limits, Session};
 use crate::reply::Reply;
+use crate::time::WallClock;
+use crate::tools::receiver::{
+    Answer, Greeting, Greylisting, Limit, OutageKind, Receiver, ReceiverModel, Replies, Scope,
+    Session as ModelSession, Shape, Stage, Verdict,
+};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -58,6 +66,50 @@ pub struct SinkConfig {
     pub tls: bool,
     /// Offer STARTTLS with this certificate chain and key (PEM files) instead.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Play this receiver model instead of the shorthands above.
+    pub model: Option<ReceiverModel>,
+}
+
+impl SinkConfig {
+    /// The receiver model the sink plays: the one given, else the one its shorthands make.
+    pub fn model(&self) -> ReceiverModel {
+        if let Some(model) = &self.model {
+            return model.clone();
+        }
+        ReceiverModel {
+            latency: self.delay,
+            greylist: self.greylist.map(|window| Greylisting {
+                window,
+                reply: Some(
+                    "450 4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, try again in {seconds} seconds"
+                        .into(),
+                ),
+            }),
+            limits: self
+                .rate
+                .map(|rate| Limit {
+                    shape: Shape::FixedWindow,
+                    rate,
+                    burst: None,
+                    strict: false,
+                    per: Scope::Client,
+                    at: Stage::Mail,
+                    delay: None,
+                    reply: Some("421 4.7.0 {host} Error: too much mail from {client}".into()),
+                })
+                .into_iter()
+                .collect(),
+            connections: self.max_connections.map(|c| c as u64),
+            defer_share: self.defer_share,
+            slow_above: self.slow_above.map(|(n, _)| n),
+            slow_delay: self.slow_above.map(|(_, d)| d).unwrap_or_default(),
+            replies: Replies {
+                defer: "450 4.7.1 <{rcpt}>: Recipient address rejected: try again later".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for SinkConfig {
@@ -77,6 +129,7 @@ impl Default for SinkConfig {
             ehlo: EhloMode::Full,
             tls: false,
             tls_files: None,
+            model: None,
         }
     }
 }
@@ -92,8 +145,13 @@ pub struct Stats {
     pub greylisted: u64,
     pub rate_limited: u64,
     pub deferred_random: u64,
+    /// Recipients refused at random as unknown.
+    pub bounced_random: u64,
     pub refused_magic: u64,
+    /// Connections turned away at the greeting (too many, or an outage).
     pub refused_connections: u64,
+    /// Connections refused or left unanswered during an outage.
+    pub outage_connections: u64,
     /// The most sessions open at once.
     pub peak_sessions: u64,
     /// Messages that arrived over TLS.
@@ -109,8 +167,10 @@ struct Counters {
     greylisted: AtomicU64,
     rate_limited: AtomicU64,
     deferred_random: AtomicU64,
+    bounced_random: AtomicU64,
     refused_magic: AtomicU64,
     refused_connections: AtomicU64,
+    outage_connections: AtomicU64,
     sessions: AtomicU64,
     peak_sessions: AtomicU64,
     messages_tls: AtomicU64,
@@ -127,8 +187,10 @@ impl Counters {
             greylisted: get(&self.greylisted),
             rate_limited: get(&self.rate_limited),
             deferred_random: get(&self.deferred_random),
+            bounced_random: get(&self.bounced_random),
             refused_magic: get(&self.refused_magic),
             refused_connections: get(&self.refused_connections),
+            outage_connections: get(&self.outage_connections),
             peak_sessions: get(&self.peak_sessions),
             messages_tls: get(&self.messages_tls),
         }
@@ -150,83 +212,50 @@ struct SinkHandler {
     config: SinkConfig,
     counters: Counters,
     received: Mutex<Vec<Received>>,
-    /// First sighting of each greylist triplet.
-    triplets: Mutex<HashMap<(IpAddr, String, String), Instant>>,
-    /// Per client IP: start of its current rate window and messages in it.
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-    /// Open sessions per client IP.
-    open: Mutex<HashMap<IpAddr, usize>>,
+    receiver: Mutex<Receiver>,
+    /// The model's session for each connection it accepted.
+    sessions: Mutex<HashMap<SocketAddr, ModelSession>>,
+    clock: WallClock,
 }
 
 impl SinkHandler {
-    async fn pause(&self) {
-        let mut wait = self.config.delay;
-        if let Some((above, extra)) = self.config.slow_above
-            && self.counters.sessions.load(Ordering::Relaxed) > above as u64
-        {
-            wait += extra;
-        }
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-
     fn count(&self, counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn magic(&self, rcpt: &Address) -> Option<Reply> {
-        let r = match rcpt.local.to_ascii_lowercase().as_str() {
-            "tempfail" => Reply::new(
-                451,
-                "4.3.0",
-                format!("<{rcpt}>: Temporary failure, try again later"),
-            ),
-            "permfail" => Reply::new(550, "5.7.1", format!("<{rcpt}>: Message refused")),
-            "unknown" => Reply::new(
-                550,
-                "5.1.1",
-                format!(
-                    "<{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table"
-                ),
-            ),
-            "full" => Reply::new(
-                452,
-                "4.2.2",
-                format!("<{rcpt}>: Mailbox full, try again later"),
-            ),
-            "overquota" => Reply::new(552, "5.2.2", format!("<{rcpt}>: Mailbox full")),
-            "blocked" => Reply::new(
-                554,
-                "5.7.1",
-                format!("<{rcpt}>: Service unavailable; client host blocked"),
-            ),
-            _ => return None,
+    /// Counts what the model did, waits as long as it says, and gives its reply.
+    async fn answer(&self, answer: Answer) -> Reply {
+        let counter = match answer.verdict {
+            Verdict::Accepted => None,
+            Verdict::Greylisted => Some(&self.counters.greylisted),
+            Verdict::Limited(_) | Verdict::Capped => Some(&self.counters.rate_limited),
+            Verdict::Deferred => Some(&self.counters.deferred_random),
+            Verdict::Bounced => Some(&self.counters.bounced_random),
+            Verdict::Magic => Some(&self.counters.refused_magic),
         };
-        Some(r)
-    }
-
-    /// `true` while the triplet's window has not passed since it was first seen.
-    fn greylisted(&self, window: Duration, session: &Session, rcpt: &Address) -> bool {
-        let key = (
-            session.peer.ip(),
-            session.from.clone().unwrap_or_default(),
-            rcpt.to_string(),
-        );
-        let mut triplets = self.triplets.lock().expect("sink lock");
-        let first = *triplets.entry(key).or_insert_with(Instant::now);
-        first.elapsed() < window
-    }
-
-    fn over_rate(&self, rate: Rate, ip: IpAddr) -> bool {
-        let mut windows = self.windows.lock().expect("sink lock");
-        let now = Instant::now();
-        let w = windows.entry(ip).or_insert((now, 0));
-        if now.duration_since(w.0) >= rate.per {
-            *w = (now, 0);
+        if let Some(c) = counter {
+            self.count(c);
         }
-        w.1 += 1;
-        w.1 > rate.count
+        if !answer.delay.is_zero() {
+            tokio::time::sleep(answer.delay).await;
+        }
+        answer.reply
+    }
+
+    /// Runs `f` on the model with the connection's session (a fresh one if the model never
+    /// accepted it, which cannot happen past the greeting).
+    fn with_session<T>(
+        &self,
+        peer: SocketAddr,
+        f: impl FnOnce(&mut Receiver, &mut ModelSession) -> T,
+    ) -> T {
+        let mut sessions = self.sessions.lock().expect("sink lock");
+        let s = sessions.entry(peer).or_insert_with(|| ModelSession {
+            client: peer.ip().to_string(),
+            ..Default::default()
+        });
+        let mut receiver = self.receiver.lock().expect("sink lock");
+        f(&mut receiver, s)
     }
 }
 
@@ -238,86 +267,68 @@ impl Handler for SinkHandler {
         self.counters
             .peak_sessions
             .fetch_max(open, Ordering::Relaxed);
-        let ip = session.peer.ip();
-        let from_ip = {
-            let mut per_ip = self.open.lock().expect("sink lock");
-            let n = per_ip.entry(ip).or_default();
-            *n += 1;
-            *n
-        };
-        if let Some(max) = self.config.max_connections
-            && from_ip > max
-        {
-            self.count(&self.counters.refused_connections);
-            return Err(Reply::new(
-                421,
-                "4.7.0",
-                format!(
-                    "{} Error: too many connections from {ip}",
-                    self.config.hostname
-                ),
-            ));
+        let client = session.peer.ip().to_string();
+        let greeting = self
+            .receiver
+            .lock()
+            .expect("sink lock")
+            .connect(&client, self.clock.now());
+        match greeting {
+            Greeting::Accept { delay } => {
+                self.sessions.lock().expect("sink lock").insert(
+                    session.peer,
+                    ModelSession {
+                        client,
+                        ..Default::default()
+                    },
+                );
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Greeting::TurnAway { reply, delay } => {
+                self.count(&self.counters.refused_connections);
+                tokio::time::sleep(delay).await;
+                Err(reply)
+            }
+            // The accept loop handles these before a session starts.
+            Greeting::Refuse | Greeting::Hang => {
+                Err(Reply::new(421, "4.3.2", "Service not available"))
+            }
         }
-        self.pause().await;
-        Ok(())
     }
 
     async fn disconnect(&self, session: &Session) {
         self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self.open.lock().expect("sink lock");
-        if let Some(n) = per_ip.get_mut(&session.peer.ip()) {
-            *n = n.saturating_sub(1);
+        if self
+            .sessions
+            .lock()
+            .expect("sink lock")
+            .remove(&session.peer)
+            .is_some()
+        {
+            let client = session.peer.ip().to_string();
+            self.receiver.lock().expect("sink lock").disconnect(&client);
         }
     }
 
-    async fn mail(&self, session: &Session, _from: &str) -> Reply {
-        self.pause().await;
-        if let Some(rate) = self.config.rate
-            && self.over_rate(rate, session.peer.ip())
-        {
-            self.count(&self.counters.rate_limited);
-            return Reply::new(
-                421,
-                "4.7.0",
-                format!(
-                    "{} Error: too much mail from {}",
-                    self.config.hostname,
-                    session.peer.ip()
-                ),
-            );
-        }
-        Reply::new(250, "2.1.0", "Ok")
+    async fn mail(&self, session: &Session, from: &str) -> Reply {
+        let now = self.clock.now();
+        let answer = self.with_session(session.peer, |r, s| r.mail(s, from, now));
+        self.answer(answer).await
     }
 
     async fn rcpt(&self, session: &Session, rcpt: &Address) -> Reply {
-        self.pause().await;
-        if let Some(reply) = self.magic(rcpt) {
-            self.count(&self.counters.refused_magic);
-            return reply;
-        }
-        if let Some(window) = self.config.greylist
-            && self.greylisted(window, session, rcpt)
-        {
-            self.count(&self.counters.greylisted);
-            let text = format!(
-                "<{rcpt}>: Recipient address rejected: Greylisted, try again in {} seconds",
-                window.as_secs().max(1)
-            );
-            return Reply::new(450, "4.2.0", text);
-        }
-        if self.config.defer_share > 0.0 && fastrand::f64() < self.config.defer_share {
-            self.count(&self.counters.deferred_random);
-            return Reply::new(
-                450,
-                "4.7.1",
-                format!("<{rcpt}>: Recipient address rejected: try again later"),
-            );
-        }
-        Reply::new(250, "2.1.5", "Ok")
+        let now = self.clock.now();
+        let from = session.from.clone().unwrap_or_default();
+        let rcpt = rcpt.to_string();
+        let answer = self.with_session(session.peer, |r, s| r.rcpt(s, &from, &rcpt, now));
+        self.answer(answer).await
     }
 
     async fn data(&self, session: &Session, body: Vec<u8>) -> Reply {
-        self.pause().await;
+        let now = self.clock.now();
+        let answer = self.with_session(session.peer, |r, s| r.data(s, now));
+        let reply = self.answer(answer).await;
         let n = self.counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
         self.counters
             .recipients
@@ -343,7 +354,10 @@ impl Handler for SinkHandler {
                 tls: session.tls.clone(),
             });
         }
-        Reply::new(250, "2.0.0", format!("Ok: queued as {n}"))
+        Reply {
+            text: format!("{}: queued as {n}", reply.text),
+            ..reply
+        }
     }
 }
 
@@ -383,13 +397,17 @@ impl Sink {
             ehlo: config.ehlo,
             tls,
         });
+        let model = config.model();
+        model.validate().map_err(std::io::Error::other)?;
+        let clock = WallClock::new();
+        let receiver = Receiver::new(model, &config.hostname, clock.now(), fastrand::u64(..));
         let handler = Arc::new(SinkHandler {
             config,
             counters: Counters::default(),
             received: Mutex::new(Vec::new()),
-            triplets: Mutex::new(HashMap::new()),
-            windows: Mutex::new(HashMap::new()),
-            open: Mutex::new(HashMap::new()),
+            receiver: Mutex::new(receiver),
+            sessions: Mutex::new(HashMap::new()),
+            clock,
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
@@ -448,8 +466,28 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    sessions.spawn(server::serve(stream, handler.clone(), limits.clone(), shutdown.clone()));
+                let Ok((stream, _)) = accepted else { continue };
+                let outage = {
+                    let receiver = handler.receiver.lock().expect("sink lock");
+                    receiver.outage(handler.clock.now())
+                };
+                match outage {
+                    // Down: the connection is dropped at once, or taken and never answered.
+                    Some(OutageKind::Refused) => {
+                        handler.count(&handler.counters.outage_connections);
+                        drop(stream);
+                    }
+                    Some(OutageKind::Timeout) => {
+                        handler.count(&handler.counters.outage_connections);
+                        let shutdown = shutdown.clone();
+                        sessions.spawn(async move {
+                            shutdown.cancelled().await;
+                            drop(stream);
+                        });
+                    }
+                    _ => {
+                        sessions.spawn(server::serve(stream, handler.clone(), limits.clone(), shutdown.clone()));
+                    }
                 }
             }
             _ = shutdown.cancelled() => break,
