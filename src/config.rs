@@ -577,6 +577,18 @@ pub struct Rate {
     pub per: Duration,
 }
 
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.count, humantime::format_duration(self.per))
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl std::str::FromStr for Rate {
     type Err = String;
     fn from_str(text: &str) -> Result<Rate, String> {
@@ -743,6 +755,10 @@ path = "knock-data/events.jsonl"
 
     #[test]
     fn rates() {
+        for text in ["600/1m", "5/10s", "1/1day"] {
+            let r: Rate = text.parse().unwrap();
+            assert_eq!(r.to_string().parse::<Rate>().unwrap(), r, "{text}");
+        }
         let r: Rate = "600/min".parse().unwrap();
         assert_eq!((r.count, r.per), (600, Duration::from_secs(60)));
         let r: Rate = "5/10s".parse().unwrap();

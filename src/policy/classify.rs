@@ -212,6 +212,14 @@ fn by_code(code: u16) -> Class {
 /// A delay the receiver states in its reply: "try again in 180 seconds", "greylisted for
 /// 5 minutes", "please retry after 300s". `None` when it states none.
 pub fn stated_delay(text: &str) -> Option<Duration> {
+    // Most replies state no number at all: no word starts with a digit.
+    let b = text.as_bytes();
+    let word_starts_with_digit = b.first().is_some_and(u8::is_ascii_digit)
+        || b.windows(2)
+            .any(|w| !(w[0].is_ascii_alphanumeric() || w[0] == b'.') && w[1].is_ascii_digit());
+    if !word_starts_with_digit {
+        return None;
+    }
     let lower = text.to_ascii_lowercase();
     let words: Vec<&str> = lower
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))

@@ -21,6 +21,8 @@ struct ProviderFile {
 #[derive(Debug, Clone)]
 pub struct Providers {
     defs: Vec<ProviderDef>,
+    /// Each listed domain's provider (the first that lists it), by index in `defs`.
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl Default for Providers {
@@ -42,15 +44,23 @@ impl Providers {
                 .for_each(|x| *x = x.trim_start_matches('.').to_ascii_lowercase());
         }
         operator.extend(shipped.provider);
-        Providers { defs: operator }
+        let mut by_name = std::collections::HashMap::new();
+        for (i, p) in operator.iter().enumerate() {
+            for d in &p.domains {
+                by_name.entry(d.clone()).or_insert(i);
+            }
+        }
+        Providers {
+            defs: operator,
+            by_name,
+        }
     }
 
     /// The provider that lists `domain` by name, if any: no DNS needed.
     pub fn by_domain(&self, domain: &str) -> Option<&str> {
-        self.defs
-            .iter()
-            .find(|p| p.domains.iter().any(|d| d == domain))
-            .map(|p| p.name.as_str())
+        self.by_name
+            .get(domain)
+            .map(|&i| self.defs[i].name.as_str())
     }
 
     /// The provider of `domain` given its MX hosts (most preferred first).
@@ -58,13 +68,15 @@ impl Providers {
         if let Some(name) = self.by_domain(domain) {
             return name.to_string();
         }
-        let matches =
-            |host: &str, suffix: &str| host == suffix || host.ends_with(&format!(".{suffix}"));
+        let hosts: Vec<String> = mx_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let matches = |host: &str, suffix: &str| {
+            host == suffix
+                || (host.len() > suffix.len()
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.')
+        };
         for p in &self.defs {
-            if mx_hosts
-                .iter()
-                .any(|h| p.mx.iter().any(|s| matches(&h.to_ascii_lowercase(), s)))
-            {
+            if hosts.iter().any(|h| p.mx.iter().any(|s| matches(h, s))) {
                 return p.name.clone();
             }
         }

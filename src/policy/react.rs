@@ -349,15 +349,15 @@ pub fn expire(envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated 
 
 /// What the destination's shaping learns from one delivery of `group` (its pending
 /// recipients, before the attempt) with these outcomes.
-pub fn destination_report(
+pub fn destination_report<'a>(
     group: &Group,
-    outcomes: &[Outcome],
+    outcomes: impl Iterator<Item = &'a Outcome> + Clone,
     seen: Seen,
     now: Timestamp,
 ) -> Report {
     let greylist_cleared = group
         .pending()
-        .zip(outcomes)
+        .zip(outcomes.clone())
         .filter(|(_, o)| o.disposition == Disposition::Delivered)
         .filter_map(|(r, _)| {
             r.attempts
@@ -368,10 +368,10 @@ pub fn destination_report(
         .min();
     // A throttling reply at the greeting means too many connections; in a transaction,
     // too fast. Neither is an outage.
-    let throttle = outcomes.iter().any(|o| o.class == Some(Class::Throttle));
+    let throttle = outcomes.clone().any(|o| o.class == Some(Class::Throttle));
     Report {
         accepted: outcomes
-            .iter()
+            .clone()
             .filter(|o| o.disposition == Disposition::Delivered)
             .count(),
         throttled: throttle && seen.connected,
@@ -379,7 +379,7 @@ pub fn destination_report(
         unreachable: seen.unreachable && !throttle,
         connected: seen.connected,
         latency: seen.latency,
-        classes: outcomes.iter().filter_map(|o| o.class).collect(),
+        classes: outcomes.filter_map(|o| o.class).collect(),
         greylist_cleared,
     }
 }
@@ -714,18 +714,23 @@ mod tests {
             ..Default::default()
         };
         let later = t0 + Duration::from_secs(90);
+        let r = destination_report(&group(None), [&throttle].into_iter(), connected, later);
+        assert!(r.throttled && !r.turned_away && !r.unreachable);
         let r = destination_report(
             &group(None),
-            std::slice::from_ref(&throttle),
+            [&throttle].into_iter(),
+            Seen::default(),
+            later,
+        );
+        assert!(r.turned_away && !r.throttled, "throttled at the greeting");
+        let r = destination_report(&group(None), [&network].into_iter(), down, later);
+        assert!(r.unreachable && !r.connected);
+        let r = destination_report(
+            &group(Some(Class::Greylist)),
+            [&ok].into_iter(),
             connected,
             later,
         );
-        assert!(r.throttled && !r.turned_away && !r.unreachable);
-        let r = destination_report(&group(None), &[throttle], Seen::default(), later);
-        assert!(r.turned_away && !r.throttled, "throttled at the greeting");
-        let r = destination_report(&group(None), &[network], down, later);
-        assert!(r.unreachable && !r.connected);
-        let r = destination_report(&group(Some(Class::Greylist)), &[ok], connected, later);
         assert_eq!(
             (r.accepted, r.greylist_cleared),
             (1, Some(Duration::from_secs(90)))

@@ -4,4 +4,5 @@
 
 pub mod bench;
 pub mod receiver;
+pub mod simulate;
 pub mod sink;

@@ -19,30 +19,41 @@
 use crate::config::Rate;
 use crate::reply::Reply;
 use crate::time::Timestamp;
-use serde::{Deserialize, Deserializer};
-use std::collections::{HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// A receiver as a scenario describes it (`[receiver.NAME]`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReceiverModel {
     /// How long each reply takes (the greeting too).
     #[serde(with = "humantime_serde")]
     pub latency: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub greylist: Option<Greylisting>,
-    #[serde(rename = "limit")]
+    #[serde(rename = "limit", skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<Limit>,
     /// Connections from one client at once; past it, `421` at the greeting.
-    #[serde(deserialize_with = "positive_count")]
+    #[serde(
+        deserialize_with = "positive_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connections: Option<u64>,
     /// Messages in one session; past it, `421` and the session closes.
-    #[serde(deserialize_with = "positive_count")]
+    #[serde(
+        deserialize_with = "positive_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub messages_per_connection: Option<u64>,
     /// Recipients in one message; past it, `452 4.5.3`.
-    #[serde(deserialize_with = "positive_count")]
+    #[serde(
+        deserialize_with = "positive_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub recipients_per_message: Option<u64>,
-    #[serde(rename = "outage")]
+    #[serde(rename = "outage", skip_serializing_if = "Vec::is_empty")]
     pub outages: Vec<Outage>,
     /// Share of recipients deferred at random (`451 4.7.500 Server busy`).
     #[serde(deserialize_with = "share")]
@@ -52,6 +63,7 @@ pub struct ReceiverModel {
     pub bounce_share: f64,
     /// Under load: past this many open sessions (from all clients), every reply waits
     /// `slow_delay` longer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_above: Option<usize>,
     #[serde(with = "humantime_serde")]
     pub slow_delay: Duration,
@@ -60,18 +72,18 @@ pub struct ReceiverModel {
 }
 
 /// Greylisting (postgrey and its kind).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Greylisting {
     /// How long a new triplet is deferred.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// The reply while a triplet waits; `{rcpt}`, `{domain}` and `{seconds}` are filled in.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Shape {
     FixedWindow,
@@ -82,7 +94,7 @@ pub enum Shape {
 }
 
 /// Whose events a limit counts.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// The connecting client (its IP address).
@@ -95,7 +107,7 @@ pub enum Scope {
 }
 
 /// Where a limit counts and answers.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Connections, answered at the greeting.
@@ -108,15 +120,19 @@ pub enum Stage {
 }
 
 /// One limit (`[[receiver.NAME.limit]]`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     pub shape: Shape,
     /// So many per period, e.g. `"10/10s"`, `"500/h"`.
-    #[serde(deserialize_with = "rate")]
+    #[serde(deserialize_with = "de_rate")]
     pub rate: Rate,
     /// A token bucket's size (its rate's count when left out).
-    #[serde(default, deserialize_with = "positive_count")]
+    #[serde(
+        default,
+        deserialize_with = "positive_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub burst: Option<u64>,
     /// Refused attempts count too (Exim's `strict`); by default only what is let through.
     #[serde(default)]
@@ -127,16 +143,20 @@ pub struct Limit {
     pub at: Stage,
     /// Silent: past the limit, nothing is refused but every reply to the client waits
     /// this long (a tarpit).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay: Option<Duration>,
     /// The refusal; `{client}`, `{host}`, `{sender}` and `{rcpt}` are filled in. A default
     /// in the style of the shape's usual users when left out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
 }
 
 /// The receiver is down from `from` to `to` (since the start of the run).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Outage {
     #[serde(with = "humantime_serde")]
@@ -146,7 +166,7 @@ pub struct Outage {
     pub kind: OutageKind,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OutageKind {
     /// Connections are refused.
@@ -158,7 +178,7 @@ pub enum OutageKind {
 }
 
 /// Reply texts for the cases no limit names; `{client}`, `{host}`, `{rcpt}` are filled in.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Replies {
     pub connections: String,
@@ -201,7 +221,7 @@ fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
     Ok(Some(v))
 }
 
-fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
     String::deserialize(d)?
         .parse()
         .map_err(serde::de::Error::custom)
@@ -459,7 +479,8 @@ pub struct Receiver {
     host: String,
     started: Timestamp,
     counts: Vec<HashMap<String, Count>>,
-    triplets: HashMap<(String, String, String), Timestamp>,
+    /// When each (client, sender, recipient) was first seen, by a hash of the three.
+    triplets: HashMap<u64, Timestamp>,
     open: HashMap<String, usize>,
     sessions: usize,
     /// Until when each client is being tarpitted.
@@ -526,16 +547,31 @@ impl Receiver {
         d
     }
 
-    fn fill(&self, text: &str, client: &str, sender: &str, rcpt: &str) -> Reply {
+    /// A reply from a template: `{client}`, `{host}`, `{sender}`, `{rcpt}`, `{domain}` filled
+    /// in, in one pass.
+    fn fill(&self, template: &str, client: &str, sender: &str, rcpt: &str) -> Reply {
         let domain = rcpt.rsplit('@').next().unwrap_or("");
-        let text = text
-            .replace("{client}", client)
-            .replace("{host}", &self.host)
-            .replace("{sender}", sender)
-            .replace("{rcpt}", rcpt)
-            .replace("{domain}", domain);
-        Reply::parse(format!("{text}\r\n").as_bytes())
-            .unwrap_or_else(|_| Reply::new(451, "4.3.0", text))
+        let mut text = String::with_capacity(template.len() + 64);
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            text.push_str(&rest[..open]);
+            rest = &rest[open..];
+            let close = rest.find('}').map(|c| c + 1).unwrap_or(rest.len());
+            let value = match &rest[..close] {
+                "{client}" => client,
+                "{host}" => &self.host,
+                "{sender}" => sender,
+                "{rcpt}" => rcpt,
+                "{domain}" => domain,
+                other => other,
+            };
+            text.push_str(value);
+            rest = &rest[close..];
+        }
+        text.push_str(rest);
+        text.push_str("\r\n");
+        Reply::parse(text.as_bytes())
+            .unwrap_or_else(|_| Reply::new(451, "4.3.0", text.trim_end().to_string()))
     }
 
     /// Runs the limits counted at `stage`; the first that refuses answers.
@@ -548,8 +584,7 @@ impl Receiver {
         now: Timestamp,
     ) -> Option<(usize, Reply)> {
         let mut refused = None;
-        for i in 0..self.model.limits.len() {
-            let limit = self.model.limits[i].clone();
+        for (i, limit) in self.model.limits.iter().enumerate() {
             if limit.at != stage {
                 continue;
             }
@@ -558,9 +593,11 @@ impl Receiver {
                 Scope::Sender => sender,
                 Scope::Recipient => rcpt,
             };
-            let count = self.counts[i]
-                .entry(key.to_string())
-                .or_insert_with(|| limit.fresh(now));
+            let counts = &mut self.counts[i];
+            if !counts.contains_key(key) {
+                counts.insert(key.to_string(), limit.fresh(now));
+            }
+            let count = counts.get_mut(key).expect("inserted above");
             let tarpit = limit.delay.is_some();
             if limit.take(count, now, refused.is_none(), tarpit) {
                 continue;
@@ -578,13 +615,14 @@ impl Receiver {
                         .or_insert((now, delay));
                     *slow = (slow.0.max(until), delay);
                 }
-                None if refused.is_none() => {
-                    refused = Some((i, self.fill(limit.refusal(), client, sender, rcpt)));
-                }
+                None if refused.is_none() => refused = Some(i),
                 None => {}
             }
         }
-        refused
+        refused.map(|i| {
+            let text = self.model.limits[i].refusal();
+            (i, self.fill(text, client, sender, rcpt))
+        })
     }
 
     /// A client connects.
@@ -654,19 +692,14 @@ impl Receiver {
             return self.answer(reply, &s.client, now, Verdict::Limited(i));
         }
         s.messages += 1;
-        self.answer(
-            Reply::new(250, "2.1.0", "Ok"),
-            &s.client,
-            now,
-            Verdict::Accepted,
-        )
+        self.answer(ok(2, 1, 0), &s.client, now, Verdict::Accepted)
     }
 
     pub fn rcpt(&mut self, s: &mut Session, sender: &str, rcpt: &str, now: Timestamp) -> Answer {
         let now = self.tick(now);
-        let client = s.client.clone();
+        let client = s.client.as_str();
         if let Some(reply) = magic(rcpt) {
-            return self.answer(reply, &client, now, Verdict::Magic);
+            return self.answer(reply, client, now, Verdict::Magic);
         }
         if self
             .model
@@ -675,53 +708,49 @@ impl Receiver {
         {
             let reply = self.fill(
                 &self.model.replies.recipients_per_message,
-                &client,
+                client,
                 sender,
                 rcpt,
             );
-            return self.answer(reply, &client, now, Verdict::Capped);
+            return self.answer(reply, client, now, Verdict::Capped);
         }
-        if let Some(g) = self.model.greylist.clone() {
-            let key = (client.clone(), sender.to_string(), rcpt.to_string());
-            let first = *self.triplets.entry(key).or_insert(now);
+        if let Some(g) = &self.model.greylist {
+            let first = *self
+                .triplets
+                .entry(triplet(client, sender, rcpt))
+                .or_insert(now);
             if now.since(first) < g.window {
-                let text = g.reply.as_deref().unwrap_or(
-                    "450 4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/{domain}.html",
-                );
-                let text = text.replace("{seconds}", &g.window.as_secs().max(1).to_string());
-                let reply = self.fill(&text, &client, sender, rcpt);
-                return self.answer(reply, &client, now, Verdict::Greylisted);
+                let reply = match g.reply.as_deref() {
+                    Some(text) => {
+                        let text =
+                            text.replace("{seconds}", &g.window.as_secs().max(1).to_string());
+                        self.fill(&text, client, sender, rcpt)
+                    }
+                    None => self.fill(GREYLISTED, client, sender, rcpt),
+                };
+                return self.answer(reply, client, now, Verdict::Greylisted);
             }
         }
-        if let Some((i, reply)) = self.limits(Stage::Rcpt, &client, sender, rcpt, now) {
-            return self.answer(reply, &client, now, Verdict::Limited(i));
+        if let Some((i, reply)) = self.limits(Stage::Rcpt, client, sender, rcpt, now) {
+            return self.answer(reply, client, now, Verdict::Limited(i));
         }
         if self.model.defer_share > 0.0 && self.rng.f64() < self.model.defer_share {
-            let reply = self.fill(&self.model.replies.defer, &client, sender, rcpt);
-            return self.answer(reply, &client, now, Verdict::Deferred);
+            let reply = self.fill(&self.model.replies.defer, client, sender, rcpt);
+            return self.answer(reply, client, now, Verdict::Deferred);
         }
         if self.model.bounce_share > 0.0 && self.rng.f64() < self.model.bounce_share {
-            let reply = self.fill(&self.model.replies.bounce, &client, sender, rcpt);
-            return self.answer(reply, &client, now, Verdict::Bounced);
+            let reply = self.fill(&self.model.replies.bounce, client, sender, rcpt);
+            return self.answer(reply, client, now, Verdict::Bounced);
         }
+        let answer = self.answer(ok(2, 1, 5), client, now, Verdict::Accepted);
         s.recipients += 1;
-        self.answer(
-            Reply::new(250, "2.1.5", "Ok"),
-            &client,
-            now,
-            Verdict::Accepted,
-        )
+        answer
     }
 
     /// The reply to the end of the message.
     pub fn data(&mut self, s: &Session, now: Timestamp) -> Answer {
         let now = self.tick(now);
-        self.answer(
-            Reply::new(250, "2.0.0", "Ok"),
-            &s.client,
-            now,
-            Verdict::Accepted,
-        )
+        self.answer(ok(2, 0, 0), &s.client, now, Verdict::Accepted)
     }
 
     /// When one more message from `sender` to `rcpt` over a fresh connection from `client`
@@ -760,25 +789,61 @@ impl Receiver {
 
     /// Counts one message accepted at `at` (for the ideal; see [`Receiver::earliest`]).
     pub fn accept(&mut self, client: &str, sender: &str, rcpt: &str, at: Timestamp) {
-        for i in 0..self.model.limits.len() {
-            let limit = self.model.limits[i].clone();
+        for (i, limit) in self.model.limits.iter().enumerate() {
             let key = match limit.per {
                 Scope::Client => client,
                 Scope::Sender => sender,
                 Scope::Recipient => rcpt,
             };
-            let count = self.counts[i]
-                .entry(key.to_string())
-                .or_insert_with(|| limit.fresh(at));
+            let counts = &mut self.counts[i];
+            if !counts.contains_key(key) {
+                counts.insert(key.to_string(), limit.fresh(at));
+            }
+            let count = counts.get_mut(key).expect("inserted above");
             limit.take(count, at, true, true);
         }
     }
+
+    /// Whether any limit counts per recipient (the ideal then needs each address).
+    pub fn counts_recipients(&self) -> bool {
+        self.model.limits.iter().any(|l| l.per == Scope::Recipient)
+    }
+}
+
+/// What postgrey answers a new triplet.
+const GREYLISTED: &str = "450 4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/{domain}.html";
+
+/// A `250` with its enhanced code (built, not parsed: it is the common case).
+fn ok(class: u8, subject: u16, detail: u16) -> Reply {
+    Reply {
+        code: 250,
+        enhanced: Some(crate::reply::Enhanced::new(class, subject, detail)),
+        text: "Ok".into(),
+    }
+}
+
+/// A greylisting triplet, hashed: one allocation less per recipient, and a collision
+/// costs a model one greylisting it would have done anyway.
+fn triplet(client: &str, sender: &str, rcpt: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (client, sender, rcpt).hash(&mut h);
+    h.finish()
 }
 
 /// The sink's scripted recipients, by local part.
 fn magic(rcpt: &str) -> Option<Reply> {
-    let local = rcpt.split('@').next()?.to_ascii_lowercase();
-    let r = match local.as_str() {
+    let local = rcpt.split('@').next()?;
+    const MAGIC: [&str; 6] = [
+        "tempfail",
+        "permfail",
+        "unknown",
+        "full",
+        "overquota",
+        "blocked",
+    ];
+    let known = MAGIC.iter().find(|m| m.eq_ignore_ascii_case(local))?;
+    let r = match *known {
         "tempfail" => Reply::new(
             451,
             "4.3.0",

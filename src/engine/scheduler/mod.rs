@@ -36,8 +36,9 @@ use crate::policy::schedule::Schedule;
 use crate::policy::shaping::{Gate, Limits, Shaping, ShapingView, Tuning};
 use crate::time::Timestamp;
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -318,7 +319,8 @@ struct Entry {
 }
 
 struct Worker {
-    destination: Arc<str>,
+    /// Its destination's index.
+    destination: usize,
     job: Option<Key>,
 }
 
@@ -350,14 +352,16 @@ pub struct Scheduler {
     due: BTreeSet<(Timestamp, Key)>,
     /// Every domain name in the queue, once.
     domains: HashSet<Arc<str>>,
-    destinations: HashMap<Arc<str>, Destination>,
+    /// Destinations by index, and the index of each by name.
+    destinations: Vec<Destination>,
+    destination_ix: HashMap<Arc<str>, usize>,
     provider_of: HashMap<Arc<str>, (Arc<str>, Timestamp)>,
     awaiting_provider: HashMap<Arc<str>, Vec<Key>>,
     workers: HashMap<WorkerId, Worker>,
     next_worker: u64,
     /// When gated destinations may start again (rate waits, pauses, idle workers' time); a
     /// destination may be listed more than once, which costs only a spare look.
-    wakes: BTreeSet<(Timestamp, Arc<str>)>,
+    wakes: BTreeSet<(Timestamp, usize)>,
     next_sweep: Option<Timestamp>,
     stopping: bool,
     out: Vec<Effect>,
@@ -375,7 +379,8 @@ impl Scheduler {
             entries: HashMap::new(),
             due: BTreeSet::new(),
             domains: HashSet::new(),
-            destinations: HashMap::new(),
+            destinations: Vec::new(),
+            destination_ix: HashMap::new(),
             provider_of: HashMap::new(),
             awaiting_provider: HashMap::new(),
             workers: HashMap::new(),
@@ -468,7 +473,7 @@ impl Scheduler {
 
     fn stop(&mut self) {
         self.stopping = true;
-        for d in self.destinations.values_mut() {
+        for d in self.destinations.iter_mut() {
             d.ready.drain().for_each(drop);
             for (worker, _) in d.idle.drain(..) {
                 self.out.push(Effect::Dismiss { worker });
@@ -481,8 +486,8 @@ impl Scheduler {
     fn tick(&mut self, now: Timestamp) {
         self.release_due(now);
         while self.wakes.first().is_some_and(|(t, _)| *t <= now) {
-            let (_, name) = self.wakes.pop_first().expect("first exists");
-            self.start_workers(&name, now);
+            let (_, ix) = self.wakes.pop_first().expect("first exists");
+            self.start_workers(ix, now);
         }
         if self.next_sweep.is_some_and(|t| now >= t) {
             self.sweep_expired(now);
@@ -544,17 +549,17 @@ impl Scheduler {
         let mut touched = BTreeSet::new();
         while self.due.first().is_some_and(|(at, _)| *at <= now) {
             let (_, key) = self.due.pop_first().expect("first exists");
-            if let Some(dest) = self.route(key, now) {
-                touched.insert(dest);
+            if let Some(ix) = self.route(key, now) {
+                touched.insert(ix);
             }
         }
-        for dest in touched {
-            self.start_workers(&dest, now);
+        for ix in touched {
+            self.start_workers(ix, now);
         }
     }
 
     /// Puts a due group in its destination's ready queue, or waits for its provider.
-    fn route(&mut self, key: Key, now: Timestamp) -> Option<Arc<str>> {
+    fn route(&mut self, key: Key, now: Timestamp) -> Option<usize> {
         let domain = key.1.clone();
         let known = self
             .provider_of
@@ -568,8 +573,9 @@ impl Scheduler {
         });
         match provider {
             Some(p) => {
-                self.make_ready(&p, key, now);
-                Some(p)
+                let ix = self.destination(&p, now);
+                self.make_ready(ix, key);
+                Some(ix)
             }
             None => {
                 let waiting = self.awaiting_provider.entry(domain.clone()).or_default();
@@ -586,8 +592,8 @@ impl Scheduler {
 
     /// Appends a group to a ready queue; far back in the queue, its memory copy goes if
     /// the spool has its current state.
-    fn make_ready(&mut self, name: &Arc<str>, key: Key, now: Timestamp) {
-        let placed = self.destination(name, now).ready.push_back(key.clone());
+    fn make_ready(&mut self, ix: usize, key: Key) {
+        let placed = self.destinations[ix].ready.push_back(key.clone());
         if placed == Placed::Cold
             && let Some(entry) = self.entries.get_mut(&key)
             && entry.uncommitted.is_none()
@@ -605,28 +611,33 @@ impl Scheduler {
         if self.stopping {
             return;
         }
+        let ix = self.destination(&provider, now);
         for key in waiting {
-            self.make_ready(&provider, key, now);
+            self.make_ready(ix, key);
         }
-        self.start_workers(&provider, now);
+        self.start_workers(ix, now);
     }
 
-    fn destination(&mut self, name: &Arc<str>, now: Timestamp) -> &mut Destination {
+    /// The index of the destination `name`, made when new.
+    fn destination(&mut self, name: &Arc<str>, now: Timestamp) -> usize {
+        if let Some(&ix) = self.destination_ix.get(name) {
+            return ix;
+        }
         let policy = &self.policy;
-        self.destinations.entry(name.clone()).or_insert_with(|| {
-            Destination::new(name.clone(), (policy.shaping)(name, now), policy.ready_hot)
-        })
+        let d = Destination::new(name.clone(), (policy.shaping)(name, now), policy.ready_hot);
+        self.destinations.push(d);
+        self.destination_ix
+            .insert(name.clone(), self.destinations.len() - 1);
+        self.destinations.len() - 1
     }
 
     /// Hands ready jobs to idle workers or new ones, as far as the shaping allows.
-    fn start_workers(&mut self, name: &Arc<str>, now: Timestamp) {
+    fn start_workers(&mut self, ix: usize, now: Timestamp) {
         if self.stopping {
             return;
         }
         loop {
-            let Some(d) = self.destinations.get_mut(name) else {
-                return;
-            };
+            let d = &mut self.destinations[ix];
             if d.ready.is_empty() {
                 // Idle workers past their time close their connections.
                 while let Some(&(worker, until)) = d.idle.front() {
@@ -645,19 +656,18 @@ impl Scheduler {
                 return;
             }
             let charge = !front_is_null_sender(d, &self.entries);
-            let d = self.destinations.get_mut(name).expect("exists");
             match d.shaping.admit(now, charge) {
                 Ok(()) => {}
                 Err(Gate::Until(t)) => {
-                    self.wakes.insert((t, name.clone()));
+                    self.wakes.insert((t, ix));
                     return;
                 }
                 Err(Gate::Probing) => return,
             }
-            let Some(job) = self.take_ready(name) else {
+            let Some(job) = self.take_ready(ix) else {
                 return;
             };
-            let d = self.destinations.get_mut(name).expect("exists");
+            let d = &mut self.destinations[ix];
             if spawn {
                 d.workers += 1;
                 let worker = WorkerId(self.next_worker);
@@ -665,7 +675,7 @@ impl Scheduler {
                 self.workers.insert(
                     worker,
                     Worker {
-                        destination: name.clone(),
+                        destination: ix,
                         job: Some((job.id, job.domain.clone())),
                     },
                 );
@@ -685,59 +695,53 @@ impl Scheduler {
     }
 
     /// Lets a worker go: it is no longer counted.
-    fn dismiss(&mut self, worker: WorkerId, name: &Arc<str>) {
-        if self.workers.remove(&worker).is_some()
-            && let Some(d) = self.destinations.get_mut(name)
-        {
-            d.workers -= 1;
+    fn dismiss(&mut self, worker: WorkerId, ix: usize) {
+        if self.workers.remove(&worker).is_some() {
+            self.destinations[ix].workers -= 1;
         }
         self.out.push(Effect::Dismiss { worker });
     }
 
     /// A worker is free: give it the next job, keep it waiting a moment, or let it go.
     fn idle(&mut self, worker: WorkerId, now: Timestamp) {
-        let Some(name) = self.workers.get(&worker).map(|w| w.destination.clone()) else {
+        let Some(ix) = self.workers.get(&worker).map(|w| w.destination) else {
             self.out.push(Effect::Dismiss { worker });
             return;
         };
-        let Some(d) = self.destinations.get_mut(&name) else {
-            self.dismiss(worker, &name);
-            return;
-        };
+        let d = &mut self.destinations[ix];
         if self.stopping || d.workers > d.shaping.connection_limit() {
-            self.dismiss(worker, &name);
+            self.dismiss(worker, ix);
             return;
         }
         if d.ready.is_empty() {
             let until = now + KEEP_OPEN;
             d.idle.push_back((worker, until));
-            self.wakes.insert((until, name));
+            self.wakes.insert((until, ix));
             return;
         }
         let charge = !front_is_null_sender(d, &self.entries);
-        let d = self.destinations.get_mut(&name).expect("exists");
         match d.shaping.admit(now, charge) {
-            Ok(()) => match self.take_ready(&name) {
+            Ok(()) => match self.take_ready(ix) {
                 Some(job) => self.assign(worker, job),
-                None => self.dismiss(worker, &name),
+                None => self.dismiss(worker, ix),
             },
             Err(Gate::Until(t)) if t.since(now) <= IDLE_HOLD => {
                 d.idle.push_back((worker, now + IDLE_HOLD));
-                self.wakes.insert((t, name.clone()));
-                self.wakes.insert((now + IDLE_HOLD, name));
+                self.wakes.insert((t, ix));
+                self.wakes.insert((now + IDLE_HOLD, ix));
             }
             Err(Gate::Until(t)) => {
                 // A long wait (a pause, an outage's backoff): the connection goes, and the
                 // destination starts again when the wait is over.
-                self.wakes.insert((t, name.clone()));
-                self.dismiss(worker, &name);
+                self.wakes.insert((t, ix));
+                self.dismiss(worker, ix);
             }
-            Err(Gate::Probing) => self.dismiss(worker, &name),
+            Err(Gate::Probing) => self.dismiss(worker, ix),
         }
     }
 
-    fn take_ready(&mut self, name: &Arc<str>) -> Option<Job> {
-        let d = self.destinations.get_mut(name)?;
+    fn take_ready(&mut self, ix: usize) -> Option<Job> {
+        let d = &mut self.destinations[ix];
         while let Some(key) = d.ready.pop_front() {
             if let Some(entry) = self.entries.get_mut(&key)
                 && !entry.in_flight
@@ -748,7 +752,7 @@ impl Scheduler {
                     // The worker returns what it holds with its report.
                     held: entry.held.take().map(|h| *h),
                     domain: key.1,
-                    destination: name.clone(),
+                    destination: d.name.clone(),
                     messages_per_connection: d.shaping.messages_per_connection(),
                 });
             }
@@ -766,10 +770,9 @@ impl Scheduler {
     fn returned(&mut self, worker: WorkerId, job: Job, why: Return, now: Timestamp) {
         self.job_over(Some(worker));
         let key = (job.id, job.domain);
-        if let Some(d) = self.destinations.get_mut(&job.destination) {
-            // An outage probe that never reported lets another go.
-            d.shaping.start_lost();
-        }
+        let ix = self.destination(&job.destination, now);
+        // An outage probe that never reported lets another go.
+        self.destinations[ix].shaping.start_lost();
         let Some(entry) = self.entries.get_mut(&key) else {
             return;
         };
@@ -778,10 +781,8 @@ impl Scheduler {
             Return::NotStarted => {
                 entry.in_flight = false;
                 if !self.stopping {
-                    self.destination(&job.destination, now)
-                        .ready
-                        .push_front(key);
-                    self.start_workers(&job.destination, now);
+                    self.destinations[ix].ready.push_front(key);
+                    self.start_workers(ix, now);
                 }
             }
             Return::Abandoned => {
@@ -795,18 +796,15 @@ impl Scheduler {
         let Some(w) = self.workers.remove(&worker) else {
             return;
         };
-        if let Some(d) = self.destinations.get_mut(&w.destination) {
-            d.workers -= 1;
-            d.forget_idle(worker);
-        }
+        let d = &mut self.destinations[w.destination];
+        d.workers -= 1;
+        d.forget_idle(worker);
         if let Some(key) = w.job {
             // Its job never came back: the spool holds the group's state.
-            if let Some(d) = self.destinations.get_mut(&w.destination) {
-                d.shaping.start_lost();
-            }
+            d.shaping.start_lost();
             self.reschedule(key, now + RETURN_RETRY);
         }
-        self.start_workers(&w.destination, now);
+        self.start_workers(w.destination, now);
     }
 
     /// An attempt is over: classify, react, learn, and persist the group's new state.
@@ -825,9 +823,10 @@ impl Scheduler {
             .into_iter()
             .map(|(observed, at)| (classifier.outcome(&observed), at))
             .collect();
-        let just: Vec<crate::outcome::Outcome> = outcomes.iter().map(|(o, _)| o.clone()).collect();
-        let report = react::destination_report(&held.group, &just, seen, now);
-        let learned = self.destination(&destination, now).greylist_delay;
+        let report =
+            react::destination_report(&held.group, outcomes.iter().map(|(o, _)| o), seen, now);
+        let ix = self.destination(&destination, now);
+        let learned = self.destinations[ix].greylist_delay;
         let rng = &mut self.rng;
         let updated = react::apply(
             &self.policy.rules,
@@ -843,8 +842,7 @@ impl Scheduler {
             || rng.f64(),
         );
         let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
-        self.destination(&destination, now)
-            .learn(&report, now, floor, ceiling);
+        self.destinations[ix].learn(&report, now, floor, ceiling);
         let pending = self.finish(&held.envelope, &updated.group);
         self.out.push(Effect::Persist(Box::new(Persist {
             envelope: held.envelope,
@@ -853,7 +851,7 @@ impl Scheduler {
             pending,
         })));
         self.release_due(now);
-        self.start_workers(&destination, now);
+        self.start_workers(ix, now);
     }
 
     /// A group is back from its attempt; it stays held until its state is committed.
@@ -898,7 +896,7 @@ impl Scheduler {
     fn sweep_expired(&mut self, now: Timestamp) {
         let max_age = self.policy.max_age;
         let mut expired = Vec::new();
-        for d in self.destinations.values_mut() {
+        for d in self.destinations.iter_mut() {
             let entries = &self.entries;
             d.ready.retain(|key| match entries.get(key) {
                 Some(e) if !e.in_flight && e.received_at + max_age <= now => {
@@ -980,7 +978,7 @@ impl Scheduler {
         }
         let mut views: Vec<DestinationView> = self
             .destinations
-            .values()
+            .iter()
             .map(|d| {
                 let drain = self.drain(d, waiting.remove(&*d.name).unwrap_or_default(), now);
                 let mut domains = domains.remove(&*d.name).unwrap_or_default();

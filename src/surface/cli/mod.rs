@@ -64,6 +64,8 @@ pub enum Command {
     /// Print a credentials-file line (`user:argon2-hash`) for SMTP AUTH; the password is
     /// read from stdin (first line), so it stays out of the shell history.
     Passwd { user: String },
+    /// Run knock's own scheduling on virtual time against modelled receivers.
+    Simulate(SimulateArgs),
     /// Classify reply lines (arguments, or one per line on stdin) as knock would.
     Classify {
         /// Your own rules (TOML, like data/classify.toml), read before the shipped ones.
@@ -167,6 +169,35 @@ pub struct SinkArgs {
 }
 
 #[derive(Args)]
+pub struct SimulateArgs {
+    /// The scenario: traffic and receivers (see docs/simulate.md).
+    #[arg(required_unless_present = "replay")]
+    scenario: Option<PathBuf>,
+    /// knock's configuration, as `knock serve` would read it (embedded defaults if left
+    /// out).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Run the scenario under two configurations and show them side by side.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "config")]
+    compare: Option<Vec<PathBuf>>,
+    /// Build the scenario from a recorded event log instead (knock's `events.jsonl`).
+    #[arg(long, conflicts_with = "scenario")]
+    replay: Option<PathBuf>,
+    /// With --replay: write the scenario built to this file.
+    #[arg(long, requires = "replay")]
+    write_scenario: Option<PathBuf>,
+    /// Write the per-minute timeline as CSV.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seed the scenario's random choices (instead of its own `[simulation] seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
 pub struct BenchArgs {
     /// Where to send (knock's SMTP listener).
     #[arg(long, default_value = "127.0.0.1:2525")]
@@ -204,6 +235,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             json,
         } => diagnose(api, provider, window, json).await,
         Command::Passwd { user } => passwd(&user),
+        Command::Simulate(args) => simulate(args),
         Command::Classify {
             rules,
             json,
@@ -221,6 +253,82 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         .await?
         .run_until_signal()
         .await
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use crate::tools::simulate::{self, scenario::Scenario};
+    let mut scenario = match (&args.scenario, &args.replay) {
+        (Some(path), _) => Scenario::load(path)?,
+        (None, Some(log)) => {
+            let scenario = simulate::replay::scenario(log)?;
+            if let Some(out) = &args.write_scenario {
+                std::fs::write(out, toml::to_string(&scenario)?)
+                    .with_context(|| format!("--write-scenario: writing {}", out.display()))?;
+            }
+            scenario
+        }
+        (None, None) => anyhow::bail!("a scenario file or --replay is needed"),
+    };
+    if let Some(seed) = args.seed {
+        scenario.simulation.seed = seed;
+    }
+    let load = |path: &Option<PathBuf>| -> anyhow::Result<Config> {
+        match path {
+            Some(p) => Config::load(p),
+            None => Ok(Config::default()),
+        }
+    };
+    let run =
+        |config: &Config, label: &str| -> anyhow::Result<crate::tools::simulate::report::Report> {
+            let bar = progress_bar(label);
+            let report = simulate::run(&scenario, config, |done, all| {
+                bar.set_length(all);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            Ok(report)
+        };
+    if let Some(paths) = &args.compare {
+        let (a, b) = (&paths[0], &paths[1]);
+        let ra = run(&Config::load(a)?, &a.display().to_string())?;
+        let rb = run(&Config::load(b)?, &b.display().to_string())?;
+        if args.json {
+            let both = serde_json::json!({"a": ra, "b": rb});
+            println!("{}", serde_json::to_string_pretty(&both)?);
+        } else {
+            print!(
+                "{}",
+                simulate::report::compare(
+                    (&a.display().to_string(), &ra),
+                    (&b.display().to_string(), &rb)
+                )
+            );
+        }
+        return Ok(());
+    }
+    let report = run(&load(&args.config)?, "simulating")?;
+    if let Some(path) = &args.timeline {
+        std::fs::write(path, report.timeline_csv())
+            .with_context(|| format!("--timeline: writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+fn progress_bar(label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} recipients final")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
 }
 
 async fn queue(api: ApiArgs, json: bool, show: Option<QueueCommand>) -> anyhow::Result<()> {

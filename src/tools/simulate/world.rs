@@ -1,0 +1,582 @@
+//! The simulated world: knock's scheduler core, fed on virtual time by a discrete-event
+//! loop, against modelled receivers. Workers are played here: each job's connection and
+//! transaction are worked out against the receiver's model command by command, with the
+//! model's delays, and the outcome is reported to the core when its time comes, exactly as
+//! the engine's workers report. Everything else (classification, reaction, shaping,
+//! retries, expiry) is the engine's own code.
+
+use super::report::{Collector, Plan};
+use super::scenario::Scenario;
+use crate::config::Config;
+use crate::engine::scheduler::{
+    Delivery, Effect, Held, Input, Job, Policy, Queued, Scheduler, WorkerId,
+};
+use crate::message::{Envelope, Group, Recipient, State};
+use crate::outcome::{Failure, FailureKind, Observed};
+use crate::policy::react::{Seen, Where};
+use crate::policy::shaping::ConnectionUse;
+use crate::reply::Reply;
+use crate::time::Timestamp;
+use crate::tools::receiver::{Greeting, Receiver, Session};
+use foldhash::{HashMap, HashMapExt};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where virtual time starts: 2026-01-01T00:00:00Z.
+pub const T0: Timestamp = Timestamp(1_767_225_600_000);
+
+/// Virtual time: microseconds since [`T0`].
+type Micros = u64;
+
+fn us(d: Duration) -> Micros {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+/// The core's time for a virtual moment (it counts milliseconds).
+fn ts(t: Micros) -> Timestamp {
+    T0 + Duration::from_micros(t)
+}
+
+enum Ev {
+    /// The next planned message arrives.
+    Arrive,
+    /// The core asked to be woken.
+    Wake,
+    /// A worker's attempt is over.
+    Done(Box<Delivery>),
+    /// An MX lookup answers.
+    Looked(String),
+}
+
+struct Timed {
+    at: Micros,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A modelled receiver and the MX name knock finds for its domains.
+struct Place {
+    receiver: Receiver,
+    mx: String,
+}
+
+/// An open connection a worker holds.
+struct Conn {
+    place: usize,
+    session: Session,
+    used: ConnectionUse,
+    broken: bool,
+}
+
+#[derive(Default)]
+struct Worker {
+    conn: Option<Conn>,
+}
+
+pub struct World<'a> {
+    scenario: &'a Scenario,
+    config: &'a Config,
+    core: Scheduler,
+    now: Micros,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Timed>>,
+    /// When a wake is already queued.
+    wake_at: Option<Micros>,
+    places: Vec<Place>,
+    place_of: HashMap<String, usize>,
+    workers: HashMap<WorkerId, Worker>,
+    plan: &'a Plan,
+    next: usize,
+    pub collect: Collector,
+}
+
+impl<'a> World<'a> {
+    pub fn new(
+        scenario: &'a Scenario,
+        config: &'a Config,
+        plan: &'a Plan,
+        collect: Collector,
+    ) -> anyhow::Result<World<'a>> {
+        let mut policy = Policy::from_config(config)?;
+        policy.seed = Some(scenario.simulation.seed);
+        // Everything is in memory here: no group is ever read back from a spool.
+        policy.ready_hot = usize::MAX;
+        let mut places = Vec::new();
+        let mut place_of = HashMap::new();
+        for (i, (name, model)) in scenario.receivers.iter().enumerate() {
+            let mx = format!("mx.{name}.sim");
+            let seed = scenario.simulation.seed.wrapping_add(i as u64 + 1);
+            places.push(Place {
+                receiver: Receiver::new(model.clone(), &mx, T0, seed),
+                mx,
+            });
+            for d in scenario.traffic.to.iter().filter(|d| &d.receiver == name) {
+                for domain in scenario.domains_of(d, name) {
+                    place_of.insert(domain, i);
+                }
+            }
+        }
+        for a in &scenario.traffic.arrivals {
+            if !place_of.contains_key(&a.domain) {
+                anyhow::bail!(
+                    "traffic.arrivals: domain {} belongs to no receiver (traffic.to)",
+                    a.domain
+                );
+            }
+        }
+        let mut world = World {
+            scenario,
+            config,
+            core: Scheduler::new(policy),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            wake_at: None,
+            places,
+            place_of,
+            workers: HashMap::new(),
+            plan,
+            next: 0,
+            collect,
+        };
+        if !plan.messages.is_empty() {
+            world.push(plan.messages[0].at, Ev::Arrive);
+        }
+        Ok(world)
+    }
+
+    fn push(&mut self, at: Micros, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Timed {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    /// Runs until every message is final, or `until`.
+    pub fn run(mut self, until: Duration, mut progress: impl FnMut(u64, u64)) -> Collector {
+        let until = us(until);
+        let mut events = 0u64;
+        while let Some(Reverse(Timed { at, ev, .. })) = self.queue.pop() {
+            if at > until {
+                self.now = until;
+                break;
+            }
+            self.now = at;
+            match ev {
+                Ev::Arrive => self.arrive(),
+                Ev::Wake => {
+                    self.wake_at = None;
+                    if self.core.next_wake().is_some_and(|w| w <= ts(self.now)) {
+                        self.feed(Input::Tick);
+                    }
+                }
+                Ev::Done(delivery) => {
+                    let worker = delivery.worker;
+                    self.feed(Input::Delivered(delivery));
+                    self.feed(Input::Idle { worker });
+                }
+                Ev::Looked(domain) => {
+                    let hosts = self
+                        .place_of
+                        .get(&domain)
+                        .map(|&p| vec![self.places[p].mx.clone()])
+                        .unwrap_or_default();
+                    self.feed(Input::MxHosts { domain, hosts });
+                }
+            }
+            events += 1;
+            if events.is_multiple_of(8192) {
+                progress(self.collect.finished(), self.collect.recipients);
+            }
+            if self.next >= self.plan.messages.len() && self.core.is_empty() {
+                break;
+            }
+        }
+        progress(self.collect.finished(), self.collect.recipients);
+        let end = self.now;
+        let mut collect = self.collect;
+        collect.end(end, self.core.len() as u64);
+        collect
+    }
+
+    /// The message(s) due now join the queue, and the next arrival is set.
+    fn arrive(&mut self) {
+        let mut batch = Vec::new();
+        while let Some(p) = self.plan.messages.get(self.next) {
+            if p.at > self.now {
+                self.push(p.at, Ev::Arrive);
+                break;
+            }
+            batch.push(self.message(self.next));
+            self.next += 1;
+        }
+        self.feed(Input::Queued(batch));
+    }
+
+    /// Planned message `n`, as the intake would queue it.
+    fn message(&mut self, n: usize) -> Queued {
+        let p = &self.plan.messages[n];
+        let domain = &self.plan.domains[p.domain as usize];
+        let received = ts(p.at);
+        let envelope = Envelope {
+            id: uuid::Uuid::from_u128(n as u128 + 1),
+            from: self.plan.senders[p.sender as usize].clone(),
+            received_at: received,
+            size: p.size as u64,
+            source: "simulate".into(),
+            done_at: None,
+        };
+        let recipients = (0..p.recipients)
+            .map(|k| Recipient {
+                address: Plan::address(n, k, domain),
+                state: State::Queued,
+                attempts: Vec::new(),
+            })
+            .collect();
+        let group = Group {
+            domain: domain.clone(),
+            recipients,
+            next_attempt: Some(received),
+        };
+        self.collect
+            .arrived(self.place_of[domain], p.recipients as u64, p.at);
+        Queued::held(Arc::new(envelope), group, None).expect("a new group is pending")
+    }
+
+    /// Tells the core, and carries out what follows.
+    fn feed(&mut self, input: Input) {
+        let mut inputs = vec![input];
+        while let Some(input) = inputs.pop() {
+            for effect in self.core.handle(input, ts(self.now)) {
+                if let Some(more) = self.effect(effect) {
+                    inputs.push(more);
+                }
+            }
+        }
+        if let Some(wake) = self.core.next_wake() {
+            let at = us(wake.since(T0));
+            // A wake already queued for no later serves; a later one is superseded.
+            if self.wake_at.is_none_or(|w| at < w) {
+                self.wake_at = Some(at);
+                self.push(at, Ev::Wake);
+            }
+        }
+    }
+
+    fn effect(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Start { worker, job } => {
+                self.workers.insert(worker, Worker::default());
+                self.deliver(worker, job)
+            }
+            Effect::Assign { worker, job } => self.deliver(worker, job),
+            Effect::Dismiss { worker } => {
+                if let Some(w) = self.workers.remove(&worker) {
+                    self.close(w.conn);
+                }
+                None
+            }
+            Effect::LookUp { domain } => {
+                let at = self.now + us(self.scenario.simulation.dns_latency);
+                self.push(at, Ev::Looked(domain));
+                None
+            }
+            // Groups stay in memory here, so the core never needs one read back.
+            Effect::Load { id, domain } => Some(Input::Gone {
+                worker: None,
+                id,
+                domain,
+            }),
+            Effect::Persist(p) => {
+                for e in &p.updated.events {
+                    if let Some(&place) = self.place_of.get(&e.domain) {
+                        self.collect.event(place, e, self.now);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn close(&mut self, conn: Option<Conn>) {
+        if let Some(c) = conn {
+            let client = &self.scenario.simulation.client;
+            self.places[c.place].receiver.disconnect(client);
+            self.collect.closed(c.place, self.now);
+        }
+    }
+
+    /// Works out one attempt at `job` and queues its report for when it is over.
+    fn deliver(&mut self, worker: WorkerId, job: Job) -> Option<Input> {
+        let Some(held) = job.held else {
+            // Cannot happen with every group in memory; never lose it silently.
+            return Some(Input::Gone {
+                worker: Some(worker),
+                id: job.id,
+                domain: job.domain.to_string(),
+            });
+        };
+        let domain = held.group.domain.clone();
+        let place = self.place_of[&domain];
+        let client = self.scenario.simulation.client.clone();
+        let mx = self.places[place].mx.clone();
+        let at = Where {
+            mx: Some(mx.clone()),
+            local_ip: Some(client.clone()),
+            tls: None,
+        };
+        let pending: Vec<&str> = held.group.pending().map(|r| r.address.as_str()).collect();
+        let started = self.now;
+        let mut t = self.now;
+        let mut seen = Seen::default();
+        let mut slowest = Duration::ZERO;
+        // The connection: reuse it when it may carry this job, else a new one.
+        let mut w = self.workers.remove(&worker).unwrap_or_default();
+        let keep = w.conn.as_ref().is_some_and(|c| {
+            !c.broken && c.place == place && c.used.may_carry(&domain, job.messages_per_connection)
+        });
+        if !keep {
+            let old = w.conn.take();
+            self.close(old);
+        }
+        let timeouts = &self.config.delivery.timeouts;
+        if w.conn.is_none() {
+            self.collect.connecting(place);
+            let greeting = self.places[place].receiver.connect(&client, ts(t));
+            let failed: Option<Observed> = match greeting {
+                Greeting::Accept { delay } => {
+                    t += us(delay);
+                    slowest = delay;
+                    w.conn = Some(Conn {
+                        place,
+                        session: Session {
+                            client: client.clone(),
+                            ..Default::default()
+                        },
+                        used: ConnectionUse::new(&domain),
+                        broken: false,
+                    });
+                    self.collect.opened(place, self.now);
+                    None
+                }
+                Greeting::Refuse => Some(
+                    Failure::new(
+                        FailureKind::ConnectFailed,
+                        format!("connect to {mx}:25 failed: Connection refused"),
+                    )
+                    .at(&mx)
+                    .into(),
+                ),
+                Greeting::Hang => {
+                    t += us(timeouts.greeting);
+                    Some(
+                        Failure::new(
+                            FailureKind::Timeout,
+                            "timed out waiting for the reply to greeting",
+                        )
+                        .at(&mx)
+                        .into(),
+                    )
+                }
+                Greeting::TurnAway { reply, delay } => {
+                    t += us(delay);
+                    Some(Observed::Reply(reply))
+                }
+            };
+            if let Some(observed) = failed {
+                seen.unreachable = true;
+                seen.latency = Some(Duration::from_micros(t - started));
+                let results: Vec<(Observed, Where)> = pending
+                    .iter()
+                    .map(|_| {
+                        (
+                            observed.clone(),
+                            Where {
+                                mx: Some(mx.clone()),
+                                ..Default::default()
+                            },
+                        )
+                    })
+                    .collect();
+                drop(pending);
+                return self.report(worker, w, job.destination, held, started, t, results, seen);
+            }
+        }
+        seen.connected = true;
+        let conn = w.conn.as_mut().expect("connected above");
+        let receiver = &mut self.places[place].receiver;
+        let size = held.envelope.size;
+        let from = held.envelope.from.as_str();
+        let mut results: Vec<(Observed, Where)> = Vec::with_capacity(pending.len());
+        let chunk = self.config.delivery.max_recipients_per_transaction.max(1);
+        for rcpts in pending.chunks(chunk) {
+            if conn.broken {
+                let closed = Failure::new(FailureKind::Closed, "connection closed by the server");
+                results.extend(
+                    rcpts
+                        .iter()
+                        .map(|_| (closed.clone().at(&mx).into(), at.clone())),
+                );
+                continue;
+            }
+            let replies = transaction(
+                receiver,
+                &mut conn.session,
+                from,
+                rcpts,
+                size,
+                self.scenario.simulation.bandwidth,
+                timeouts.command,
+                &mut t,
+                &mut slowest,
+            );
+            conn.used.sent += 1;
+            for r in replies {
+                let observed = match r {
+                    Ok(reply) => {
+                        conn.broken |= reply.code == 421;
+                        Observed::Reply(reply)
+                    }
+                    Err(kind) => {
+                        conn.broken = true;
+                        let text = match kind {
+                            FailureKind::Timeout => "timed out waiting for a reply",
+                            _ => "connection closed by the server",
+                        };
+                        Failure::new(kind, text).at(&mx).into()
+                    }
+                };
+                results.push((observed, at.clone()));
+            }
+        }
+        conn.used.deferrals += results.iter().filter(|(o, _)| o.is_transient()).count();
+        seen.latency = Some(slowest);
+        drop(pending);
+        self.report(worker, w, job.destination, held, started, t, results, seen)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        worker: WorkerId,
+        w: Worker,
+        destination: Arc<str>,
+        held: Held,
+        started: Micros,
+        done: Micros,
+        results: Vec<(Observed, Where)>,
+        seen: Seen,
+    ) -> Option<Input> {
+        let place = self.place_of[&held.group.domain];
+        let refused = results
+            .iter()
+            .filter(|(o, _)| !matches!(o, Observed::Reply(r) if r.is_positive()))
+            .count();
+        self.collect
+            .attempted(place, results.len() as u64, refused as u64, started);
+        self.workers.insert(worker, w);
+        let delivery = Delivery {
+            worker,
+            destination,
+            held,
+            started: ts(started),
+            results,
+            seen,
+        };
+        self.push(done.max(started + 1), Ev::Done(Box::new(delivery)));
+        None
+    }
+}
+
+/// One SMTP transaction against the model: each recipient's reply (its RCPT reply when that
+/// refused it, else the reply to the end of data), or the failure that cut it short. The
+/// replies' delays move `t` on.
+#[allow(clippy::too_many_arguments)]
+fn transaction(
+    receiver: &mut Receiver,
+    session: &mut Session,
+    from: &str,
+    rcpts: &[&str],
+    size: u64,
+    bandwidth: u64,
+    timeout: Duration,
+    t: &mut Micros,
+    slowest: &mut Duration,
+) -> Vec<Result<Reply, FailureKind>> {
+    let mut wait = |t: &mut Micros, delay: Duration| -> bool {
+        *slowest = (*slowest).max(delay);
+        if delay > timeout {
+            *t += us(timeout);
+            return false;
+        }
+        *t += us(delay);
+        true
+    };
+    let mail = receiver.mail(session, from, ts(*t));
+    if !wait(t, mail.delay) {
+        return rcpts.iter().map(|_| Err(FailureKind::Timeout)).collect();
+    }
+    if !mail.reply.is_positive() {
+        return rcpts.iter().map(|_| Ok(mail.reply.clone())).collect();
+    }
+    let mut replies: Vec<Result<Reply, FailureKind>> = Vec::with_capacity(rcpts.len());
+    for rcpt in rcpts {
+        let a = receiver.rcpt(session, from, rcpt, ts(*t));
+        if !wait(t, a.delay) {
+            replies.resize(rcpts.len(), Err(FailureKind::Timeout));
+            return replies;
+        }
+        let closing = a.reply.code == 421;
+        replies.push(Ok(a.reply));
+        if closing {
+            let last = replies.last().cloned().expect("just pushed");
+            replies.resize(rcpts.len(), last);
+            return replies;
+        }
+    }
+    if !replies
+        .iter()
+        .any(|r| r.as_ref().is_ok_and(|r| r.is_positive()))
+    {
+        return replies;
+    }
+    *t += size * 1_000_000 / bandwidth.max(1);
+    let done = receiver.data(session, ts(*t));
+    if !wait(t, done.delay) {
+        return replies
+            .into_iter()
+            .map(|r| match r {
+                Ok(r) if r.is_positive() => Err(FailureKind::Timeout),
+                other => other,
+            })
+            .collect();
+    }
+    replies
+        .into_iter()
+        .map(|r| match r {
+            Ok(r) if r.is_positive() => Ok(done.reply.clone()),
+            other => other,
+        })
+        .collect()
+}
