@@ -428,6 +428,15 @@ impl Sink {
         self.handler.counters.snapshot()
     }
 
+    /// Starts the receiver model's time again from now: its outages count from here (a
+    /// scenario's time starts with its traffic, not with the listener).
+    pub fn restart_model(&self) {
+        let model = self.handler.config.model();
+        let now = self.handler.clock.now();
+        *self.handler.receiver.lock().expect("sink lock") =
+            Receiver::new(model, &self.handler.config.hostname, now, fastrand::u64(..));
+    }
+
     /// The messages accepted so far (with `keep`).
     pub fn received(&self) -> Vec<Received> {
         self.handler.received.lock().expect("sink lock").clone()

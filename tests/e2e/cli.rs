@@ -241,3 +241,62 @@ fn passwd_prints_a_line_the_credentials_file_takes() {
     let (ok, _, err) = run("bob", "");
     assert!(!ok && err.contains("no password"), "{err}");
 }
+
+#[test]
+fn simulate_reports_as_text_json_and_a_timeline_and_refuses_a_bad_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(
+        &scenario,
+        "[traffic]\nmessages = 50\nover = \"1m\"\n\n[[traffic.to]]\nreceiver = \"grey\"\ndomains = 2\n\n[receiver.grey]\ngreylist = { window = \"2m\" }\n",
+    )
+    .unwrap();
+    let path = scenario.to_str().unwrap();
+    let (ok, out, err) = knock(&["simulate", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("RECEIVER") && out.contains("grey"), "{out}");
+    let timeline = dir.path().join("t.csv");
+    let (ok, out, err) = knock(&[
+        "simulate",
+        path,
+        "--json",
+        "--timeline",
+        timeline.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let grey = &report["receivers"][0];
+    assert_eq!(grey["delivered"], 50);
+    assert_eq!(grey["refused_share"], 0.5, "greylisted once each: {grey}");
+    let csv = std::fs::read_to_string(&timeline).unwrap();
+    assert!(csv.starts_with("minute,receiver,"), "{csv}");
+    assert!(csv.lines().count() > 3, "{csv}");
+
+    // Two configurations side by side: the second waits out a 2-minute window sooner.
+    let a = dir.path().join("a.toml");
+    let b = dir.path().join("b.toml");
+    std::fs::write(&a, "").unwrap();
+    std::fs::write(&b, "[greylist]\nwindow = \"2m\"\n").unwrap();
+    let (ok, out, err) = knock(&[
+        "simulate",
+        path,
+        "--compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("drain") && out.contains("grey"), "{out}");
+
+    // A bad scenario: nothing runs, and the error names the key and its line.
+    std::fs::write(
+        &scenario,
+        "[traffic]\nmessages = 50\n\n[[traffic.to]]\nreceiver = \"grey\"\n\n[receiver.grey]\ndefer_share = 1.5\n",
+    )
+    .unwrap();
+    let (ok, out, err) = knock(&["simulate", path]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("line 8") && err.contains("defer_share"),
+        "{err}"
+    );
+}

@@ -12,4 +12,5 @@ mod http;
 mod knobs;
 mod protocol;
 mod security;
+mod simulate;
 mod sink;

@@ -166,6 +166,13 @@ pub struct SinkArgs {
     /// Offer STARTTLS (with a self-signed certificate made at start).
     #[arg(long)]
     tls: bool,
+    /// Play a receiver of this scenario file (the one `knock simulate` reads) instead of
+    /// the flags' shorthands.
+    #[arg(long, conflicts_with_all = ["greylist", "rate", "delay", "max_connections", "slow_above"])]
+    scenario: Option<PathBuf>,
+    /// Which `[receiver.NAME]` of the scenario to play (needed when it has several).
+    #[arg(long, requires = "scenario")]
+    receiver: Option<String>,
 }
 
 #[derive(Args)]
@@ -189,6 +196,9 @@ pub struct SimulateArgs {
     /// Write the per-minute timeline as CSV.
     #[arg(long)]
     timeline: Option<PathBuf>,
+    /// Write the simulated events as knock's event log (JSON lines) to this file.
+    #[arg(long, conflicts_with = "compare")]
+    events: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -281,7 +291,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let run =
         |config: &Config, label: &str| -> anyhow::Result<crate::tools::simulate::report::Report> {
             let bar = progress_bar(label);
-            let report = simulate::run(&scenario, config, |done, all| {
+            let report = simulate::run(&scenario, config, args.events.as_deref(), |done, all| {
                 bar.set_length(all);
                 bar.set_position(done);
             })?;
@@ -467,10 +477,46 @@ fn passwd(user: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The receiver `name` of the scenario at `path` (its only one when `name` is left out).
+fn scenario_receiver(
+    path: &std::path::Path,
+    name: Option<&str>,
+) -> anyhow::Result<crate::tools::receiver::ReceiverModel> {
+    let scenario = crate::tools::simulate::scenario::Scenario::load(path)?;
+    let names: Vec<&String> = scenario.receivers.keys().collect();
+    let name = match (name, names.as_slice()) {
+        (Some(name), _) => name.to_string(),
+        (None, [only]) => only.to_string(),
+        (None, _) => anyhow::bail!(
+            "--receiver: the scenario has several receivers, name one of: {}",
+            names
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    scenario.receivers.get(&name).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--receiver: no [receiver.{name}] in {} (it has: {})",
+            path.display(),
+            names
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 async fn sink(args: SinkArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.defer_share) {
         anyhow::bail!("--defer-share: must be between 0 and 1");
     }
+    let model = match &args.scenario {
+        Some(path) => Some(scenario_receiver(path, args.receiver.as_deref())?),
+        None => None,
+    };
     let sink = Arc::new(
         crate::tools::sink::Sink::start(crate::tools::sink::SinkConfig {
             listen: args.listen,
@@ -489,6 +535,7 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
                 _ => EhloMode::Full,
             },
             tls: args.tls,
+            model,
             ..Default::default()
         })
         .await

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::scheduler::{
     Delivery, Effect, Held, Input, Job, Policy, Queued, Scheduler, WorkerId,
 };
+use crate::event::{Event, Kind};
 use crate::message::{Envelope, Group, Recipient, State};
 use crate::outcome::{Failure, FailureKind, Observed};
 use crate::policy::react::{Seen, Where};
@@ -107,6 +108,8 @@ pub struct World<'a> {
     plan: &'a Plan,
     next: usize,
     pub collect: Collector,
+    /// Where the events go as JSON lines, as knock's own log, when asked.
+    log: Option<Box<dyn std::io::Write + Send + 'a>>,
 }
 
 impl<'a> World<'a> {
@@ -115,6 +118,7 @@ impl<'a> World<'a> {
         config: &'a Config,
         plan: &'a Plan,
         collect: Collector,
+        log: Option<Box<dyn std::io::Write + Send + 'a>>,
     ) -> anyhow::Result<World<'a>> {
         let mut policy = Policy::from_config(config)?;
         policy.seed = Some(scenario.simulation.seed);
@@ -157,6 +161,7 @@ impl<'a> World<'a> {
             plan,
             next: 0,
             collect,
+            log,
         };
         if !plan.messages.is_empty() {
             world.push(plan.messages[0].at, Ev::Arrive);
@@ -214,6 +219,9 @@ impl<'a> World<'a> {
             }
         }
         progress(self.collect.finished(), self.collect.recipients);
+        if let Some(log) = self.log.as_mut() {
+            let _ = log.flush();
+        }
         let end = self.now;
         let mut collect = self.collect;
         collect.end(end, self.core.len() as u64);
@@ -261,6 +269,19 @@ impl<'a> World<'a> {
         };
         self.collect
             .arrived(self.place_of[domain], p.recipients as u64, p.at);
+        if self.log.is_some() {
+            for r in &group.recipients {
+                let e = Event::new(
+                    Kind::Processed,
+                    received,
+                    envelope.id.to_string(),
+                    r.address.clone(),
+                    group.domain.clone(),
+                    envelope.from.clone(),
+                );
+                self.write(&e);
+            }
+        }
         Queued::held(Arc::new(envelope), group, None).expect("a new group is pending")
     }
 
@@ -313,9 +334,18 @@ impl<'a> World<'a> {
                     if let Some(&place) = self.place_of.get(&e.domain) {
                         self.collect.event(place, e, self.now);
                     }
+                    self.write(e);
                 }
                 None
             }
+        }
+    }
+
+    fn write(&mut self, e: &Event) {
+        if let Some(log) = self.log.as_mut()
+            && serde_json::to_writer(&mut *log, e).is_ok()
+        {
+            let _ = log.write_all(b"\n");
         }
     }
 
