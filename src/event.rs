@@ -111,6 +111,48 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Every field an event line may hold.
+    pub const FIELDS: &'static [&'static str] = &[
+        "event",
+        "timestamp",
+        "message_id",
+        "recipient",
+        "domain",
+        "provider",
+        "from",
+        "attempt",
+        "mx",
+        "local_ip",
+        "tls",
+        "code",
+        "enhanced",
+        "text",
+        "class",
+        "failure",
+        "next_attempt",
+        "ee_seconds",
+    ];
+
+    /// One line of the log, read strictly: a key that is not an event field, a missing
+    /// field or a bad value is an error that names it.
+    pub fn parse_line(line: &str) -> Result<Event, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let object = value.as_object().ok_or("not a JSON object")?;
+        if let Some(key) = object.keys().find(|k| !Self::FIELDS.contains(&k.as_str())) {
+            return Err(format!("{key}: not a field of an event"));
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            match path.as_str() {
+                "." => e.into_inner().to_string(),
+                _ => format!("{path}: {}", e.into_inner()),
+            }
+        })
+    }
+}
+
 /// One `processed` event per recipient of a message accepted at `at`.
 pub fn processed(m: &NewMessage, at: Timestamp) -> Vec<Event> {
     let mut events = Vec::new();
@@ -226,6 +268,7 @@ mod tests {
         e.provider = Some("google".into());
         e.mx = Some("mx".into());
         e.local_ip = Some("127.0.0.1".into());
+        e.tls = Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into());
         e.code = Some(450);
         e.enhanced = Enhanced::parse("4.2.0");
         e.text = Some("Greylisted".into());
@@ -235,6 +278,17 @@ mod tests {
         e.ee_seconds = Some(1.0);
         let doc = include_str!("../docs/events.md");
         let json = serde_json::to_value(&e).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut all = Event::FIELDS.to_vec();
+        all.sort();
+        let mut written = keys.clone();
+        written.sort();
+        assert_eq!(all, written, "Event::FIELDS is every field");
         for key in json.as_object().unwrap().keys() {
             assert!(
                 doc.contains(&format!("| `{key}` |")),
@@ -266,6 +320,32 @@ mod tests {
         let kinds: Vec<Kind> = back.iter().map(|e| e.event).collect();
         assert_eq!(kinds, [Kind::Processed, Kind::Delivered]);
         assert_eq!(back[0].timestamp, Timestamp(1));
+    }
+
+    #[test]
+    fn a_strict_reading_names_what_is_wrong() {
+        let good = serde_json::to_string(&Event::new(
+            Kind::Delivered,
+            Timestamp(0),
+            "id".into(),
+            "a@b.test".into(),
+            "b.test".into(),
+            String::new(),
+        ))
+        .unwrap();
+        assert!(Event::parse_line(&good).is_ok());
+        for (line, needle) in [
+            (good.replace("\"domain\"", "\"domian\""), "domian"),
+            (good.replace("\"delivered\"", "\"arrived\""), "event"),
+            (
+                good.replace("\"1970-01-01T00:00:00.000Z\"", "\"yesterday\""),
+                "timestamp",
+            ),
+            ("{not json".to_string(), "not JSON"),
+        ] {
+            let err = Event::parse_line(&line).unwrap_err();
+            assert!(err.contains(needle), "{line}: {err}");
+        }
     }
 
     #[test]

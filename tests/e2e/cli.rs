@@ -300,3 +300,22 @@ fn simulate_reports_as_text_json_and_a_timeline_and_refuses_a_bad_scenario() {
         "{err}"
     );
 }
+
+#[test]
+fn a_replay_of_a_damaged_log_names_the_line_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    std::fs::write(
+        &log,
+        concat!(
+            r#"{"event":"processed","timestamp":"2026-11-23T07:53:55.943Z","message_id":"m1","recipient":"a@x.test","domain":"x.test","from":"s@y.test"}"#,
+            "\n",
+            r#"{"event":"delivered","timestamp":"2026-11-23T07:53:56.943Z","message_id":"m1","recipient":"a@x.test","domian":"x.test","from":"s@y.test"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = knock(&["simulate", "--replay", log.to_str().unwrap()]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("line 2") && err.contains("domian"), "{err}");
+}

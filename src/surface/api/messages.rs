@@ -218,10 +218,10 @@ pub(super) async fn get_message(
     let id: MessageId = id
         .parse()
         .map_err(|_| ApiError::field("id", format!("{id:?} is not a message id")))?;
-    let record = state
-        .intake
-        .spool
-        .record(id)
+    let spool = state.intake.spool.clone();
+    let record = tokio::task::spawn_blocking(move || spool.record(id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let Some((envelope, groups)) = record else {
         return Err(ApiError::new(

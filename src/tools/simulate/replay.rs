@@ -20,10 +20,20 @@ use std::time::Duration;
 /// Outage events closer together than this are one outage.
 const OUTAGE_GAP: Duration = Duration::from_secs(300);
 
-/// The scenario the event log at `path` describes.
+/// The scenario the event log at `path` describes. The log is read strictly: a line that
+/// is not an event stops it, with the line's number and what is wrong.
 pub fn scenario(path: &Path) -> anyhow::Result<Scenario> {
-    let events = crate::event::read_log(path, Timestamp(0), u64::MAX)
+    let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("--replay: reading {}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = Event::parse_line(line)
+            .map_err(|e| anyhow::anyhow!("--replay {}: line {}: {e}", path.display(), n + 1))?;
+        events.push(event);
+    }
     from_events(&events).map_err(|e| anyhow::anyhow!("--replay {}: {e}", path.display()))
 }
 
