@@ -45,7 +45,10 @@ pub fn run(
                 .map(move |domain| (domain, i))
         })
         .collect();
-    let collect = Collector::new(names, plan.recipients());
+    let until = scenario
+        .simulation
+        .until
+        .unwrap_or(config.retry.max_age + Duration::from_secs(3600));
     let log: Option<Box<dyn std::io::Write + Send>> = match events {
         Some(path) => {
             let file = std::fs::File::create(path)
@@ -54,17 +57,46 @@ pub fn run(
         }
         None => None,
     };
-    let world = world::World::new(scenario, config, &plan, collect, log)?;
-    let until = scenario
-        .simulation
-        .until
-        .unwrap_or(config.retry.max_age + Duration::from_secs(3600));
-    // The ideal needs only the plan: it is worked out on the other core meanwhile.
-    let (collect, ideal) = std::thread::scope(|s| {
+    // Destinations share nothing in the core (each has its own queue, connections and
+    // shaping), so the receivers are simulated in two halves on two cores, each half with a
+    // core of its own; one, when the events are to be written in order.
+    let halves = match log.is_some() {
+        true => vec![plan.part(|_| true)],
+        false => halves(&plan, &place_of, names.len()),
+    };
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let (collect, ideal) = std::thread::scope(|s| -> anyhow::Result<_> {
+        // The ideal needs only the plan: it is worked out meanwhile.
         let ideal = s.spawn(|| report::ideal(scenario, &plan, &place_of));
-        let collect = world.run(until, progress);
-        (collect, ideal.join().expect("the ideal does not panic"))
-    });
+        let mut parts = halves.iter();
+        let first = parts.next().expect("at least one part");
+        let others: Vec<_> = parts
+            .map(|part| {
+                let collect = Collector::new(names.clone(), part.recipients());
+                let world = world::World::new(scenario, config, part, collect, None);
+                let done = &done;
+                s.spawn(move || -> anyhow::Result<Collector> {
+                    Ok(world?.run(until, |finished, _| {
+                        done.store(finished, std::sync::atomic::Ordering::Relaxed)
+                    }))
+                })
+            })
+            .collect();
+        let collect = Collector::new(names.clone(), first.recipients());
+        let world = world::World::new(scenario, config, first, collect, log)?;
+        let all = plan.recipients();
+        let mut progress = progress;
+        let mut collect = world.run(until, |finished, _| {
+            progress(
+                finished + done.load(std::sync::atomic::Ordering::Relaxed),
+                all,
+            )
+        });
+        for other in others {
+            collect.merge(other.join().expect("a world does not panic")?);
+        }
+        Ok((collect, ideal.join().expect("the ideal does not panic")))
+    })?;
     Ok(Report::new(
         scenario,
         &plan,
@@ -72,6 +104,29 @@ pub fn run(
         ideal,
         started.elapsed(),
     ))
+}
+
+/// The plan in two parts of about equal traffic, each with whole receivers; one part when
+/// a single receiver gets it all.
+fn halves(plan: &Plan, place_of: &HashMap<String, usize>, receivers: usize) -> Vec<Plan> {
+    let mut load = vec![0u64; receivers];
+    for m in &plan.messages {
+        load[place_of[&plan.domains[m.domain as usize]]] += m.recipients as u64;
+    }
+    let mut order: Vec<usize> = (0..receivers).filter(|&r| load[r] > 0).collect();
+    if order.len() < 2 {
+        return vec![plan.part(|_| true)];
+    }
+    order.sort_by(|a, b| load[*b].cmp(&load[*a]).then(a.cmp(b)));
+    let (mut half, mut sums) = (vec![0usize; receivers], [0u64; 2]);
+    for r in order {
+        let side = usize::from(sums[1] < sums[0]);
+        half[r] = side;
+        sums[side] += load[r];
+    }
+    (0..2)
+        .map(|side| plan.part(|d| half[place_of[d]] == side))
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub type Micros = u64;
 /// One planned message.
 #[derive(Debug, Clone, Copy)]
 pub struct Planned {
+    /// Its number in the whole traffic (its id and its recipients' addresses follow).
+    pub number: u32,
     pub at: Micros,
     pub domain: u32,
     pub sender: u32,
@@ -65,6 +67,7 @@ impl Plan {
             for (n, a) in arrivals.iter().enumerate() {
                 let domain = domain_id(&mut plan, &a.domain.to_ascii_lowercase());
                 plan.messages.push(Planned {
+                    number: n as u32,
                     at: (a.at * 1e6) as Micros,
                     domain,
                     sender: (n % t.senders.len()) as u32,
@@ -98,6 +101,7 @@ impl Plan {
             }
             let domain = chosen[rng.usize(0..chosen.len())];
             plan.messages.push(Planned {
+                number: n as u32,
                 at: n * every,
                 domain,
                 sender: (n % t.senders.len() as u64) as u32,
@@ -119,6 +123,20 @@ impl Plan {
     pub fn recipients(&self) -> u64 {
         self.messages.iter().map(|m| m.recipients as u64).sum()
     }
+
+    /// The part of the plan whose domains `keep` takes.
+    pub fn part(&self, keep: impl Fn(&str) -> bool) -> Plan {
+        Plan {
+            messages: self
+                .messages
+                .iter()
+                .filter(|m| keep(&self.domains[m.domain as usize]))
+                .copied()
+                .collect(),
+            domains: self.domains.clone(),
+            senders: self.senders.clone(),
+        }
+    }
 }
 
 /// One minute of one receiver's timeline.
@@ -127,6 +145,7 @@ pub struct Minute {
     pub attempts: u64,
     pub refused: u64,
     pub delivered: u64,
+    /// Connections tried (the ones turned away too).
     pub connections: u64,
     pub peak_connections: u64,
     pub arrived: u64,
@@ -206,8 +225,11 @@ impl Collector {
         m.refused += refused;
     }
 
-    pub fn connecting(&mut self, place: usize) {
-        self.counts[place].connections += 1;
+    /// A connection is tried (whether or not the receiver takes it).
+    pub fn connecting(&mut self, place: usize, at: Micros) {
+        let c = &mut self.counts[place];
+        c.connections += 1;
+        c.minute(at).connections += 1;
     }
 
     pub fn opened(&mut self, place: usize, at: Micros) {
@@ -216,7 +238,6 @@ impl Collector {
         c.peak = c.peak.max(c.open);
         let open = c.open;
         let m = c.minute(at);
-        m.connections += 1;
         m.peak_connections = m.peak_connections.max(open);
     }
 
@@ -261,6 +282,19 @@ impl Collector {
         self.end = at;
         self.left = left;
     }
+
+    /// Adds what another run of other receivers counted.
+    pub fn merge(&mut self, other: Collector) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            if theirs.recipients > 0 {
+                *mine = theirs;
+            }
+        }
+        self.recipients += other.recipients;
+        self.finished += other.finished;
+        self.end = self.end.max(other.end);
+        self.left += other.left;
+    }
 }
 
 /// Seconds of a distribution.
@@ -304,6 +338,7 @@ pub struct Figures {
     pub refused: u64,
     pub refused_share: f64,
     pub attempts_per_recipient: f64,
+    /// Connections tried (the ones turned away too).
     pub connections: u64,
     pub peak_connections: u64,
     /// From the first arrival to the last recipient's final state.
@@ -351,7 +386,8 @@ pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Ve
     let mut out: Vec<(Vec<f32>, f64)> = s.receivers.keys().map(|_| (Vec::new(), 0.0)).collect();
     let mut first: Vec<Option<Micros>> = vec![None; s.receivers.len()];
     let client = &s.simulation.client;
-    for (n, m) in plan.messages.iter().enumerate() {
+    for m in &plan.messages {
+        let n = m.number as usize;
         let domain = &plan.domains[m.domain as usize];
         let place = place_of[domain];
         let arrival = T0 + Duration::from_micros(m.at);
@@ -425,7 +461,7 @@ impl Report {
     /// The per-minute timeline as CSV.
     pub fn timeline_csv(&self) -> String {
         let mut out = String::from(
-            "minute,receiver,arrived,attempts,refused,delivered,finished,connections_opened,peak_connections,queued\n",
+            "minute,receiver,arrived,attempts,refused,delivered,finished,connections,peak_connections,queued\n",
         );
         for (name, minutes) in &self.timeline {
             let mut queued: i64 = 0;

@@ -242,9 +242,10 @@ impl<'a> World<'a> {
         self.feed(Input::Queued(batch));
     }
 
-    /// Planned message `n`, as the intake would queue it.
-    fn message(&mut self, n: usize) -> Queued {
-        let p = &self.plan.messages[n];
+    /// The `i`th message of the plan, as the intake would queue it.
+    fn message(&mut self, i: usize) -> Queued {
+        let p = &self.plan.messages[i];
+        let n = p.number as usize;
         let domain = &self.plan.domains[p.domain as usize];
         let received = ts(p.at);
         let envelope = Envelope {
@@ -392,7 +393,7 @@ impl<'a> World<'a> {
         }
         let timeouts = &self.config.delivery.timeouts;
         if w.conn.is_none() {
-            self.collect.connecting(place);
+            self.collect.connecting(place, self.now);
             let greeting = self.places[place].receiver.connect(&client, ts(t));
             let failed: Option<Observed> = match greeting {
                 Greeting::Accept { delay } => {
