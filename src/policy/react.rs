@@ -413,6 +413,7 @@ mod tests {
     #[test]
     fn the_class_picks_the_knob() {
         use Disposition::*;
+        use Knob as K;
         let t0 = Timestamp(1_000_000_000_000);
         let old = 72 * 60 * MIN;
         type Row = (
@@ -426,167 +427,30 @@ mod tests {
             &'static str,
             Option<u64>,
         );
+        // disposition, class, text, previous class, failures so far, learned greylist (s),
+        // age of the message -> the knob, and its wait in seconds
+        #[rustfmt::skip]
         let table: &[Row] = &[
             (Delivered, None, "Ok", None, 0, None, MIN, "done", None),
-            (
-                Permanent,
-                Some(Class::Hard),
-                "5.1.1 no such user",
-                None,
-                0,
-                None,
-                MIN,
-                "bounce+suppress",
-                None,
-            ),
-            (
-                Permanent,
-                Some(Class::Block),
-                "blocked",
-                None,
-                0,
-                None,
-                MIN,
-                "bounce",
-                None,
-            ),
-            (
-                Permanent,
-                Some(Class::Policy),
-                "refused",
-                Some(Class::Greylist),
-                1,
-                None,
-                MIN,
-                "bounce",
-                None,
-            ),
-            // greylist: configured window, then learned, then stated; margin 5 %
-            (
-                Transient,
-                Some(Class::Greylist),
-                "Greylisted",
-                None,
-                0,
-                None,
-                MIN,
-                "greylist",
-                Some(315),
-            ),
-            (
-                Transient,
-                Some(Class::Greylist),
-                "Greylisted",
-                None,
-                0,
-                Some(60),
-                MIN,
-                "greylist",
-                Some(63),
-            ),
-            (
-                Transient,
-                Some(Class::Greylist),
-                "Greylisted for 120 seconds",
-                None,
-                0,
-                Some(60),
-                MIN,
-                "greylist",
-                Some(126),
-            ),
+            (Permanent, Some(Class::Hard), "5.1.1 no such user", None, 0, None, MIN, "bounce+suppress", None),
+            (Permanent, Some(Class::Block), "blocked", None, 0, None, MIN, "bounce", None),
+            (Permanent, Some(Class::Policy), "refused", Some(Class::Greylist), 1, None, MIN, "bounce", None),
+            // greylist: the configured window, then the learned one, then the stated; 5 % margin
+            (Transient, Some(Class::Greylist), "Greylisted", None, 0, None, MIN, "greylist", Some(315)),
+            (Transient, Some(Class::Greylist), "Greylisted", None, 0, Some(60), MIN, "greylist", Some(63)),
+            (Transient, Some(Class::Greylist), "Greylisted for 120 seconds", None, 0, Some(60), MIN, "greylist", Some(126)),
             // a second greylisting in a row is an ordinary failure: the backoff's 2nd step
-            (
-                Transient,
-                Some(Class::Greylist),
-                "Greylisted",
-                Some(Class::Greylist),
-                1,
-                None,
-                MIN,
-                "backoff",
-                Some(900),
-            ),
+            (Transient, Some(Class::Greylist), "Greylisted", Some(Class::Greylist), 1, None, MIN, "backoff", Some(900)),
             // throttle: at once, no step spent
-            (
-                Transient,
-                Some(Class::Throttle),
-                "too much mail",
-                Some(Class::Throttle),
-                0,
-                None,
-                MIN,
-                "pace",
-                Some(0),
-            ),
+            (Transient, Some(Class::Throttle), "too much mail", Some(Class::Throttle), 0, None, MIN, "pace", Some(0)),
             // everything else: the schedule by failures
-            (
-                Transient,
-                Some(Class::Mailbox),
-                "mailbox full",
-                None,
-                0,
-                None,
-                MIN,
-                "backoff",
-                Some(300),
-            ),
-            (
-                Transient,
-                Some(Class::Network),
-                "timeout",
-                Some(Class::Network),
-                2,
-                None,
-                MIN,
-                "backoff",
-                Some(1800),
-            ),
-            (
-                Transient,
-                Some(Class::System),
-                "busy",
-                None,
-                9,
-                None,
-                MIN,
-                "backoff",
-                Some(1800),
-            ),
+            (Transient, Some(Class::Mailbox), "mailbox full", None, 0, None, MIN, "backoff", Some(300)),
+            (Transient, Some(Class::Network), "timeout", Some(Class::Network), 2, None, MIN, "backoff", Some(1800)),
+            (Transient, Some(Class::System), "busy", None, 9, None, MIN, "backoff", Some(1800)),
             // out of time
-            (
-                Transient,
-                Some(Class::Mailbox),
-                "mailbox full",
-                None,
-                3,
-                None,
-                old,
-                "expire",
-                None,
-            ),
-            (
-                Transient,
-                Some(Class::Throttle),
-                "too much mail",
-                None,
-                0,
-                None,
-                old,
-                "expire",
-                None,
-            ),
-            (
-                Transient,
-                Some(Class::Greylist),
-                "Greylisted",
-                None,
-                0,
-                None,
-                old,
-                "expire",
-                None,
-            ),
+            (Transient, Some(Class::Mailbox), "mailbox full", None, 3, None, old, "expire", None),
+            (Transient, Some(Class::Throttle), "too much mail", None, 0, None, old, "expire", None),
+            (Transient, Some(Class::Greylist), "Greylisted", None, 0, None, old, "expire", None),
         ];
         for &(disposition, class, text, previous, failures, learned, age, knob, wait) in table {
             let at = Moment {
@@ -598,13 +462,13 @@ mod tests {
             let history = History { previous, failures };
             let got = react(&rules(), &outcome(disposition, class, text), history, at);
             let name = match got {
-                Knob::Done => "done",
-                Knob::Bounce { suppress: true } => "bounce+suppress",
-                Knob::Bounce { suppress: false } => "bounce",
-                Knob::GreylistWait(_) => "greylist",
-                Knob::Pace(_) => "pace",
-                Knob::Backoff(_) => "backoff",
-                Knob::Expire => "expire",
+                K::Done => "done",
+                K::Bounce { suppress: true } => "bounce+suppress",
+                K::Bounce { suppress: false } => "bounce",
+                K::GreylistWait(_) => "greylist",
+                K::Pace(_) => "pace",
+                K::Backoff(_) => "backoff",
+                K::Expire => "expire",
             };
             let after = got.retry_at().map(|t| t.since(t0).as_secs());
             assert_eq!(

@@ -270,6 +270,28 @@ enum Count {
 }
 
 impl Limit {
+    /// Whose count an event goes to.
+    fn key<'k>(&self, client: &'k str, sender: &'k str, rcpt: &'k str) -> &'k str {
+        match self.per {
+            Scope::Client => client,
+            Scope::Sender => sender,
+            Scope::Recipient => rcpt,
+        }
+    }
+
+    /// The count of `key`, started at `now` when it has none yet.
+    fn count<'c>(
+        &self,
+        counts: &'c mut HashMap<String, Count>,
+        key: &str,
+        now: Timestamp,
+    ) -> &'c mut Count {
+        if !counts.contains_key(key) {
+            counts.insert(key.to_string(), self.fresh(now));
+        }
+        counts.get_mut(key).expect("inserted above")
+    }
+
     fn per_second(&self) -> f64 {
         self.rate.count as f64 / self.rate.per.as_secs_f64()
     }
@@ -588,16 +610,8 @@ impl Receiver {
             if limit.at != stage {
                 continue;
             }
-            let key = match limit.per {
-                Scope::Client => client,
-                Scope::Sender => sender,
-                Scope::Recipient => rcpt,
-            };
-            let counts = &mut self.counts[i];
-            if !counts.contains_key(key) {
-                counts.insert(key.to_string(), limit.fresh(now));
-            }
-            let count = counts.get_mut(key).expect("inserted above");
+            let key = limit.key(client, sender, rcpt);
+            let count = limit.count(&mut self.counts[i], key, now);
             let tarpit = limit.delay.is_some();
             if limit.take(count, now, refused.is_none(), tarpit) {
                 continue;
@@ -772,12 +786,7 @@ impl Receiver {
                 if limit.delay.is_some() {
                     continue;
                 }
-                let key = match limit.per {
-                    Scope::Client => client,
-                    Scope::Sender => sender,
-                    Scope::Recipient => rcpt,
-                };
-                if let Some(c) = self.counts[i].get(key) {
+                if let Some(c) = self.counts[i].get(limit.key(client, sender, rcpt)) {
                     t = t.max(limit.earliest(c, t));
                 }
             }
@@ -790,16 +799,8 @@ impl Receiver {
     /// Counts one message accepted at `at` (for the ideal; see [`Receiver::earliest`]).
     pub fn accept(&mut self, client: &str, sender: &str, rcpt: &str, at: Timestamp) {
         for (i, limit) in self.model.limits.iter().enumerate() {
-            let key = match limit.per {
-                Scope::Client => client,
-                Scope::Sender => sender,
-                Scope::Recipient => rcpt,
-            };
-            let counts = &mut self.counts[i];
-            if !counts.contains_key(key) {
-                counts.insert(key.to_string(), limit.fresh(at));
-            }
-            let count = counts.get_mut(key).expect("inserted above");
+            let key = limit.key(client, sender, rcpt);
+            let count = limit.count(&mut self.counts[i], key, at);
             limit.take(count, at, true, true);
         }
     }

@@ -581,20 +581,7 @@ async fn a_panicking_worker_strands_no_group_and_costs_no_connection() {
     assert!(w.events().iter().all(|e| e["event"] != "deferred"));
     // The slot of the worker that died is free: the destination still opens all three.
     let n = 60;
-    let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
-        target: engine.smtp_addr,
-        count: n,
-        size: 1024,
-        concurrency: 6,
-        from: "s@tx.test".into(),
-        to: "user@rx.test".into(),
-        sink_stats: None,
-        progress: false,
-        starttls: false,
-    })
-    .await
-    .unwrap();
-    assert_eq!(report.accepted, n);
+    inject(&engine, n, "user@rx.test").await;
     assert!(rx.wait_for_messages(n as u64 + 1, T).await);
     assert_eq!(rx.stats().peak_sessions, 3, "{:?}", rx.stats());
     engine.shutdown().await;

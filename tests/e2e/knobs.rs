@@ -19,24 +19,6 @@ fn secs(from: SystemTime, to: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Injects `n` messages to `to@rx.test`... over SMTP, `sessions` at a time.
-async fn inject(engine: &knock::serve::Engine, n: usize, to: &str) {
-    let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
-        target: engine.smtp_addr,
-        count: n,
-        size: 1024,
-        concurrency: 4,
-        from: "s@tx.test".into(),
-        to: to.into(),
-        sink_stats: None,
-        progress: false,
-        starttls: false,
-    })
-    .await
-    .unwrap();
-    assert_eq!(report.accepted, n);
-}
-
 async fn wait_delivered(w: &World, n: usize, timeout: Duration) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -157,6 +157,24 @@ pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]
         .collect()
 }
 
+/// Injects `n` messages of 1 KiB to `to` over SMTP, four sessions at a time.
+pub async fn inject(engine: &knock::serve::Engine, n: usize, to: &str) {
+    let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
+        target: engine.smtp_addr,
+        count: n,
+        size: 1024,
+        concurrency: 4,
+        from: "s@tx.test".into(),
+        to: to.into(),
+        sink_stats: None,
+        progress: false,
+        starttls: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.accepted, n);
+}
+
 /// The queue id in `250 2.0.0 Ok: queued as <id>`.
 pub fn queued_id(reply: &str) -> String {
     reply.trim_end().rsplit(' ').next().unwrap().to_string()
