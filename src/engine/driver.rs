@@ -86,7 +86,17 @@ impl Driver {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Input(input) => self.feed(input, None),
+            Command::Input(input) => {
+                if let Input::Returned {
+                    job,
+                    why: Return::Abandoned,
+                    ..
+                } = &input
+                {
+                    tracing::warn!(id = %job.id, domain = %job.domain, "a delivery was abandoned without an outcome (its worker panicked or was cancelled); trying again");
+                }
+                self.feed(input, None)
+            }
             Command::Delivered {
                 delivery,
                 permit,

@@ -141,8 +141,8 @@ pub struct Limit {
     pub per: Scope,
     #[serde(default)]
     pub at: Stage,
-    /// Silent: past the limit, nothing is refused but every reply to the client waits
-    /// this long (a tarpit).
+    /// Silent: past the limit, nothing is refused but every reply to the client waits this
+    /// long, times how far over the limit it is (a tarpit: the more offered, the slower).
     #[serde(
         default,
         with = "humantime_serde",
@@ -416,6 +416,18 @@ impl Limit {
         }
     }
 
+    /// How far over the limit a count is: 1 at the limit, 2 at twice the limit.
+    fn overshoot(&self, c: &Count) -> f64 {
+        let limit = self.rate.count as f64;
+        let over = match c {
+            Count::Fixed { n, .. } => *n as f64 / limit,
+            Count::Sliding(events) => events.len() as f64 / limit,
+            Count::Bucket { tokens, .. } => 1.0 - tokens.min(0.0) / limit,
+            Count::Ewma { rate, .. } => rate / limit,
+        };
+        over.max(1.0)
+    }
+
     fn refusal(&self) -> &str {
         if let Some(r) = &self.reply {
             return r;
@@ -620,6 +632,7 @@ impl Receiver {
                 // A tarpit lets it through and slows every reply to the client until it is
                 // back under the limit.
                 Some(delay) => {
+                    let delay = delay.mul_f64(limit.overshoot(count));
                     let until = limit
                         .earliest(count, now)
                         .max(now + Duration::from_millis(1));
@@ -1057,7 +1070,9 @@ mod tests {
             })
             .collect();
         assert_eq!(delays[4], Duration::from_millis(10));
-        assert_eq!(delays[5], Duration::from_millis(2010), "{delays:?}");
+        // 6 in the window of 5: 1.2 times over.
+        assert_eq!(delays[5], Duration::from_millis(2410), "{delays:?}");
+        assert!(delays[7] > delays[6] && delays[6] > delays[5], "{delays:?}");
     }
 
     #[test]

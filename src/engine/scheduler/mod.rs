@@ -785,10 +785,7 @@ impl Scheduler {
                     self.start_workers(ix, now);
                 }
             }
-            Return::Abandoned => {
-                tracing::warn!(id = %key.0, domain = %key.1, "a delivery was abandoned without an outcome; trying again");
-                self.reschedule(key, now + RETURN_RETRY);
-            }
+            Return::Abandoned => self.reschedule(key, now + RETURN_RETRY),
         }
     }
 

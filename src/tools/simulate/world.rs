@@ -45,6 +45,8 @@ enum Ev {
     Arrive,
     /// The core asked to be woken.
     Wake,
+    /// A worker's next command is due.
+    Step(WorkerId),
     /// A worker's attempt is over.
     Done(Box<Delivery>),
     /// An MX lookup answers.
@@ -91,6 +93,7 @@ struct Conn {
 #[derive(Default)]
 struct Worker {
     conn: Option<Conn>,
+    attempt: Option<Attempt>,
 }
 
 pub struct World<'a> {
@@ -194,6 +197,11 @@ impl<'a> World<'a> {
                     self.wake_at = None;
                     if self.core.next_wake().is_some_and(|w| w <= ts(self.now)) {
                         self.feed(Input::Tick);
+                    }
+                }
+                Ev::Step(worker) => {
+                    if let Some(input) = self.step(worker) {
+                        self.feed(input);
                     }
                 }
                 Ev::Done(delivery) => {
@@ -358,7 +366,9 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Works out one attempt at `job` and queues its report for when it is over.
+    /// Starts one attempt at `job`: the connection first (reused when it may carry the
+    /// job), then the transaction command by command, each at its own time
+    /// ([`World::step`]).
     fn deliver(&mut self, worker: WorkerId, job: Job) -> Option<Input> {
         let Some(held) = job.held else {
             // Cannot happen with every group in memory; never lose it silently.
@@ -372,17 +382,23 @@ impl<'a> World<'a> {
         let place = self.place_of[&domain];
         let client = self.scenario.simulation.client.clone();
         let mx = self.places[place].mx.clone();
-        let at = Where {
-            mx: Some(mx.clone()),
-            local_ip: Some(client.clone()),
-            tls: None,
+        let rcpts: Vec<String> = held.group.pending().map(|r| r.address.clone()).collect();
+        let mut a = Attempt {
+            destination: job.destination,
+            held,
+            place,
+            started: self.now,
+            rcpts,
+            results: Vec::new(),
+            chunk: Vec::new(),
+            at: Where {
+                mx: Some(mx.clone()),
+                local_ip: Some(client.clone()),
+                tls: None,
+            },
+            slowest: Duration::ZERO,
+            step: Step::Mail,
         };
-        let pending: Vec<&str> = held.group.pending().map(|r| r.address.as_str()).collect();
-        let started = self.now;
-        let mut t = self.now;
-        let mut seen = Seen::default();
-        let mut slowest = Duration::ZERO;
-        // The connection: reuse it when it may carry this job, else a new one.
         let mut w = self.workers.remove(&worker).unwrap_or_default();
         let keep = w.conn.as_ref().is_some_and(|c| {
             !c.broken && c.place == place && c.used.may_carry(&domain, job.messages_per_connection)
@@ -391,223 +407,260 @@ impl<'a> World<'a> {
             let old = w.conn.take();
             self.close(old);
         }
-        let timeouts = &self.config.delivery.timeouts;
-        if w.conn.is_none() {
-            self.collect.connecting(place, self.now);
-            let greeting = self.places[place].receiver.connect(&client, ts(t));
-            let failed: Option<Observed> = match greeting {
-                Greeting::Accept { delay } => {
-                    t += us(delay);
-                    slowest = delay;
-                    w.conn = Some(Conn {
-                        place,
-                        session: Session {
-                            client: client.clone(),
-                            ..Default::default()
-                        },
-                        used: ConnectionUse::new(&domain),
-                        broken: false,
-                    });
-                    self.collect.opened(place, self.now);
-                    None
-                }
-                Greeting::Refuse => Some(
-                    Failure::new(
-                        FailureKind::ConnectFailed,
-                        format!("connect to {mx}:25 failed: Connection refused"),
-                    )
-                    .at(&mx)
-                    .into(),
-                ),
-                Greeting::Hang => {
-                    t += us(timeouts.greeting);
-                    Some(
-                        Failure::new(
-                            FailureKind::Timeout,
-                            "timed out waiting for the reply to greeting",
-                        )
-                        .at(&mx)
-                        .into(),
-                    )
-                }
-                Greeting::TurnAway { reply, delay } => {
-                    t += us(delay);
-                    Some(Observed::Reply(reply))
-                }
+        if w.conn.is_some() {
+            w.attempt = Some(a);
+            self.workers.insert(worker, w);
+            self.push(self.now, Ev::Step(worker));
+            return None;
+        }
+        self.collect.connecting(place, self.now);
+        let greeting = self.places[place].receiver.connect(&client, ts(self.now));
+        let (failed, after) = match greeting {
+            Greeting::Accept { delay } => {
+                w.conn = Some(Conn {
+                    place,
+                    session: Session {
+                        client,
+                        ..Default::default()
+                    },
+                    used: ConnectionUse::new(&domain),
+                    broken: false,
+                });
+                self.collect.opened(place, self.now);
+                a.slowest = delay;
+                (None, delay)
+            }
+            Greeting::Refuse => {
+                let text = format!("connect to {mx}:25 failed: Connection refused");
+                let f = Failure::new(FailureKind::ConnectFailed, text).at(&mx);
+                (Some(Observed::from(f)), Duration::from_micros(100))
+            }
+            Greeting::Hang => {
+                let text = "timed out waiting for the reply to greeting";
+                let f = Failure::new(FailureKind::Timeout, text).at(&mx);
+                (
+                    Some(Observed::from(f)),
+                    self.config.delivery.timeouts.greeting,
+                )
+            }
+            Greeting::TurnAway { reply, delay } => (Some(Observed::Reply(reply)), delay),
+        };
+        if let Some(observed) = failed {
+            // Nothing was said to any recipient apart: the same for all, and no session.
+            let only_mx = Where {
+                mx: Some(mx),
+                ..Default::default()
             };
-            if let Some(observed) = failed {
-                seen.unreachable = true;
-                seen.latency = Some(Duration::from_micros(t - started));
-                let results: Vec<(Observed, Where)> = pending
-                    .iter()
-                    .map(|_| {
-                        (
-                            observed.clone(),
-                            Where {
-                                mx: Some(mx.clone()),
-                                ..Default::default()
-                            },
-                        )
-                    })
-                    .collect();
-                drop(pending);
-                return self.report(worker, w, job.destination, held, started, t, results, seen);
-            }
+            a.results = a
+                .rcpts
+                .iter()
+                .map(|_| (observed.clone(), only_mx.clone()))
+                .collect();
+            a.step = Step::Unreachable;
         }
-        seen.connected = true;
-        let conn = w.conn.as_mut().expect("connected above");
-        let receiver = &mut self.places[place].receiver;
-        let size = held.envelope.size;
-        let from = held.envelope.from.as_str();
-        let mut results: Vec<(Observed, Where)> = Vec::with_capacity(pending.len());
-        let chunk = self.config.delivery.max_recipients_per_transaction.max(1);
-        for rcpts in pending.chunks(chunk) {
-            if conn.broken {
-                let closed = Failure::new(FailureKind::Closed, "connection closed by the server");
-                results.extend(
-                    rcpts
-                        .iter()
-                        .map(|_| (closed.clone().at(&mx).into(), at.clone())),
-                );
-                continue;
-            }
-            let replies = transaction(
-                receiver,
-                &mut conn.session,
-                from,
-                rcpts,
-                size,
-                self.scenario.simulation.bandwidth,
-                timeouts.command,
-                &mut t,
-                &mut slowest,
-            );
-            conn.used.sent += 1;
-            for r in replies {
-                let observed = match r {
-                    Ok(reply) => {
-                        conn.broken |= reply.code == 421;
-                        Observed::Reply(reply)
-                    }
-                    Err(kind) => {
-                        conn.broken = true;
-                        let text = match kind {
-                            FailureKind::Timeout => "timed out waiting for a reply",
-                            _ => "connection closed by the server",
-                        };
-                        Failure::new(kind, text).at(&mx).into()
-                    }
-                };
-                results.push((observed, at.clone()));
-            }
-        }
-        conn.used.deferrals += results.iter().filter(|(o, _)| o.is_transient()).count();
-        seen.latency = Some(slowest);
-        drop(pending);
-        self.report(worker, w, job.destination, held, started, t, results, seen)
+        w.attempt = Some(a);
+        self.workers.insert(worker, w);
+        self.push(self.now + us(after), Ev::Step(worker));
+        None
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The next command of a worker's attempt, at its time; the receiver answers after its
+    /// delay, when the step after is due.
+    fn step(&mut self, worker: WorkerId) -> Option<Input> {
+        let mut w = self.workers.remove(&worker)?;
+        let Some(mut a) = w.attempt.take() else {
+            self.workers.insert(worker, w);
+            return None;
+        };
+        if a.step == Step::Unreachable {
+            return self.report(worker, w, a, false, self.now);
+        }
+        let conn = w.conn.as_mut().expect("a session for every step");
+        let chunk_size = self.config.delivery.max_recipients_per_transaction.max(1);
+        let timeout = self.config.delivery.timeouts.command;
+        let receiver = &mut self.places[a.place].receiver;
+        let now = ts(self.now);
+        let from = a.held.envelope.from.clone();
+        let first = a.results.len();
+        let rcpts_here = a.rcpts.len().min(first + chunk_size) - first;
+        // What the receiver answers now, and how long it takes.
+        let answered = match a.step {
+            Step::Unreachable => unreachable!("handled above"),
+            Step::Mail if conn.broken => None,
+            Step::Mail => {
+                let r = receiver.mail(&mut conn.session, &from, now);
+                Some((r.reply, r.delay))
+            }
+            Step::Rcpt(i) => {
+                let r = receiver.rcpt(&mut conn.session, &from, &a.rcpts[first + i], now);
+                Some((r.reply, r.delay))
+            }
+            Step::Data => {
+                let r = receiver.data(&conn.session, now);
+                Some((r.reply, r.delay))
+            }
+        };
+        let Some((reply, delay)) = answered else {
+            // The connection broke in an earlier transaction of this attempt.
+            let closed = Failure::new(FailureKind::Closed, "connection closed by the server");
+            let observed = Observed::from(closed.at(a.at.mx.as_deref().unwrap_or_default()));
+            a.chunk = vec![Err(observed); rcpts_here];
+            return self.end_chunk(worker, w, a, Duration::ZERO);
+        };
+        a.slowest = a.slowest.max(delay);
+        if delay > timeout {
+            conn.broken = true;
+            let f = Failure::new(FailureKind::Timeout, "timed out waiting for a reply");
+            let observed = Observed::from(f.at(a.at.mx.as_deref().unwrap_or_default()));
+            a.chunk.resize(rcpts_here, Err(observed.clone()));
+            for r in a.chunk.iter_mut() {
+                if matches!(r, Ok(reply) if reply.is_positive()) {
+                    *r = Err(observed.clone());
+                }
+            }
+            return self.end_chunk(worker, w, a, timeout);
+        }
+        conn.broken |= reply.code == 421;
+        match a.step {
+            Step::Mail if !reply.is_positive() => {
+                a.chunk = vec![Ok(reply); rcpts_here];
+                return self.end_chunk(worker, w, a, delay);
+            }
+            Step::Mail => a.step = Step::Rcpt(0),
+            Step::Rcpt(i) => {
+                let closing = reply.code == 421;
+                a.chunk.push(Ok(reply.clone()));
+                if closing {
+                    a.chunk.resize(rcpts_here, Ok(reply));
+                    return self.end_chunk(worker, w, a, delay);
+                }
+                if i + 1 < rcpts_here {
+                    a.step = Step::Rcpt(i + 1);
+                } else if a
+                    .chunk
+                    .iter()
+                    .any(|r| matches!(r, Ok(r) if r.is_positive()))
+                {
+                    // The message travels before the end of data is answered.
+                    let size = a.held.envelope.size;
+                    let transfer = size * 1_000_000 / self.scenario.simulation.bandwidth.max(1);
+                    a.step = Step::Data;
+                    w.attempt = Some(a);
+                    self.workers.insert(worker, w);
+                    self.push(self.now + us(delay) + transfer, Ev::Step(worker));
+                    return None;
+                } else {
+                    return self.end_chunk(worker, w, a, delay);
+                }
+            }
+            Step::Data => {
+                for r in a.chunk.iter_mut() {
+                    if matches!(r, Ok(r) if r.is_positive()) {
+                        *r = Ok(reply.clone());
+                    }
+                }
+                return self.end_chunk(worker, w, a, delay);
+            }
+            Step::Unreachable => unreachable!("handled above"),
+        }
+        w.attempt = Some(a);
+        self.workers.insert(worker, w);
+        self.push(self.now + us(delay), Ev::Step(worker));
+        None
+    }
+
+    /// A transaction is over after `delay`: its replies join the attempt's, and the next
+    /// transaction starts, or the attempt is reported.
+    fn end_chunk(
+        &mut self,
+        worker: WorkerId,
+        mut w: Worker,
+        mut a: Attempt,
+        delay: Duration,
+    ) -> Option<Input> {
+        let conn = w.conn.as_mut().expect("a session");
+        conn.used.sent += 1;
+        for r in a.chunk.drain(..) {
+            let observed = match r {
+                Ok(reply) => Observed::Reply(reply),
+                Err(observed) => observed,
+            };
+            a.results.push((observed, a.at.clone()));
+        }
+        if a.results.len() < a.rcpts.len() {
+            a.step = Step::Mail;
+            w.attempt = Some(a);
+            self.workers.insert(worker, w);
+            self.push(self.now + us(delay), Ev::Step(worker));
+            return None;
+        }
+        conn.used.deferrals += a.results.iter().filter(|(o, _)| o.is_transient()).count();
+        // Reported when the last reply is in.
+        self.report(worker, w, a, true, self.now + us(delay))
+    }
+
+    /// The attempt is over at `done`: counted, and reported to the core then.
     fn report(
         &mut self,
         worker: WorkerId,
         w: Worker,
-        destination: Arc<str>,
-        held: Held,
-        started: Micros,
+        a: Attempt,
+        connected: bool,
         done: Micros,
-        results: Vec<(Observed, Where)>,
-        seen: Seen,
     ) -> Option<Input> {
-        let place = self.place_of[&held.group.domain];
-        let refused = results
+        let refused = a
+            .results
             .iter()
             .filter(|(o, _)| !matches!(o, Observed::Reply(r) if r.is_positive()))
             .count();
         self.collect
-            .attempted(place, results.len() as u64, refused as u64, started);
+            .attempted(a.place, a.results.len() as u64, refused as u64, a.started);
+        let seen = Seen {
+            connected,
+            unreachable: !connected,
+            latency: Some(match connected {
+                true => a.slowest,
+                false => Duration::from_micros(done - a.started),
+            }),
+        };
         self.workers.insert(worker, w);
         let delivery = Delivery {
             worker,
-            destination,
-            held,
-            started: ts(started),
-            results,
+            destination: a.destination,
+            held: a.held,
+            started: ts(a.started),
+            results: a.results,
             seen,
         };
-        self.push(done.max(started + 1), Ev::Done(Box::new(delivery)));
+        self.push(done.max(a.started + 1), Ev::Done(Box::new(delivery)));
         None
     }
 }
 
-/// One SMTP transaction against the model: each recipient's reply (its RCPT reply when that
-/// refused it, else the reply to the end of data), or the failure that cut it short. The
-/// replies' delays move `t` on.
-#[allow(clippy::too_many_arguments)]
-fn transaction(
-    receiver: &mut Receiver,
-    session: &mut Session,
-    from: &str,
-    rcpts: &[&str],
-    size: u64,
-    bandwidth: u64,
-    timeout: Duration,
-    t: &mut Micros,
-    slowest: &mut Duration,
-) -> Vec<Result<Reply, FailureKind>> {
-    let mut wait = |t: &mut Micros, delay: Duration| -> bool {
-        *slowest = (*slowest).max(delay);
-        if delay > timeout {
-            *t += us(timeout);
-            return false;
-        }
-        *t += us(delay);
-        true
-    };
-    let mail = receiver.mail(session, from, ts(*t));
-    if !wait(t, mail.delay) {
-        return rcpts.iter().map(|_| Err(FailureKind::Timeout)).collect();
-    }
-    if !mail.reply.is_positive() {
-        return rcpts.iter().map(|_| Ok(mail.reply.clone())).collect();
-    }
-    let mut replies: Vec<Result<Reply, FailureKind>> = Vec::with_capacity(rcpts.len());
-    for rcpt in rcpts {
-        let a = receiver.rcpt(session, from, rcpt, ts(*t));
-        if !wait(t, a.delay) {
-            replies.resize(rcpts.len(), Err(FailureKind::Timeout));
-            return replies;
-        }
-        let closing = a.reply.code == 421;
-        replies.push(Ok(a.reply));
-        if closing {
-            let last = replies.last().cloned().expect("just pushed");
-            replies.resize(rcpts.len(), last);
-            return replies;
-        }
-    }
-    if !replies
-        .iter()
-        .any(|r| r.as_ref().is_ok_and(|r| r.is_positive()))
-    {
-        return replies;
-    }
-    *t += size * 1_000_000 / bandwidth.max(1);
-    let done = receiver.data(session, ts(*t));
-    if !wait(t, done.delay) {
-        return replies
-            .into_iter()
-            .map(|r| match r {
-                Ok(r) if r.is_positive() => Err(FailureKind::Timeout),
-                other => other,
-            })
-            .collect();
-    }
-    replies
-        .into_iter()
-        .map(|r| match r {
-            Ok(r) if r.is_positive() => Ok(done.reply.clone()),
-            other => other,
-        })
-        .collect()
+/// Where an attempt is in its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// No session was had: report what was observed.
+    Unreachable,
+    Mail,
+    /// The `i`th recipient of the current transaction.
+    Rcpt(usize),
+    Data,
+}
+
+/// A worker's attempt in progress.
+struct Attempt {
+    destination: Arc<str>,
+    held: Held,
+    place: usize,
+    started: Micros,
+    /// The pending recipients, in order.
+    rcpts: Vec<String>,
+    /// The outcomes of the transactions done.
+    results: Vec<(Observed, Where)>,
+    /// The replies of the transaction under way.
+    chunk: Vec<Result<Reply, Observed>>,
+    at: Where,
+    slowest: Duration,
+    step: Step,
 }
