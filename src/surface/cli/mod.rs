@@ -559,3 +559,24 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
     eprintln!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_plays_the_receiver_a_scenario_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let text = "[traffic]\nmessages = 1\n\n[[traffic.to]]\nreceiver = \"a\"\n\n[receiver.a]\nconnections = 2\n\n[receiver.b]\nconnections = 3\n";
+        std::fs::write(&path, text).unwrap();
+        let b = scenario_receiver(&path, Some("b")).unwrap();
+        assert_eq!(b.connections, Some(3));
+        let err = format!("{:#}", scenario_receiver(&path, None).unwrap_err());
+        assert!(err.contains("--receiver") && err.contains("a, b"), "{err}");
+        let err = format!("{:#}", scenario_receiver(&path, Some("c")).unwrap_err());
+        assert!(err.contains("[receiver.c]"), "{err}");
+        std::fs::write(&path, text.replace("\n[receiver.b]\nconnections = 3\n", "")).unwrap();
+        assert_eq!(scenario_receiver(&path, None).unwrap().connections, Some(2));
+    }
+}
