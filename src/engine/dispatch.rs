@@ -269,8 +269,8 @@ impl Inner {
                 }
             }
         }
+        let fresh = open.as_ref().is_some_and(|o| o.used.sent == 0);
         let o = open.as_mut().expect("opened above");
-        seen.connected = true;
         let at = Where {
             mx: Some(o.conn.mx().to_string()),
             local_ip: Some(o.conn.local_ip()),
@@ -296,6 +296,9 @@ impl Inner {
             }
         }
         seen.latency = o.conn.take_slowest_reply();
+        // The receiver is there if it greeted this connection or answered on it; a reused
+        // connection that had gone stale says nothing about it.
+        seen.connected = fresh || results.iter().any(|(o, _)| matches!(o, Observed::Reply(_)));
         (results, seen)
     }
 }

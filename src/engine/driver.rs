@@ -289,16 +289,26 @@ impl Teller {
                     entry: entry.clone(),
                 }),
         );
+        // What to write again if this commit fails. A final state comes alone: nothing of
+        // its group is submitted after it, so writing it later cannot undo a newer state. A
+        // state still pending is written whole by the group's next attempt (the scheduler
+        // keeps it in memory until it is committed); only its DSN and suppressions, which
+        // that attempt will not carry, are written again.
+        let again: Vec<Op> = match pending {
+            None => ops.clone(),
+            Some(_) => ops
+                .iter()
+                .filter(|op| !matches!(op, Op::Update { .. }))
+                .cloned()
+                .collect(),
+        };
         let committing = self.spool.submit(ops);
         let events = updated.events;
         let suppressed = updated.suppress;
         let tasks = self.tasks.clone();
         tasks.spawn(async move {
-            match committing.await {
+            let stored = match committing.await {
                 Ok(()) => {
-                    for (address, entry) in suppressed {
-                        self.suppressions.insert(&address, entry);
-                    }
                     if let Some(attempts) = pending {
                         self.handle.input(Input::Committed {
                             id,
@@ -306,15 +316,22 @@ impl Teller {
                             attempts,
                         });
                     }
+                    true
                 }
                 Err(e) => {
-                    tracing::error!(%id, error = %e, "could not record a delivery outcome; it will be retried after a restart");
+                    tracing::error!(%id, error = %e, "could not record a delivery outcome; writing it again");
+                    again.is_empty() || self.commit_again(id, again).await
+                }
+            };
+            if stored {
+                for (address, entry) in suppressed {
+                    self.suppressions.insert(&address, entry);
                 }
             }
             for e in events {
                 self.events.emit(e).await;
             }
-            if let Some(b) = bounce {
+            if let Some(b) = bounce.filter(|_| stored) {
                 for e in event::processed(&b, self.clock.now()) {
                     self.events.emit(e).await;
                 }
@@ -322,6 +339,24 @@ impl Teller {
             }
             drop(permit);
         });
+    }
+
+    /// Commits `ops` again until the spool takes them (it reopens itself after a failed
+    /// write), waiting longer each time; `false` once the spool is shut down, when the next
+    /// start finds the old state and tries again.
+    async fn commit_again(&self, id: crate::message::MessageId, ops: Vec<Op>) -> bool {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(wait).await;
+            match self.spool.submit(ops.clone()).await {
+                Ok(()) => return true,
+                Err(crate::engine::spool::SpoolError::Closed) => return false,
+                Err(e) => {
+                    tracing::error!(%id, error = %e, "could not record a delivery outcome; trying again");
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
 }
 

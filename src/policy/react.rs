@@ -381,6 +381,8 @@ pub fn destination_report<'a>(
         latency: seen.latency,
         classes: outcomes.filter_map(|o| o.class).collect(),
         greylist_cleared,
+        // The scheduler knows which delivery was the probe.
+        probe: false,
     }
 }
 

@@ -112,6 +112,8 @@ pub struct Report {
     pub classes: Vec<Class>,
     /// A recipient greylisted last time was delivered this long after that deferral.
     pub greylist_cleared: Option<Duration>,
+    /// This delivery was the outage's probe (not a connection opened before the outage).
+    pub probe: bool,
 }
 
 /// Deferrals on one connection after which it is closed rather than reused: receivers
@@ -261,13 +263,16 @@ impl Shaping {
         if let Some(limiter) = self.limiter.as_mut().filter(|_| charge)
             && let Err(wait) = limiter.check(now)
         {
-            return Err(Gate::Until(now + wait.max(Duration::from_millis(1))));
+            // Rounded up to the next millisecond: a wake a moment early would only wake
+            // again.
+            let wait = wait.max(Duration::from_millis(1)) + Duration::from_nanos(999_999);
+            return Err(Gate::Until(now + wait));
         }
         Ok(())
     }
 
-    /// A start that `admit` allowed never happened (its worker was gone): an outage probe
-    /// may go out again.
+    /// The outage's probe came to nothing (its worker was gone, its group could not be
+    /// read): another may go out.
     pub fn start_lost(&mut self) {
         if let Some(o) = &mut self.outage {
             o.probing = false;
@@ -312,7 +317,7 @@ impl Shaping {
             match &mut self.outage {
                 // A connection that was opened before the outage began: it tells nothing
                 // new, and must not lengthen the wait as a failed probe does.
-                Some(o) if !o.probing => {}
+                Some(_) if !r.probe => {}
                 Some(o) => {
                     o.backoff = (o.backoff * 2).min(max);
                     o.probing = false;
@@ -332,15 +337,18 @@ impl Shaping {
             if self.outage.take().is_some() {
                 self.paused_until = None;
             }
-        } else if let Some(o) = &mut self.outage {
-            // The probe could not tell (say, a DNS failure): let another try after the wait.
+        } else if let Some(o) = self.outage.as_mut().filter(|_| r.probe) {
+            // The probe could not tell (say, a DNS failure): another tries after the wait.
             o.probing = false;
+            self.paused_until = Some(now + o.backoff);
         }
     }
 
     /// Multiplicative decrease: down to what the receiver was taking, one connection less,
-    /// a short pause. Throttles closer together than `react_every` are one event.
+    /// a short pause. Every throttle pauses; throttles closer together than `react_every`
+    /// are one event for the rate and the connections (replies in flight arrive late).
     fn throttled(&mut self, now: Timestamp) {
+        self.pause(now);
         if self
             .last_throttle
             .is_some_and(|t| now.since(t) < self.tuning.react_every)
@@ -363,13 +371,21 @@ impl Shaping {
         self.throttled_at = Some(base);
         self.set_rate(Some((base * self.tuning.decrease).max(MIN_RATE)), now);
         self.fewer_connections(now);
-        self.paused_until = Some(now + self.tuning.throttle_pause);
         self.last_change = now;
+    }
+
+    /// The whole destination waits `throttle_pause` from now (never less than it already
+    /// waits): without it, mail refused before anything was accepted would go straight
+    /// back at the receiver.
+    fn pause(&mut self, now: Timestamp) {
+        let until = now + self.tuning.throttle_pause;
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 
     /// Turned away at the greeting ("too many connections"): the connection count is the
     /// problem, and it stays lower for a while.
     fn turned_away(&mut self, now: Timestamp) {
+        self.pause(now);
         self.fewer_connections(now);
         self.connections_held_until = Some(now + CONNECTION_HOLD);
     }
@@ -668,7 +684,18 @@ mod tests {
         let t1 = t0 + Duration::from_secs(30);
         assert_eq!(s.admit(t1, true), Ok(()), "the probe");
         assert_eq!(s.admit(t1, true), Err(Gate::Probing), "one probe at a time");
-        s.report(t1, &down);
+        // A connection opened before the outage fails late: it is not the probe.
+        s.report(t1 + Duration::from_secs(5), &down);
+        assert_eq!(
+            s.admit(t1, true),
+            Err(Gate::Probing),
+            "the probe is still out"
+        );
+        let probe_down = Report {
+            probe: true,
+            ..down.clone()
+        };
+        s.report(t1, &probe_down);
         assert_eq!(
             s.admit(t1, true),
             Err(Gate::Until(t1 + Duration::from_secs(60))),
@@ -680,6 +707,60 @@ mod tests {
         assert!(!s.in_outage());
         assert_eq!(s.admit(t2, true), Ok(()), "flow resumes at once");
         assert_eq!(s.connection_limit(), 4);
+    }
+
+    #[test]
+    fn every_throttle_pauses_even_before_anything_was_accepted() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), Timestamp(1_000_000));
+        let t0 = Timestamp(1_000_000);
+        let throttled = Report {
+            throttled: true,
+            connected: true,
+            ..Default::default()
+        };
+        s.report(t0, &throttled);
+        let pause = Tuning::default().throttle_pause;
+        assert_eq!(s.admit(t0, true), Err(Gate::Until(t0 + pause)));
+        // Within `react_every` the rate is not cut again, but the pause still holds.
+        let t1 = t0 + pause;
+        assert_eq!(s.admit(t1, true), Ok(()));
+        s.report(t1, &throttled);
+        assert_eq!(s.admit(t1, true), Err(Gate::Until(t1 + pause)));
+        let turned_away = Report {
+            turned_away: true,
+            ..Default::default()
+        };
+        let t2 = t1 + pause;
+        s.report(t2, &turned_away);
+        assert_eq!(s.admit(t2, true), Err(Gate::Until(t2 + pause)));
+    }
+
+    #[test]
+    fn a_probe_that_cannot_tell_waits_the_backoff_again() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), Timestamp(1_000_000));
+        let t0 = Timestamp(1_000_000);
+        s.report(
+            t0,
+            &Report {
+                unreachable: true,
+                ..Default::default()
+            },
+        );
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(s.admit(t1, true), Ok(()));
+        // A DNS failure, say: neither connected nor unreachable.
+        s.report(
+            t1,
+            &Report {
+                probe: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            s.admit(t1, true),
+            Err(Gate::Until(t1 + Duration::from_secs(30)))
+        );
+        assert!(s.in_outage());
     }
 
     #[test]

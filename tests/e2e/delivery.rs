@@ -390,10 +390,12 @@ async fn deferred_mail_survives_a_restart_with_its_attempt_count() {
     engine.shutdown().await;
 }
 
-/// A spool whose new-message writes can be made to fail, as on a full disk.
+/// A spool whose new-message writes (`full`) or outcome writes (`failing_updates`) can be
+/// made to fail, as on a full disk.
 struct FaultySpool {
     inner: knock::engine::spool::RedbSpool,
     full: std::sync::atomic::AtomicBool,
+    failing_updates: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -402,7 +404,15 @@ impl knock::engine::spool::Spool for FaultySpool {
         let stores = ops
             .iter()
             .any(|o| matches!(o, knock::engine::spool::Op::Store(_)));
-        if stores && self.full.load(std::sync::atomic::Ordering::SeqCst) {
+        let updates = ops
+            .iter()
+            .any(|o| matches!(o, knock::engine::spool::Op::Update { .. }));
+        let failing = (stores && self.full.load(std::sync::atomic::Ordering::SeqCst))
+            || (updates
+                && self
+                    .failing_updates
+                    .load(std::sync::atomic::Ordering::SeqCst));
+        if failing {
             return Box::pin(std::future::ready(Err(
                 knock::engine::spool::SpoolError::Storage(
                     "No space left on device (os error 28)".into(),
@@ -448,6 +458,7 @@ async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
     let spool = std::sync::Arc::new(FaultySpool {
         inner: knock::engine::spool::RedbSpool::open(&w.config.spool.path).unwrap(),
         full: false.into(),
+        failing_updates: false.into(),
     });
     let transport = knock::net::transport::SmtpTransport::new(
         std::sync::Arc::new(route(StaticResolver::new(), "rx.test", addr)),
@@ -584,5 +595,60 @@ async fn a_panicking_worker_strands_no_group_and_costs_no_connection() {
     inject(&engine, n, "user@rx.test").await;
     assert!(rx.wait_for_messages(n as u64 + 1, T).await);
     assert_eq!(rx.stats().peak_sessions, 3, "{:?}", rx.stats());
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_final_state_that_could_not_be_written_is_written_again() {
+    let w = World::new(&["1h"], "2h");
+    let rx = plain_sink().await;
+    let spool = std::sync::Arc::new(FaultySpool {
+        inner: knock::engine::spool::RedbSpool::open(&w.config.spool.path).unwrap(),
+        full: false.into(),
+        failing_updates: true.into(),
+    });
+    let transport = knock::net::transport::SmtpTransport::new(
+        std::sync::Arc::new(route(StaticResolver::new(), "rx.test", rx.addr)),
+        &w.config.routes,
+        w.config.delivery.clone(),
+        "knock.test".into(),
+        knock::net::tls::Connectors::new(None).unwrap(),
+    );
+    let engine = knock::serve::Engine::start_parts(
+        w.config.clone(),
+        std::sync::Arc::new(transport),
+        spool.clone(),
+    )
+    .await
+    .unwrap();
+    let replies = smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["a@rx.test"],
+        b"Subject: 1\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(rx.wait_for_messages(1, T).await);
+    let id = queued_id(&replies[0]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(
+        m["recipients"][0]["state"], "queued",
+        "not on disk yet: {m}"
+    );
+    // The disk takes writes again: the delivered state is written without another attempt.
+    spool
+        .failing_updates
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (_, m) = http_get(&engine, &format!("/api/v1/messages/{id}")).await;
+        if m["recipients"][0]["state"] == "delivered" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rx.stats().messages, 1, "delivered once");
     engine.shutdown().await;
 }

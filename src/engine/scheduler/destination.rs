@@ -21,6 +21,8 @@ pub struct Destination {
     pub shaping: Shaping,
     /// The greylist delay that cleared here (the shortest seen, within bounds).
     pub greylist_delay: Option<Duration>,
+    /// The group out as the outage's probe, if one is.
+    pub probe: Option<super::Key>,
 }
 
 impl Destination {
@@ -32,6 +34,7 @@ impl Destination {
             idle: VecDeque::new(),
             shaping,
             greylist_delay: None,
+            probe: None,
         }
     }
 

@@ -333,6 +333,8 @@ const IDLE_HOLD: Duration = Duration::from_secs(5);
 const KEEP_OPEN: Duration = Duration::from_secs(2);
 /// Providers are looked up again after this long.
 const PROVIDER_TTL: Duration = Duration::from_secs(3600);
+/// A domain whose MX hosts DNS could not give is looked up again after this long.
+const UNKNOWN_PROVIDER_TTL: Duration = Duration::from_secs(60);
 /// When a group the spool could not give back is tried again.
 const READ_RETRY: Duration = Duration::from_secs(60);
 /// When a group whose worker was lost mid-delivery is tried again.
@@ -355,6 +357,7 @@ pub struct Scheduler {
     /// Destinations by index, and the index of each by name.
     destinations: Vec<Destination>,
     destination_ix: HashMap<Arc<str>, usize>,
+    /// Each domain's provider, and until when it holds.
     provider_of: HashMap<Arc<str>, (Arc<str>, Timestamp)>,
     awaiting_provider: HashMap<Arc<str>, Vec<Key>>,
     workers: HashMap<WorkerId, Worker>,
@@ -407,7 +410,13 @@ impl Scheduler {
             }
             Input::MxHosts { domain, hosts } => {
                 let provider = self.policy.providers.name_for(&domain, &hosts);
-                self.provider_found(&domain, provider, now);
+                // With no MX answer the domain is named after itself; that must not keep it
+                // away from its real provider's shaping for long.
+                let ttl = match hosts.is_empty() {
+                    true => UNKNOWN_PROVIDER_TTL,
+                    false => PROVIDER_TTL,
+                };
+                self.provider_found(&domain, provider, now + ttl, now);
             }
             Input::Delivered(delivery) => self.delivered(*delivery, now),
             Input::Idle { worker } => self.idle(worker, now),
@@ -416,11 +425,13 @@ impl Scheduler {
             Input::Gone { worker, id, domain } => {
                 self.job_over(worker);
                 let key = (id, self.intern(&domain));
+                self.probe_lost(&key);
                 self.entries.remove(&key);
             }
             Input::Unreadable { worker, id, domain } => {
                 self.job_over(worker);
                 let key = (id, self.intern(&domain));
+                self.probe_lost(&key);
                 self.reschedule(key, now + READ_RETRY);
             }
             Input::Loaded(held) => {
@@ -510,11 +521,9 @@ impl Scheduler {
         let Queued { waiting: w, held } = q;
         let due = w.next_attempt;
         let key = (w.id, self.intern(&w.domain));
-        if let Some(old) = self.entries.get(&key)
-            && !old.in_flight
-        {
-            // Queued again (a recovery racing a live copy): one entry, one place.
-            self.due.remove(&(old.due, key.clone()));
+        if self.entries.contains_key(&key) {
+            // Already queued (a recovery racing a live copy): the live copy is the newer.
+            return;
         }
         self.due.insert((due, key.clone()));
         self.entries.insert(
@@ -548,7 +557,15 @@ impl Scheduler {
         }
         let mut touched = BTreeSet::new();
         while self.due.first().is_some_and(|(at, _)| *at <= now) {
-            let (_, key) = self.due.pop_first().expect("first exists");
+            let (at, key) = self.due.pop_first().expect("first exists");
+            // Only the group's current place in the index counts.
+            if !self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.due == at && !e.in_flight)
+            {
+                continue;
+            }
             if let Some(ix) = self.route(key, now) {
                 touched.insert(ix);
             }
@@ -564,11 +581,12 @@ impl Scheduler {
         let known = self
             .provider_of
             .get(&domain)
-            .filter(|(_, at)| now.since(*at) < PROVIDER_TTL)
+            .filter(|(_, until)| now < *until)
             .map(|(p, _)| p.clone());
         let provider = known.or_else(|| {
             let name: Arc<str> = self.policy.providers.by_domain(&domain)?.into();
-            self.provider_of.insert(domain.clone(), (name.clone(), now));
+            self.provider_of
+                .insert(domain.clone(), (name.clone(), now + PROVIDER_TTL));
             Some(name)
         });
         match provider {
@@ -602,11 +620,11 @@ impl Scheduler {
         }
     }
 
-    fn provider_found(&mut self, domain: &str, provider: String, now: Timestamp) {
+    fn provider_found(&mut self, domain: &str, provider: String, until: Timestamp, now: Timestamp) {
         let provider: Arc<str> = provider.into();
         let domain = self.intern(domain);
         self.provider_of
-            .insert(domain.clone(), (provider.clone(), now));
+            .insert(domain.clone(), (provider.clone(), until));
         let waiting = self.awaiting_provider.remove(&domain).unwrap_or_default();
         if self.stopping {
             return;
@@ -636,19 +654,21 @@ impl Scheduler {
         if self.stopping {
             return;
         }
+        // Idle workers past their time close their connections, whether or not mail waits
+        // (it may wait for a pause far longer than a connection should be held).
+        let d = &mut self.destinations[ix];
+        while let Some(&(worker, until)) = d.idle.front() {
+            if until > now {
+                break;
+            }
+            d.idle.pop_front();
+            d.workers -= 1;
+            self.workers.remove(&worker);
+            self.out.push(Effect::Dismiss { worker });
+        }
         loop {
             let d = &mut self.destinations[ix];
             if d.ready.is_empty() {
-                // Idle workers past their time close their connections.
-                while let Some(&(worker, until)) = d.idle.front() {
-                    if until > now {
-                        break;
-                    }
-                    d.idle.pop_front();
-                    d.workers -= 1;
-                    self.workers.remove(&worker);
-                    self.out.push(Effect::Dismiss { worker });
-                }
                 return;
             }
             let spawn = d.idle.is_empty();
@@ -665,6 +685,7 @@ impl Scheduler {
                 Err(Gate::Probing) => return,
             }
             let Some(job) = self.take_ready(ix) else {
+                self.destinations[ix].shaping.start_lost();
                 return;
             };
             let d = &mut self.destinations[ix];
@@ -723,7 +744,10 @@ impl Scheduler {
         match d.shaping.admit(now, charge) {
             Ok(()) => match self.take_ready(ix) {
                 Some(job) => self.assign(worker, job),
-                None => self.dismiss(worker, ix),
+                None => {
+                    self.destinations[ix].shaping.start_lost();
+                    self.dismiss(worker, ix);
+                }
             },
             Err(Gate::Until(t)) if t.since(now) <= IDLE_HOLD => {
                 d.idle.push_back((worker, now + IDLE_HOLD));
@@ -747,6 +771,10 @@ impl Scheduler {
                 && !entry.in_flight
             {
                 entry.in_flight = true;
+                if d.shaping.in_outage() {
+                    // The one start an outage lets through: its report ends or extends it.
+                    d.probe = Some(key.clone());
+                }
                 return Some(Job {
                     id: key.0,
                     // The worker returns what it holds with its report.
@@ -767,12 +795,25 @@ impl Scheduler {
         }
     }
 
+    /// The group `key` will not report: if it was its destination's outage probe, another
+    /// may go.
+    fn probe_lost(&mut self, key: &Key) {
+        if let Some(d) = self
+            .destinations
+            .iter_mut()
+            .find(|d| d.probe.as_ref() == Some(key))
+        {
+            d.probe = None;
+            d.shaping.start_lost();
+        }
+    }
+
     fn returned(&mut self, worker: WorkerId, job: Job, why: Return, now: Timestamp) {
         self.job_over(Some(worker));
         let key = (job.id, job.domain);
         let ix = self.destination(&job.destination, now);
         // An outage probe that never reported lets another go.
-        self.destinations[ix].shaping.start_lost();
+        self.probe_lost(&key);
         let Some(entry) = self.entries.get_mut(&key) else {
             return;
         };
@@ -798,7 +839,7 @@ impl Scheduler {
         d.forget_idle(worker);
         if let Some(key) = w.job {
             // Its job never came back: the spool holds the group's state.
-            d.shaping.start_lost();
+            self.probe_lost(&key);
             self.reschedule(key, now + RETURN_RETRY);
         }
         self.start_workers(w.destination, now);
@@ -816,13 +857,30 @@ impl Scheduler {
             ..
         } = d;
         let classifier = self.policy.classifier.clone();
+        let mut results = results;
+        let pending = held.group.pending().count();
+        // A recipient without an observation would be left out of every state: it is
+        // deferred as knock's own protocol failure instead.
+        results.truncate(pending);
+        while results.len() < pending {
+            let f = crate::outcome::Failure::new(
+                crate::outcome::FailureKind::Protocol,
+                "no outcome was reported for this recipient",
+            );
+            results.push((Observed::from(f), Where::default()));
+        }
         let outcomes: Vec<(crate::outcome::Outcome, Where)> = results
             .into_iter()
             .map(|(observed, at)| (classifier.outcome(&observed), at))
             .collect();
-        let report =
+        let mut report =
             react::destination_report(&held.group, outcomes.iter().map(|(o, _)| o), seen, now);
         let ix = self.destination(&destination, now);
+        let key = (held.envelope.id, self.intern(&held.group.domain));
+        if self.destinations[ix].probe.as_ref() == Some(&key) {
+            self.destinations[ix].probe = None;
+            report.probe = true;
+        }
         let learned = self.destinations[ix].greylist_delay;
         let rng = &mut self.rng;
         let updated = react::apply(

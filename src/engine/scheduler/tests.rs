@@ -547,3 +547,113 @@ fn providers_are_looked_up_once_per_domain() {
             .all(|(_, j)| &*j.destination == "mx1.hoster.test")
     );
 }
+
+#[test]
+fn a_throttle_before_anything_was_accepted_still_pauses() {
+    let mut h = Harness::new(policy(|_| {}));
+    let (w, job) = one_job(h.queue(1, &["u@a.test"]));
+    let effects = h.report(
+        w,
+        job,
+        &["421 4.7.0 mx Error: too much mail from 192.0.2.1"],
+    );
+    assert!(
+        jobs(effects).is_empty(),
+        "not straight back at the receiver"
+    );
+    let pause = crate::policy::shaping::Tuning::default().throttle_pause;
+    assert!(jobs(h.advance(pause - Duration::from_millis(1))).is_empty());
+    assert_eq!(jobs(h.advance(Duration::from_millis(1))).len(), 1);
+}
+
+#[test]
+fn a_probe_whose_group_cannot_be_read_lets_another_go() {
+    let mut h = Harness::new(policy(|c| {
+        c.delivery.max_connections = 1;
+        c.adapt.outage_backoff = 30 * SEC;
+    }));
+    let mut handed = jobs(h.queue(1, &["u@a.test"]));
+    h.queue(2, &["v@a.test"]);
+    h.queue(3, &["x@a.test"]);
+    let (w, job) = handed.pop().unwrap();
+    h.unreachable(w, job);
+    let (w, probe) = one_job(h.advance(30 * SEC));
+    // Its worker cannot read it from the spool (say, while the spool reopens).
+    h.input(Input::Unreadable {
+        worker: Some(w),
+        id: probe.id,
+        domain: probe.domain.to_string(),
+    });
+    let next = jobs(h.input(Input::Idle { worker: w }));
+    let next = match next.is_empty() {
+        true => jobs(h.advance(SEC)),
+        false => next,
+    };
+    assert_eq!(next.len(), 1, "another probe goes out");
+    assert_ne!(next[0].1.id, probe.id);
+}
+
+#[test]
+fn idle_connections_close_while_mail_waits_behind_a_pause() {
+    let mut h = Harness::new(policy(|c| c.delivery.max_connections = 2));
+    let mut handed = jobs(h.queue(1, &["u@a.test"]));
+    handed.extend(jobs(h.queue(2, &["v@a.test"])));
+    let (w1, j1) = handed.remove(0);
+    let (w2, j2) = handed.remove(0);
+    h.report(w1, j1, &["250 2.0.0 Ok"]);
+    h.unreachable(w2, j2);
+    h.queue(3, &["x@a.test"]);
+    let effects = h.advance(3 * SEC);
+    assert_eq!(
+        dismissed(&effects),
+        vec![w1],
+        "kept 2 s for the next message, no longer"
+    );
+}
+
+#[test]
+fn a_domain_dns_cannot_place_is_looked_up_again_soon() {
+    let mut h = Harness::new(policy(|_| {}));
+    h.queue(1, &["u@c.test"]);
+    let (w, job) = one_job(h.input(Input::MxHosts {
+        domain: "c.test".into(),
+        hosts: vec![],
+    }));
+    h.report(w, job, &["250 2.0.0 Ok"]);
+    h.advance(61 * SEC);
+    let effects = h.queue(2, &["v@c.test"]);
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::LookUp { .. })),
+        "looked up again: {effects:?}"
+    );
+}
+
+#[test]
+fn a_recipient_without_an_observation_is_deferred_not_lost() {
+    let mut h = Harness::new(policy(|_| {}));
+    let (w, job) = one_job(h.queue(1, &["u@a.test", "v@a.test"]));
+    let held = job.held.unwrap();
+    let ok = Reply::parse(b"250 2.0.0 Ok\r\n").unwrap();
+    let effects = h.delivered(
+        w,
+        job.destination,
+        held,
+        vec![(Observed::Reply(ok), Where::default())],
+        true,
+    );
+    let p = persists(&effects);
+    let events: Vec<_> = p[0]
+        .updated
+        .events
+        .iter()
+        .map(|e| (e.recipient.as_str(), e.event))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("u@a.test", crate::event::Kind::Delivered),
+            ("v@a.test", crate::event::Kind::Deferred)
+        ]
+    );
+    assert_eq!(h.core.len(), 1, "v stays queued");
+}

@@ -47,6 +47,8 @@ enum Ev {
     Wake,
     /// A worker's next command is due.
     Step(WorkerId),
+    /// A worker with nothing to report asks for its next job.
+    Idle(WorkerId),
     /// A worker's attempt is over.
     Done(Box<Delivery>),
     /// An MX lookup answers.
@@ -195,10 +197,13 @@ impl<'a> World<'a> {
                 Ev::Arrive => self.arrive(),
                 Ev::Wake => {
                     self.wake_at = None;
-                    if self.core.next_wake().is_some_and(|w| w <= ts(self.now)) {
-                        self.feed(Input::Tick);
+                    match self.core.next_wake().is_some_and(|w| w <= ts(self.now)) {
+                        true => self.feed(Input::Tick),
+                        // The core's next wake moved later since this one was set.
+                        false => self.arm(),
                     }
                 }
+                Ev::Idle(worker) => self.feed(Input::Idle { worker }),
                 Ev::Step(worker) => {
                     if let Some(input) = self.step(worker) {
                         self.feed(input);
@@ -304,9 +309,13 @@ impl<'a> World<'a> {
                 }
             }
         }
+        self.arm();
+    }
+
+    /// Queues a wake for when the core next wants one, unless one no later is queued.
+    fn arm(&mut self) {
         if let Some(wake) = self.core.next_wake() {
             let at = us(wake.since(T0));
-            // A wake already queued for no later serves; a later one is superseded.
             if self.wake_at.is_none_or(|w| at < w) {
                 self.wake_at = Some(at);
                 self.push(at, Ev::Wake);
@@ -371,7 +380,9 @@ impl<'a> World<'a> {
     /// ([`World::step`]).
     fn deliver(&mut self, worker: WorkerId, job: Job) -> Option<Input> {
         let Some(held) = job.held else {
-            // Cannot happen with every group in memory; never lose it silently.
+            // Cannot happen with every group in memory; never lose it silently, and the
+            // worker asks for its next job as an engine worker would.
+            self.push(self.now, Ev::Idle(worker));
             return Some(Input::Gone {
                 worker: Some(worker),
                 id: job.id,
@@ -398,6 +409,7 @@ impl<'a> World<'a> {
             },
             slowest: Duration::ZERO,
             step: Step::Mail,
+            fresh: false,
         };
         let mut w = self.workers.remove(&worker).unwrap_or_default();
         let keep = w.conn.as_ref().is_some_and(|c| {
@@ -428,6 +440,7 @@ impl<'a> World<'a> {
                 });
                 self.collect.opened(place, self.now);
                 a.slowest = delay;
+                a.fresh = true;
                 (None, delay)
             }
             Greeting::Refuse => {
@@ -615,8 +628,13 @@ impl<'a> World<'a> {
             .count();
         self.collect
             .attempted(a.place, a.results.len() as u64, refused as u64, a.started);
+        // As a worker judges it: a stale reused connection says nothing of the receiver.
+        let answered = a.fresh
+            || a.results
+                .iter()
+                .any(|(o, _)| matches!(o, Observed::Reply(_)));
         let seen = Seen {
-            connected,
+            connected: connected && answered,
             unreachable: !connected,
             latency: Some(match connected {
                 true => a.slowest,
@@ -663,4 +681,6 @@ struct Attempt {
     at: Where,
     slowest: Duration,
     step: Step,
+    /// The connection was opened for this attempt (the receiver greeted it).
+    fresh: bool,
 }
