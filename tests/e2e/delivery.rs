@@ -450,15 +450,17 @@ impl knock::engine::spool::Spool for FaultySpool {
     }
 }
 
-#[tokio::test]
-async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
-    let mut w = World::new(&["300ms"], "1h");
-    w.config.adapt.outage_backoff = Duration::from_millis(300);
-    let addr = dead_addr().await;
+/// An engine on a `FaultySpool` (updates failing from the start when
+/// `failing_updates`), delivering rx.test to `addr`.
+async fn start_on_faulty_spool(
+    w: &World,
+    addr: std::net::SocketAddr,
+    failing_updates: bool,
+) -> (knock::serve::Engine, std::sync::Arc<FaultySpool>) {
     let spool = std::sync::Arc::new(FaultySpool {
         inner: knock::engine::spool::RedbSpool::open(&w.config.spool.path).unwrap(),
         full: false.into(),
-        failing_updates: false.into(),
+        failing_updates: failing_updates.into(),
     });
     let transport = knock::net::transport::SmtpTransport::new(
         std::sync::Arc::new(route(StaticResolver::new(), "rx.test", addr)),
@@ -474,6 +476,15 @@ async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
     )
     .await
     .unwrap();
+    (engine, spool)
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_new_mail_keeps_the_old_and_recovers() {
+    let mut w = World::new(&["300ms"], "1h");
+    w.config.adapt.outage_backoff = Duration::from_millis(300);
+    let addr = dead_addr().await;
+    let (engine, spool) = start_on_faulty_spool(&w, addr, false).await;
     // Accepted while there is room, deferred (the receiver is down).
     let first = smtp_send(
         engine.smtp_addr,
@@ -602,25 +613,7 @@ async fn a_panicking_worker_strands_no_group_and_costs_no_connection() {
 async fn a_final_state_that_could_not_be_written_is_written_again() {
     let w = World::new(&["1h"], "2h");
     let rx = plain_sink().await;
-    let spool = std::sync::Arc::new(FaultySpool {
-        inner: knock::engine::spool::RedbSpool::open(&w.config.spool.path).unwrap(),
-        full: false.into(),
-        failing_updates: true.into(),
-    });
-    let transport = knock::net::transport::SmtpTransport::new(
-        std::sync::Arc::new(route(StaticResolver::new(), "rx.test", rx.addr)),
-        &w.config.routes,
-        w.config.delivery.clone(),
-        "knock.test".into(),
-        knock::net::tls::Connectors::new(None).unwrap(),
-    );
-    let engine = knock::serve::Engine::start_parts(
-        w.config.clone(),
-        std::sync::Arc::new(transport),
-        spool.clone(),
-    )
-    .await
-    .unwrap();
+    let (engine, spool) = start_on_faulty_spool(&w, rx.addr, true).await;
     let replies = smtp_send(
         engine.smtp_addr,
         "s@tx.test",
