@@ -18,7 +18,7 @@ use report::{Collector, Plan, Report};
 use scenario::Scenario;
 use std::time::{Duration, Instant};
 
-pub use world::T0;
+pub use scenario::T0;
 
 /// Runs `scenario` with `config`; writes the events to `events` (as knock's own log) when
 /// given; `progress` hears (recipients finished, recipients) as it goes.

@@ -3,8 +3,7 @@
 //! knew every receiver exactly would reach, and the [`Report`] per receiver and overall,
 //! as text, JSON or a per-minute CSV timeline.
 
-use super::scenario::Scenario;
-use super::world::T0;
+use super::scenario::{Scenario, T0};
 use crate::event::{Event, Kind};
 use crate::tools::receiver::Receiver;
 use foldhash::{HashMap, HashMapExt};

@@ -3,11 +3,16 @@
 //! impossible values are refused with an error that names the key and its line, before
 //! anything runs.
 
+use crate::time::Timestamp;
 use crate::tools::receiver::ReceiverModel;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+
+/// Where a scenario's virtual time starts (2026-01-01T00:00:00Z): its traffic's times and
+/// its outages count from here.
+pub const T0: Timestamp = Timestamp(1_767_225_600_000);
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

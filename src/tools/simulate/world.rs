@@ -6,7 +6,7 @@
 //! retries, expiry) is the engine's own code.
 
 use super::report::{Collector, Plan};
-use super::scenario::Scenario;
+use super::scenario::{Scenario, T0};
 use crate::config::Config;
 use crate::engine::scheduler::{
     Delivery, Effect, Held, Input, Job, Policy, Queued, Scheduler, WorkerId,
@@ -24,9 +24,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Where virtual time starts: 2026-01-01T00:00:00Z.
-pub const T0: Timestamp = Timestamp(1_767_225_600_000);
 
 /// Virtual time: microseconds since [`T0`].
 type Micros = u64;
