@@ -269,6 +269,17 @@ enum Count {
     Ewma { rate: f64, at: Timestamp },
 }
 
+impl Count {
+    /// The time of the latest event counted (for a fixed window, its start at least).
+    fn latest(&self) -> Timestamp {
+        match self {
+            Count::Fixed { start, .. } => *start,
+            Count::Sliding(events) => events.back().copied().unwrap_or(Timestamp(0)),
+            Count::Bucket { at, .. } | Count::Ewma { at, .. } => *at,
+        }
+    }
+}
+
 impl Limit {
     /// Whose count an event goes to.
     fn key<'k>(&self, client: &'k str, sender: &'k str, rcpt: &'k str) -> &'k str {
@@ -360,9 +371,12 @@ impl Limit {
         }
     }
 
-    /// The earliest time from `now` at which one more event would be let through.
+    /// The earliest time from `now` at which one more event would be let through. Never
+    /// before the count's own latest event: the ideal sender asks in arrival order, and a
+    /// count's clock does not go back.
     fn earliest(&self, c: &Count, now: Timestamp) -> Timestamp {
         let limit = self.rate.count as u64;
+        let now = now.max(c.latest());
         match c {
             Count::Fixed { start, n } => {
                 if now.since(*start) >= self.rate.per || *n < limit {

@@ -5,6 +5,7 @@
 
 use super::scenario::{Scenario, T0};
 use crate::event::{Event, Kind};
+use crate::time::Timestamp;
 use crate::tools::receiver::Receiver;
 use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
@@ -369,19 +370,27 @@ pub struct Report {
 
 /// What a sender who knew every receiver exactly would achieve: each recipient, in order of
 /// arrival, accepted at the first moment its receiver's limits and outages allow (after
-/// the greylisting window, when there is one), as many connections as it takes.
+/// the greylisting window, when there is one). As many connections as it takes, unless the
+/// receiver caps them: then each message waits for one of its connections, which carries a
+/// transaction (MAIL, RCPT per recipient, DATA, the message, its dot) in turn, and shakes
+/// hands anew past a cap on messages per connection.
 pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Vec<(Vec<f32>, f64)> {
     let mut receivers: Vec<Receiver> = s
         .receivers
         .values()
         .map(|m| Receiver::new(m.clone(), "ideal", T0, 0))
         .collect();
-    let latency: Vec<Duration> = s.receivers.values().map(|m| m.latency * 4).collect();
-    let window: Vec<Duration> = s
-        .receivers
-        .values()
+    let models: Vec<&crate::tools::receiver::ReceiverModel> = s.receivers.values().collect();
+    let window: Vec<Duration> = models
+        .iter()
         .map(|m| m.greylist.as_ref().map(|g| g.window).unwrap_or_default())
         .collect();
+    // Each capped receiver's connections: when each is free, and what it has carried.
+    let mut lines: Vec<Option<Vec<(Timestamp, u64)>>> = models
+        .iter()
+        .map(|m| m.connections.map(|c| vec![(T0, 0); c as usize]))
+        .collect();
+    let bandwidth = s.simulation.bandwidth.max(1);
     let mut out: Vec<(Vec<f32>, f64)> = s.receivers.keys().map(|_| (Vec::new(), 0.0)).collect();
     let mut first: Vec<Option<Micros>> = vec![None; s.receivers.len()];
     let client = &s.simulation.client;
@@ -389,21 +398,52 @@ pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Ve
         let n = m.number as usize;
         let domain = &plan.domains[m.domain as usize];
         let place = place_of[domain];
+        let model = models[place];
         let arrival = T0 + Duration::from_micros(m.at);
         first[place].get_or_insert(m.at);
         let sender = &plan.senders[m.sender as usize];
+        let latency = model.latency;
+        let transfer = Duration::from_micros(m.size as u64 * 1_000_000 / bandwidth);
+        // A whole transaction on a connection already open.
+        let transaction = latency * (3 + m.recipients) + transfer;
+        let line = lines[place].as_mut().map(|lines| {
+            let (i, _) = lines
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (free, _))| *free)
+                .expect("a cap is at least 1");
+            i
+        });
+        let mut from = arrival + window[place];
+        if let (Some(i), Some(lines)) = (line, lines[place].as_mut()) {
+            let (free, carried) = &mut lines[i];
+            let reconnect = model
+                .messages_per_connection
+                .is_some_and(|cap| *carried > 0 && *carried % cap == 0);
+            // Greeting and EHLO before the first transaction of a new connection.
+            from = from.max(*free + if reconnect { latency * 2 } else { Duration::ZERO });
+        }
+        let mut last = from;
         for k in 0..m.recipients {
             let r = &mut receivers[place];
             let rcpt = match r.counts_recipients() {
                 true => Plan::address(n, k, domain),
                 false => String::new(),
             };
-            let t = r.earliest(client, sender, &rcpt, arrival + window[place]);
+            let t = r.earliest(client, sender, &rcpt, from);
             r.accept(client, sender, &rcpt, t);
-            let done = t + latency[place];
+            last = last.max(t);
+            let done = match line {
+                Some(_) => t + transaction,
+                None => t + latency * 4,
+            };
             out[place].0.push(done.since(arrival).as_secs_f64() as f32);
             let drain = done.since(T0 + Duration::from_micros(first[place].unwrap_or(0)));
             out[place].1 = out[place].1.max(drain.as_secs_f64());
+        }
+        if let (Some(i), Some(lines)) = (line, lines[place].as_mut()) {
+            lines[i].0 = last + transaction;
+            lines[i].1 += 1;
         }
     }
     out
