@@ -104,7 +104,7 @@ fn shaping(c: &mut Criterion) {
     c.bench_function("shaping: admit and report one delivery", |b| {
         b.iter(|| {
             now += Duration::from_millis(1);
-            let _ = black_box(s.admit(now, true));
+            let _ = black_box(s.admit(now, 0, true));
             s.report(now, black_box(&report));
         })
     });

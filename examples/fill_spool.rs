@@ -29,6 +29,7 @@ fn message(n: usize, domains: usize, body: &bytes::Bytes, now: Timestamp) -> New
         class: Some(Class::Greylist),
         failure: None,
         tls: None,
+        down: false,
     };
     NewMessage {
         envelope: Envelope {

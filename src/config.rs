@@ -85,8 +85,9 @@ pub struct AdaptConfig {
     /// The whole destination waits this long after a throttling reply.
     #[serde(with = "humantime_serde")]
     pub throttle_pause: Duration,
-    /// When every MX of a destination is unreachable: the first wait before a probe,
-    /// doubled after each failed probe up to the maximum.
+    /// When every MX of a destination is unreachable, one probe goes at a time; the wait
+    /// between probes is a third of how long the destination has been down, at least
+    /// `outage_backoff` and at most `outage_backoff_max`.
     #[serde(with = "humantime_serde")]
     pub outage_backoff: Duration,
     #[serde(with = "humantime_serde")]
@@ -97,7 +98,7 @@ impl Default for AdaptConfig {
     fn default() -> Self {
         Self {
             throttle_pause: Duration::from_millis(200),
-            outage_backoff: Duration::from_secs(30),
+            outage_backoff: Duration::from_secs(5),
             outage_backoff_max: Duration::from_secs(600),
         }
     }

@@ -110,6 +110,10 @@ pub struct Attempt {
     /// The TLS the session ran over; absent in plaintext or when no session was had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsInfo>,
+    /// The destination was down (no MX host would talk): the attempt is not charged
+    /// against the recipient's retry schedule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub down: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

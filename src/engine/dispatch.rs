@@ -271,6 +271,7 @@ impl Inner {
         }
         let fresh = open.as_ref().is_some_and(|o| o.used.sent == 0);
         let o = open.as_mut().expect("opened above");
+        seen.carried = o.used.sent;
         let at = Where {
             mx: Some(o.conn.mx().to_string()),
             local_ip: Some(o.conn.local_ip()),

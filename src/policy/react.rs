@@ -81,8 +81,11 @@ impl Knob {
 pub struct History {
     /// The class of the last attempt, if any.
     pub previous: Option<Class>,
-    /// Temporary failures so far that count against the backoff (throttles do not).
+    /// Temporary failures so far that count against the backoff (throttles, and attempts
+    /// while the destination was down, do not).
     pub failures: u32,
+    /// The recipient's own rate refusals in a row (a mailbox receiving too fast).
+    pub mailbox_throttles: u32,
 }
 
 impl History {
@@ -92,21 +95,42 @@ impl History {
             failures: rcpt
                 .attempts
                 .iter()
-                .filter(|a| a.class != Some(Class::Throttle))
+                .filter(|a| a.class != Some(Class::Throttle) && !a.down)
+                .count() as u32,
+            mailbox_throttles: rcpt
+                .attempts
+                .iter()
+                .rev()
+                .take_while(|a| {
+                    a.class == Some(Class::Throttle) && a.enhanced.is_some_and(is_mailbox_rate)
+                })
                 .count() as u32,
         }
     }
 }
 
 /// The moment of a reaction: when the message came, now, the greylist delay learned for
-/// the destination, and a roll in `[0, 1)` for the jitter.
+/// the destination, whether the destination was down (every MX unreachable), and a roll in
+/// `[0, 1)` for the jitter.
 #[derive(Debug, Clone, Copy)]
 pub struct Moment {
     pub received: Timestamp,
     pub now: Timestamp,
     pub learned_greylist: Option<Duration>,
+    pub down: bool,
     pub roll: f64,
 }
+
+/// A throttle whose enhanced code is about the mailbox (`4.2.x`: "the user you are trying to
+/// contact is receiving mail at a rate that prevents additional messages"): that recipient
+/// is over its own rate, not the sender over the provider's.
+pub fn is_mailbox_rate(e: Enhanced) -> bool {
+    e.class == 4 && e.subject == 2
+}
+
+/// How long a recipient over its own mailbox's rate waits, by how many times in a row it
+/// was refused so: it grows, as the destination's probes do, but only for that recipient.
+const MAILBOX_WAITS: [u64; 8] = [30, 60, 120, 300, 600, 1200, 1800, 3600];
 
 /// The knob for one outcome.
 pub fn react(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
@@ -130,6 +154,13 @@ fn transient(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
         Next::Expire => Knob::Expire,
     };
     match o.class {
+        // The destination was down: the recipient goes again when a probe gets through,
+        // and the attempt is not charged to it.
+        _ if at.down => retry(Duration::ZERO, Knob::Pace),
+        Some(Class::Throttle) if o.enhanced.is_some_and(is_mailbox_rate) => {
+            let k = (history.mailbox_throttles as usize).min(MAILBOX_WAITS.len() - 1);
+            retry(Duration::from_secs(MAILBOX_WAITS[k]), Knob::Pace)
+        }
         Some(Class::Throttle) => retry(Duration::ZERO, Knob::Pace),
         // Wait out the window once; a second greylisting in a row is an ordinary failure.
         Some(Class::Greylist) if history.previous != Some(Class::Greylist) => {
@@ -167,6 +198,8 @@ pub struct Seen {
     pub unreachable: bool,
     /// Time to connect and greeting, and the slowest command reply.
     pub latency: Option<Duration>,
+    /// Transactions the connection had carried before this attempt.
+    pub carried: usize,
 }
 
 /// A group after an attempt or an expiry: its new state, the events that tell it, the
@@ -180,14 +213,17 @@ pub struct Updated {
 }
 
 /// The attempt being applied: whose envelope, to which destination (`provider`, named in
-/// the events), when it started, when it was reported, and the greylist delay learned for
-/// the destination.
+/// the events), when it started, when it was reported, the greylist delay learned for the
+/// destination, whether the destination was down, and the earliest time the destination
+/// will start another delivery (its pause, window or probe).
 pub struct Attempted<'a> {
     pub envelope: &'a Envelope,
     pub provider: &'a str,
     pub started: Timestamp,
     pub now: Timestamp,
     pub learned_greylist: Option<Duration>,
+    pub down: bool,
+    pub ready_at: Timestamp,
 }
 
 /// Applies one attempt's outcomes to the group: the next state of each pending recipient
@@ -212,6 +248,7 @@ pub fn apply(
             received: envelope.received_at,
             now: a.now,
             learned_greylist: a.learned_greylist,
+            down: a.down,
             roll: roll(),
         };
         let knob = react(rules, &o, History::of(rcpt), moment);
@@ -226,6 +263,7 @@ pub fn apply(
             class: o.class,
             failure: o.failure,
             tls: at.tls.clone(),
+            down: a.down && o.is_transient(),
         });
         rcpt.state = state;
         let mut event = Event::new(
@@ -275,6 +313,12 @@ pub fn apply(
         }
         event.mx = at.mx;
         events.push(event);
+    }
+    // The group goes when its last deferred recipient may, and not before its destination
+    // lets it: that is when each deferred recipient will really be tried.
+    let next_attempt = next_attempt.map(|t| t.max(a.ready_at).max(a.now));
+    for e in events.iter_mut().filter(|e| e.next_attempt.is_some()) {
+        e.next_attempt = next_attempt;
     }
     group.next_attempt = next_attempt;
     Updated {
@@ -368,8 +412,20 @@ pub fn destination_report<'a>(
         .min();
     // A throttling reply at the greeting means too many connections; in a transaction,
     // too fast. Neither is an outage.
-    let throttle = outcomes.clone().any(|o| o.class == Some(Class::Throttle));
+    // A mailbox over its own rate defers that recipient only.
+    let throttles = outcomes
+        .clone()
+        .filter(|o| o.class == Some(Class::Throttle) && !o.enhanced.is_some_and(is_mailbox_rate));
+    let throttle = throttles.clone().next().is_some();
+    let session_cap = throttles.clone().any(|o| {
+        let text = o.text.to_ascii_lowercase();
+        text.contains("session") || text.contains("connection")
+    });
     Report {
+        started: now,
+        greeted: 0,
+        carried: seen.carried,
+        session_cap,
         accepted: outcomes
             .clone()
             .filter(|o| o.disposition == Disposition::Delivered)
@@ -459,9 +515,14 @@ mod tests {
                 received: Timestamp(t0.0 - age.as_millis() as u64),
                 now: t0,
                 learned_greylist: learned.map(Duration::from_secs),
+                down: false,
                 roll: 0.0,
             };
-            let history = History { previous, failures };
+            let history = History {
+                previous,
+                failures,
+                mailbox_throttles: 0,
+            };
             let got = react(&rules(), &outcome(disposition, class, text), history, at);
             let name = match got {
                 K::Done => "done",
@@ -490,6 +551,7 @@ mod tests {
             received,
             now: t0,
             learned_greylist: None,
+            down: false,
             roll,
         };
         let history = History::default();
@@ -527,6 +589,7 @@ mod tests {
             class: Some(class),
             failure: None,
             tls: None,
+            down: false,
         };
         let rcpt = Recipient {
             address: "a@b.test".into(),
@@ -541,7 +604,8 @@ mod tests {
             History::of(&rcpt),
             History {
                 previous: Some(Class::Throttle),
-                failures: 1
+                failures: 1,
+                mailbox_throttles: 0,
             }
         );
     }
@@ -564,6 +628,7 @@ mod tests {
                     class,
                     failure: None,
                     tls: None,
+                    down: false,
                 }],
             }],
             next_attempt: Some(t0),

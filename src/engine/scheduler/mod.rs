@@ -33,7 +33,7 @@ use crate::policy::classify::Classifier;
 use crate::policy::provider::Providers;
 use crate::policy::react::{self, Attempted, Rules, Seen, Updated, Where};
 use crate::policy::schedule::Schedule;
-use crate::policy::shaping::{Gate, Limits, Shaping, ShapingView, Tuning};
+use crate::policy::shaping::{Gate, Limits, Shaping, ShapingView, Start, Tuning};
 use crate::time::Timestamp;
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -322,6 +322,8 @@ struct Worker {
     /// Its destination's index.
     destination: usize,
     job: Option<Key>,
+    /// Its connection was greeted (it has had a session).
+    greeted: bool,
 }
 
 /// A worker waits with its connection open for at most this long for the rate; longer,
@@ -676,15 +678,16 @@ impl Scheduler {
                 return;
             }
             let charge = !front_is_null_sender(d, &self.entries);
-            match d.shaping.admit(now, charge) {
-                Ok(()) => {}
+            let busy = d.workers - d.idle.len();
+            let start = match d.shaping.admit(now, busy, charge) {
+                Ok(start) => start,
                 Err(Gate::Until(t)) => {
                     self.wakes.insert((t, ix));
                     return;
                 }
-                Err(Gate::Probing) => return,
-            }
-            let Some(job) = self.take_ready(ix) else {
+                Err(Gate::AwaitReport) => return,
+            };
+            let Some(job) = self.take_ready(ix, start) else {
                 self.destinations[ix].shaping.start_lost();
                 return;
             };
@@ -698,6 +701,7 @@ impl Scheduler {
                     Worker {
                         destination: ix,
                         job: Some((job.id, job.domain.clone())),
+                        greeted: false,
                     },
                 );
                 self.out.push(Effect::Start { worker, job });
@@ -741,8 +745,10 @@ impl Scheduler {
             return;
         }
         let charge = !front_is_null_sender(d, &self.entries);
-        match d.shaping.admit(now, charge) {
-            Ok(()) => match self.take_ready(ix) {
+        // This worker's job is over: it is not in flight.
+        let busy = (d.workers - d.idle.len()).saturating_sub(1);
+        match d.shaping.admit(now, busy, charge) {
+            Ok(start) => match self.take_ready(ix, start) {
                 Some(job) => self.assign(worker, job),
                 None => {
                     self.destinations[ix].shaping.start_lost();
@@ -760,19 +766,20 @@ impl Scheduler {
                 self.wakes.insert((t, ix));
                 self.dismiss(worker, ix);
             }
-            Err(Gate::Probing) => self.dismiss(worker, ix),
+            Err(Gate::AwaitReport) => self.dismiss(worker, ix),
         }
     }
 
-    fn take_ready(&mut self, ix: usize) -> Option<Job> {
+    fn take_ready(&mut self, ix: usize, start: Start) -> Option<Job> {
         let d = &mut self.destinations[ix];
         while let Some(key) = d.ready.pop_front() {
             if let Some(entry) = self.entries.get_mut(&key)
                 && !entry.in_flight
             {
                 entry.in_flight = true;
-                if d.shaping.in_outage() {
-                    // The one start an outage lets through: its report ends or extends it.
+                if start == Start::Probe {
+                    // The one start the shaping lets through to learn (an outage's probe,
+                    // the allowance's): its report says so.
                     d.probe = Some(key.clone());
                 }
                 return Some(Job {
@@ -795,8 +802,7 @@ impl Scheduler {
         }
     }
 
-    /// The group `key` will not report: if it was its destination's outage probe, another
-    /// may go.
+    /// The group `key` will not report: if it was its destination's probe, another may go.
     fn probe_lost(&mut self, key: &Key) {
         if let Some(d) = self
             .destinations
@@ -875,13 +881,25 @@ impl Scheduler {
             .collect();
         let mut report =
             react::destination_report(&held.group, outcomes.iter().map(|(o, _)| o), seen, now);
+        report.started = started;
         let ix = self.destination(&destination, now);
+        if let Some(w) = self.workers.get_mut(&d.worker) {
+            w.greeted = seen.connected;
+        }
+        report.greeted = self
+            .workers
+            .values()
+            .filter(|w| w.destination == ix && w.greeted)
+            .count();
         let key = (held.envelope.id, self.intern(&held.group.domain));
         if self.destinations[ix].probe.as_ref() == Some(&key) {
             self.destinations[ix].probe = None;
             report.probe = true;
         }
         let learned = self.destinations[ix].greylist_delay;
+        let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
+        self.destinations[ix].learn(&report, now, floor, ceiling);
+        let ready_at = self.destinations[ix].shaping.ready_at(now);
         let rng = &mut self.rng;
         let updated = react::apply(
             &self.policy.rules,
@@ -891,13 +909,13 @@ impl Scheduler {
                 started,
                 now,
                 learned_greylist: learned,
+                down: report.unreachable,
+                ready_at,
             },
             held.group,
             outcomes,
             || rng.f64(),
         );
-        let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
-        self.destinations[ix].learn(&report, now, floor, ceiling);
         let pending = self.finish(&held.envelope, &updated.group);
         self.out.push(Effect::Persist(Box::new(Persist {
             envelope: held.envelope,
@@ -1018,13 +1036,13 @@ impl Scheduler {
 
     pub fn destination_views(&self, now: Timestamp) -> Vec<DestinationView> {
         // One pass over the queue and one over the providers, whatever their number.
-        let mut waiting: HashMap<&str, Vec<(Timestamp, usize)>> = HashMap::new();
+        let mut waiting: HashMap<&str, Vec<(Timestamp, usize, Timestamp)>> = HashMap::new();
         for ((_, domain), e) in &self.entries {
             if let Some((p, _)) = self.provider_of.get(domain) {
                 waiting
                     .entry(p)
                     .or_default()
-                    .push((e.received_at, e.pending as usize));
+                    .push((e.received_at, e.pending as usize, e.due));
             }
         }
         let mut domains: HashMap<&str, Vec<String>> = HashMap::new();
@@ -1055,31 +1073,36 @@ impl Scheduler {
         views
     }
 
-    /// The queue of one destination: how many wait, how long it takes to drain at the
-    /// current rate, and how many would expire first (oldest go first).
+    /// The queue of one destination: how many wait, how long it takes to drain (at the
+    /// rate the destination allows, and no sooner than each group's next attempt), and how
+    /// many would expire first (oldest go first).
     fn drain(
         &self,
         d: &Destination,
-        mut received: Vec<(Timestamp, usize)>,
+        mut received: Vec<(Timestamp, usize, Timestamp)>,
         now: Timestamp,
     ) -> Drain {
         received.sort();
-        let pending = received.iter().map(|(_, n)| n).sum();
-        let rate = d.shaping.drain_rate(now).filter(|r| *r > 0.0);
+        let pending = received.iter().map(|(_, n, _)| n).sum();
+        let rate = d.shaping.drain_rate().filter(|r| *r > 0.0);
         let mut expiring = 0;
-        if let Some(rate) = rate {
-            let mut ahead = 0usize;
-            for (at, n) in &received {
-                ahead += n;
-                let turn = now + Duration::from_secs_f64(ahead as f64 / rate);
-                if *at + self.policy.max_age < turn {
-                    expiring += n;
-                }
+        let mut last = now;
+        let mut ahead = 0usize;
+        for (at, n, due) in &received {
+            ahead += n;
+            let turn = match rate {
+                Some(rate) => now + Duration::from_secs_f64(ahead as f64 / rate),
+                None => now,
+            };
+            let turn = turn.max(*due);
+            last = last.max(turn);
+            if *at + self.policy.max_age < turn {
+                expiring += n;
             }
         }
         Drain {
             pending,
-            seconds: rate.map(|r| pending as f64 / r),
+            seconds: (rate.is_some() || last > now).then(|| last.since(now).as_secs_f64()),
             expiring,
         }
     }

@@ -99,6 +99,7 @@ impl Harness {
                 connected,
                 unreachable: !connected,
                 latency: None,
+                carried: 0,
             },
         };
         let mut effects = self.input(Input::Delivered(Box::new(delivery)));

@@ -205,6 +205,9 @@ pub struct SimulateArgs {
     /// Seed the scenario's random choices (instead of its own `[simulation] seed`).
     #[arg(long)]
     seed: Option<u64>,
+    /// Send this many messages instead of the scenario's `[traffic] messages`.
+    #[arg(long)]
+    messages: Option<u64>,
 }
 
 #[derive(Args)]
@@ -281,6 +284,14 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     if let Some(seed) = args.seed {
         scenario.simulation.seed = seed;
+    }
+    if let Some(n) = args.messages {
+        anyhow::ensure!(n > 0, "--messages: must be at least 1");
+        anyhow::ensure!(
+            scenario.traffic.arrivals.is_empty(),
+            "--messages: the scenario lists its arrivals; it cannot be resized"
+        );
+        scenario.traffic.messages = n;
     }
     let load = |path: &Option<PathBuf>| -> anyhow::Result<Config> {
         match path {

@@ -102,6 +102,7 @@ pub fn from_events(events: &[Event]) -> anyhow::Result<Scenario> {
             }],
             senders: vec!["sender@knock.example".into()],
             to,
+            mailboxes: None,
             arrivals,
         },
         receivers,

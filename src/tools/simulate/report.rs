@@ -33,6 +33,9 @@ pub struct Plan {
     pub messages: Vec<Planned>,
     pub domains: Vec<String>,
     pub senders: Vec<String>,
+    /// Mailboxes per domain the recipients are drawn from; every recipient its own when
+    /// `None`.
+    pub mailboxes: Option<u64>,
 }
 
 impl Plan {
@@ -41,6 +44,7 @@ impl Plan {
         let mut rng = fastrand::Rng::with_seed(s.simulation.seed);
         let mut plan = Plan {
             senders: t.senders.clone(),
+            mailboxes: t.mailboxes,
             ..Default::default()
         };
         let mut index: HashMap<String, u32> = HashMap::new();
@@ -112,8 +116,13 @@ impl Plan {
         plan
     }
 
-    /// Recipient `k` of message `n`: every recipient its own mailbox.
-    pub fn address(n: usize, k: u32, domain: &str) -> String {
+    /// Recipient `k` of message `n`: every recipient its own mailbox, unless the traffic
+    /// draws them from a pool of mailboxes per domain.
+    pub fn address(&self, n: usize, k: u32, domain: &str) -> String {
+        if let Some(m) = self.mailboxes {
+            let i = (n as u64 * 7919 + k as u64) % m;
+            return format!("u{i}@{domain}");
+        }
         match k {
             0 => format!("u{n}@{domain}"),
             k => format!("u{n}.{k}@{domain}"),
@@ -135,6 +144,7 @@ impl Plan {
                 .collect(),
             domains: self.domains.clone(),
             senders: self.senders.clone(),
+            mailboxes: self.mailboxes,
         }
     }
 }
@@ -421,13 +431,20 @@ pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Ve
                 .messages_per_connection
                 .is_some_and(|cap| *carried > 0 && *carried % cap == 0);
             // Greeting and EHLO before the first transaction of a new connection.
-            from = from.max(*free + if reconnect { latency * 2 } else { Duration::ZERO });
+            from = from.max(
+                *free
+                    + if reconnect {
+                        latency * 2
+                    } else {
+                        Duration::ZERO
+                    },
+            );
         }
         let mut last = from;
         for k in 0..m.recipients {
             let r = &mut receivers[place];
             let rcpt = match r.counts_recipients() {
-                true => Plan::address(n, k, domain),
+                true => plan.address(n, k, domain),
                 false => String::new(),
             };
             let t = r.earliest(client, sender, &rcpt, from);

@@ -78,6 +78,10 @@ pub struct Traffic {
     pub senders: Vec<String>,
     /// Where recipients go, by weight.
     pub to: Vec<Destination>,
+    /// Draw recipients from this many mailboxes per domain (a list that writes to the
+    /// same people again); every recipient its own mailbox when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailboxes: Option<u64>,
     /// Exactly these arrivals (seconds after the start, domain, recipients), instead of
     /// `messages` spread over `over`: what `--replay` writes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -268,7 +268,7 @@ impl<'a> World<'a> {
         };
         let recipients = (0..p.recipients)
             .map(|k| Recipient {
-                address: Plan::address(n, k, domain),
+                address: self.plan.address(n, k, domain),
                 state: State::Queued,
                 attempts: Vec::new(),
             })
@@ -407,6 +407,7 @@ impl<'a> World<'a> {
             slowest: Duration::ZERO,
             step: Step::Mail,
             fresh: false,
+            carried: 0,
         };
         let mut w = self.workers.remove(&worker).unwrap_or_default();
         let keep = w.conn.as_ref().is_some_and(|c| {
@@ -416,7 +417,8 @@ impl<'a> World<'a> {
             let old = w.conn.take();
             self.close(old);
         }
-        if w.conn.is_some() {
+        if let Some(c) = &w.conn {
+            a.carried = c.used.sent;
             w.attempt = Some(a);
             self.workers.insert(worker, w);
             self.push(self.now, Ev::Step(worker));
@@ -633,6 +635,7 @@ impl<'a> World<'a> {
         let seen = Seen {
             connected: connected && answered,
             unreachable: !connected,
+            carried: a.carried,
             latency: Some(match connected {
                 true => a.slowest,
                 false => Duration::from_micros(done - a.started),
@@ -680,4 +683,6 @@ struct Attempt {
     step: Step,
     /// The connection was opened for this attempt (the receiver greeted it).
     fresh: bool,
+    /// Transactions its connection carried before it.
+    carried: usize,
 }
