@@ -91,6 +91,7 @@ fn shaping(c: &mut Criterion) {
     let limits = Limits {
         rate: Some("100000/s".parse().unwrap()),
         max_connections: 10,
+        initial_connections: 1,
         messages_per_connection: 100,
     };
     let mut now = Timestamp(1_700_000_000_000);

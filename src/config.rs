@@ -367,6 +367,9 @@ pub struct DeliveryConfig {
     pub port: u16,
     /// Open connections per destination (provider) at most, unless `[shaping]` says.
     pub max_connections: usize,
+    /// Connections a destination starts with; each one greeted lets one more open, until a
+    /// receiver turns one away at the greeting (Postfix's `initial_destination_concurrency`).
+    pub initial_connections: usize,
     /// Messages sent over one connection before it is closed.
     pub messages_per_connection: usize,
     /// Recipients in one SMTP transaction at most (RFC 5321 requires receivers to take 100).
@@ -379,6 +382,7 @@ impl Default for DeliveryConfig {
         Self {
             port: 25,
             max_connections: 10,
+            initial_connections: 1,
             messages_per_connection: 100,
             max_recipients_per_transaction: 100,
             timeouts: TimeoutConfig::default(),
@@ -493,6 +497,9 @@ impl Config {
         }
         if self.delivery.max_connections == 0 {
             bail!("delivery.max_connections: must be at least 1");
+        }
+        if self.delivery.initial_connections == 0 {
+            bail!("delivery.initial_connections: must be at least 1");
         }
         for (name, s) in &self.shaping {
             if s.max_connections == Some(0) {

@@ -316,9 +316,9 @@ pub fn apply(
     }
     // The group goes when its last deferred recipient may, and not before its destination
     // lets it: that is when each deferred recipient will really be tried.
-    let next_attempt = next_attempt.map(|t| t.max(a.ready_at).max(a.now));
+    let tried_at = next_attempt.map(|t| t.max(a.ready_at).max(a.now));
     for e in events.iter_mut().filter(|e| e.next_attempt.is_some()) {
-        e.next_attempt = next_attempt;
+        e.next_attempt = tried_at;
     }
     group.next_attempt = next_attempt;
     Updated {

@@ -23,6 +23,8 @@ fn policy(configure: impl FnOnce(&mut Config)) -> Policy {
     config.retry.max_age = 72 * 60 * MIN;
     config.retry.jitter = 0.0;
     config.delivery.max_connections = 3;
+    // The slow start has its own test; the others start at full width.
+    config.delivery.initial_connections = 3;
     for (name, domain) in [("pa", "a.test"), ("pb", "b.test")] {
         config.providers.push(ProviderDef {
             name: name.into(),
@@ -268,6 +270,7 @@ fn a_static_rate_spaces_the_starts() {
                 ..Default::default()
             },
         );
+        c.delivery.initial_connections = 100;
     }));
     let mut starts = Vec::new();
     let mut all = Vec::new();
@@ -288,14 +291,13 @@ fn a_static_rate_spaces_the_starts() {
 }
 
 #[test]
-fn a_throttle_requeues_without_a_step_and_slows_the_destination() {
+fn a_throttle_requeues_without_a_step_and_holds_the_destination_for_one_probe() {
     let mut h = Harness::new(policy(|_| {}));
     let mut handed = Vec::new();
     for n in 0..3 {
         handed.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
     }
     assert_eq!(handed.len(), 3, "three connections");
-    // Accepted for a while: the receiver took ~20/s.
     for n in 100..140 {
         let (w, job) = handed.remove(0);
         h.now += Duration::from_millis(50);
@@ -304,6 +306,7 @@ fn a_throttle_requeues_without_a_step_and_slows_the_destination() {
     }
     let (w, job) = handed.remove(0);
     let id = job.id;
+    let refused_at = h.now;
     let effects = h.report(
         w,
         job,
@@ -314,26 +317,41 @@ fn a_throttle_requeues_without_a_step_and_slows_the_destination() {
     assert_eq!(event.class, Some(crate::outcome::Class::Throttle));
     assert_eq!(
         event.next_attempt,
-        Some(h.now),
-        "no backoff step: due at once"
+        Some(refused_at + SEC),
+        "no backoff step; the event says when the destination's probe goes"
     );
     let view = &h.core.destination_views(h.now)[0];
-    assert_eq!(view.shaping.connections, 2, "one connection fewer");
-    let rate = view.shaping.rate_per_minute.unwrap() / 60.0;
-    assert!((15.0..=20.0).contains(&rate), "rate {rate}/s");
-    assert!(view.shaping.paused_for_seconds.is_some(), "a short pause");
-    // The throttled group is tried again after the pause, without a backoff.
-    let mut later = jobs(h.advance(Duration::from_millis(300)));
+    assert_eq!(view.shaping.connections, 1, "one connection while probing");
+    assert!(view.shaping.allowance.probing_since.is_some());
+    // In flight when knock reacted: their reports change nothing.
+    let mut later = Vec::new();
     for (w, job) in handed {
         later.extend(jobs(h.report(w, job, &["250 2.0.0 Ok"])));
     }
-    assert!(later.iter().any(|(_, j)| j.id == id), "{later:?}");
+    later.extend(jobs(h.advance(SEC - Duration::from_millis(1))));
+    assert!(later.is_empty(), "nothing before the probe: {later:?}");
+    let probe = jobs(h.advance(Duration::from_millis(1)));
+    assert_eq!(probe.len(), 1, "one probe");
+    assert!(jobs(h.advance(10 * SEC)).is_empty(), "nothing beside it");
+    // Accepted: the window is learned and mail flows again.
+    let (w, job) = probe.into_iter().next().unwrap();
+    assert_eq!(job.id, id, "the throttled group went first");
+    let mut flowing = jobs(h.report(w, job, &["250 2.0.0 Ok"]));
+    for n in 200..203 {
+        flowing.extend(jobs(h.queue(n, &[&format!("s{n}@a.test")])));
+    }
+    // As soon as the learned window lets the next one go (it counts what was accepted
+    // before the refusal).
+    flowing.extend(jobs(h.advance(5 * SEC)));
+    assert!(!flowing.is_empty());
+    let view = &h.core.destination_views(h.now)[0];
+    assert_eq!(view.shaping.allowance.windows.len(), 1, "{view:?}");
 }
 
 #[test]
-fn an_outage_backs_off_the_destination_and_probes_one_at_a_time() {
+fn an_outage_probes_one_at_a_time_and_waits_longer_the_longer_it_lasts() {
     let mut h = Harness::new(policy(|c| {
-        c.adapt.outage_backoff = 30 * SEC;
+        c.adapt.outage_backoff = 5 * SEC;
         c.adapt.outage_backoff_max = 120 * SEC;
     }));
     let mut handed = Vec::new();
@@ -346,17 +364,18 @@ fn an_outage_backs_off_the_destination_and_probes_one_at_a_time() {
         after.extend(h.unreachable(w, job));
     }
     assert!(jobs(after).is_empty(), "the destination as a whole waits");
-    assert!(jobs(h.advance(29 * SEC)).is_empty());
-    let mut probes = jobs(h.advance(SEC));
-    assert_eq!(probes.len(), 1, "one probe");
-    assert!(jobs(h.advance(10 * SEC)).is_empty(), "only one at a time");
-    let (w, job) = probes.pop().unwrap();
-    assert!(jobs(h.unreachable(w, job)).is_empty());
-    assert!(
-        jobs(h.advance(59 * SEC)).is_empty(),
-        "the wait doubled to 60 s"
-    );
-    let (w, job) = one_job(h.advance(SEC));
+    // Probes at 5, 10, 15 and 20 s (the shortest wait), then a third of the time down.
+    let mut probes_at = Vec::new();
+    while h.now < T0 + 60 * SEC {
+        let mut probes = jobs(h.advance(Duration::from_millis(100)));
+        if let Some((w, job)) = probes.pop() {
+            assert!(probes.is_empty(), "one probe at a time");
+            probes_at.push(h.now.since(T0).as_millis() / 100);
+            assert!(jobs(h.unreachable(w, job)).is_empty());
+        }
+    }
+    assert_eq!(probes_at, [50, 100, 150, 200, 267, 356, 475]);
+    let (w, job) = one_job(h.advance(20 * SEC));
     let flowing = jobs(h.report(w, job, &["250 2.0.0 Ok"]));
     assert_eq!(
         flowing.len(),
@@ -562,8 +581,8 @@ fn a_throttle_before_anything_was_accepted_still_pauses() {
         jobs(effects).is_empty(),
         "not straight back at the receiver"
     );
-    let pause = crate::policy::shaping::Tuning::default().throttle_pause;
-    assert!(jobs(h.advance(pause - Duration::from_millis(1))).is_empty());
+    // The first probe goes a second after the refusal.
+    assert!(jobs(h.advance(SEC - Duration::from_millis(1))).is_empty());
     assert_eq!(jobs(h.advance(Duration::from_millis(1))).len(), 1);
 }
 

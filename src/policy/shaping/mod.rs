@@ -37,6 +37,8 @@ use std::time::Duration;
 pub struct Limits {
     pub rate: Option<Rate>,
     pub max_connections: usize,
+    /// Connections before any was greeted (the slow start's first step).
+    pub initial_connections: usize,
     pub messages_per_connection: usize,
 }
 
@@ -88,6 +90,7 @@ impl Limits {
         Limits {
             rate: own.and_then(|s| s.rate),
             max_connections: pick(|s| s.max_connections).unwrap_or(config.delivery.max_connections),
+            initial_connections: config.delivery.initial_connections,
             messages_per_connection: pick(|s| s.messages_per_connection)
                 .unwrap_or(config.delivery.messages_per_connection),
         }
@@ -246,7 +249,7 @@ impl Shaping {
         }
         let learned = match self.ceiling {
             Some((c, _)) => c,
-            None => self.peak_greeted + 1,
+            None => (self.peak_greeted + 1).max(self.limits.initial_connections),
         };
         learned.clamp(1, self.limits.max_connections.max(1))
     }
@@ -544,6 +547,7 @@ mod tests {
         Limits {
             rate: rate.map(|r| r.parse().unwrap()),
             max_connections: 4,
+            initial_connections: 1,
             messages_per_connection: 100,
         }
     }
@@ -646,7 +650,7 @@ mod tests {
         refused.probe = true;
         s.report(at(1200), &refused);
         assert_eq!(
-            s.admit(at(1300), 0, true),
+            s.admit(at(1500), 0, true),
             Err(Gate::Until(at(2101))),
             "the next probe goes two seconds after the refusal"
         );
