@@ -11,7 +11,7 @@
 //! | --- | --- | --- |
 //! | vocabulary | [`time`], [`config`], [`address`], [`reply`], [`outcome`], [`message`], [`event`], [`dsn`] | the plain types everything speaks: timestamps and the engine's clock, the configuration, addresses, replies, outcomes and typed failures, messages and attempts, events, DSNs |
 //! | protocol and network | [`net`]: [`net::smtp`] ([`net::smtp::wire`], [`net::smtp::server`], [`net::smtp::client`]), [`net::transport`], [`net::resolve`], [`net::tls`], [`net::auth`], [`net::limit`] | SMTP both ways, the `Transport` and `Resolver` seams, STARTTLS, AUTH, per-client limits |
-//! | policy | [`policy`]: [`policy::classify`], [`policy::schedule`], [`policy::shaping`], [`policy::react`], [`policy::provider`], [`policy::suppress`] | what a reply means, when to try again, how fast to send, which knob an outcome turns, providers, suppressions |
+//! | policy | [`policy`]: [`policy::classify`], [`policy::logline`], [`policy::schedule`], [`policy::shaping`], [`policy::react`], [`policy::provider`], [`policy::suppress`] | what a reply means, when to try again, how fast to send, which knob an outcome turns, providers, suppressions |
 //! | engine core | [`engine`]: [`engine::ingest`], [`engine::spool`], [`engine::scheduler`], [`engine::driver`], [`engine::handle`], [`engine::dispatch`] | taking mail in, keeping it, the scheduler state machine, running it on wall time, delivering |
 //! | tools | [`tools`]: [`tools::receiver`], [`tools::sink`], [`tools::bench`], [`tools::simulate`] | receiver models, `knock sink`, `knock bench`, `knock simulate` |
 //! | surfaces | [`surface`]: [`surface::api`], [`surface::client`], [`surface::diagnose`], [`surface::cli`] | the HTTP API, its client, diagnosis, the command line |

@@ -49,11 +49,15 @@ impl Class {
     }
 
     /// The class as it applies to a permanent failure: `hard`, `mailbox`, `block`, `auth`
-    /// or `policy`.
+    /// or `policy`. A network failure that is permanent (the recipient's host cannot be
+    /// found or reached for good) is `hard`; a permanent refusal for a reason that is
+    /// otherwise temporary (greylisting, a rate, the receiver's system) is `policy`: the
+    /// receiver will not take the message, but nothing says the address is bad.
     pub fn permanent(self) -> Class {
         match self {
             Class::Reputation => Class::Block,
-            Class::Greylist | Class::Throttle | Class::System | Class::Network => Class::Policy,
+            Class::Network => Class::Hard,
+            Class::Greylist | Class::Throttle | Class::System => Class::Policy,
             c => c,
         }
     }

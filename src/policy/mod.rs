@@ -1,10 +1,12 @@
-//! The policy the engine applies: what a reply means ([`classify`]), when to try again
-//! ([`schedule`]), how fast and how wide to send to a destination ([`shaping`]), which knob
-//! each outcome turns ([`react`]), which receiving infrastructure a domain belongs to
-//! ([`provider`]), and which addresses are never sent to again ([`suppress`]). Decisions on
-//! data: no sockets, no disk, and no clock (the time is passed in).
+//! The policy the engine applies: what a reply means ([`classify`], and [`logline`] for
+//! reading replies and diagnostics out of log lines), when to try again ([`schedule`]), how
+//! fast and how wide to send to a destination ([`shaping`]), which knob each outcome turns
+//! ([`react`]), which receiving infrastructure a domain belongs to ([`provider`]), and which
+//! addresses are never sent to again ([`suppress`]). Decisions on data: no sockets, no disk,
+//! and no clock (the time is passed in).
 
 pub mod classify;
+pub mod logline;
 pub mod provider;
 pub mod react;
 pub mod schedule;

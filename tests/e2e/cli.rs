@@ -197,7 +197,7 @@ fn classify_prints_class_and_disposition() {
     assert_eq!(rows[0]["class"], "throttle");
     assert_eq!(rows[0]["transient"], true);
     assert_eq!(
-        rows[0]["reply"],
+        rows[0]["line"],
         "421 4.7.0 mx.test Error: too many connections from 192.0.2.1"
     );
     assert_eq!(
@@ -221,7 +221,85 @@ fn classify_prints_class_and_disposition() {
     assert!(ok);
     assert!(out.starts_with("throttle"), "{out}");
     let (ok, _, err) = knock(&["classify", "not a reply"]);
-    assert!(!ok && err.contains("not a reply line"), "{err}");
+    assert!(!ok && err.contains("no known phrase: not a reply"), "{err}");
+}
+
+/// A line from a mail log and a sending MTA's own diagnostic are classified, and the JSON
+/// says what each was read as.
+#[test]
+fn classify_reads_logged_replies_and_sender_diagnostics() {
+    let logged = "Dec  1 02:03:04 tx postfix/smtp[123]: 4Xyz: to=<a@rx.example>, \
+                  relay=mx.rx.example[192.0.2.1]:25, delay=1.2, dsn=4.7.28, status=deferred \
+                  (host mx.rx.example[192.0.2.1] said: 421-4.7.28 [192.0.2.9] Our system has \
+                  detected an unusual rate of 421-4.7.28 mail originating from your IP \
+                  address. 421 4.7.28 Try again later. gsmtp (in reply to end of DATA command))";
+    let diagnostic = "connect to mx.rx.example[192.0.2.1]:25: Connection timed out";
+    let bounce = "smtp; 550 5.1.1 <a@rx.example>... User unknown";
+    let (ok, out, err) = knock_with_stdin(
+        &["classify", "--json"],
+        format!("{logged}\n{diagnostic}\n{bounce}\n").as_bytes(),
+    );
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let fields = |r: &serde_json::Value| {
+        (
+            r["read_as"].as_str().unwrap().to_string(),
+            r["class"].as_str().map(str::to_string),
+            r["disposition"].as_str().unwrap().to_string(),
+            r["code"].as_u64(),
+            r["enhanced"].as_str().map(str::to_string),
+            r["failure"].as_str().map(str::to_string),
+        )
+    };
+    let own = |s: &str| Some(s.to_string());
+    assert_eq!(
+        fields(&rows[0]),
+        (
+            "logged reply".into(),
+            own("throttle"),
+            "transient".into(),
+            Some(421),
+            own("4.7.28"),
+            None
+        )
+    );
+    assert_eq!(
+        rows[0]["text"],
+        "[192.0.2.9] Our system has detected an unusual rate of mail originating from your \
+         IP address. Try again later. gsmtp"
+    );
+    assert_eq!(
+        fields(&rows[1]),
+        (
+            "diagnostic".into(),
+            own("network"),
+            "transient".into(),
+            None,
+            own("4.4.1"),
+            own("connect_timeout")
+        )
+    );
+    assert_eq!(
+        fields(&rows[2]),
+        (
+            "logged reply".into(),
+            own("hard"),
+            "permanent".into(),
+            Some(550),
+            own("5.1.1"),
+            None
+        )
+    );
+
+    let (ok, out, err) = knock(&["classify", diagnostic]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["network", "transient", "diagnostic"]
+    );
 }
 
 #[test]

@@ -142,13 +142,43 @@ pub fn message(m: &MessageView) -> String {
     out
 }
 
-/// `knock classify`: the class, the disposition and the reply line.
-pub fn classified(outcome: &crate::outcome::Outcome, line: &str) -> String {
-    let kind = match outcome.disposition {
+/// `knock classify`: the class, the disposition, what the line was read as, and the line.
+pub fn classified(
+    outcome: &crate::outcome::Outcome,
+    read: &crate::policy::logline::Line,
+    line: &str,
+) -> String {
+    let class = outcome.class.map(|c| c.as_str()).unwrap_or("-");
+    let disposition = disposition(outcome.disposition);
+    let read_as = read.read_as();
+    format!("{class:<10} {disposition:<9}  {read_as:<12}  {line}")
+}
+
+/// `knock classify --json`: one object per line, with what the line was read as and the
+/// parts classification used (`code` and `enhanced` are null where the line had none;
+/// `failure` is the kind a sending MTA's diagnostic stands for).
+pub fn classified_json(
+    outcome: &crate::outcome::Outcome,
+    read: &crate::policy::logline::Line,
+    line: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "line": line,
+        "read_as": read.read_as(),
+        "class": outcome.class.map(|c| c.as_str()),
+        "disposition": disposition(outcome.disposition),
+        "transient": outcome.is_transient(),
+        "code": outcome.code,
+        "enhanced": outcome.enhanced.map(|e| e.to_string()),
+        "text": outcome.text,
+        "failure": outcome.failure.map(|k| k.as_str()),
+    })
+}
+
+fn disposition(d: crate::outcome::Disposition) -> &'static str {
+    match d {
         crate::outcome::Disposition::Delivered => "delivered",
         crate::outcome::Disposition::Transient => "transient",
         crate::outcome::Disposition::Permanent => "permanent",
-    };
-    let class = outcome.class.map(|c| c.as_str()).unwrap_or("-");
-    format!("{class:<10} {kind:<9}  {line}")
+    }
 }

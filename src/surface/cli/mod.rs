@@ -66,15 +66,18 @@ pub enum Command {
     Passwd { user: String },
     /// Run knock's own scheduling on virtual time against modelled receivers.
     Simulate(SimulateArgs),
-    /// Classify reply lines (arguments, or one per line on stdin) as knock would.
+    /// Classify replies, logged replies and sending MTAs' diagnostics (arguments, or one per
+    /// line on stdin) as knock would.
     Classify {
         /// Your own rules (TOML, like data/classify.toml), read before the shipped ones.
         #[arg(long)]
         rules: Option<PathBuf>,
-        /// One JSON object per line: {"reply", "class", "transient"}.
+        /// One JSON object per line: {"line", "read_as", "class", "disposition",
+        /// "transient", "code", "enhanced", "text", "failure"}.
         #[arg(long)]
         json: bool,
-        /// Reply lines, e.g. "450 4.2.0 Greylisted"; read from stdin when none are given.
+        /// Lines, e.g. "450 4.2.0 Greylisted" or "host mx.example[192.0.2.1] said: 550
+        /// 5.1.1 User unknown"; read from stdin when none are given.
         replies: Vec<String>,
     },
 }
@@ -415,6 +418,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn classify(rules: Option<PathBuf>, json: bool, replies: Vec<String>) -> anyhow::Result<()> {
+    use crate::policy::logline;
     use std::io::BufRead;
     let classifier =
         crate::policy::classify::Classifier::from_config(&crate::config::ClassifyConfig { rules })?;
@@ -430,25 +434,20 @@ fn classify(rules: Option<PathBuf>, json: bool, replies: Vec<String>) -> anyhow:
         if line.is_empty() {
             continue;
         }
-        let reply = match crate::reply::Reply::parse(format!("{line}\r\n").as_bytes()) {
-            Ok(reply) => reply,
-            Err(e) => {
-                eprintln!("not a reply line ({e}): {line}");
-                bad += 1;
-                continue;
-            }
+        let read = logline::read(line);
+        let Some(outcome) = classifier.line(&read) else {
+            eprintln!("no reply code, no known diagnostic and no known phrase: {line}");
+            bad += 1;
+            continue;
         };
-        let outcome = classifier.reply(&reply);
         if json {
-            let class = outcome.class.map(|c| c.as_str());
-            let j = serde_json::json!({"reply": line, "class": class, "transient": outcome.is_transient()});
-            println!("{j}");
+            println!("{}", format::classified_json(&outcome, &read, line));
         } else {
-            println!("{}", format::classified(&outcome, line));
+            println!("{}", format::classified(&outcome, &read, line));
         }
     }
     if bad > 0 {
-        anyhow::bail!("{bad} line(s) were not SMTP replies");
+        anyhow::bail!("{bad} line(s) could not be read");
     }
     Ok(())
 }

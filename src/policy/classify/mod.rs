@@ -2,11 +2,19 @@
 //! here, and nowhere else. The rules are data: `data/classify.toml` ships with knock
 //! (phrases from real receivers), and operators can put their own file in front of it.
 //!
-//! Order: an enhanced code with a meaning of its own (`[codes]`), then the first text rule
-//! whose phrase occurs in the reply, then the enhanced code's subject, then the basic code.
+//! Order, first to say something wins:
+//! 1. an enhanced code with a meaning of its own (`[codes]`);
+//! 2. the first phrase, in file order, that occurs in the reply (rules without `weak`);
+//! 3. the enhanced code's subject and detail (`5.1.1` hard, `4.2.2` mailbox, ...);
+//! 4. the first weak phrase (vague words: "rejected", "try again later");
+//! 5. an enhanced code that only names its subject (`x.y.0`);
+//! 6. the basic code.
+//!
 //! The class is then fitted to the disposition (`Class::transient` / `Class::permanent`).
+//! `docs/classification.md` explains each step and the decisions behind the shipped rules.
 
 use crate::outcome::{Class, Disposition, Failure, Observed, Outcome};
+use crate::policy::logline::{self, Line};
 use crate::reply::{Enhanced, Reply};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use anyhow::Context;
@@ -16,7 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The rules knock ships with.
-pub const SHIPPED_RULES: &str = include_str!("../../data/classify.toml");
+pub const SHIPPED_RULES: &str = include_str!("../../../data/classify.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,11 +45,18 @@ struct Rule {
     weak: bool,
 }
 
+/// Whether a rule's phrases say something on their own, or only when the codes do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strength {
+    Strong,
+    Weak,
+}
+
 pub struct Classifier {
     codes: HashMap<Enhanced, Class>,
-    /// For each phrase in the matcher, its rule's class and weakness; among the phrases
+    /// For each phrase in the matcher, its rule's class and strength; among the phrases
     /// found, the earliest listed wins, so file order is priority.
-    phrase_class: Vec<(Class, bool)>,
+    phrase_class: Vec<(Class, Strength)>,
     matcher: AhoCorasick,
 }
 
@@ -55,7 +70,7 @@ impl Classifier {
     /// Rules from several TOML texts; earlier texts take precedence.
     pub fn new(sources: &[(&str, &str)]) -> anyhow::Result<Classifier> {
         let mut codes = HashMap::new();
-        let mut phrases: Vec<(String, (Class, bool))> = Vec::new();
+        let mut phrases: Vec<(String, (Class, Strength))> = Vec::new();
         for (name, text) in sources {
             let file: RuleFile =
                 toml::from_str(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
@@ -69,10 +84,14 @@ impl Classifier {
                 if rule.phrases.iter().any(|p| p.trim().is_empty()) {
                     anyhow::bail!("{name}: rule[{i}].phrases: a phrase is empty");
                 }
+                let strength = match rule.weak {
+                    true => Strength::Weak,
+                    false => Strength::Strong,
+                };
                 phrases.extend(
                     rule.phrases
                         .into_iter()
-                        .map(|p| (p, (rule.class, rule.weak))),
+                        .map(|p| (p, (rule.class, strength))),
                 );
             }
         }
@@ -107,23 +126,29 @@ impl Classifier {
     /// The class of a non-2xx reply; `None` for 2xx and 3xx.
     pub fn class(&self, code: u16, enhanced: Option<Enhanced>, text: &str) -> Option<Class> {
         let disposition = disposition(code)?;
+        let specific = enhanced.filter(|&e| says_more_than_subject(disposition, e));
         let class = enhanced
             .and_then(|e| self.codes.get(&e).copied())
-            .or_else(|| self.by_text(text, false))
-            .or_else(|| by_subject(code, enhanced))
-            .or_else(|| self.by_text(text, true))
+            .or_else(|| self.by_text(text, Strength::Strong))
+            .or_else(|| specific.and_then(|e| by_subject(disposition, e)))
+            .or_else(|| self.by_text(text, Strength::Weak))
+            .or_else(|| enhanced.and_then(|e| by_subject(disposition, e)))
             .unwrap_or_else(|| by_code(code));
-        Some(match disposition {
-            Disposition::Permanent => class.permanent(),
-            _ => class.transient(),
-        })
+        Some(fit(class, disposition))
     }
 
-    fn by_text(&self, text: &str, weak: bool) -> Option<Class> {
+    /// The class of words alone (a bounce's text with no code): phrases only, strong before
+    /// weak. `None` when no phrase occurs.
+    pub fn text_class(&self, text: &str) -> Option<Class> {
+        self.by_text(text, Strength::Strong)
+            .or_else(|| self.by_text(text, Strength::Weak))
+    }
+
+    fn by_text(&self, text: &str, strength: Strength) -> Option<Class> {
         self.matcher
             .find_overlapping_iter(text)
             .map(|m| m.pattern().as_usize())
-            .filter(|&i| self.phrase_class[i].1 == weak)
+            .filter(|&i| self.phrase_class[i].1 == strength)
             .min()
             .map(|i| self.phrase_class[i].0)
     }
@@ -151,10 +176,7 @@ impl Classifier {
             .unwrap_or(failure.kind.class());
         Outcome {
             disposition,
-            class: Some(match disposition {
-                Disposition::Permanent => class.permanent(),
-                _ => class.transient(),
-            }),
+            class: Some(fit(class, disposition)),
             code: None,
             enhanced: Some(enhanced),
             text: failure.to_string(),
@@ -162,13 +184,69 @@ impl Classifier {
         }
     }
 
+    /// The outcome of a line [`logline::read`](crate::policy::logline::read) read: a reply,
+    /// a logged reply or status, a sending MTA's diagnostic (classified as knock's own
+    /// failure of the same kind), or words alone. `None` for words no phrase knows.
+    pub fn line(&self, line: &Line) -> Option<Outcome> {
+        Some(match line {
+            Line::Reply(reply) | Line::Logged(reply) => self.reply(reply),
+            Line::Status(enhanced, text) => self.status(*enhanced, text),
+            Line::Diagnostic(failure) => self.failure(failure),
+            Line::Text(text) => self.words(text)?,
+        })
+    }
+
+    /// A status with no basic code: the enhanced code's class stands for the basic code
+    /// (`5.7.1 ...` is read as a `500`, which says nothing more than "permanent").
+    fn status(&self, enhanced: Enhanced, text: &str) -> Outcome {
+        let code = u16::from(enhanced.class) * 100;
+        Outcome {
+            disposition: disposition(code).unwrap_or(Disposition::Delivered),
+            class: self.class(code, Some(enhanced), text),
+            code: None,
+            enhanced: Some(enhanced),
+            text: text.to_string(),
+            failure: None,
+        }
+    }
+
+    /// Words with no code: the class comes from phrases alone, and the disposition from the
+    /// class. A class that can be either (`mailbox`, `policy`, `auth`) is read as permanent:
+    /// a text without a code is what a bounce quotes.
+    fn words(&self, text: &str) -> Option<Outcome> {
+        let class = self.text_class(text)?;
+        let disposition = match class {
+            Class::Greylist
+            | Class::Throttle
+            | Class::System
+            | Class::Network
+            | Class::Reputation => Disposition::Transient,
+            Class::Mailbox | Class::Policy | Class::Auth | Class::Hard | Class::Block => {
+                Disposition::Permanent
+            }
+        };
+        Some(Outcome {
+            disposition,
+            class: Some(class),
+            code: None,
+            enhanced: None,
+            text: text.to_string(),
+            failure: None,
+        })
+    }
+
+    /// The outcome of a reply. A reply with no enhanced code at the start may carry one
+    /// qmail's way, `(#5.1.1)`: that one counts.
     pub fn reply(&self, reply: &Reply) -> Outcome {
         let text = reply.text.replace('\n', " ");
+        let enhanced = reply
+            .enhanced
+            .or_else(|| logline::hash_code(&text).map(|(e, _)| e));
         Outcome {
             disposition: disposition(reply.code).unwrap_or(Disposition::Delivered),
-            class: self.class(reply.code, reply.enhanced, &text),
+            class: self.class(reply.code, enhanced, &text),
             code: Some(reply.code),
-            enhanced: reply.enhanced,
+            enhanced,
             text,
             failure: None,
         }
@@ -183,18 +261,46 @@ fn disposition(code: u16) -> Option<Disposition> {
     }
 }
 
-/// The class the enhanced code's subject gives, when it gives one (not `x.0.x`).
-fn by_subject(code: u16, enhanced: Option<Enhanced>) -> Option<Class> {
-    let class = match enhanced.map(|e| (e.subject, e.detail))? {
+/// The class the enhanced code's subject and detail give, when they give one (not `x.0.x`).
+/// RFC 3463 and RFC 7372 name them; `[codes]` in the rules may say more.
+fn by_subject(disposition: Disposition, e: Enhanced) -> Option<Class> {
+    let class = match (e.subject, e.detail) {
+        // Addressing: the sender's address (x.1.7) or its domain (x.1.8) is bad, which is
+        // not the recipient's fault; else the recipient's address or domain is wrong.
+        (1, 7 | 8) => Class::Policy,
         (1, _) => Class::Hard,
+        // The message is longer than the receiver allows: not the mailbox's fault.
+        (2, 3) => Class::Policy,
         (2, _) => Class::Mailbox,
+        (3, 4) => Class::Policy,
         (3, _) => Class::System,
+        // Permanent, the network class is fitted to `hard` (5.4.4: unable to route), but for
+        // a loop and an expired message (in `[codes]`).
         (4, _) => Class::Network,
-        (7, 1) if code >= 500 => Class::Block,
-        (5..=7, _) => Class::Policy,
+        (5, 3) => Class::Throttle,
+        (5, _) | (6, _) => Class::Policy,
+        (7, 1) if disposition == Disposition::Permanent => Class::Block,
+        (7, _) => Class::Policy,
         _ => return None,
     };
     Some(class)
+}
+
+/// Whether an enhanced code says more than its subject: `x.y.0` does not ("other or
+/// undefined"), and neither does a temporary `4.7.1`, which receivers send for anything from
+/// greylisting to a rate limit (its words say which).
+fn says_more_than_subject(disposition: Disposition, e: Enhanced) -> bool {
+    let vague =
+        e.detail == 0 || (disposition == Disposition::Transient && (e.subject, e.detail) == (7, 1));
+    !vague
+}
+
+/// The class fitted to the disposition (see [`Class::transient`] and [`Class::permanent`]).
+fn fit(class: Class, disposition: Disposition) -> Class {
+    match disposition {
+        Disposition::Permanent => class.permanent(),
+        _ => class.transient(),
+    }
 }
 
 /// The class the basic reply code gives, when nothing else says more.
@@ -263,116 +369,4 @@ fn unit_seconds(unit: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Real reply lines, one per line: `class<TAB>reply`.
-    const REPLIES: &str = include_str!("../../tests/data/replies.tsv");
-
-    #[test]
-    fn real_replies_table() {
-        let c = Classifier::default();
-        let mut wrong = Vec::new();
-        let mut count = 0;
-        for line in REPLIES
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        {
-            let (expected, raw) = line
-                .split_once('\t')
-                .unwrap_or_else(|| panic!("no tab in {line:?}"));
-            let reply = Reply::parse(format!("{raw}\r\n").as_bytes())
-                .unwrap_or_else(|e| panic!("{raw:?}: {e}"));
-            let got = c.reply(&reply).class.map(Class::as_str).unwrap_or("none");
-            if got != expected {
-                wrong.push(format!("expected {expected}, got {got}: {raw}"));
-            }
-            count += 1;
-        }
-        assert!(
-            count >= 100,
-            "the table needs at least 100 lines, has {count}"
-        );
-        assert!(
-            wrong.is_empty(),
-            "{} of {count} misclassified:\n{}",
-            wrong.len(),
-            wrong.join("\n")
-        );
-    }
-
-    #[test]
-    fn operator_rules_come_first() {
-        let mine = "[[rule]]\nclass = \"throttle\"\nphrases = [\"greylisted\"]\n";
-        let c = Classifier::new(&[("mine", mine), ("shipped", SHIPPED_RULES)]).unwrap();
-        assert_eq!(
-            c.class(450, None, "Greylisted, come back later"),
-            Some(Class::Throttle)
-        );
-        assert_eq!(
-            Classifier::default().class(450, None, "Greylisted, come back later"),
-            Some(Class::Greylist)
-        );
-    }
-
-    #[test]
-    fn bad_rule_files_are_errors_naming_the_place() {
-        for (text, needle) in [
-            ("[codes]\n\"4.x.1\" = \"throttle\"", "codes.\"4.x.1\""),
-            ("[[rule]]\nclass = \"sleepy\"\nphrases = [\"x\"]", "sleepy"),
-            (
-                "[[rule]]\nclass = \"throttle\"\nphrases = [\"\"]",
-                "rule[0].phrases",
-            ),
-        ] {
-            let err = Classifier::new(&[("mine", text)])
-                .err()
-                .map(|e| format!("{e:#}"))
-                .unwrap();
-            assert!(err.contains(needle) && err.contains("mine"), "{err}");
-        }
-    }
-
-    #[test]
-    fn disposition_fits_the_class() {
-        let c = Classifier::default();
-        assert_eq!(
-            c.class(550, None, "blocked using zen.spamhaus.org"),
-            Some(Class::Block)
-        );
-        assert_eq!(
-            c.class(450, None, "blocked using zen.spamhaus.org"),
-            Some(Class::Reputation)
-        );
-        assert_eq!(c.class(450, None, "User unknown"), Some(Class::Mailbox));
-        assert_eq!(c.class(550, None, "Greylisted"), Some(Class::Policy));
-        assert_eq!(c.class(250, None, "Ok"), None);
-    }
-
-    #[test]
-    fn stated_delays() {
-        let cases = [
-            ("Greylisted, please try again in 180 seconds", Some(180)),
-            ("Greylisted for 5 minutes", Some(300)),
-            (
-                "<a@b>: Recipient address rejected: Greylisted for 300 seconds (see http://x/help)",
-                Some(300),
-            ),
-            ("try again after 300s", Some(300)),
-            ("Please retry in 2 min", Some(120)),
-            (
-                "451 4.7.1 Greylisting in action, please come back later",
-                None,
-            ),
-            (
-                "Greylisted, see http://postgrey.schweikert.ch/help/b.test.html",
-                None,
-            ),
-            ("too many connections from 192.0.2.1", None),
-            ("mailbox is 5 minutes old", None),
-        ];
-        for (text, secs) in cases {
-            assert_eq!(stated_delay(text), secs.map(Duration::from_secs), "{text}");
-        }
-    }
-}
+mod tests;
