@@ -30,6 +30,7 @@ fn message(n: usize, domains: usize, body: &bytes::Bytes, now: Timestamp) -> New
         failure: None,
         tls: None,
         down: false,
+        tried: Vec::new(),
     };
     NewMessage {
         envelope: Envelope {

@@ -443,8 +443,10 @@ impl Default for EventsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
+    /// How long one try of a query waits for an answer.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How many times a query is tried in all (1: no retry).
     pub attempts: usize,
 }
 
@@ -497,6 +499,9 @@ impl Config {
         }
         if self.delivery.max_connections == 0 {
             bail!("delivery.max_connections: must be at least 1");
+        }
+        if self.dns.attempts == 0 {
+            bail!("dns.attempts: must be at least 1 (the tries of a query, the first included)");
         }
         if self.delivery.initial_connections == 0 {
             bail!("delivery.initial_connections: must be at least 1");

@@ -76,6 +76,10 @@ pub struct Event {
     pub next_attempt: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ee_seconds: Option<f64>,
+    /// MX hosts that would not do before the one reached (or all of them), and what each
+    /// did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<crate::net::transport::HostTried>,
 }
 
 impl Event {
@@ -107,6 +111,7 @@ impl Event {
             failure: None,
             next_attempt: None,
             ee_seconds: None,
+            tried: Vec::new(),
         }
     }
 }
@@ -132,6 +137,7 @@ impl Event {
         "failure",
         "next_attempt",
         "ee_seconds",
+        "tried",
     ];
 
     /// One line of the log, read strictly: a key that is not an event field, a missing

@@ -114,6 +114,10 @@ pub struct Attempt {
     /// against the recipient's retry schedule.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub down: bool,
+    /// MX hosts that would not do before the one reached (or all of them, when none
+    /// was), and what each did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<crate::net::transport::HostTried>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -186,9 +186,14 @@ impl Inner {
             None => self.body(envelope.id).await,
         };
         let (results, seen) = match &body {
-            Ok(body) => self.attempt(open, guard.job(), body).await,
+            Ok(body) => self.attempt(worker, open, guard.job(), body).await,
             Err(failure) => (
-                same_for_all(&held_group(&guard), &failure.clone().into(), None),
+                same_for_all(
+                    &held_group(&guard),
+                    &failure.clone().into(),
+                    None,
+                    Vec::new(),
+                ),
                 Seen::default(),
             ),
         };
@@ -242,6 +247,7 @@ impl Inner {
     /// then one transaction per batch of recipients.
     async fn attempt(
         &self,
+        worker: WorkerId,
         open: &mut Option<Open>,
         job: &Job,
         body: &[u8],
@@ -258,6 +264,7 @@ impl Inner {
             let policy = self.tls.policy_for(&group.domain, &job.destination);
             match self.transport.connect(&group.domain, policy).await {
                 Ok(conn) => {
+                    self.scheduler.input(Input::Greeted { worker });
                     *open = Some(Open {
                         conn,
                         used: ConnectionUse::new(&group.domain),
@@ -265,7 +272,7 @@ impl Inner {
                 }
                 Err(e) => {
                     seen.unreachable = e.unreachable;
-                    return (same_for_all(group, &e.observed, e.mx), seen);
+                    return (same_for_all(group, &e.observed, e.mx, e.tried), seen);
                 }
             }
         }
@@ -276,6 +283,11 @@ impl Inner {
             mx: Some(o.conn.mx().to_string()),
             local_ip: Some(o.conn.local_ip()),
             tls: o.conn.tls(),
+            // Only the attempt that opened the connection passed hosts over.
+            tried: match fresh {
+                true => o.conn.passed_over().to_vec(),
+                false => Vec::new(),
+            },
         };
         let mx = o.conn.mx().to_string();
         let pending: Vec<&str> = group.pending().map(|r| r.address.as_str()).collect();
@@ -329,7 +341,12 @@ fn held_group(guard: &JobGuard) -> Group {
 }
 
 /// The same observation for every pending recipient: nothing was said to any of them apart.
-fn same_for_all(group: &Group, observed: &Observed, mx: Option<String>) -> Vec<(Observed, Where)> {
+fn same_for_all(
+    group: &Group,
+    observed: &Observed,
+    mx: Option<String>,
+    tried: Vec<crate::net::transport::HostTried>,
+) -> Vec<(Observed, Where)> {
     group
         .pending()
         .map(|_| {
@@ -337,6 +354,7 @@ fn same_for_all(group: &Group, observed: &Observed, mx: Option<String>) -> Vec<(
                 observed.clone(),
                 Where {
                     mx: mx.clone(),
+                    tried: tried.clone(),
                     ..Default::default()
                 },
             )

@@ -44,10 +44,12 @@ pub struct DnsResolver {
 }
 
 impl DnsResolver {
+    /// `attempts` is how many times a query is tried in all (hickory counts the retries
+    /// after the first).
     pub fn from_system(timeout: Duration, attempts: usize) -> anyhow::Result<DnsResolver> {
         let mut builder = TokioResolver::builder_tokio()?;
         builder.options_mut().timeout = timeout;
-        builder.options_mut().attempts = attempts;
+        builder.options_mut().attempts = attempts.saturating_sub(1);
         Ok(DnsResolver {
             inner: builder.build()?,
         })

@@ -4,16 +4,22 @@
 //! substitute a scripted transport.
 
 use crate::config::{DeliveryConfig, parse_host_port};
-use crate::net::resolve::{DnsError, Resolver};
+use crate::net::resolve::{DnsError, MxHost, Resolver};
 use crate::net::smtp::client::{Client, ClientError};
 use crate::net::tls::{Connectors, Policy, TlsInfo};
 use crate::outcome::{Failure, FailureKind, Observed};
 use crate::reply::Reply;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a failed MX lookup stands for its domain: the lookup that finds the provider
+/// and the delivery after it share one, and a failing domain is not asked again for every
+/// group. (Answers are cached by the resolver for their TTL.)
+const FAILED_MX_TTL: Duration = Duration::from_secs(60);
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -36,15 +42,30 @@ pub trait Transport: Send + Sync + 'static {
 pub struct ConnectError {
     pub observed: Observed,
     pub mx: Option<String>,
+    /// Every host tried, in order, and what each did.
+    pub tried: Vec<HostTried>,
     /// Every host was tried and none would talk (refused, timed out, turned away at the
     /// greeting): the destination, not the message, is unwell.
     pub unreachable: bool,
+}
+
+/// One MX host that would not do, and why (for the attempt record and the event).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostTried {
+    pub host: String,
+    pub addr: String,
+    /// What it did: the reply or knock's own diagnostic.
+    pub said: String,
 }
 
 #[async_trait]
 pub trait Connection: Send {
     /// The MX host name this connection reached.
     fn mx(&self) -> &str;
+    /// The hosts tried before this one that would not do, in order.
+    fn passed_over(&self) -> &[HostTried] {
+        &[]
+    }
     fn local_ip(&self) -> String;
     fn is_reusable(&self) -> bool;
     /// The TLS the session runs over; `None` in plaintext.
@@ -76,6 +97,7 @@ pub struct SmtpTransport {
     config: DeliveryConfig,
     helo_name: String,
     connectors: Connectors,
+    failed_mx: Mutex<HashMap<String, (Instant, DnsError)>>,
 }
 
 impl SmtpTransport {
@@ -102,7 +124,30 @@ impl SmtpTransport {
             config,
             helo_name,
             connectors,
+            failed_mx: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The MX hosts of `domain`; a failure is remembered for a minute.
+    async fn mx(&self, domain: &str) -> Result<Vec<MxHost>, DnsError> {
+        let key = domain.to_ascii_lowercase();
+        {
+            let mut failed = self.failed_mx.lock().expect("not poisoned");
+            match failed.get(&key) {
+                Some((at, e)) if at.elapsed() < FAILED_MX_TTL => return Err(e.clone()),
+                Some(_) => {
+                    failed.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let answer = self.resolver.mx(domain).await;
+        if let Err(e) = &answer {
+            let mut failed = self.failed_mx.lock().expect("not poisoned");
+            failed.retain(|_, (at, _)| at.elapsed() < FAILED_MX_TTL);
+            failed.insert(key, (Instant::now(), e.clone()));
+        }
+        answer
     }
 
     /// The hosts to try for `domain`, in order: a route when one matches, else its MX.
@@ -111,7 +156,6 @@ impl SmtpTransport {
             match self.routes.get(domain).or_else(|| self.routes.get("*")) {
                 Some(hosts) => hosts.clone(),
                 None => self
-                    .resolver
                     .mx(domain)
                     .await
                     .map_err(dns_observed)?
@@ -158,6 +202,7 @@ impl Transport for SmtpTransport {
             .map_err(|observed| ConnectError {
                 observed,
                 mx: None,
+                tried: Vec::new(),
                 unreachable: false,
             })?;
         let mut failure = ConnectError {
@@ -167,23 +212,35 @@ impl Transport for SmtpTransport {
             )
             .into(),
             mx: None,
+            tried: Vec::new(),
             unreachable: true,
         };
+        let mut tried = Vec::new();
         for target in targets {
             for addr in &target.addrs {
                 match self.open(&target.host, *addr, policy).await {
-                    Ok(conn) => return Ok(Box::new(conn)),
+                    Ok(mut conn) => {
+                        conn.passed_over = tried;
+                        return Ok(Box::new(conn));
+                    }
                     Err(failed) => {
                         tracing::debug!(domain, host = %target.host, %addr, reason = %failed.observed, "MX host unusable, trying the next");
+                        tried.push(HostTried {
+                            host: target.host.clone(),
+                            addr: addr.to_string(),
+                            said: failed.observed.to_string(),
+                        });
                         failure = ConnectError {
                             observed: failed.observed,
                             mx: Some(target.host.clone()),
+                            tried: Vec::new(),
                             unreachable: failure.unreachable && !failed.tls_policy,
                         };
                     }
                 }
             }
         }
+        failure.tried = tried;
         Err(failure)
     }
 
@@ -191,7 +248,6 @@ impl Transport for SmtpTransport {
         match self.routes.get(domain).or_else(|| self.routes.get("*")) {
             Some(hosts) => hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect(),
             None => self
-                .resolver
                 .mx(domain)
                 .await
                 .map(|mx| mx.into_iter().map(|m| m.name).collect())
@@ -263,6 +319,7 @@ impl SmtpTransport {
         Ok(SmtpConnection {
             client,
             mx: host.to_string(),
+            passed_over: Vec::new(),
         })
     }
 
@@ -318,12 +375,17 @@ impl SmtpTransport {
 struct SmtpConnection {
     client: Client,
     mx: String,
+    passed_over: Vec<HostTried>,
 }
 
 #[async_trait]
 impl Connection for SmtpConnection {
     fn mx(&self) -> &str {
         &self.mx
+    }
+
+    fn passed_over(&self) -> &[HostTried] {
+        &self.passed_over
     }
 
     fn local_ip(&self) -> String {
@@ -358,5 +420,47 @@ impl Connection for SmtpConnection {
 
     async fn quit(self: Box<Self>) {
         self.client.quit().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A resolver whose MX lookups all fail, counting them.
+    struct Failing(AtomicUsize);
+
+    #[async_trait]
+    impl Resolver for Failing {
+        async fn mx(&self, domain: &str) -> Result<Vec<MxHost>, DnsError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(DnsError::Temporary(domain.into(), "SERVFAIL".into()))
+        }
+        async fn addrs(&self, host: &str, _port: u16) -> Result<Vec<SocketAddr>, DnsError> {
+            Err(DnsError::NoAddress(host.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn one_failed_mx_lookup_serves_the_provider_and_the_delivery() {
+        let resolver = Arc::new(Failing(AtomicUsize::new(0)));
+        let t = SmtpTransport::new(
+            resolver.clone(),
+            &BTreeMap::new(),
+            DeliveryConfig::default(),
+            "knock.test".into(),
+            Connectors::new(None).unwrap(),
+        );
+        assert!(t.mx_hosts("x.test").await.is_empty());
+        let e = t.connect("X.test", Policy::Off).await.err().unwrap();
+        assert!(
+            e.observed.to_string().contains("SERVFAIL"),
+            "{}",
+            e.observed
+        );
+        assert_eq!(resolver.0.load(Ordering::SeqCst), 1, "one lookup");
+        assert!(t.mx_hosts("y.test").await.is_empty());
+        assert_eq!(resolver.0.load(Ordering::SeqCst), 2, "per domain");
     }
 }

@@ -187,6 +187,8 @@ pub struct Where {
     pub mx: Option<String>,
     pub local_ip: Option<String>,
     pub tls: Option<crate::net::tls::TlsInfo>,
+    /// MX hosts tried before (or instead of) `mx` that would not do, and what each did.
+    pub tried: Vec<crate::net::transport::HostTried>,
 }
 
 /// What a delivery saw of the destination beyond the replies.
@@ -264,6 +266,7 @@ pub fn apply(
             failure: o.failure,
             tls: at.tls.clone(),
             down: a.down && o.is_transient(),
+            tried: at.tried.clone(),
         });
         rcpt.state = state;
         let mut event = Event::new(
@@ -312,6 +315,7 @@ pub fn apply(
             }
         }
         event.mx = at.mx;
+        event.tried = at.tried;
         events.push(event);
     }
     // The group goes when its last deferred recipient may, and not before its destination
@@ -590,6 +594,7 @@ mod tests {
             failure: None,
             tls: None,
             down: false,
+            tried: Vec::new(),
         };
         let rcpt = Recipient {
             address: "a@b.test".into(),
@@ -629,6 +634,7 @@ mod tests {
                     failure: None,
                     tls: None,
                     down: false,
+                    tried: Vec::new(),
                 }],
             }],
             next_attempt: Some(t0),

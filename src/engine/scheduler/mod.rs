@@ -155,6 +155,9 @@ pub enum Input {
     Delivered(Box<Delivery>),
     /// A worker is free for its next job.
     Idle { worker: WorkerId },
+    /// A worker's new connection was greeted: its destination may open one more (the slow
+    /// start does not wait for the first delivery to finish).
+    Greeted { worker: WorkerId },
     /// A job came back without an outcome.
     Returned {
         worker: WorkerId,
@@ -422,6 +425,7 @@ impl Scheduler {
             }
             Input::Delivered(delivery) => self.delivered(*delivery, now),
             Input::Idle { worker } => self.idle(worker, now),
+            Input::Greeted { worker } => self.greeted(worker, now),
             Input::Returned { worker, job, why } => self.returned(worker, job, why, now),
             Input::WorkerGone { worker } => self.worker_gone(worker, now),
             Input::Gone { worker, id, domain } => {
@@ -727,6 +731,26 @@ impl Scheduler {
         self.out.push(Effect::Dismiss { worker });
     }
 
+    /// A worker's connection was greeted: the destination counts it, and may open one more.
+    fn greeted(&mut self, worker: WorkerId, now: Timestamp) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.greeted = true;
+        let ix = w.destination;
+        let greeted = self.greeted_at(ix);
+        self.destinations[ix].shaping.greeted(greeted);
+        self.start_workers(ix, now);
+    }
+
+    /// Workers of destination `ix` whose connection was greeted.
+    fn greeted_at(&self, ix: usize) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.destination == ix && w.greeted)
+            .count()
+    }
+
     /// A worker is free: give it the next job, keep it waiting a moment, or let it go.
     fn idle(&mut self, worker: WorkerId, now: Timestamp) {
         let Some(ix) = self.workers.get(&worker).map(|w| w.destination) else {
@@ -886,11 +910,7 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(&d.worker) {
             w.greeted = seen.connected;
         }
-        report.greeted = self
-            .workers
-            .values()
-            .filter(|w| w.destination == ix && w.greeted)
-            .count();
+        report.greeted = self.greeted_at(ix);
         let key = (held.envelope.id, self.intern(&held.group.domain));
         if self.destinations[ix].probe.as_ref() == Some(&key) {
             self.destinations[ix].probe = None;

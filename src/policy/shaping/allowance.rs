@@ -7,16 +7,18 @@
 //!
 //! - Until the first refusal nothing is assumed.
 //! - A refusal for rate that no learned window explains starts a *search*: nothing more
-//!   goes out; one probe goes at growing delays after the refusal (1 s, 2 s, 5 s, 10 s, …,
+//!   goes out; one probe goes at growing delays after the refusal (1 s, 3 s, 10 s, 30 s, …,
 //!   24 h). The first probe accepted bounds the window: its length is the probe's delay plus
 //!   how long the exhausted run had lasted; its count is what that run carried.
 //! - From then on a delivery starts only while fewer than `n` were accepted (or are in
 //!   flight) in the last `w`: the window's count ages out as the receiver's does. Counting
 //!   over a sliding window is never looser than the receiver's own fixed window, bucket or
 //!   quota with the same `n` and `w`.
-//! - The length is refined by bisection: while mail waits for the window to pass, one
-//!   *trial* goes out halfway between the longest delay known too short and the window; its
-//!   fate narrows the bounds.
+//! - The length is refined: while mail waits for the window to pass, one *trial* goes out a
+//!   twentieth short of it. Accepted, the window is that much shorter, and the next trial goes
+//!   a twentieth shorter again; refused, the length is known within a twentieth and stays. So a
+//!   window found too long by the probes' coarse steps comes down in a few windows, at the
+//!   cost of one refusal.
 //! - A refusal inside a learned window lowers its count to what the window held; a refusal
 //!   with nothing in the window at all means a longer window is full (an hourly quota
 //!   behind a per-minute rate): the search resumes above the longest window known.
@@ -33,18 +35,20 @@ use std::time::Duration;
 
 /// The delays after a refusal at which probes go, in seconds. Windows real receivers use
 /// (a second to a day) each lie close above one of them.
-const LADDER: [u64; 18] = [
-    1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14_400, 28_800, 43_200, 86_400,
+const LADDER: [u64; 16] = [
+    1, 3, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14_400, 28_800, 43_200, 86_400,
 ];
-/// Bisection stops when the bounds are this close (a share of the window), or closer than
-/// `SETTLED_MIN`.
-const SETTLED_SHARE: f64 = 0.04;
+/// The length is settled when the bounds are this close (a share of the window), or closer
+/// than `SETTLED_MIN`; trials go this share short of the window.
+const SETTLED_SHARE: f64 = 0.05;
 const SETTLED_MIN: Duration = Duration::from_millis(100);
 /// A margin past a window's edge, so a start lands after the receiver's count aged out.
 const MARGIN: Duration = Duration::from_millis(50);
 /// The count is tried one higher once in this many window lengths (and at least this long).
 const RAISE_EVERY: u32 = 10;
 const RAISE_MIN: Duration = Duration::from_secs(30);
+const RAISE_EVERY_SMOOTH: u32 = 3;
+const RAISE_MIN_SMOOTH: Duration = Duration::from_secs(10);
 /// Below this count a window lengthens rather than counting fewer.
 const MIN_COUNT: u32 = 4;
 /// The log keeps this much history and at most so many entries; older entries merge.
@@ -241,12 +245,17 @@ impl Allowance {
             };
             binding += 1;
             until = Some(until.map_or(free, |u| u.max(free)));
+            // A smoothing receiver's window is a rate, not a length to find.
             if !win.settled()
+                && !win.smooth
                 && self.trial.is_none()
                 && let Some(from) = self.log.oldest(now, win.w)
             {
-                let mid = (win.lo + win.w) / 2;
-                trial = Some((i, from, from + mid + MARGIN));
+                // Just short of the window: accepted, the window shrinks a twentieth and
+                // the next trial goes shorter again; refused, the length is known within
+                // a twentieth. One refusal settles it, however long the descent.
+                let short = win.w.mul_f64(1.0 - SETTLED_SHARE).max(win.lo);
+                trial = Some((i, from, from + short));
             }
         }
         let Some(until) = until else {
@@ -474,8 +483,16 @@ impl Allowance {
             return;
         }
         for win in &mut self.windows {
-            let every = (win.w * RAISE_EVERY).max(RAISE_MIN);
-            if win.raising.is_none() && win.settled() && now.since(win.raised_at) >= every {
+            // A smoothing receiver forgives a step too far sooner than a window that must
+            // pass: its count is tried higher more often.
+            let every = match win.smooth {
+                true => (win.w * RAISE_EVERY_SMOOTH).max(RAISE_MIN_SMOOTH),
+                false => (win.w * RAISE_EVERY).max(RAISE_MIN),
+            };
+            if win.raising.is_none()
+                && (win.settled() || win.smooth)
+                && now.since(win.raised_at) >= every
+            {
                 win.raising = Some(now);
                 win.raised_at = now;
                 return;

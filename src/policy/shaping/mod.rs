@@ -67,7 +67,7 @@ impl Tuning {
             outage_min: adapt.outage_backoff,
             outage_max: adapt.outage_backoff_max.max(adapt.outage_backoff),
             latency_factor: 4.0,
-            ceiling_hold: Duration::from_secs(300),
+            ceiling_hold: Duration::from_secs(1800),
         }
     }
 }
@@ -311,6 +311,11 @@ impl Shaping {
             o.probing = false;
         }
         self.allowance.probe_lost();
+    }
+
+    /// `greeted` sessions of the destination are open and greeted now.
+    pub fn greeted(&mut self, greeted: usize) {
+        self.peak_greeted = self.peak_greeted.max(greeted);
     }
 
     /// Learns from one delivery's report.
@@ -651,8 +656,8 @@ mod tests {
         s.report(at(1200), &refused);
         assert_eq!(
             s.admit(at(1500), 0, true),
-            Err(Gate::Until(at(2101))),
-            "the next probe goes two seconds after the refusal"
+            Err(Gate::Until(at(3101))),
+            "the next probe goes three seconds after the refusal"
         );
     }
 
@@ -679,7 +684,7 @@ mod tests {
         // Clean for less than the hold: it stays.
         s.report(at(60_000), &two);
         assert_eq!(s.connection_limit(), 2);
-        s.report(at(400_000), &two);
+        s.report(at(1_900_000), &two);
         assert_eq!(s.connection_limit(), 3, "one more after a long clean hold");
     }
 

@@ -174,6 +174,14 @@ struct Counts {
     attempts: u64,
     refused: u64,
     connections: u64,
+    /// Connections turned away at the greeting while the receiver was up (its cap).
+    turned_away: u64,
+    /// Connections tried while the receiver was down.
+    outage_connections: u64,
+    /// Attempts whose slowest reply took many times the receiver's latency (a tarpit).
+    slow: u64,
+    /// Each outage (from, to), and the first delivery after its end.
+    outages: Vec<(Micros, Micros, Option<Micros>)>,
     open: u64,
     peak: u64,
     last_final: Micros,
@@ -235,11 +243,28 @@ impl Collector {
         m.refused += refused;
     }
 
-    /// A connection is tried (whether or not the receiver takes it).
-    pub fn connecting(&mut self, place: usize, at: Micros) {
+    /// The receiver's outages, from and to.
+    pub fn outages(&mut self, place: usize, outages: impl Iterator<Item = (Micros, Micros)>) {
+        self.counts[place].outages = outages.map(|(f, t)| (f, t, None)).collect();
+    }
+
+    /// A connection is tried (whether or not the receiver takes it); `down` while the
+    /// receiver is in an outage.
+    pub fn connecting(&mut self, place: usize, at: Micros, down: bool) {
         let c = &mut self.counts[place];
         c.connections += 1;
+        c.outage_connections += u64::from(down);
         c.minute(at).connections += 1;
+    }
+
+    /// A connection was turned away at the greeting by the receiver's cap.
+    pub fn turned_away(&mut self, place: usize) {
+        self.counts[place].turned_away += 1;
+    }
+
+    /// An attempt's replies were held back (many times the receiver's latency).
+    pub fn slow(&mut self, place: usize) {
+        self.counts[place].slow += 1;
     }
 
     pub fn opened(&mut self, place: usize, at: Micros) {
@@ -266,6 +291,11 @@ impl Collector {
         }
         let last = match e.event {
             Kind::Delivered => {
+                for (_, to, first) in c.outages.iter_mut() {
+                    if at >= *to && first.is_none() {
+                        *first = Some(at);
+                    }
+                }
                 c.delivered += 1;
                 c.ee.push(e.ee_seconds.unwrap_or(0.0) as f32);
                 c.minute(at).delivered += 1;
@@ -351,6 +381,17 @@ pub struct Figures {
     /// Connections tried (the ones turned away too).
     pub connections: u64,
     pub peak_connections: u64,
+    /// Connections turned away at the greeting by the receiver's cap.
+    pub turned_away: u64,
+    /// Attempts whose replies were held back (over 4 × the receiver's latency), of all.
+    pub slow_share: f64,
+    /// Connections tried while the receiver was down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage_connections: Option<u64>,
+    /// From the end of an outage to the first delivery after it (the longest, over the
+    /// receiver's outages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_seconds: Option<f64>,
     /// From the first arrival to the last recipient's final state.
     pub drain_seconds: f64,
     pub ideal_drain_seconds: f64,
@@ -382,8 +423,8 @@ pub struct Report {
 /// arrival, accepted at the first moment its receiver's limits and outages allow (after
 /// the greylisting window, when there is one). As many connections as it takes, unless the
 /// receiver caps them: then each message waits for one of its connections, which carries a
-/// transaction (MAIL, RCPT per recipient, DATA, the message, its dot) in turn, and shakes
-/// hands anew past a cap on messages per connection.
+/// transaction (MAIL, RCPT per recipient, the message) in turn, and is greeted anew past a
+/// cap on messages per connection.
 pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Vec<(Vec<f32>, f64)> {
     let mut receivers: Vec<Receiver> = s
         .receivers
@@ -414,8 +455,9 @@ pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Ve
         let sender = &plan.senders[m.sender as usize];
         let latency = model.latency;
         let transfer = Duration::from_micros(m.size as u64 * 1_000_000 / bandwidth);
-        // A whole transaction on a connection already open.
-        let transaction = latency * (3 + m.recipients) + transfer;
+        // A whole transaction on a connection already open: a reply to MAIL, to each RCPT,
+        // and to the message after DATA.
+        let transaction = latency * (2 + m.recipients) + transfer;
         let line = lines[place].as_mut().map(|lines| {
             let (i, _) = lines
                 .iter()
@@ -430,15 +472,8 @@ pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Ve
             let reconnect = model
                 .messages_per_connection
                 .is_some_and(|cap| *carried > 0 && *carried % cap == 0);
-            // Greeting and EHLO before the first transaction of a new connection.
-            from = from.max(
-                *free
-                    + if reconnect {
-                        latency * 2
-                    } else {
-                        Duration::ZERO
-                    },
-            );
+            // The greeting before the first transaction of a new connection.
+            from = from.max(*free + if reconnect { latency } else { Duration::ZERO });
         }
         let mut last = from;
         for k in 0..m.recipients {
@@ -560,6 +595,14 @@ fn figures(name: &str, c: &Counts, ideal_ee: &[f32], ideal_drain: f64) -> Figure
         attempts_per_recipient: ratio(c.attempts, c.recipients),
         connections: c.connections,
         peak_connections: c.peak,
+        turned_away: c.turned_away,
+        slow_share: ratio(c.slow, c.attempts),
+        outage_connections: (!c.outages.is_empty()).then_some(c.outage_connections),
+        resumed_seconds: c
+            .outages
+            .iter()
+            .filter_map(|(_, to, first)| first.map(|f| f.saturating_sub(*to) as f64 / 1e6))
+            .reduce(f64::max),
         drain_seconds: drain,
         ideal_drain_seconds: ideal_drain,
         delivery_seconds: Dist::of(c.ee.clone()),
@@ -645,6 +688,31 @@ impl fmt::Display for Report {
                 dist(r.delivery_seconds),
                 dist(r.ideal_seconds),
             )?;
+        }
+        for r in &self.receivers {
+            if r.slow_share > 0.0 {
+                writeln!(
+                    f,
+                    "{}: {:.1} % of attempts answered slowly (held back)",
+                    r.receiver,
+                    r.slow_share * 100.0
+                )?;
+            }
+            if r.turned_away > 0 {
+                writeln!(
+                    f,
+                    "{}: {} connections turned away at the greeting",
+                    r.receiver, r.turned_away
+                )?;
+            }
+            if let Some(n) = r.outage_connections {
+                let resumed = r.resumed_seconds.map(human).unwrap_or_else(|| "-".into());
+                writeln!(
+                    f,
+                    "{}: {n} connections while down; flow resumed {resumed} after the outage",
+                    r.receiver
+                )?;
+            }
         }
         Ok(())
     }

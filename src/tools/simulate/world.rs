@@ -50,6 +50,8 @@ enum Ev {
     Done(Box<Delivery>),
     /// An MX lookup answers.
     Looked(String),
+    /// A worker's new connection is greeted.
+    Greeted(WorkerId),
 }
 
 struct Timed {
@@ -149,6 +151,11 @@ impl<'a> World<'a> {
                 );
             }
         }
+        let mut collect = collect;
+        for (i, model) in scenario.receivers.values().enumerate() {
+            let us = |d: std::time::Duration| d.as_micros() as Micros;
+            collect.outages(i, model.outages.iter().map(|o| (us(o.from), us(o.to))));
+        }
         let mut world = World {
             scenario,
             config,
@@ -201,6 +208,7 @@ impl<'a> World<'a> {
                     }
                 }
                 Ev::Idle(worker) => self.feed(Input::Idle { worker }),
+                Ev::Greeted(worker) => self.feed(Input::Greeted { worker }),
                 Ev::Step(worker) => {
                     if let Some(input) = self.step(worker) {
                         self.feed(input);
@@ -402,7 +410,7 @@ impl<'a> World<'a> {
             at: Where {
                 mx: Some(mx.clone()),
                 local_ip: Some(client.clone()),
-                tls: None,
+                ..Default::default()
             },
             slowest: Duration::ZERO,
             step: Step::Mail,
@@ -424,7 +432,8 @@ impl<'a> World<'a> {
             self.push(self.now, Ev::Step(worker));
             return None;
         }
-        self.collect.connecting(place, self.now);
+        let down = self.places[place].receiver.outage(ts(self.now)).is_some();
+        self.collect.connecting(place, self.now, down);
         let greeting = self.places[place].receiver.connect(&client, ts(self.now));
         let (failed, after) = match greeting {
             Greeting::Accept { delay } => {
@@ -438,6 +447,7 @@ impl<'a> World<'a> {
                     broken: false,
                 });
                 self.collect.opened(place, self.now);
+                self.push(self.now + us(delay), Ev::Greeted(worker));
                 a.slowest = delay;
                 a.fresh = true;
                 (None, delay)
@@ -455,7 +465,12 @@ impl<'a> World<'a> {
                     self.config.delivery.timeouts.greeting,
                 )
             }
-            Greeting::TurnAway { reply, delay } => (Some(Observed::Reply(reply)), delay),
+            Greeting::TurnAway { reply, delay } => {
+                if !down {
+                    self.collect.turned_away(place);
+                }
+                (Some(Observed::Reply(reply)), delay)
+            }
         };
         if let Some(observed) = failed {
             // Nothing was said to any recipient apart: the same for all, and no session.
@@ -627,6 +642,10 @@ impl<'a> World<'a> {
             .count();
         self.collect
             .attempted(a.place, a.results.len() as u64, refused as u64, a.started);
+        let latency = self.places[a.place].receiver.model().latency;
+        if connected && a.slowest > latency * 4 + Duration::from_millis(1) {
+            self.collect.slow(a.place);
+        }
         // As a worker judges it: a stale reused connection says nothing of the receiver.
         let answered = a.fresh
             || a.results
