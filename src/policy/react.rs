@@ -128,6 +128,13 @@ pub fn is_mailbox_rate(e: Enhanced) -> bool {
     e.class == 4 && e.subject == 2
 }
 
+/// A refusal that says the server is busy ("Server busy. Please try again later"): load,
+/// not a limit on this client.
+pub fn is_server_busy(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("server busy") || t.contains("server is busy") || t.contains("system busy")
+}
+
 /// How long a recipient over its own mailbox's rate waits, by how many times in a row it
 /// was refused so: it grows, as the destination's probes do, but only for that recipient.
 const MAILBOX_WAITS: [u64; 8] = [30, 60, 120, 300, 600, 1200, 1800, 3600];
@@ -416,10 +423,14 @@ pub fn destination_report<'a>(
         .min();
     // A throttling reply at the greeting means too many connections; in a transaction,
     // too fast. Neither is an outage.
-    // A mailbox over its own rate defers that recipient only.
-    let throttles = outcomes
-        .clone()
-        .filter(|o| o.class == Some(Class::Throttle) && !o.enhanced.is_some_and(is_mailbox_rate));
+    // A mailbox over its own rate defers that recipient only; a receiver that says it is
+    // busy is under load from everyone, not limiting this client (RECEIVERS.md: "server
+    // busy"): neither is a rate to learn.
+    let throttles = outcomes.clone().filter(|o| {
+        o.class == Some(Class::Throttle)
+            && !o.enhanced.is_some_and(is_mailbox_rate)
+            && !is_server_busy(&o.text)
+    });
     let throttle = throttles.clone().next().is_some();
     let session_cap = throttles.clone().any(|o| {
         let text = o.text.to_ascii_lowercase();
