@@ -162,6 +162,23 @@ impl Group {
         self.recipients.iter().filter(|r| !r.state.is_final())
     }
 
+    /// The mailbox of a group with one pending recipient, as a number (the same for the
+    /// same address, in any case, in every process): what a receiver's per-recipient rate
+    /// counts by.
+    pub fn mailbox(&self) -> Option<u64> {
+        let mut pending = self.pending();
+        let one = pending.next()?;
+        if pending.next().is_some() {
+            return None;
+        }
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: stable across runs, so a simulation repeats.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        one.address.to_ascii_lowercase().hash(&mut h);
+        Some(h.finish())
+    }
+
     /// Temporary failures so far: the attempts of its most-tried pending recipient.
     pub fn failures(&self) -> u32 {
         self.pending()

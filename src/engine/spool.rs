@@ -82,6 +82,8 @@ pub struct Waiting {
     pub deferred: u32,
     /// When the group is due.
     pub next_attempt: Timestamp,
+    /// Its one pending recipient's mailbox ([`Group::mailbox`]), if it has only one.
+    pub mailbox: Option<u64>,
 }
 
 /// A message's record: its envelope and every group, final or not.
@@ -454,6 +456,7 @@ impl Spool for RedbSpool {
                             pending,
                             deferred,
                             next_attempt,
+                            mailbox: group.mailbox(),
                         });
                     }
                     None => {

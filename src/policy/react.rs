@@ -118,6 +118,9 @@ pub struct Moment {
     pub now: Timestamp,
     pub learned_greylist: Option<Duration>,
     pub down: bool,
+    /// When the recipient's mailbox takes mail again, when knock holds it to a rate of its
+    /// own (it was refused for that rate): its own growing wait is not needed then.
+    pub mailbox_ready: Option<Timestamp>,
     pub roll: f64,
 }
 
@@ -165,6 +168,9 @@ fn transient(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
         // and the attempt is not charged to it.
         _ if at.down => retry(Duration::ZERO, Knob::Pace),
         Some(Class::Throttle) if o.enhanced.is_some_and(is_mailbox_rate) => {
+            if let Some(t) = at.mailbox_ready {
+                return retry(t.since(at.now), Knob::Pace);
+            }
             let k = (history.mailbox_throttles as usize).min(MAILBOX_WAITS.len() - 1);
             retry(Duration::from_secs(MAILBOX_WAITS[k]), Knob::Pace)
         }
@@ -233,6 +239,8 @@ pub struct Attempted<'a> {
     pub learned_greylist: Option<Duration>,
     pub down: bool,
     pub ready_at: Timestamp,
+    /// See [`Moment::mailbox_ready`].
+    pub mailbox_ready: Option<Timestamp>,
 }
 
 /// Applies one attempt's outcomes to the group: the next state of each pending recipient
@@ -258,6 +266,7 @@ pub fn apply(
             now: a.now,
             learned_greylist: a.learned_greylist,
             down: a.down,
+            mailbox_ready: a.mailbox_ready,
             roll: roll(),
         };
         let knob = react(rules, &o, History::of(rcpt), moment);
@@ -531,6 +540,7 @@ mod tests {
                 now: t0,
                 learned_greylist: learned.map(Duration::from_secs),
                 down: false,
+                mailbox_ready: None,
                 roll: 0.0,
             };
             let history = History {
@@ -567,6 +577,7 @@ mod tests {
             now: t0,
             learned_greylist: None,
             down: false,
+            mailbox_ready: None,
             roll,
         };
         let history = History::default();

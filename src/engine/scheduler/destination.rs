@@ -23,6 +23,9 @@ pub struct Destination {
     pub greylist_delay: Option<Duration>,
     /// The group out as the outage's probe, if one is.
     pub probe: Option<super::Key>,
+    /// It refused a recipient for the mailbox's own rate: its mailboxes' acceptances are
+    /// remembered.
+    pub limits_mailboxes: bool,
 }
 
 impl Destination {
@@ -35,6 +38,7 @@ impl Destination {
             shaping,
             greylist_delay: None,
             probe: None,
+            limits_mailboxes: false,
         }
     }
 

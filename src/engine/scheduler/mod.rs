@@ -20,9 +20,11 @@
 //! the one copy, and the worker that gets the group reads it back.
 
 mod destination;
+mod mailbox;
 mod ready;
 
 pub use destination::Destination;
+use mailbox::{Admit, Mailboxes};
 pub use ready::{Placed, ReadyQueue};
 
 use crate::config::Config;
@@ -81,6 +83,7 @@ impl Queued {
                 pending,
                 deferred,
                 next_attempt,
+                mailbox: group.mailbox(),
             },
             held: Some(Held {
                 envelope,
@@ -314,6 +317,8 @@ struct Entry {
     pending: u32,
     deferred: u32,
     due: Timestamp,
+    /// Its one pending recipient's mailbox, if it has one only.
+    mailbox: Option<u64>,
     /// With a worker, or being read back to expire.
     in_flight: bool,
     /// The attempts of a new state handed out to persist and not yet acknowledged: until
@@ -370,6 +375,8 @@ pub struct Scheduler {
     /// When gated destinations may start again (rate waits, pauses, idle workers' time); a
     /// destination may be listed more than once, which costs only a spare look.
     wakes: BTreeSet<(Timestamp, usize)>,
+    /// Mailboxes refused for their own rate, and the groups they hold back.
+    mailboxes: Mailboxes,
     next_sweep: Option<Timestamp>,
     stopping: bool,
     out: Vec<Effect>,
@@ -394,6 +401,7 @@ impl Scheduler {
             workers: HashMap::new(),
             next_worker: 0,
             wakes: BTreeSet::new(),
+            mailboxes: Mailboxes::new(),
             next_sweep: None,
             stopping: false,
             out: Vec::new(),
@@ -508,6 +516,7 @@ impl Scheduler {
         }
         if self.next_sweep.is_some_and(|t| now >= t) {
             self.sweep_expired(now);
+            self.mailboxes.sweep(now);
             // Domain names no group refers to any more.
             self.domains.retain(|d| Arc::strong_count(d) > 1);
             self.next_sweep = Some(now + sweep_interval(self.policy.max_age));
@@ -541,6 +550,7 @@ impl Scheduler {
                 pending: w.pending,
                 deferred: w.deferred,
                 due,
+                mailbox: w.mailbox,
                 in_flight: false,
                 uncommitted: None,
             },
@@ -565,12 +575,24 @@ impl Scheduler {
         while self.due.first().is_some_and(|(at, _)| *at <= now) {
             let (at, key) = self.due.pop_first().expect("first exists");
             // Only the group's current place in the index counts.
-            if !self
+            let Some(entry) = self
                 .entries
                 .get(&key)
-                .is_some_and(|e| e.due == at && !e.in_flight)
-            {
+                .filter(|e| e.due == at && !e.in_flight)
+            else {
                 continue;
+            };
+            // A mailbox over its own rate holds its groups back (parked ones come back
+            // when its probe reports).
+            if let Some(m) = entry.mailbox {
+                match self.mailboxes.admit(m, &key, now) {
+                    Admit::Go => {}
+                    Admit::Until(t) => {
+                        self.reschedule(key, t.max(now + Duration::from_millis(1)));
+                        continue;
+                    }
+                    Admit::Parked => continue,
+                }
             }
             if let Some(ix) = self.route(key, now) {
                 touched.insert(ix);
@@ -856,7 +878,20 @@ impl Scheduler {
                     self.start_workers(ix, now);
                 }
             }
-            Return::Abandoned => self.reschedule(key, now + RETURN_RETRY),
+            Return::Abandoned => {
+                self.mailbox_lost(&key, now);
+                self.reschedule(key, now + RETURN_RETRY);
+            }
+        }
+    }
+
+    /// The group `key` will not report: a mailbox's groups parked behind it are due now.
+    fn mailbox_lost(&mut self, key: &Key, now: Timestamp) {
+        let Some(m) = self.entries.get(key).and_then(|e| e.mailbox) else {
+            return;
+        };
+        for parked in self.mailboxes.lost(m, key) {
+            self.reschedule(parked, now);
         }
     }
 
@@ -870,6 +905,7 @@ impl Scheduler {
         if let Some(key) = w.job {
             // Its job never came back: the spool holds the group's state.
             self.probe_lost(&key);
+            self.mailbox_lost(&key, now);
             self.reschedule(key, now + RETURN_RETRY);
         }
         self.start_workers(w.destination, now);
@@ -916,10 +952,33 @@ impl Scheduler {
             self.destinations[ix].probe = None;
             report.probe = true;
         }
+        // What the recipient's mailbox says about its rate, if the group was that one
+        // recipient's.
+        let mut ready_at = now;
+        let mut mailbox_ready = None;
+        if let Some(m) = held.group.mailbox()
+            && let [(o, _)] = outcomes.as_slice()
+        {
+            let accepted = o.disposition == crate::outcome::Disposition::Delivered;
+            let over = o.class == Some(crate::outcome::Class::Throttle)
+                && o.enhanced.is_some_and(react::is_mailbox_rate);
+            let d = &mut self.destinations[ix];
+            d.limits_mailboxes |= over;
+            if accepted && d.limits_mailboxes {
+                self.mailboxes.remember(m, now);
+            }
+            for parked in self.mailboxes.report(m, &key, now, started, accepted, over) {
+                self.reschedule(parked, now);
+            }
+            if let Some(t) = self.mailboxes.ready_at(m, now) {
+                ready_at = ready_at.max(t);
+                mailbox_ready = Some(t);
+            }
+        }
         let learned = self.destinations[ix].greylist_delay;
         let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
         self.destinations[ix].learn(&report, now, floor, ceiling);
-        let ready_at = self.destinations[ix].shaping.ready_at(now);
+        ready_at = ready_at.max(self.destinations[ix].shaping.ready_at(now));
         let rng = &mut self.rng;
         let updated = react::apply(
             &self.policy.rules,
@@ -931,6 +990,7 @@ impl Scheduler {
                 learned_greylist: learned,
                 down: report.unreachable,
                 ready_at,
+                mailbox_ready,
             },
             held.group,
             outcomes,
@@ -956,6 +1016,7 @@ impl Scheduler {
                 let attempts = group.attempts();
                 let entry = self.entries.get_mut(&key)?;
                 (entry.pending, entry.deferred) = group.counts();
+                entry.mailbox = group.mailbox();
                 entry.held = Some(Box::new(Held {
                     envelope: envelope.clone(),
                     group: group.clone(),

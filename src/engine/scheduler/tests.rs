@@ -677,3 +677,41 @@ fn a_recipient_without_an_observation_is_deferred_not_lost() {
     );
     assert_eq!(h.core.len(), 1, "v stays queued");
 }
+
+#[test]
+fn a_mailbox_over_its_own_rate_holds_its_groups_back_and_no_other() {
+    let mut h = Harness::new(policy(|_| {}));
+    const MAILBOX_RATE: &str = "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered";
+    // Two messages to one mailbox are taken, the third is refused for the mailbox's rate.
+    for n in 0..2 {
+        let (w, job) = one_job(h.queue(n, &["busy@a.test"]));
+        h.now += 100 * Duration::from_millis(1);
+        h.report(w, job, &["250 2.0.0 Ok"]);
+    }
+    let (w, job) = one_job(h.queue(2, &["busy@a.test"]));
+    let effects = h.report(w, job, &[MAILBOX_RATE]);
+    let probe_at = deferred_until(&effects);
+    assert!(
+        probe_at > h.now,
+        "the event says when the mailbox's probe goes"
+    );
+    // More mail to that mailbox waits; mail to another goes at once: the destination was
+    // not slowed.
+    let mut held = Vec::new();
+    for n in 3..8 {
+        held.extend(jobs(h.queue(n, &["busy@a.test"])));
+    }
+    assert!(held.is_empty(), "{held:?}");
+    let (w, job) = one_job(h.queue(9, &["other@a.test"]));
+    h.report(w, job, &["250 2.0.0 Ok"]);
+    // At the probe's time, one goes (the refused group or a newer one), and the rest
+    // waits for its report.
+    let probe = jobs(h.advance(probe_at.since(h.now)));
+    assert_eq!(probe.len(), 1, "one probe: {probe:?}");
+    assert!(jobs(h.advance(SEC / 2)).is_empty(), "nothing beside it");
+    // Accepted: the mailbox's window is known; more goes, but not all at once.
+    let (w, job) = probe.into_iter().next().unwrap();
+    let mut after = jobs(h.report(w, job, &["250 2.0.0 Ok"]));
+    after.extend(jobs(h.advance(SEC)));
+    assert!(after.len() < 5, "the window holds: {}", after.len());
+}

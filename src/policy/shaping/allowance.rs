@@ -48,6 +48,7 @@ const MARGIN: Duration = Duration::from_millis(50);
 const RAISE_EVERY: u32 = 10;
 const RAISE_MIN: Duration = Duration::from_secs(30);
 const RAISE_EVERY_SMOOTH: u32 = 3;
+const RAISE_EVERY_MAILBOX: u32 = 40;
 const RAISE_MIN_SMOOTH: Duration = Duration::from_secs(10);
 /// Below this count a window lengthens rather than counting fewer.
 const MIN_COUNT: u32 = 4;
@@ -201,11 +202,31 @@ pub struct Allowance {
     reacted_at: Option<Timestamp>,
     /// The last start let through.
     last_start: Option<Timestamp>,
+    /// How far back before a refusal the exhausted run may have begun (beyond the probe's
+    /// delay): zero for a destination, whose runs are bursts; longer for a mailbox, whose
+    /// mail may trickle in at its limit.
+    lookback: Duration,
 }
 
 impl Allowance {
     pub fn new() -> Allowance {
         Allowance::default()
+    }
+
+    /// An allowance that knows when the receiver accepted before (oldest first), and
+    /// looks that far back for the run a refusal ends.
+    pub fn with_history(
+        lookback: Duration,
+        accepted: impl IntoIterator<Item = Timestamp>,
+    ) -> Allowance {
+        let mut a = Allowance {
+            lookback,
+            ..Allowance::default()
+        };
+        for t in accepted {
+            a.log.push(t, 1);
+        }
+        a
     }
 
     /// May a delivery start at `now`, with `busy` deliveries in flight?
@@ -336,7 +357,9 @@ impl Allowance {
         let delay = at.since(s.refused_at);
         // The exhausted run: what was accepted within the probe's delay before the refusal
         // (the window cannot be much longer than that span).
-        let span = Duration::from_secs(LADDER[s.step]).max(delay);
+        let span = Duration::from_secs(LADDER[s.step])
+            .max(delay)
+            .max(self.lookback);
         let start = self.log.oldest(s.refused_at, span);
         let run = start.map_or(Duration::ZERO, |t| s.refused_at.since(t));
         // Everything accepted from the run's start until the probe: deliveries in flight
@@ -475,6 +498,10 @@ impl Allowance {
             // pass: its count is tried higher more often.
             let every = match win.smooth {
                 true => (win.w * RAISE_EVERY_SMOOTH).max(RAISE_MIN_SMOOTH),
+                // A mailbox's rate is the receiver's fixed policy, not a reputation that
+                // grows: once its window is settled, trying it higher costs a refusal and
+                // seldom finds more.
+                false if !self.lookback.is_zero() => (win.w * RAISE_EVERY_MAILBOX).max(RAISE_MIN),
                 false => (win.w * RAISE_EVERY).max(RAISE_MIN),
             };
             if win.raising.is_none()

@@ -1,0 +1,257 @@
+//! Mailboxes over their own rate.
+//!
+//! Some receivers limit what one mailbox receives ("the user you are trying to contact is
+//! receiving mail at a rate that prevents additional messages", `4.2.1`), whoever sends.
+//! That defers the recipient, not the destination: the destination's allowance learns
+//! nothing from it (`policy::react`). But a list that writes to the same people again and
+//! again has many groups for one mailbox, each its own message: left alone, every one of
+//! them is refused in turn and backs off on its own.
+//!
+//! So a mailbox refused for its rate gets an [`Allowance`] of its own, learned as a
+//! destination's is (probes after the refusal, then windows), and a group with that one
+//! pending recipient goes towards its destination only when the mailbox's allowance lets
+//! it: later when a window must pass, and parked here while the mailbox's one probe is out.
+//! Groups of several pending recipients are not held (one mailbox's rate must not hold the
+//! others back); their refused recipients back off on their own.
+//!
+//! Mailboxes never refused for rate cost nothing; a mailbox's gate goes when it has been
+//! quiet for a day.
+
+use super::Key;
+use crate::policy::shaping::allowance::{Allowance, Verdict};
+use crate::time::Timestamp;
+use foldhash::{HashMap, HashMapExt};
+use std::time::Duration;
+
+/// A gate no group has used for this long is forgotten.
+const FORGET: Duration = Duration::from_secs(24 * 3600);
+/// How far back a mailbox's acceptances are remembered, once its destination limits
+/// mailboxes: what a gate made at its first refusal starts from.
+const LOOKBACK: Duration = Duration::from_secs(3600);
+/// Acceptances remembered per mailbox before it has a gate.
+const REMEMBER: usize = 8;
+/// A group let through that has not reported after this long never will (it expired in a
+/// ready queue, or its report was lost): it no longer counts as out.
+const STALE: Duration = Duration::from_secs(30 * 60);
+
+/// What a mailbox's gate says about a group due now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Go,
+    /// Due again then.
+    Until(Timestamp),
+    /// Parked until the mailbox's probe reports.
+    Parked,
+}
+
+#[derive(Debug, Default)]
+struct MailboxGate {
+    allowance: Allowance,
+    /// Groups let through and not yet reported, since when.
+    out: Vec<(Key, Timestamp)>,
+    /// The one let through to learn, if out.
+    probe: Option<Key>,
+    /// Groups waiting for the probe's report.
+    parked: Vec<Key>,
+    used: Option<Timestamp>,
+}
+
+#[derive(Debug, Default)]
+pub struct Mailboxes {
+    gates: HashMap<u64, MailboxGate>,
+    /// When mailboxes without a gate accepted lately (at destinations that limit
+    /// mailboxes), newest last.
+    recent: HashMap<u64, Vec<Timestamp>>,
+}
+
+impl Mailboxes {
+    pub fn new() -> Mailboxes {
+        Mailboxes {
+            gates: HashMap::new(),
+            recent: HashMap::new(),
+        }
+    }
+
+    /// `mailbox`, with no gate, accepted at `now` at a destination that limits mailboxes.
+    pub fn remember(&mut self, mailbox: u64, now: Timestamp) {
+        if self.gates.contains_key(&mailbox) {
+            return;
+        }
+        let seen = self.recent.entry(mailbox).or_default();
+        if seen.len() == REMEMBER {
+            seen.remove(0);
+        }
+        seen.push(now);
+    }
+
+    /// May the group `key`, whose one pending recipient is `mailbox`, go now?
+    pub fn admit(&mut self, mailbox: u64, key: &Key, now: Timestamp) -> Admit {
+        let Some(gate) = self.gates.get_mut(&mailbox) else {
+            return Admit::Go;
+        };
+        gate.used = Some(now);
+        if gate.out.iter().any(|(k, _)| k == key) {
+            return Admit::Go;
+        }
+        let stale = |(k, at): &(Key, Timestamp)| now.since(*at) >= STALE && k != key;
+        if gate.out.iter().any(stale) {
+            let lost: Vec<Key> = gate
+                .out
+                .iter()
+                .filter(|o| stale(o))
+                .map(|(k, _)| k.clone())
+                .collect();
+            gate.out.retain(|o| !stale(o));
+            if gate.probe.take_if(|p| lost.contains(p)).is_some() {
+                gate.allowance.probe_lost();
+            }
+        }
+        match gate.allowance.admit(now, gate.out.len()) {
+            Verdict::Go => {
+                gate.out.push((key.clone(), now));
+                Admit::Go
+            }
+            Verdict::Probe => {
+                gate.out.push((key.clone(), now));
+                gate.probe = Some(key.clone());
+                Admit::Go
+            }
+            Verdict::Until(t) => Admit::Until(t),
+            Verdict::AwaitReport => {
+                gate.parked.push(key.clone());
+                Admit::Parked
+            }
+        }
+    }
+
+    /// The group `key` to `mailbox` reported: `accepted` when the recipient was taken,
+    /// `over` when it was refused for the mailbox's rate. Returns the groups parked behind
+    /// it, due again now.
+    pub fn report(
+        &mut self,
+        mailbox: u64,
+        key: &Key,
+        now: Timestamp,
+        started: Timestamp,
+        accepted: bool,
+        over: bool,
+    ) -> Vec<Key> {
+        if !over && !self.gates.contains_key(&mailbox) {
+            return Vec::new();
+        }
+        let recent = &mut self.recent;
+        let gate = self.gates.entry(mailbox).or_insert_with(|| MailboxGate {
+            allowance: Allowance::with_history(
+                LOOKBACK,
+                recent.remove(&mailbox).unwrap_or_default(),
+            ),
+            ..MailboxGate::default()
+        });
+        gate.used = Some(now);
+        gate.out.retain(|(k, _)| k != key);
+        let probe = gate.probe.take_if(|p| p == key).is_some();
+        gate.allowance
+            .report(now, started, u32::from(accepted), over, probe);
+        std::mem::take(&mut gate.parked)
+    }
+
+    /// The group `key` will not report (its worker was lost, or it was handed back): if it
+    /// was the probe another may go. Returns the groups parked behind it.
+    pub fn lost(&mut self, mailbox: u64, key: &Key) -> Vec<Key> {
+        let Some(gate) = self.gates.get_mut(&mailbox) else {
+            return Vec::new();
+        };
+        gate.out.retain(|(k, _)| k != key);
+        if gate.probe.take_if(|p| p == key).is_some() {
+            gate.allowance.probe_lost();
+        }
+        std::mem::take(&mut gate.parked)
+    }
+
+    /// The earliest the mailbox takes mail again, as far as its gate knows.
+    pub fn ready_at(&self, mailbox: u64, now: Timestamp) -> Option<Timestamp> {
+        self.gates.get(&mailbox).map(|g| g.allowance.ready_at(now))
+    }
+
+    /// Mailboxes held to a rate of their own.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.gates.len()
+    }
+
+    /// Forgets gates nobody used for a day, with nothing out or parked.
+    pub fn sweep(&mut self, now: Timestamp) {
+        self.recent
+            .retain(|_, seen| seen.last().is_some_and(|t| now.since(*t) < LOOKBACK));
+        self.gates.retain(|_, g| {
+            !g.out.is_empty()
+                || !g.parked.is_empty()
+                || g.used.is_some_and(|t| now.since(t) < FORGET)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageId;
+    use std::sync::Arc;
+
+    fn key(n: u128) -> Key {
+        (MessageId::from_u128(n), Arc::from("example.com"))
+    }
+
+    const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+    #[test]
+    fn a_mailbox_never_refused_is_not_held() {
+        let mut m = Mailboxes::new();
+        assert_eq!(m.admit(7, &key(1), T0), Admit::Go);
+        assert!(m.report(7, &key(1), T0, T0, true, false).is_empty());
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn after_a_refusal_one_probe_goes_and_the_rest_wait_for_it() {
+        let mut m = Mailboxes::new();
+        // Two went and were taken, the third was refused for the mailbox's rate.
+        m.admit(7, &key(1), T0);
+        m.report(7, &key(1), T0, T0, false, true);
+        assert_eq!(m.len(), 1);
+        // Nothing goes before the first probe's time...
+        let Admit::Until(at) = m.admit(7, &key(2), T0) else {
+            panic!("held");
+        };
+        assert!(at > T0);
+        // ... then one probe, and everything else parks behind it.
+        assert_eq!(m.admit(7, &key(2), at), Admit::Go);
+        assert_eq!(m.admit(7, &key(3), at), Admit::Parked);
+        assert_eq!(m.admit(7, &key(4), at), Admit::Parked);
+        // Other mailboxes are not held.
+        assert_eq!(m.admit(8, &key(5), at), Admit::Go);
+        // The probe is taken: the parked groups are due again.
+        let released = m.report(7, &key(2), at, at, true, false);
+        assert_eq!(released, vec![key(3), key(4)]);
+    }
+
+    #[test]
+    fn a_lost_probe_lets_another_go() {
+        let mut m = Mailboxes::new();
+        m.report(7, &key(1), T0, T0, false, true);
+        let at = m.ready_at(7, T0).expect("a gate");
+        assert_eq!(m.admit(7, &key(2), at), Admit::Go);
+        assert_eq!(m.admit(7, &key(3), at), Admit::Parked);
+        assert_eq!(m.lost(7, &key(2)), vec![key(3)]);
+        assert_eq!(m.admit(7, &key(3), at), Admit::Go);
+    }
+
+    #[test]
+    fn quiet_gates_are_forgotten() {
+        let mut m = Mailboxes::new();
+        m.report(7, &key(1), T0, T0, false, true);
+        m.sweep(T0 + Duration::from_secs(3600));
+        assert_eq!(m.len(), 1);
+        m.sweep(T0 + FORGET + Duration::from_secs(1));
+        assert_eq!(m.len(), 0);
+    }
+}
