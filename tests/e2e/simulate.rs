@@ -229,6 +229,33 @@ async fn a_tarpit_agrees_with_the_real_thing() {
     agree("tarpit", &sim, &real);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_mailbox_rate_agrees_with_the_real_thing() {
+    // Four mailboxes, twenty messages each, each mailbox taking 4 per 2 s (Gmail's 4.2.1
+    // reply): the mailboxes are held back, one by one, not the destination.
+    let scenario = r#"
+[traffic]
+messages = 80
+over = "2s"
+mailboxes = 4
+
+[[traffic.to]]
+receiver = "r"
+domains = 1
+
+[receiver.r]
+latency = "5ms"
+
+[[receiver.r.limit]]
+shape = "fixed_window"
+rate = "4/2s"
+per = "recipient"
+at = "rcpt"
+"#;
+    let (sim, real) = both_ways(scenario, |_| {}).await;
+    agree("per-mailbox rate", &sim, &real);
+}
+
 /// The goals of pacing, in virtual time, for every limiter shape in `scenarios/shapes`
 /// (the figures `scripts/bench-shapes` puts in `docs/benchmarks.md`): all delivered within
 /// 1.1 × the ideal time, refused attempts at most 5 %, connections turned away at the

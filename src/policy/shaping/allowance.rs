@@ -88,6 +88,10 @@ struct Window {
     /// The receiver refused inside the window: it smooths (a bucket, a smoothed rate), so
     /// starts are spread evenly over the window instead of going as a burst.
     smooth: bool,
+    /// Its count is not known yet: nothing was known to be accepted before the refusal
+    /// that found it (a mailbox's first). Deliveries go one at a time until the next
+    /// refusal, and the count is what the window then holds.
+    uncounted: bool,
 }
 
 impl Window {
@@ -258,6 +262,12 @@ impl Allowance {
         let mut binding = 0;
         let mut trial: Option<(usize, Timestamp, Timestamp)> = None;
         for (i, win) in self.windows.iter().enumerate() {
+            if win.uncounted {
+                if busy > 0 {
+                    return Verdict::AwaitReport;
+                }
+                continue;
+            }
             let n = win.n + u32::from(win.raising.is_some());
             let held = self.log.count(now, win.w);
             if held + busy < n {
@@ -382,6 +392,7 @@ impl Allowance {
             raising: None,
             found: w,
             smooth: false,
+            uncounted: start.is_none() && !self.lookback.is_zero(),
         };
         self.windows.retain(|x| x.w < win.w);
         self.windows.push(win);
@@ -425,6 +436,13 @@ impl Allowance {
                     .iter_mut()
                     .find(|win| self.log.count(now, win.w) > 0)
                 {
+                    if win.uncounted {
+                        // The first count: what the window held when it refused.
+                        win.n = self.log.count(now, win.w).max(1);
+                        win.uncounted = false;
+                        win.raised_at = now;
+                        return;
+                    }
                     if win.w < win.found {
                         // The trials shortened it too far: a tenth longer, and settled.
                         win.w = win.w.mul_f64(1.1).min(win.found);
@@ -475,6 +493,7 @@ impl Allowance {
         }
         self.windows
             .iter()
+            .filter(|win| !win.uncounted)
             .filter_map(|win| self.log.frees(now, win.w, win.n.saturating_sub(1)))
             .fold(now, Timestamp::max)
     }
@@ -505,6 +524,7 @@ impl Allowance {
                 false => (win.w * RAISE_EVERY).max(RAISE_MIN),
             };
             if win.raising.is_none()
+                && !win.uncounted
                 && (win.settled() || win.smooth)
                 && now.since(win.raised_at) >= every
             {
@@ -524,6 +544,7 @@ impl Allowance {
     pub fn rate(&self) -> Option<f64> {
         self.windows
             .iter()
+            .filter(|w| !w.uncounted)
             .map(|w| w.n as f64 / w.w.as_secs_f64())
             .min_by(f64::total_cmp)
     }
