@@ -59,6 +59,10 @@ struct MailboxGate {
 #[derive(Debug, Default)]
 pub struct Mailboxes {
     gates: HashMap<u64, MailboxGate>,
+    /// Per destination (by index), the window its mailboxes were last found to have: a
+    /// receiver limits every mailbox alike, so a mailbox refused for the first time starts
+    /// from it instead of searching.
+    learned: HashMap<usize, (u32, Duration)>,
     /// When mailboxes without a gate accepted lately (at destinations that limit
     /// mailboxes), newest last.
     recent: HashMap<u64, Vec<Timestamp>>,
@@ -68,6 +72,7 @@ impl Mailboxes {
     pub fn new() -> Mailboxes {
         Mailboxes {
             gates: HashMap::new(),
+            learned: HashMap::new(),
             recent: HashMap::new(),
         }
     }
@@ -124,12 +129,14 @@ impl Mailboxes {
         }
     }
 
-    /// The group `key` to `mailbox` reported: `accepted` when the recipient was taken,
-    /// `over` when it was refused for the mailbox's rate. Returns the groups parked behind
-    /// it, due again now.
+    /// The group `key` to `mailbox` at destination `destination` reported: `accepted` when
+    /// the recipient was taken, `over` when it was refused for the mailbox's rate. Returns
+    /// the groups parked behind it, due again now.
+    #[allow(clippy::too_many_arguments)]
     pub fn report(
         &mut self,
         mailbox: u64,
+        destination: usize,
         key: &Key,
         now: Timestamp,
         started: Timestamp,
@@ -139,19 +146,30 @@ impl Mailboxes {
         if !over && !self.gates.contains_key(&mailbox) {
             return Vec::new();
         }
-        let recent = &mut self.recent;
-        let gate = self.gates.entry(mailbox).or_insert_with(|| MailboxGate {
-            allowance: Allowance::with_history(
-                LOOKBACK,
-                recent.remove(&mailbox).unwrap_or_default(),
-            ),
-            ..MailboxGate::default()
+        let mut new = false;
+        let gate = self.gates.entry(mailbox).or_insert_with(|| {
+            new = true;
+            let seen = self.recent.remove(&mailbox).unwrap_or_default();
+            let mut allowance = Allowance::with_history(LOOKBACK, seen);
+            if let Some(&(n, w)) = self.learned.get(&destination) {
+                allowance.assume(now, n, w);
+            }
+            MailboxGate {
+                allowance,
+                ..MailboxGate::default()
+            }
         });
         gate.used = Some(now);
         gate.out.retain(|(k, _)| k != key);
         let probe = gate.probe.take_if(|p| p == key).is_some();
-        gate.allowance
-            .report(now, started, u32::from(accepted), over, probe);
+        // A gate that starts from another mailbox's window has taken this refusal in.
+        if !(new && gate.allowance.learned().is_some()) {
+            gate.allowance
+                .report(now, started, u32::from(accepted), over, probe);
+        }
+        if let Some(learned) = gate.allowance.learned() {
+            self.learned.insert(destination, learned);
+        }
         std::mem::take(&mut gate.parked)
     }
 
@@ -207,7 +225,7 @@ mod tests {
     fn a_mailbox_never_refused_is_not_held() {
         let mut m = Mailboxes::new();
         assert_eq!(m.admit(7, &key(1), T0), Admit::Go);
-        assert!(m.report(7, &key(1), T0, T0, true, false).is_empty());
+        assert!(m.report(7, 0, &key(1), T0, T0, true, false).is_empty());
         assert_eq!(m.len(), 0);
     }
 
@@ -216,7 +234,7 @@ mod tests {
         let mut m = Mailboxes::new();
         // Two went and were taken, the third was refused for the mailbox's rate.
         m.admit(7, &key(1), T0);
-        m.report(7, &key(1), T0, T0, false, true);
+        m.report(7, 0, &key(1), T0, T0, false, true);
         assert_eq!(m.len(), 1);
         // Nothing goes before the first probe's time...
         let Admit::Until(at) = m.admit(7, &key(2), T0) else {
@@ -230,14 +248,14 @@ mod tests {
         // Other mailboxes are not held.
         assert_eq!(m.admit(8, &key(5), at), Admit::Go);
         // The probe is taken: the parked groups are due again.
-        let released = m.report(7, &key(2), at, at, true, false);
+        let released = m.report(7, 0, &key(2), at, at, true, false);
         assert_eq!(released, vec![key(3), key(4)]);
     }
 
     #[test]
     fn a_lost_probe_lets_another_go() {
         let mut m = Mailboxes::new();
-        m.report(7, &key(1), T0, T0, false, true);
+        m.report(7, 0, &key(1), T0, T0, false, true);
         let at = m.ready_at(7, T0).expect("a gate");
         assert_eq!(m.admit(7, &key(2), at), Admit::Go);
         assert_eq!(m.admit(7, &key(3), at), Admit::Parked);
@@ -246,9 +264,50 @@ mod tests {
     }
 
     #[test]
+    fn a_mailbox_refused_first_starts_from_what_another_one_taught() {
+        let mut m = Mailboxes::new();
+        let ms = Duration::from_millis(1);
+        // Mailbox 7 takes 3 in each 10 s from T0. Refused with nothing known, its probes
+        // find when it takes mail again (10 s), then one goes at a time until it refuses
+        // again.
+        m.report(7, 0, &key(1), T0, T0, false, true);
+        let mut now = T0;
+        let mut taken = 0;
+        for n in 2.. {
+            match m.admit(7, &key(n), now) {
+                Admit::Go => {}
+                Admit::Until(t) => {
+                    now = t;
+                    continue;
+                }
+                Admit::Parked => panic!("one at a time, and nothing else out"),
+            }
+            let window = now.since(T0).as_secs() / 10;
+            let accepted = window >= 1 && taken < 3;
+            taken += u32::from(accepted);
+            m.report(7, 0, &key(n), now + ms, now, accepted, !accepted);
+            now += 10 * ms;
+            if taken == 3 && !accepted {
+                break;
+            }
+        }
+        let (count, window) = m.gates[&7].allowance.learned().expect("counted");
+        assert_eq!(count, 3, "{window:?}");
+        assert!(window >= Duration::from_secs(10), "{window:?}");
+        // Mailbox 8 at the same destination: its first refusal holds it for that window,
+        // with no search (no probe a second later).
+        m.report(8, 0, &key(100), now, now, false, true);
+        let again = m.ready_at(8, now).unwrap();
+        assert!(again >= now + window, "{:?}", again.since(now));
+        // At another destination, a mailbox searches from scratch.
+        m.report(9, 1, &key(200), now, now, false, true);
+        assert!(m.ready_at(9, now).unwrap() <= now + Duration::from_secs(1));
+    }
+
+    #[test]
     fn quiet_gates_are_forgotten() {
         let mut m = Mailboxes::new();
-        m.report(7, &key(1), T0, T0, false, true);
+        m.report(7, 0, &key(1), T0, T0, false, true);
         m.sweep(T0 + Duration::from_secs(3600));
         assert_eq!(m.len(), 1);
         m.sweep(T0 + FORGET + Duration::from_secs(1));

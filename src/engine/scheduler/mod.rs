@@ -967,7 +967,10 @@ impl Scheduler {
             if accepted && d.limits_mailboxes {
                 self.mailboxes.remember(m, now);
             }
-            for parked in self.mailboxes.report(m, &key, now, started, accepted, over) {
+            for parked in self
+                .mailboxes
+                .report(m, ix, &key, now, started, accepted, over)
+            {
                 self.reschedule(parked, now);
             }
             if let Some(t) = self.mailboxes.ready_at(m, now) {

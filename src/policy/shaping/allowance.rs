@@ -233,6 +233,35 @@ impl Allowance {
         a
     }
 
+    /// Starts from a window learned elsewhere (`n` in `w`: another mailbox of the same
+    /// receiver, which limits every mailbox alike), refused at `now`: the window is taken
+    /// as full now, so nothing goes before it has passed, and no search is needed.
+    pub fn assume(&mut self, now: Timestamp, n: u32, w: Duration) {
+        let held = self.log.count(now, w);
+        if held < n {
+            self.log.push(now, n - held);
+        }
+        self.windows = vec![Window {
+            n,
+            w,
+            lo: w,
+            raised_at: now,
+            raising: None,
+            found: w,
+            smooth: false,
+            uncounted: false,
+        }];
+        self.reacted_at = Some(now);
+    }
+
+    /// The shortest window learned and counted, as (`n`, `w`).
+    pub fn learned(&self) -> Option<(u32, Duration)> {
+        self.windows
+            .iter()
+            .find(|w| !w.uncounted)
+            .map(|w| (w.n, w.w))
+    }
+
     /// May a delivery start at `now`, with `busy` deliveries in flight?
     pub fn admit(&mut self, now: Timestamp, busy: usize) -> Verdict {
         if let Some(s) = &mut self.search {
