@@ -214,10 +214,11 @@ async fn a_strict_smoothed_rate_agrees_with_the_real_thing() {
         "{SMALL}\n[receiver.r]\nlatency = \"5ms\"\n\n[[receiver.r.limit]]\nshape = \"ewma\"\nrate = \"10/2s\"\nstrict = true\n"
     );
     let (sim, real) = both_ways(&scenario, |_| {}).await;
-    // The one shape held to 20 % (and five attempts in a hundred): strict counting makes
-    // every refused attempt lengthen the penalty, so the small timing differences between
-    // a simulated session and a real one (the simulator does not model EHLO) compound.
-    agree_within("strict smoothed rate", &sim, &real, 0.20, 0.05);
+    // The share of refusals is held to three attempts in a hundred: strict counting makes
+    // every refused attempt lengthen the penalty, so one refusal more or less, from the
+    // small timing differences between a simulated session and a real one (the simulator
+    // does not model EHLO), moves the share by more than the default allows.
+    agree_within("strict smoothed rate", &sim, &real, 0.10, 0.03);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

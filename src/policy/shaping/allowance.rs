@@ -210,6 +210,10 @@ pub struct Allowance {
     /// delay): zero for a destination, whose runs are bursts; longer for a mailbox, whose
     /// mail may trickle in at its limit.
     lookback: Duration,
+    /// Refused inside a learned window: until one is accepted again, one goes at a time,
+    /// so the next refusal (a smoothed rate that counts refusals, a window still full) costs
+    /// one attempt, not one per connection.
+    wary: bool,
 }
 
 impl Allowance {
@@ -274,6 +278,9 @@ impl Allowance {
             }
             s.out = Some(now);
             return Verdict::Probe;
+        }
+        if self.wary && busy > 0 {
+            return Verdict::AwaitReport;
         }
         let busy = busy as u32;
         // A smoothing receiver: one start per `w / n`.
@@ -370,6 +377,10 @@ impl Allowance {
     }
 
     fn clean(&mut self, now: Timestamp, started: Timestamp, probe: bool) {
+        // Accepted, and started after the refusal (not merely in flight before it).
+        if self.reacted_at.is_none_or(|t| started >= t) {
+            self.wary = false;
+        }
         if probe && let Some(s) = self.search.take_if(|s| s.out.is_some()) {
             self.found(s, started);
         } else if probe && let Some(t) = self.trial.take() {
@@ -441,6 +452,7 @@ impl Allowance {
                 win.lo = t.at.since(t.from).min(win.w);
             }
             self.reacted_at = Some(now);
+            self.wary = true;
             return;
         }
         if self.reacted_at.is_some_and(|t| started < t) {
@@ -448,6 +460,7 @@ impl Allowance {
             return;
         }
         self.reacted_at = Some(now);
+        self.wary = true;
         for win in &mut self.windows {
             if win.raising.take().is_some() {
                 // One more was too many: the count stands, and is not tried again soon.
