@@ -675,6 +675,42 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_inside_a_learned_window_lets_one_go_at_a_time_until_one_is_taken() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), at(0));
+        // Ten taken, then refused: the probe a second later finds the window.
+        s.report(at(100), &accepted(at(0), 10));
+        s.report(at(110), &throttled(at(105)));
+        assert_eq!(s.admit(at(1110), 0, true), Ok(Start::Probe));
+        let mut probe = accepted(at(1110), 1);
+        probe.probe = true;
+        s.report(at(1200), &probe);
+        // Well past the window, several go at once again.
+        let later = at(5000);
+        assert!(s.admit(later, 0, true).is_ok());
+        assert!(
+            s.admit(later, 1, true).is_ok(),
+            "in parallel while nothing is refused"
+        );
+        assert!(s.admit(later, 2, true).is_ok());
+        // One is taken, the next refused inside the window: after the pause, one at a
+        // time ...
+        s.report(at(5050), &accepted(later, 1));
+        s.report(at(5100), &throttled(later));
+        let after = at(5100) + Duration::from_secs(1);
+        assert!(s.admit(after, 0, true).is_ok());
+        assert_eq!(s.admit(after, 1, true), Err(Gate::AwaitReport));
+        // ... and a report of a delivery started before the refusal changes nothing ...
+        s.report(at(5150), &accepted(later, 1));
+        assert_eq!(s.admit(after, 1, true), Err(Gate::AwaitReport));
+        // ... until one started after it is taken.
+        s.report(after + Duration::from_millis(100), &accepted(after, 1));
+        let next = after + Duration::from_secs(5);
+        assert!(s.admit(next, 0, true).is_ok());
+        // (The window now smooths: the next start is spaced, not held for a report.)
+        assert_ne!(s.admit(next, 1, true), Err(Gate::AwaitReport));
+    }
+
+    #[test]
     fn connections_start_slowly_and_a_turn_away_sets_a_ceiling() {
         let mut s = Shaping::new(limits(None), Tuning::default(), at(0));
         assert_eq!(s.connection_limit(), 1, "one before anything was greeted");
