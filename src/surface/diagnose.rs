@@ -489,15 +489,22 @@ fn summary(cause: Cause, share: f64, f: &Figures, window: Duration) -> String {
 
 fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<String>) {
     let pacing = dest
-        .map(|d| match d.shaping.rate_per_minute {
-            Some(r) => format!(
-                "pacing at {r:.0}/min over at most {} connections",
-                d.shaping.connections
-            ),
-            None => format!(
-                "sending without a rate limit over at most {} connections",
-                d.shaping.connections
-            ),
+        .map(|d| {
+            let s = &d.shaping;
+            let pacing = match s.rate_per_minute {
+                Some(r) => format!(
+                    "pacing at {r:.0}/min over at most {} connections",
+                    s.connections
+                ),
+                None => format!(
+                    "sending without a rate limit over at most {} connections",
+                    s.connections
+                ),
+            };
+            match s.allowance.describe() {
+                Some(a) => format!("{pacing} ({a})"),
+                None => pacing,
+            }
         })
         .unwrap_or_else(|| "not sending to it now".into());
     let operator = |s: &str| Some(s.to_string());

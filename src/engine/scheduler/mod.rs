@@ -332,6 +332,10 @@ struct Worker {
     job: Option<Key>,
     /// Its connection was greeted (it has had a session).
     greeted: bool,
+    /// When its job was handed out: what the shaping counts as the start (the worker's own
+    /// clock reads later, after the job reached it, and a delivery let out before a
+    /// reaction must count as before it).
+    handed_at: Timestamp,
 }
 
 /// A worker waits with its connection open for at most this long for the rate; longer,
@@ -728,19 +732,21 @@ impl Scheduler {
                         destination: ix,
                         job: Some((job.id, job.domain.clone())),
                         greeted: false,
+                        handed_at: now,
                     },
                 );
                 self.out.push(Effect::Start { worker, job });
             } else {
                 let (worker, _) = d.idle.pop_front().expect("not empty");
-                self.assign(worker, job);
+                self.assign(worker, job, now);
             }
         }
     }
 
-    fn assign(&mut self, worker: WorkerId, job: Job) {
+    fn assign(&mut self, worker: WorkerId, job: Job, now: Timestamp) {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.job = Some((job.id, job.domain.clone()));
+            w.handed_at = now;
         }
         self.out.push(Effect::Assign { worker, job });
     }
@@ -795,7 +801,7 @@ impl Scheduler {
         let busy = (d.workers - d.idle.len()).saturating_sub(1);
         match d.shaping.admit(now, busy, charge) {
             Ok(start) => match self.take_ready(ix, start) {
-                Some(job) => self.assign(worker, job),
+                Some(job) => self.assign(worker, job, now),
                 None => {
                     self.destinations[ix].shaping.start_lost();
                     self.dismiss(worker, ix);
@@ -941,7 +947,11 @@ impl Scheduler {
             .collect();
         let mut report =
             react::destination_report(&held.group, outcomes.iter().map(|(o, _)| o), seen, now);
-        report.started = started;
+        // As the shaping let it out (see `Worker::handed_at`).
+        report.started = self
+            .workers
+            .get(&d.worker)
+            .map_or(started, |w| w.handed_at.min(started));
         let ix = self.destination(&destination, now);
         if let Some(w) = self.workers.get_mut(&d.worker) {
             w.greeted = seen.connected;

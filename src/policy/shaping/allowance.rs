@@ -468,6 +468,20 @@ impl Allowance {
                 return;
             }
         }
+        // Refused with the windows empty, but with mail taken within the length the probes
+        // found: the trials shortened a window too far (a fixed window starts where the
+        // receiver's count began, not where knock's ends), not a longer window full.
+        let shortened = self.windows.iter().position(|win| {
+            win.w < win.found
+                && self.log.count(now, win.w) == 0
+                && self.log.count(now, win.found) > 0
+        });
+        if let Some(i) = shortened {
+            let win = &mut self.windows[i];
+            win.w = win.w.mul_f64(1.1).min(win.found);
+            win.lo = win.w;
+            return;
+        }
         let longest = self.windows.last().map(|w| w.w);
         match longest {
             Some(w) if self.log.count(now, w) > 0 => {
@@ -634,4 +648,115 @@ pub struct WindowView {
     pub settled: bool,
     /// Accepted within the window now.
     pub used: u32,
+}
+
+impl AllowanceView {
+    /// In words, for the command line and `knock diagnose`: "at most 90 in any 10 s (37
+    /// used now)", "probing since …, next probe in 8 s"; `None` when nothing was learned.
+    pub fn describe(&self) -> Option<String> {
+        if let Some(since) = self.probing_since {
+            let next = match self.next_probe_in_seconds {
+                Some(s) if s > 0.0 => format!(", next probe in {}", seconds(s)),
+                _ => ", probe out".to_string(),
+            };
+            return Some(format!("refused; probing since {since}{next}"));
+        }
+        if self.windows.is_empty() {
+            return None;
+        }
+        let windows: Vec<String> = self
+            .windows
+            .iter()
+            .map(|w| {
+                let about = if w.settled { "" } else { "about " };
+                format!(
+                    "at most {} in any {about}{} ({} used now)",
+                    w.count,
+                    seconds(w.seconds),
+                    w.used
+                )
+            })
+            .collect();
+        Some(format!("learned: {}", windows.join(" and ")))
+    }
+}
+
+/// A length of time for people: "800 ms", "10 s", "2.5 min", "1 h", "1.5 d".
+fn seconds(s: f64) -> String {
+    let trim = |v: f64| {
+        let t = format!("{v:.1}");
+        t.strip_suffix(".0").map(str::to_string).unwrap_or(t)
+    };
+    match s {
+        s if s < 1.0 => format!("{:.0} ms", s * 1000.0),
+        s if s < 120.0 => format!("{} s", trim(s)),
+        s if s < 7200.0 => format!("{} min", trim(s / 60.0)),
+        s if s < 172_800.0 => format!("{} h", trim(s / 3600.0)),
+        s => format!("{} d", trim(s / 86_400.0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_past_a_window_the_trials_shortened_lengthens_it_instead_of_searching() {
+        let t0 = Timestamp(1_000_000);
+        let mut a = Allowance::new();
+        a.windows.push(Window {
+            n: 50,
+            w: Duration::from_millis(945),
+            lo: Duration::from_millis(898),
+            raised_at: t0,
+            raising: None,
+            found: Duration::from_millis(1234),
+            smooth: false,
+            uncounted: false,
+        });
+        // 50 taken a second ago: outside the shortened window, inside what the probes
+        // found. The receiver's window (a second) had not passed.
+        a.log.push(t0, 50);
+        let now = t0 + Duration::from_millis(1000);
+        a.report(now, now, 0, true, false);
+        assert!(!a.searching(), "no search for a longer window");
+        assert_eq!(a.windows.len(), 1);
+        assert!(
+            a.windows[0].w > Duration::from_millis(1000),
+            "{:?}",
+            a.windows[0]
+        );
+    }
+
+    #[test]
+    fn the_allowance_in_words() {
+        assert_eq!(AllowanceView::default().describe(), None);
+        let v = AllowanceView {
+            windows: vec![
+                WindowView {
+                    count: 90,
+                    seconds: 10.02,
+                    settled: true,
+                    used: 37,
+                },
+                WindowView {
+                    count: 500,
+                    seconds: 3600.0,
+                    settled: false,
+                    used: 12,
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            v.describe().unwrap(),
+            "learned: at most 90 in any 10 s (37 used now) and at most 500 in any about 60 min (12 used now)"
+        );
+        let probing = AllowanceView {
+            probing_since: Some(Timestamp(0)),
+            next_probe_in_seconds: Some(8.0),
+            ..Default::default()
+        };
+        assert!(probing.describe().unwrap().ends_with("next probe in 8 s"));
+    }
 }

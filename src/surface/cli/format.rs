@@ -73,6 +73,12 @@ pub fn destinations(d: &DestinationsView) -> String {
         if let Some(g) = v.greylist_delay_seconds {
             state.push(format!("greylist {g} s"));
         }
+        if let Some(a) = s.allowance.describe() {
+            state.push(a);
+        }
+        if let Some(c) = s.connection_ceiling {
+            state.push(format!("at most {c} connections (turned away above)"));
+        }
         if let Some(c) = s.recent_classes.last() {
             state.push(format!("last deferral {}", c.as_str()));
         }

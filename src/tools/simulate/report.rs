@@ -698,19 +698,25 @@ impl fmt::Display for Report {
                     r.slow_share * 100.0
                 )?;
             }
+            let connections = |n: u64| match n {
+                1 => "1 connection".to_string(),
+                n => format!("{n} connections"),
+            };
             if r.turned_away > 0 {
                 writeln!(
                     f,
-                    "{}: {} connections turned away at the greeting",
-                    r.receiver, r.turned_away
+                    "{}: {} turned away at the greeting",
+                    r.receiver,
+                    connections(r.turned_away)
                 )?;
             }
             if let Some(n) = r.outage_connections {
                 let resumed = r.resumed_seconds.map(human).unwrap_or_else(|| "-".into());
                 writeln!(
                     f,
-                    "{}: {n} connections while down; flow resumed {resumed} after the outage",
-                    r.receiver
+                    "{}: {} while down; flow resumed {resumed} after the outage",
+                    r.receiver,
+                    connections(n)
                 )?;
             }
         }
