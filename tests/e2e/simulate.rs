@@ -115,10 +115,11 @@ async fn both_ways(
     (simulated, measured)
 }
 
-/// Within 10 % of the larger of the two; a share also within one attempt in a hundred,
-/// where a handful of refusals one way or the other is already 10 %.
+/// Within 10 % of the larger of the two; a share also within three attempts in a hundred:
+/// with 80 messages and a few refusals, a trial landing a few milliseconds either side of
+/// a window's edge is one refusal more or less, already more than 10 % of the share.
 fn agree(shape: &str, sim: &Figures, real: &Measured) {
-    agree_within(shape, sim, real, 0.10, 0.01)
+    agree_within(shape, sim, real, 0.10, 0.03)
 }
 
 fn agree_within(shape: &str, sim: &Figures, real: &Measured, share: f64, slack: f64) {
@@ -214,11 +215,7 @@ async fn a_strict_smoothed_rate_agrees_with_the_real_thing() {
         "{SMALL}\n[receiver.r]\nlatency = \"5ms\"\n\n[[receiver.r.limit]]\nshape = \"ewma\"\nrate = \"10/2s\"\nstrict = true\n"
     );
     let (sim, real) = both_ways(&scenario, |_| {}).await;
-    // The share of refusals is held to three attempts in a hundred: strict counting makes
-    // every refused attempt lengthen the penalty, so one refusal more or less, from the
-    // small timing differences between a simulated session and a real one (the simulator
-    // does not model EHLO), moves the share by more than the default allows.
-    agree_within("strict smoothed rate", &sim, &real, 0.10, 0.03);
+    agree("strict smoothed rate", &sim, &real);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,13 +299,12 @@ fn every_limiter_shape_meets_the_pacing_goals_in_virtual_time() {
             if r.delivered != r.recipients {
                 fail(format!("{} of {} delivered", r.delivered, r.recipients));
             }
-            // Three shapes are still short of the goal at a few hundred messages (the
-            // trials bring a window found too long down a twentieth at a time, and a
+            // Two shapes are still short of the goal at a few hundred messages (a strict
+            // smoothed rate counts every refused attempt against the sender, and a
             // one-second window pays the report's round trips on every window); they are
             // held to what they reach today (docs/benchmarks.md).
             let goal = match name.as_str() {
                 "ewma-strict" => 1.5,
-                "sliding-sender" => 1.2,
                 "fixed-1s" => 1.15,
                 _ => 1.1,
             };

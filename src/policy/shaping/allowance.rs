@@ -14,14 +14,18 @@
 //!   flight) in the last `w`: the window's count ages out as the receiver's does. Counting
 //!   over a sliding window is never looser than the receiver's own fixed window, bucket or
 //!   quota with the same `n` and `w`.
-//! - The length is refined: while mail waits for the window to pass, one *trial* goes out a
-//!   twentieth short of it. Accepted, the window is that much shorter, and the next trial goes
-//!   a twentieth shorter again; refused, the length is known within a twentieth and stays. So a
-//!   window found too long by the probes' coarse steps comes down in a few windows, at the
-//!   cost of one refusal.
-//! - A refusal inside a learned window lowers its count to what the window held; a refusal
-//!   with nothing in the window at all means a longer window is full (an hourly quota
-//!   behind a per-minute rate): the search resumes above the longest window known.
+//! - The length is refined: while mail waits for the window to pass, one *trial* goes out
+//!   early: halfway between the longest span known too short and the window while the two
+//!   are far apart, then a twentieth short of the window. Accepted, the window is that much
+//!   shorter, and the next trial goes shorter again; refused, the shorter bound moves up, and
+//!   within a twentieth the length is settled. So a window found too long by the probes'
+//!   coarse steps comes down in a few windows, at the cost of a refusal or two.
+//! - A refusal inside a learned window lowers its count to what the window held (after a
+//!   refusal, deliveries go one at a time until one is taken); a refusal with nothing in
+//!   the window but mail taken within the length first found means the trials shortened it
+//!   too far: it grows a tenth. A refusal with nothing in any of those means a longer
+//!   window is full (an hourly quota behind a per-minute rate): the search resumes above
+//!   the longest window known.
 //! - The count creeps up by one now and then while mail waits and nothing is refused, so an
 //!   allowance that grew (a reputation that improved) is found again: the learned limit
 //!   decays towards what the receiver really takes.
@@ -42,6 +46,8 @@ const LADDER: [u64; 16] = [
 /// than `SETTLED_MIN`; trials go this share short of the window.
 const SETTLED_SHARE: f64 = 0.05;
 const SETTLED_MIN: Duration = Duration::from_millis(100);
+/// While the bounds are further apart than this share of the window, trials go halfway.
+const BISECT_ABOVE: f64 = 0.25;
 /// A margin past a window's edge, so a start lands after the receiver's count aged out.
 const MARGIN: Duration = Duration::from_millis(50);
 /// The count is tried one higher once in this many window lengths (and at least this long).
@@ -323,10 +329,16 @@ impl Allowance {
                 && self.trial.is_none()
                 && let Some(from) = self.log.oldest(now, win.w)
             {
-                // Just short of the window: accepted, the window shrinks a twentieth and
-                // the next trial goes shorter again; refused, the length is known within
-                // a twentieth. One refusal settles it, however long the descent.
-                let short = win.w.mul_f64(1.0 - SETTLED_SHARE).max(win.lo);
+                // Far from known (the probes' steps are three times apart): halfway
+                // between what is known too short and the window, so a window found three
+                // times too long comes down in two or three windows. Close: just short of
+                // the window; accepted, the window shrinks a twentieth and the next trial
+                // goes shorter again; refused, the length is known within a twentieth.
+                let gap = win.w.saturating_sub(win.lo);
+                let short = match gap.as_secs_f64() > BISECT_ABOVE * win.w.as_secs_f64() {
+                    true => win.lo + gap / 2,
+                    false => win.w.mul_f64(1.0 - SETTLED_SHARE).max(win.lo),
+                };
                 trial = Some((i, from, from + short));
             }
         }

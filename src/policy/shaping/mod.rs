@@ -362,6 +362,10 @@ impl Shaping {
                 r.throttled || slow,
                 probe,
             );
+        } else if probe {
+            // The probe or trial never reached the receiver's count (turned away at the
+            // greeting, the connection failed): it taught nothing, and another may go.
+            self.allowance.probe_lost();
         }
     }
 
@@ -708,6 +712,27 @@ mod tests {
         assert!(s.admit(next, 0, true).is_ok());
         // (The window now smooths: the next start is spaced, not held for a report.)
         assert_ne!(s.admit(next, 1, true), Err(Gate::AwaitReport));
+    }
+
+    #[test]
+    fn a_probe_turned_away_at_the_greeting_lets_another_go() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), at(0));
+        s.report(at(100), &accepted(at(0), 10));
+        s.report(at(110), &throttled(at(105)));
+        assert_eq!(s.admit(at(1110), 0, true), Ok(Start::Probe));
+        // The probe's connection was turned away (a connection still closing counted
+        // against the cap): the window was not tested, and the search must not wait for a
+        // report that will never come.
+        s.report(
+            at(1120),
+            &Report {
+                started: at(1110),
+                turned_away: true,
+                probe: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.admit(at(2000), 0, true), Ok(Start::Probe));
     }
 
     #[test]
