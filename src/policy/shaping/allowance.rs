@@ -14,12 +14,11 @@
 //!   flight) in the last `w`: the window's count ages out as the receiver's does. Counting
 //!   over a sliding window is never looser than the receiver's own fixed window, bucket or
 //!   quota with the same `n` and `w`.
-//! - The length is refined: while mail waits for the window to pass, one *trial* goes out
-//!   early: a quarter of the way back from the window to the longest span known too short
-//!   while the two are far apart, then a twentieth short of the window. Accepted, the window is that much
-//!   shorter, and the next trial goes shorter again; refused, the shorter bound moves up, and
-//!   within a twentieth the length is settled. So a window found too long by the probes'
-//!   coarse steps comes down in a few windows, at the cost of a refusal or two.
+//! - The length is refined: while mail waits for the window to pass, one *trial* goes out a
+//!   twentieth short of it. Accepted, the window is that much shorter, and the next trial
+//!   goes a twentieth shorter again; refused, the length is known within a twentieth and
+//!   stays. So a window found too long by the probes' coarse steps comes down, window by
+//!   window, at the cost of one refusal.
 //! - A refusal inside a learned window lowers its count to what the window held (after a
 //!   refusal, deliveries go one at a time until one is taken); a refusal with nothing in
 //!   the window but mail taken within the length first found means the trials shortened it
@@ -46,9 +45,6 @@ const LADDER: [u64; 16] = [
 /// than `SETTLED_MIN`; trials go this share short of the window.
 const SETTLED_SHARE: f64 = 0.05;
 const SETTLED_MIN: Duration = Duration::from_millis(100);
-/// While the bounds are further apart than this share of the window, trials go a quarter
-/// of the way back between them.
-const BISECT_ABOVE: f64 = 0.25;
 /// A margin past a window's edge, so a start lands after the receiver's count aged out.
 const MARGIN: Duration = Duration::from_millis(50);
 /// The count is tried one higher once in this many window lengths (and at least this long).
@@ -330,17 +326,13 @@ impl Allowance {
                 && self.trial.is_none()
                 && let Some(from) = self.log.oldest(now, win.w)
             {
-                // Far from known (the probes' steps are three times apart): a quarter of
-                // the way back towards what is known too short, so a window found three
-                // times too long comes down in a few windows (halfway cost more refusals
-                // against buckets). Close: just short of the window; accepted, the window
-                // shrinks a twentieth and the next trial goes shorter again; refused, the
-                // length is known within a twentieth.
-                let gap = win.w.saturating_sub(win.lo);
-                let short = match gap.as_secs_f64() > BISECT_ABOVE * win.w.as_secs_f64() {
-                    true => win.w - gap / 4,
-                    false => win.w.mul_f64(1.0 - SETTLED_SHARE).max(win.lo),
-                };
+                // Just short of the window: accepted, the window shrinks a twentieth and
+                // the next trial goes shorter again; refused, the length is known within
+                // a twentieth. One refusal settles it, however long the descent. (Trials
+                // halfway or a quarter of the way towards the bound known too short came
+                // down faster from a window the probes found three times too long, but
+                // cost refusals against buckets and fixed windows: docs/benchmarks.md.)
+                let short = win.w.mul_f64(1.0 - SETTLED_SHARE).max(win.lo);
                 trial = Some((i, from, from + short));
             }
         }
