@@ -79,7 +79,7 @@ pub struct Event {
     /// MX hosts that would not do before the one reached (or all of them), and what each
     /// did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tried: Vec<crate::net::transport::HostTried>,
+    pub tried: Vec<crate::message::HostTried>,
 }
 
 impl Event {
@@ -282,7 +282,7 @@ mod tests {
         e.failure = Some(FailureKind::Timeout);
         e.next_attempt = Some(Timestamp(0));
         e.ee_seconds = Some(1.0);
-        e.tried = vec![crate::net::transport::HostTried {
+        e.tried = vec![crate::message::HostTried {
             host: "mx1".into(),
             addr: "192.0.2.1:25".into(),
             said: "connection refused".into(),

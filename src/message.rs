@@ -117,7 +117,16 @@ pub struct Attempt {
     /// MX hosts that would not do before the one reached (or all of them, when none
     /// was), and what each did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tried: Vec<crate::net::transport::HostTried>,
+    pub tried: Vec<HostTried>,
+}
+
+/// One MX host that would not do, and why (for the attempt record and the event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostTried {
+    pub host: String,
+    pub addr: String,
+    /// What it did: the reply or knock's own diagnostic.
+    pub said: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

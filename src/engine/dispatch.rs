@@ -345,7 +345,7 @@ fn same_for_all(
     group: &Group,
     observed: &Observed,
     mx: Option<String>,
-    tried: Vec<crate::net::transport::HostTried>,
+    tried: Vec<crate::message::HostTried>,
 ) -> Vec<(Observed, Where)> {
     group
         .pending()

@@ -4,6 +4,7 @@
 //! substitute a scripted transport.
 
 use crate::config::{DeliveryConfig, parse_host_port};
+use crate::message::HostTried;
 use crate::net::resolve::{DnsError, MxHost, Resolver};
 use crate::net::smtp::client::{Client, ClientError};
 use crate::net::tls::{Connectors, Policy, TlsInfo};
@@ -47,15 +48,6 @@ pub struct ConnectError {
     /// Every host was tried and none would talk (refused, timed out, turned away at the
     /// greeting): the destination, not the message, is unwell.
     pub unreachable: bool,
-}
-
-/// One MX host that would not do, and why (for the attempt record and the event).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HostTried {
-    pub host: String,
-    pub addr: String,
-    /// What it did: the reply or knock's own diagnostic.
-    pub said: String,
 }
 
 #[async_trait]

@@ -201,7 +201,7 @@ pub struct Where {
     pub local_ip: Option<String>,
     pub tls: Option<crate::net::tls::TlsInfo>,
     /// MX hosts tried before (or instead of) `mx` that would not do, and what each did.
-    pub tried: Vec<crate::net::transport::HostTried>,
+    pub tried: Vec<crate::message::HostTried>,
 }
 
 /// What a delivery saw of the destination beyond the replies.
