@@ -28,8 +28,9 @@ const FORGET: Duration = Duration::from_secs(24 * 3600);
 /// How far back a mailbox's acceptances are remembered, once its destination limits
 /// mailboxes: what a gate made at its first refusal starts from.
 const LOOKBACK: Duration = Duration::from_secs(3600);
-/// Acceptances remembered per mailbox before it has a gate.
-const REMEMBER: usize = 8;
+/// Acceptances remembered per mailbox before it has a gate (held inline: a destination
+/// that limits mailboxes may see a million of them in an hour).
+const REMEMBER: usize = 4;
 /// A group let through that has not reported after this long never will (it expired in a
 /// ready queue, or its report was lost): it no longer counts as out.
 const STALE: Duration = Duration::from_secs(30 * 60);
@@ -56,6 +57,10 @@ struct MailboxGate {
     used: Option<Timestamp>,
 }
 
+/// A mailbox's latest acceptances, oldest first (`None` where fewer were seen).
+#[derive(Debug, Default)]
+struct Recent([Option<Timestamp>; REMEMBER]);
+
 #[derive(Debug, Default)]
 pub struct Mailboxes {
     gates: HashMap<u64, MailboxGate>,
@@ -65,7 +70,7 @@ pub struct Mailboxes {
     learned: HashMap<usize, (u32, Duration)>,
     /// When mailboxes without a gate accepted lately (at destinations that limit
     /// mailboxes), newest last.
-    recent: HashMap<u64, Vec<Timestamp>>,
+    recent: HashMap<u64, Recent>,
 }
 
 impl Mailboxes {
@@ -83,10 +88,8 @@ impl Mailboxes {
             return;
         }
         let seen = self.recent.entry(mailbox).or_default();
-        if seen.len() == REMEMBER {
-            seen.remove(0);
-        }
-        seen.push(now);
+        seen.0.rotate_left(1);
+        seen.0[REMEMBER - 1] = Some(now);
     }
 
     /// May the group `key`, whose one pending recipient is `mailbox`, go now?
@@ -149,7 +152,13 @@ impl Mailboxes {
         let mut new = false;
         let gate = self.gates.entry(mailbox).or_insert_with(|| {
             new = true;
-            let seen = self.recent.remove(&mailbox).unwrap_or_default();
+            let seen = self
+                .recent
+                .remove(&mailbox)
+                .unwrap_or_default()
+                .0
+                .into_iter()
+                .flatten();
             let mut allowance = Allowance::with_history(LOOKBACK, seen);
             if let Some(&(n, w)) = self.learned.get(&destination) {
                 allowance.assume(now, n, w);
@@ -200,7 +209,7 @@ impl Mailboxes {
     /// Forgets gates nobody used for a day, with nothing out or parked.
     pub fn sweep(&mut self, now: Timestamp) {
         self.recent
-            .retain(|_, seen| seen.last().is_some_and(|t| now.since(*t) < LOOKBACK));
+            .retain(|_, seen| seen.0[REMEMBER - 1].is_some_and(|t| now.since(t) < LOOKBACK));
         self.gates.retain(|_, g| {
             !g.out.is_empty()
                 || !g.parked.is_empty()
