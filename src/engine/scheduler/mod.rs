@@ -977,10 +977,16 @@ impl Scheduler {
             if accepted && d.limits_mailboxes {
                 self.mailboxes.remember(m, now);
             }
-            for parked in self
-                .mailboxes
-                .report(m, ix, &key, now, started, accepted, over)
-            {
+            // Only a taken recipient or a refusal for the mailbox's rate says anything
+            // about it (a connection that failed, a greylisting, a bounce do not): else
+            // the delivery is as good as lost to its gate.
+            let parked = match accepted || over {
+                true => self
+                    .mailboxes
+                    .report(m, ix, &key, now, report.started, accepted, over),
+                false => self.mailboxes.lost(m, &key),
+            };
+            for parked in parked {
                 self.reschedule(parked, now);
             }
             if let Some(t) = self.mailboxes.ready_at(m, now) {

@@ -715,3 +715,29 @@ fn a_mailbox_over_its_own_rate_holds_its_groups_back_and_no_other() {
     after.extend(jobs(h.advance(SEC)));
     assert!(after.len() < 5, "the window holds: {}", after.len());
 }
+
+#[test]
+fn a_mailbox_probe_that_says_nothing_of_the_rate_lets_another_go() {
+    let mut h = Harness::new(policy(|_| {}));
+    const MAILBOX_RATE: &str = "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered";
+    let (w, job) = one_job(h.queue(0, &["busy@a.test"]));
+    h.now += 100 * Duration::from_millis(1);
+    h.report(w, job, &["250 2.0.0 Ok"]);
+    let (w, job) = one_job(h.queue(1, &["busy@a.test"]));
+    let probe_at = deferred_until(&h.report(w, job, &[MAILBOX_RATE]));
+    for n in 2..5 {
+        assert!(jobs(h.queue(n, &["busy@a.test"])).is_empty());
+    }
+    let probe = jobs(h.advance(probe_at.since(h.now)));
+    assert_eq!(probe.len(), 1, "{probe:?}");
+    // The probe is greylisted: it taught nothing about the mailbox's rate, and the groups
+    // parked behind it must not wait for a report that will never come.
+    let (w, job) = probe.into_iter().next().unwrap();
+    let mut next = jobs(h.report(
+        w,
+        job,
+        &["450 4.2.0 Greylisted, see https://postgrey.schweikert.ch/"],
+    ));
+    next.extend(jobs(h.advance(SEC)));
+    assert_eq!(next.len(), 1, "another probe: {next:?}");
+}
