@@ -657,8 +657,8 @@ pub struct WindowView {
 }
 
 impl AllowanceView {
-    /// In words, for the command line and `knock diagnose`: "at most 90 in any 10 s (37
-    /// used now)", "probing since …, next probe in 8 s"; `None` when nothing was learned.
+    /// In words, for the command line and `knock diagnose`: "at most 90 in any 10s (37
+    /// used now)", "probing since …, next probe in 8s"; `None` when nothing was learned.
     pub fn describe(&self) -> Option<String> {
         if let Some(since) = self.probing_since {
             let next = match self.next_probe_in_seconds {
@@ -687,19 +687,9 @@ impl AllowanceView {
     }
 }
 
-/// A length of time for people: "800 ms", "10 s", "2.5 min", "1 h", "1.5 d".
-fn seconds(s: f64) -> String {
-    let trim = |v: f64| {
-        let t = format!("{v:.1}");
-        t.strip_suffix(".0").map(str::to_string).unwrap_or(t)
-    };
-    match s {
-        s if s < 1.0 => format!("{:.0} ms", s * 1000.0),
-        s if s < 120.0 => format!("{} s", trim(s)),
-        s if s < 7200.0 => format!("{} min", trim(s / 60.0)),
-        s if s < 172_800.0 => format!("{} h", trim(s / 3600.0)),
-        s => format!("{} d", trim(s / 86_400.0)),
-    }
+/// A length of time for people, as the rest of knock writes one: "10s 20ms", "1h".
+fn seconds(s: f64) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis((s * 1000.0).round() as u64))
 }
 
 #[cfg(test)]
@@ -756,13 +746,13 @@ mod tests {
         };
         assert_eq!(
             v.describe().unwrap(),
-            "learned: at most 90 in any 10 s (37 used now) and at most 500 in any about 60 min (12 used now)"
+            "learned: at most 90 in any 10s 20ms (37 used now) and at most 500 in any about 1h (12 used now)"
         );
         let probing = AllowanceView {
             probing_since: Some(Timestamp(0)),
             next_probe_in_seconds: Some(8.0),
             ..Default::default()
         };
-        assert!(probing.describe().unwrap().ends_with("next probe in 8 s"));
+        assert!(probing.describe().unwrap().ends_with("next probe in 8s"));
     }
 }
