@@ -180,11 +180,13 @@ impl Group {
         if pending.next().is_some() {
             return None;
         }
-        use std::hash::{Hash, Hasher};
-        // SipHash with fixed keys: stable across runs, so a simulation repeats.
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new();
-        one.address.to_ascii_lowercase().hash(&mut h);
+        use std::hash::Hasher;
+        // Fixed keys (`DefaultHasher::new`): the same in every run, so a simulation
+        // repeats. Case folded byte by byte, with no copy of the address.
+        let mut h = std::hash::DefaultHasher::new();
+        for b in one.address.bytes() {
+            h.write_u8(b.to_ascii_lowercase());
+        }
         Some(h.finish())
     }
 

@@ -966,7 +966,7 @@ impl Scheduler {
         // recipient's.
         let mut ready_at = now;
         let mut mailbox_ready = None;
-        if let Some(m) = held.group.mailbox()
+        if let Some(m) = self.entries.get(&key).and_then(|e| e.mailbox)
             && let [(o, _)] = outcomes.as_slice()
         {
             let accepted = o.disposition == crate::outcome::Disposition::Delivered;

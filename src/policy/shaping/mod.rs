@@ -678,13 +678,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_refusal_inside_a_learned_window_lets_one_go_at_a_time_until_one_is_taken() {
+    /// Ten taken, then refused: the search's first probe is out (started at 1110 ms).
+    fn probing() -> Shaping {
         let mut s = Shaping::new(limits(None), Tuning::default(), at(0));
-        // Ten taken, then refused: the probe a second later finds the window.
         s.report(at(100), &accepted(at(0), 10));
         s.report(at(110), &throttled(at(105)));
         assert_eq!(s.admit(at(1110), 0, true), Ok(Start::Probe));
+        s
+    }
+
+    #[test]
+    fn a_refusal_inside_a_learned_window_lets_one_go_at_a_time_until_one_is_taken() {
+        // The probe a second after the refusal finds the window.
+        let mut s = probing();
         let mut probe = accepted(at(1110), 1);
         probe.probe = true;
         s.report(at(1200), &probe);
@@ -716,10 +722,7 @@ mod tests {
 
     #[test]
     fn a_probe_turned_away_at_the_greeting_lets_another_go() {
-        let mut s = Shaping::new(limits(None), Tuning::default(), at(0));
-        s.report(at(100), &accepted(at(0), 10));
-        s.report(at(110), &throttled(at(105)));
-        assert_eq!(s.admit(at(1110), 0, true), Ok(Start::Probe));
+        let mut s = probing();
         // The probe's connection was turned away (a connection still closing counted
         // against the cap): the window was not tested, and the search must not wait for a
         // report that will never come.
