@@ -101,19 +101,14 @@ impl Mailboxes {
         if gate.out.iter().any(|(k, _)| k == key) {
             return Admit::Go;
         }
-        let stale = |(k, at): &(Key, Timestamp)| now.since(*at) >= STALE && k != key;
-        if gate.out.iter().any(stale) {
-            let lost: Vec<Key> = gate
-                .out
-                .iter()
-                .filter(|o| stale(o))
-                .map(|(k, _)| k.clone())
-                .collect();
-            gate.out.retain(|o| !stale(o));
-            if gate.probe.take_if(|p| lost.contains(p)).is_some() {
-                gate.allowance.probe_lost();
-            }
+        let stale = |(_, at): &(Key, Timestamp)| now.since(*at) >= STALE;
+        if let Some(p) = &gate.probe
+            && gate.out.iter().any(|o| &o.0 == p && stale(o))
+        {
+            gate.probe = None;
+            gate.allowance.probe_lost();
         }
+        gate.out.retain(|o| !stale(o));
         match gate.allowance.admit(now, gate.out.len()) {
             Verdict::Go => {
                 gate.out.push((key.clone(), now));
