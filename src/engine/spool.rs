@@ -15,9 +15,10 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 const ENVELOPES: TableDefinition<u128, &[u8]> = TableDefinition::new("envelopes");
 const BODIES: TableDefinition<u128, &[u8]> = TableDefinition::new("bodies");
@@ -31,6 +32,16 @@ const SET_ASIDE: TableDefinition<&str, &[u8]> = TableDefinition::new("set_aside"
 
 /// Most writes committed together in one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// How long the outcomes of attempts wait for company when nothing else is to be written.
+/// Nobody waits on them (a worker goes on once it has reported), so instead of one commit
+/// and one fsync per outcome while the queue drains, the outcomes of a few milliseconds share
+/// one; anything else that arrives (a new message whose `250` waits) is committed at once,
+/// with them.
+const OUTCOMES_LINGER: Duration = Duration::from_millis(5);
+
+/// Outcomes that are enough for one commit without lingering further.
+const OUTCOMES_ENOUGH: usize = 256;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
@@ -119,9 +130,16 @@ struct Batch {
     done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
+impl Batch {
+    /// Whether someone waits for this write: anything but the outcome of an attempt.
+    fn urgent(&self) -> bool {
+        self.ops.iter().any(|op| !matches!(op, Op::Update { .. }))
+    }
+}
+
 pub struct RedbSpool {
     db: Arc<Handle>,
-    tx: Option<mpsc::UnboundedSender<Batch>>,
+    tx: Option<mpsc::Sender<Batch>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -154,7 +172,7 @@ impl RedbSpool {
             cache,
             db: RwLock::new(Some(Arc::new(db))),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -241,9 +259,9 @@ impl Handle {
     }
 }
 
-fn writer_loop(handle: Arc<Handle>, mut rx: mpsc::UnboundedReceiver<Batch>) {
+fn writer_loop(handle: Arc<Handle>, rx: mpsc::Receiver<Batch>) {
     let mut failed = false;
-    while let Some(first) = rx.blocking_recv() {
+    while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while batches.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -251,6 +269,7 @@ fn writer_loop(handle: Arc<Handle>, mut rx: mpsc::UnboundedReceiver<Batch>) {
                 Err(_) => break,
             }
         }
+        linger(&rx, &mut batches);
         // After a failed write the database must be opened again before it takes more.
         let db = match failed {
             true => handle.reopen(),
@@ -263,6 +282,32 @@ fn writer_loop(handle: Arc<Handle>, mut rx: mpsc::UnboundedReceiver<Batch>) {
         }
         for b in batches {
             let _ = b.done.send(result.clone());
+        }
+    }
+}
+
+/// When only outcomes are waiting, gathers more for up to [`OUTCOMES_LINGER`]: until
+/// something urgent arrives, enough are there, or the channel closes.
+fn linger(rx: &mpsc::Receiver<Batch>, batches: &mut Vec<Batch>) {
+    if batches.iter().any(Batch::urgent) {
+        return;
+    }
+    let deadline = Instant::now() + OUTCOMES_LINGER;
+    let mut ops: usize = batches.iter().map(|b| b.ops.len()).sum();
+    while ops < OUTCOMES_ENOUGH && batches.len() < MAX_BATCH {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        match rx.recv_timeout(left) {
+            Ok(b) => {
+                let urgent = b.urgent();
+                ops += b.ops.len();
+                batches.push(b);
+                if urgent {
+                    return;
+                }
+            }
+            Err(_) => return,
         }
     }
 }
