@@ -448,6 +448,9 @@ pub struct DnsConfig {
     pub timeout: Duration,
     /// How many times a query is tried in all (1: no retry).
     pub attempts: usize,
+    /// Name servers to ask (`"127.0.0.1:53"`, over UDP and TCP), in place of the system's
+    /// `/etc/resolv.conf`: a local caching resolver, say.
+    pub servers: Vec<SocketAddr>,
 }
 
 impl Default for DnsConfig {
@@ -455,6 +458,7 @@ impl Default for DnsConfig {
         Self {
             timeout: Duration::from_secs(5),
             attempts: 2,
+            servers: Vec::new(),
         }
     }
 }

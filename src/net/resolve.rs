@@ -5,6 +5,10 @@
 
 use async_trait::async_trait;
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -44,10 +48,37 @@ pub struct DnsResolver {
 }
 
 impl DnsResolver {
-    /// `attempts` is how many times a query is tried in all (hickory counts the retries
-    /// after the first).
-    pub fn from_system(timeout: Duration, attempts: usize) -> anyhow::Result<DnsResolver> {
-        let mut builder = TokioResolver::builder_tokio()?;
+    /// Asks `servers` (over UDP, and TCP for long answers), or the servers of the system's
+    /// configuration when there are none. `attempts` is how many times a query is tried in
+    /// all (hickory counts the retries after the first).
+    pub fn new(
+        timeout: Duration,
+        attempts: usize,
+        servers: &[SocketAddr],
+    ) -> anyhow::Result<DnsResolver> {
+        let mut builder = if servers.is_empty() {
+            TokioResolver::builder_tokio()?
+        } else {
+            let name_servers = servers
+                .iter()
+                .map(|s| {
+                    let on = |protocol| {
+                        let mut c = ConnectionConfig::new(protocol);
+                        c.port = s.port();
+                        c
+                    };
+                    NameServerConfig::new(
+                        s.ip(),
+                        true,
+                        vec![on(ProtocolConfig::Udp), on(ProtocolConfig::Tcp)],
+                    )
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), name_servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
         builder.options_mut().timeout = timeout;
         builder.options_mut().attempts = attempts.saturating_sub(1);
         Ok(DnsResolver {

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod disk;
+mod dns;
 mod http;
 mod knobs;
 mod protocol;
