@@ -9,6 +9,7 @@ use crate::reply::Enhanced;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -234,26 +235,45 @@ impl Events {
     }
 }
 
+/// How long written events may sit in the buffer before they are flushed to the file. One
+/// flush per event cost a write on the blocking pool (and the thread wake-ups around it) for
+/// every event at thousands a second; readers of the log see it at most this late.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
 async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Event>, path: PathBuf) {
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     let mut line = Vec::with_capacity(512);
-    while let Some(event) = rx.recv().await {
-        let mut next = Some(event);
-        while let Some(event) = next {
-            line.clear();
-            if serde_json::to_writer(&mut line, &event).is_ok() {
-                line.push(b'\n');
-                if let Err(e) = out.write_all(&line).await {
-                    tracing::error!(path = %path.display(), error = %e, "writing the event log failed");
+    // When the oldest event not yet flushed was written.
+    let mut unflushed: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match unflushed {
+            None => rx.recv().await,
+            Some(since) => match tokio::time::timeout_at(since + FLUSH_AFTER, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    flush(&mut out, &path).await;
+                    unflushed = None;
+                    continue;
                 }
+            },
+        };
+        let Some(event) = next else { break };
+        line.clear();
+        if serde_json::to_writer(&mut line, &event).is_ok() {
+            line.push(b'\n');
+            if let Err(e) = out.write_all(&line).await {
+                tracing::error!(path = %path.display(), error = %e, "writing the event log failed");
             }
-            next = rx.try_recv().ok();
         }
-        if let Err(e) = out.flush().await {
-            tracing::error!(path = %path.display(), error = %e, "flushing the event log failed");
-        }
+        unflushed.get_or_insert_with(tokio::time::Instant::now);
     }
-    let _ = out.flush().await;
+    flush(&mut out, &path).await;
+}
+
+async fn flush(out: &mut tokio::io::BufWriter<tokio::fs::File>, path: &Path) {
+    if let Err(e) = out.flush().await {
+        tracing::error!(path = %path.display(), error = %e, "flushing the event log failed");
+    }
 }
 
 #[cfg(test)]
