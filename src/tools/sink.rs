@@ -14,7 +14,11 @@
 //! | `overquota@` | `552 5.2.2` mailbox full (permanent) |
 //! | `blocked@` | `554 5.7.1` refused on policy grounds |
 //!
-//! It counts what it did and can keep or save each accepted message.
+//! It counts what it did, and the recipients it accepted per domain (served apart from the
+//! counters, as a benchmark over thousands of domains makes that map large). Beyond the
+//! counters it keeps nothing unless asked: each accepted message can be kept in memory (for
+//! tests) or saved as a file, and with `fsync` the file and its directory entry reach the
+//! disk before the `250`, as a real MTA's queue would have it.
 
 use crate::address::Address;
 use crate::config::Rate;
@@ -27,9 +31,9 @@ use crate::tools::receiver::{
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,8 +47,12 @@ use tokio_util::task::TaskTracker;
 pub struct SinkConfig {
     pub listen: SocketAddr,
     pub hostname: String,
-    /// Save each accepted message as `<n>.eml` here.
+    /// Save each accepted message here, as `<run>-<n>.eml` (`run` unique to the sink's
+    /// start, `n` counting from 1), so that runs saving to one directory do not collide.
     pub save_dir: Option<PathBuf>,
+    /// With `save_dir`: flush each file and its directory entry to disk before replying,
+    /// and answer 451 when that fails.
+    pub fsync: bool,
     /// Keep accepted messages in memory (for tests).
     pub keep: bool,
     /// Defer the first attempt of each (client IP, sender, recipient) for this long.
@@ -118,6 +126,7 @@ impl Default for SinkConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             hostname: "sink.localdomain".into(),
             save_dir: None,
+            fsync: false,
             keep: false,
             greylist: None,
             rate: None,
@@ -211,6 +220,11 @@ pub struct Received {
 struct SinkHandler {
     config: SinkConfig,
     counters: Counters,
+    /// Accepted recipients per domain.
+    domains: Mutex<HashMap<String, u64>>,
+    /// Names the saved files of this start; `saved` numbers them.
+    run: String,
+    saved: AtomicU64,
     received: Mutex<Vec<Received>>,
     receiver: Mutex<Receiver>,
     /// The model's session for each connection it accepted.
@@ -221,6 +235,38 @@ struct SinkHandler {
 impl SinkHandler {
     fn count(&self, counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Allocates only for a domain not seen before.
+    fn count_domains(&self, rcpts: &[Address]) {
+        let mut domains = self.domains.lock().expect("sink lock");
+        for rcpt in rcpts {
+            match domains.get_mut(rcpt.domain.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    domains.insert(rcpt.domain.clone(), 1);
+                }
+            }
+        }
+    }
+
+    /// Saves `body` as the next file of `dir` off the async threads, and gives it back.
+    async fn save(&self, dir: &Path, body: Vec<u8>) -> (Vec<u8>, std::io::Result<()>) {
+        let n = self.saved.fetch_add(1, Ordering::Relaxed) + 1;
+        let path = dir.join(format!("{}-{n:08}.eml", self.run));
+        let fsync = self.config.fsync;
+        let written = tokio::task::spawn_blocking(move || {
+            let result = store(&path, &body, fsync);
+            if let Err(e) = &result {
+                tracing::warn!(path = %path.display(), error = %e, "sink could not save a message");
+            }
+            (body, result)
+        })
+        .await;
+        match written {
+            Ok(done) => done,
+            Err(e) => (Vec::new(), Err(std::io::Error::other(e))),
+        }
     }
 
     /// Counts what the model did, waits as long as it says, and gives its reply.
@@ -319,31 +365,34 @@ impl Handler for SinkHandler {
 
     async fn rcpt(&self, session: &Session, rcpt: &Address) -> Reply {
         let now = self.clock.now();
-        let from = session.from.clone().unwrap_or_default();
+        let from = session.from.as_deref().unwrap_or_default();
         let rcpt = rcpt.to_string();
-        let answer = self.with_session(session.peer, |r, s| r.rcpt(s, &from, &rcpt, now));
+        let answer = self.with_session(session.peer, |r, s| r.rcpt(s, from, &rcpt, now));
         self.answer(answer).await
     }
 
-    async fn data(&self, session: &Session, body: Vec<u8>) -> Reply {
+    async fn data(&self, session: &Session, mut body: Vec<u8>) -> Reply {
         let now = self.clock.now();
         let answer = self.with_session(session.peer, |r, s| r.data(s, now));
         let reply = self.answer(answer).await;
+        if let Some(dir) = &self.config.save_dir {
+            let (back, saved) = self.save(dir, body).await;
+            body = back;
+            if saved.is_err() && self.config.fsync {
+                // Not stored, so not taken: the sender keeps it and tries again.
+                return Reply::new(451, "4.3.0", "could not store the message, try again");
+            }
+        }
         let n = self.counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
         self.counters
             .recipients
             .fetch_add(session.rcpts.len() as u64, Ordering::Relaxed);
+        self.count_domains(&session.rcpts);
         self.counters
             .bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
         if session.tls.is_some() {
             self.count(&self.counters.messages_tls);
-        }
-        if let Some(dir) = &self.config.save_dir {
-            let path = dir.join(format!("{n}.eml"));
-            if let Err(e) = tokio::fs::write(&path, &body).await {
-                tracing::warn!(path = %path.display(), error = %e, "sink could not save a message");
-            }
         }
         if self.config.keep {
             self.received.lock().expect("sink lock").push(Received {
@@ -359,6 +408,24 @@ impl Handler for SinkHandler {
             ..reply
         }
     }
+}
+
+/// Writes `body` to a new file at `path`; with `fsync`, flushes the file and then the
+/// directory entry naming it, as a queue must before it answers 250. Blocks.
+fn store(path: &Path, body: &[u8], fsync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(body)?;
+    if fsync {
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 pub struct Sink {
@@ -404,6 +471,9 @@ impl Sink {
         let handler = Arc::new(SinkHandler {
             config,
             counters: Counters::default(),
+            domains: Mutex::new(HashMap::new()),
+            run: uuid::Uuid::now_v7().simple().to_string(),
+            saved: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
             receiver: Mutex::new(receiver),
             sessions: Mutex::new(HashMap::new()),
@@ -426,6 +496,12 @@ impl Sink {
 
     pub fn stats(&self) -> Stats {
         self.handler.counters.snapshot()
+    }
+
+    /// Accepted recipients per recipient domain.
+    pub fn domains(&self) -> BTreeMap<String, u64> {
+        let domains = self.handler.domains.lock().expect("sink lock");
+        domains.iter().map(|(d, n)| (d.clone(), *n)).collect()
     }
 
     /// Starts the receiver model's time again from now: its outages count from here (a
@@ -507,13 +583,50 @@ async fn accept_loop(
     sessions.wait().await;
 }
 
-/// Serves the sink's counters as JSON at `GET /stats`, for tests and `knock bench`.
+/// The `n` domains with the most recipients, most first (by name among equals).
+pub fn top_domains(domains: &BTreeMap<String, u64>, n: usize) -> Vec<(&str, u64)> {
+    let mut top: Vec<(&str, u64)> = domains.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    top.truncate(n);
+    top
+}
+
+/// Serves the sink's counters as JSON at `GET /stats`, for tests and `knock bench` (which
+/// polls it), and the recipients per domain at `GET /stats/domains`.
 pub fn stats_router(sink: Arc<Sink>) -> axum::Router {
-    axum::Router::new().route(
-        "/stats",
-        axum::routing::get(move || {
-            let sink = sink.clone();
-            async move { axum::Json(sink.stats()) }
-        }),
-    )
+    let domains = sink.clone();
+    axum::Router::new()
+        .route(
+            "/stats",
+            axum::routing::get(move || {
+                let sink = sink.clone();
+                async move { axum::Json(sink.stats()) }
+            }),
+        )
+        .route(
+            "/stats/domains",
+            axum::routing::get(move || {
+                let sink = domains.clone();
+                async move { axum::Json(sink.domains()) }
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_domains_are_the_most_recipients_first() {
+        let domains: BTreeMap<String, u64> = [("c.test", 5), ("a.test", 2), ("b.test", 5)]
+            .into_iter()
+            .map(|(d, n)| (d.to_string(), n))
+            .collect();
+        assert_eq!(
+            top_domains(&domains, 2),
+            [("b.test", 5), ("c.test", 5)],
+            "ties by name"
+        );
+        assert_eq!(top_domains(&domains, 20).len(), 3);
+    }
 }

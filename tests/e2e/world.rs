@@ -162,13 +162,11 @@ pub async fn inject(engine: &knock::serve::Engine, n: usize, to: &str) {
     let report = knock::tools::bench::run(knock::tools::bench::BenchConfig {
         target: engine.smtp_addr,
         count: n,
-        size: 1024,
+        sizes: knock::tools::bench::Sizes::one(1024),
         concurrency: 4,
         from: "s@tx.test".into(),
         to: to.into(),
-        sink_stats: None,
-        progress: false,
-        starttls: false,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -47,7 +47,8 @@ pub enum Command {
     },
     /// Run a scriptable receiving MX.
     Sink(SinkArgs),
-    /// Send N messages over C concurrent SMTP sessions and report the rates.
+    /// Send N messages of a chosen shape over C concurrent SMTP sessions and report the
+    /// rates.
     Bench(BenchArgs),
     /// Say, per provider, what is behind the deferrals and what is being done about it.
     Diagnose {
@@ -133,9 +134,14 @@ pub struct SinkArgs {
     listen: std::net::SocketAddr,
     #[arg(long, default_value = "sink.localdomain")]
     hostname: String,
-    /// Save each accepted message as N.eml in this directory.
+    /// Save each accepted message as a file in this directory (RUN-N.eml, RUN unique to
+    /// this start). Without it the sink keeps nothing of a message: it only counts.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// With --save: fsync each file and its directory entry before answering 250, as a
+    /// real MTA's queue does (451 if that fails).
+    #[arg(long, requires = "save")]
+    fsync: bool,
     /// Greylist the first attempt of each (client IP, sender, recipient) for this long.
     #[arg(long, value_parser = humantime::parse_duration)]
     greylist: Option<Duration>,
@@ -148,7 +154,8 @@ pub struct SinkArgs {
     /// Wait this long before every reply.
     #[arg(long, value_parser = humantime::parse_duration)]
     delay: Option<Duration>,
-    /// Serve the counters as JSON at http://ADDR/stats.
+    /// Serve the counters as JSON at http://ADDR/stats, and the accepted recipients per
+    /// domain at http://ADDR/stats/domains.
     #[arg(long)]
     stats: Option<std::net::SocketAddr>,
     /// Turn a client IP's connections away past this many at once (421 4.7.0).
@@ -218,22 +225,55 @@ pub struct BenchArgs {
     /// Where to send (knock's SMTP listener).
     #[arg(long, default_value = "127.0.0.1:2525")]
     smtp: std::net::SocketAddr,
+    /// Messages to send.
     #[arg(long, short = 'n', default_value_t = 20_000)]
     count: usize,
+    /// Message size: one (5KiB), or sizes with weights each message draws from, e.g.
+    /// 2KiB:50,20KiB:30,100KiB:15,1MiB:5.
     #[arg(long, default_value = "5KiB")]
-    size: bytesize::ByteSize,
+    size: String,
+    /// Concurrent SMTP sessions.
     #[arg(long, short = 'c', default_value_t = 20)]
     concurrency: usize,
     #[arg(long, default_value = "bench@knock.test")]
     from: String,
-    #[arg(long, default_value = "user@example.test")]
+    /// Recipient pattern: {n} is the recipient's number, {d} its domain's number, {domain}
+    /// its domain. Without {n} there is one recipient per domain (a fixed address: one).
+    #[arg(long, default_value = "user{n}@{domain}")]
     to: String,
+    /// Distinct recipients: message i goes to recipient i mod N (with --rcpts K, to
+    /// recipients i*K to i*K+K-1, mod N). Default: none repeats. 1: all to one address.
+    #[arg(long)]
+    recipients: Option<usize>,
+    /// Recipients per message, distinct, in one transaction.
+    #[arg(long, default_value_t = 1)]
+    rcpts: usize,
+    /// Recipient domains: example.test when 1, else d0.example.test, d1.example.test, …
+    #[arg(long, default_value_t = 1)]
+    domains: usize,
+    /// How recipients spread over the domains.
+    #[arg(long, value_enum, default_value_t = crate::tools::bench::Mix::Real)]
+    mix: crate::tools::bench::Mix,
+    /// Seed of the draws of domains and sizes: the same seed sends the same traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Messages per connection before QUIT and a new connection (1: one message per
+    /// connection); 0 keeps connections.
+    #[arg(long, default_value_t = 0)]
+    per_session: usize,
+    /// Report the CPU time this process spent during the run (knock serve's pid; repeat
+    /// for an engine of several processes).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
     /// A sink's stats URL (http://ADDR/stats): wait for delivery and report its rate.
     #[arg(long)]
     sink_stats: Option<String>,
     /// Start TLS on every session.
     #[arg(long)]
     starttls: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs one subcommand.
@@ -401,19 +441,31 @@ async fn diagnose(
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let report = crate::tools::bench::run(crate::tools::bench::BenchConfig {
+    use crate::tools::bench::{BenchConfig, Sizes};
+    let report = crate::tools::bench::run(BenchConfig {
         target: args.smtp,
         count: args.count,
-        size: args.size.as_u64() as usize,
         concurrency: args.concurrency,
         from: args.from,
         to: args.to,
+        recipients: args.recipients,
+        rcpts: args.rcpts,
+        domains: args.domains,
+        mix: args.mix,
+        sizes: Sizes::parse(&args.size)?,
+        per_session: args.per_session,
+        seed: args.seed,
+        pids: args.pids,
         sink_stats: args.sink_stats,
         progress: true,
         starttls: args.starttls,
     })
     .await?;
-    print!("{report}");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
     Ok(())
 }
 
@@ -532,6 +584,7 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
             listen: args.listen,
             hostname: args.hostname,
             save_dir: args.save,
+            fsync: args.fsync,
             keep: false,
             greylist: args.greylist,
             rate: args.rate,
@@ -567,6 +620,18 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
     }
     let stats = sink.stop().await;
     eprintln!("{}", serde_json::to_string_pretty(&stats)?);
+    let domains = sink.domains();
+    let top = crate::tools::sink::top_domains(&domains, 20);
+    if !top.is_empty() {
+        eprintln!(
+            "recipients by domain ({} domains, the top {}):",
+            domains.len(),
+            top.len()
+        );
+        for (domain, n) in top {
+            eprintln!("{n:>10}  {domain}");
+        }
+    }
     Ok(())
 }
 
