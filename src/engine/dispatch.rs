@@ -124,6 +124,8 @@ impl Drop for WorkerGuard {
 struct Open {
     conn: Box<dyn Connection>,
     used: ConnectionUse,
+    /// The TLS policy it was opened under.
+    policy: crate::net::tls::Policy,
 }
 
 impl Inner {
@@ -243,6 +245,30 @@ impl Inner {
         }
     }
 
+    /// Whether the open connection may carry a group for `domain` under `policy`: it is
+    /// alive and has room, and it was opened for that domain, or under the same TLS policy
+    /// to an address that is the domain's first choice (every domain routed to one smart
+    /// host, domains hosted on one provider's MX), as Postfix's connection cache looks up
+    /// by address.
+    async fn may_carry(
+        &self,
+        o: &mut Open,
+        domain: &str,
+        policy: crate::net::tls::Policy,
+        messages_per_connection: usize,
+    ) -> bool {
+        if !o.conn.is_reusable() || !o.used.has_room(messages_per_connection) {
+            return false;
+        }
+        if o.used.domain == domain {
+            return true;
+        }
+        // Taken out before the lookup: a connection is not `Sync`, so no `&Open` may be
+        // held across it (`&mut` is fine).
+        let (same_policy, peer) = (o.policy == policy, o.conn.peer());
+        same_policy && self.transport.first_choice(domain).await.contains(&peer)
+    }
+
     /// One attempt at every pending recipient of the group: reuse or open a connection,
     /// then one transaction per batch of recipients.
     async fn attempt(
@@ -255,19 +281,25 @@ impl Inner {
         let held = job.held.as_ref().expect("loaded");
         let group = &held.group;
         let mut seen = Seen::default();
-        if let Some(o) = open.take_if(|o| {
-            !o.conn.is_reusable() || !o.used.may_carry(&group.domain, job.messages_per_connection)
-        }) {
-            o.conn.quit().await;
+        let policy = self.tls.policy_for(&group.domain, &job.destination);
+        if let Some(mut o) = open.take() {
+            if self
+                .may_carry(&mut o, &group.domain, policy, job.messages_per_connection)
+                .await
+            {
+                *open = Some(o);
+            } else {
+                o.conn.quit().await;
+            }
         }
         if open.is_none() {
-            let policy = self.tls.policy_for(&group.domain, &job.destination);
             match self.transport.connect(&group.domain, policy).await {
                 Ok(conn) => {
                     self.scheduler.input(Input::Greeted { worker });
                     *open = Some(Open {
                         conn,
                         used: ConnectionUse::new(&group.domain),
+                        policy,
                     })
                 }
                 Err(e) => {

@@ -36,6 +36,14 @@ pub trait Transport: Send + Sync + 'static {
     /// The host names mail for `domain` goes to (its route or its MX hosts), to find its
     /// provider; empty when DNS cannot say.
     async fn mx_hosts(&self, domain: &str) -> Vec<String>;
+
+    /// The addresses of the host `domain`'s mail goes to first (its route's first host, or
+    /// its most preferred MX host); empty when DNS cannot say. A connection open to one of
+    /// them may carry that domain's mail too, whatever domain it was opened for.
+    async fn first_choice(&self, domain: &str) -> Vec<SocketAddr> {
+        let _ = domain;
+        Vec::new()
+    }
 }
 
 /// No connection: what was observed, and the last MX host tried if DNS got that far.
@@ -59,6 +67,8 @@ pub trait Connection: Send {
         &[]
     }
     fn local_ip(&self) -> String;
+    /// The address the connection is open to.
+    fn peer(&self) -> SocketAddr;
     fn is_reusable(&self) -> bool;
     /// The TLS the session runs over; `None` in plaintext.
     fn tls(&self) -> Option<TlsInfo>;
@@ -246,6 +256,22 @@ impl Transport for SmtpTransport {
                 .unwrap_or_default(),
         }
     }
+
+    async fn first_choice(&self, domain: &str) -> Vec<SocketAddr> {
+        let first = match self.routes.get(domain).or_else(|| self.routes.get("*")) {
+            Some(hosts) => hosts.first().cloned(),
+            None => self
+                .mx(domain)
+                .await
+                .ok()
+                .and_then(|mx| mx.into_iter().next())
+                .map(|mx| (mx.name, self.config.port)),
+        };
+        match first {
+            Some((host, port)) => self.resolver.addrs(&host, port).await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// Why one host would not do.
@@ -382,6 +408,10 @@ impl Connection for SmtpConnection {
 
     fn local_ip(&self) -> String {
         self.client.local.ip().to_string()
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.client.peer
     }
 
     fn is_reusable(&self) -> bool {

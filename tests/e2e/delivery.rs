@@ -362,6 +362,70 @@ async fn a_trickle_of_messages_keeps_one_connection_open() {
 }
 
 #[tokio::test]
+async fn domains_on_one_mx_share_a_connection() {
+    let w = World::new(&["30s"], "1h");
+    let rx = plain_sink().await;
+    // Two domains, one MX (hosted mail, or every domain routed to one smart host).
+    let r = StaticResolver::new()
+        .with_mx("a.test", &["mx.hosting.test"])
+        .with_mx("b.test", &["mx.hosting.test"])
+        .with_host("mx.hosting.test", rx.addr);
+    let engine = w.start(r).await;
+    for (i, domain) in ["a.test", "b.test", "a.test", "b.test"].iter().enumerate() {
+        let rcpt = format!("u{i}@{domain}");
+        smtp_send(
+            engine.smtp_addr,
+            "s@tx.test",
+            &[&rcpt],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+        assert!(rx.wait_for_messages(i as u64 + 1, T).await);
+    }
+    assert_eq!(
+        rx.stats().connections,
+        1,
+        "one connection carries both domains' mail"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_to_one_tenant_does_not_carry_another_tenants_mail() {
+    let mut w = World::new(&["30s"], "1h");
+    w.config.delivery.max_connections = 1;
+    let (rx_a, rx_b) = (plain_sink().await, plain_sink().await);
+    // One provider (Microsoft's MX suffix), two tenants on different hosts.
+    let r = StaticResolver::new()
+        .with_mx("a.test", &["a-test.mail.protection.outlook.com"])
+        .with_host("a-test.mail.protection.outlook.com", rx_a.addr)
+        .with_mx("b.test", &["b-test.mail.protection.outlook.com"])
+        .with_host("b-test.mail.protection.outlook.com", rx_b.addr);
+    let engine = w.start(r).await;
+    for (i, domain) in ["a.test", "b.test", "a.test", "b.test"].iter().enumerate() {
+        let rcpt = format!("u{i}@{domain}");
+        smtp_send(
+            engine.smtp_addr,
+            "s@tx.test",
+            &[&rcpt],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    }
+    assert!(rx_a.wait_for_messages(2, T).await);
+    assert!(rx_b.wait_for_messages(2, T).await);
+    let rcpts = |rx: &knock::tools::sink::Sink| {
+        rx.received()
+            .into_iter()
+            .flat_map(|m| m.rcpts)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rcpts(&rx_a), vec!["u0@a.test", "u2@a.test"]);
+    assert_eq!(rcpts(&rx_b), vec!["u1@b.test", "u3@b.test"]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
 async fn deferred_mail_survives_a_restart_with_its_attempt_count() {
     let w = World::new(&["1s"], "1h");
     let addr = dead_addr().await;

@@ -154,13 +154,11 @@ impl ConnectionUse {
         }
     }
 
-    /// Whether the connection may carry a job for `domain`. Only the same domain: two
-    /// domains of one provider may have different MX hosts (Microsoft 365 tenants), and a
-    /// connection to one is no promise for the other.
-    pub fn may_carry(&self, domain: &str, messages_per_connection: usize) -> bool {
-        self.domain == domain
-            && self.sent < messages_per_connection
-            && self.deferrals < MAX_DEFERRALS_PER_CONNECTION
+    /// Whether the connection may carry one more job: below its caps of messages and
+    /// deferrals. Which domains' jobs it may carry is the engine's to say (the domain it
+    /// was opened for, or one whose first choice is the address it is open to).
+    pub fn has_room(&self, messages_per_connection: usize) -> bool {
+        self.sent < messages_per_connection && self.deferrals < MAX_DEFERRALS_PER_CONNECTION
     }
 }
 

@@ -419,7 +419,8 @@ impl<'a> World<'a> {
         };
         let mut w = self.workers.remove(&worker).unwrap_or_default();
         let keep = w.conn.as_ref().is_some_and(|c| {
-            !c.broken && c.place == place && c.used.may_carry(&domain, job.messages_per_connection)
+            // As the engine: open to the receiver the domain's mail goes to, with room.
+            !c.broken && c.place == place && c.used.has_room(job.messages_per_connection)
         });
         if !keep {
             let old = w.conn.take();
