@@ -152,19 +152,23 @@ impl SmtpTransport {
         answer
     }
 
-    /// The hosts to try for `domain`, in order: a route when one matches, else its MX.
+    /// The host names and ports for `domain`, in order: a route when one matches, else its
+    /// MX hosts on the delivery port.
+    async fn hosts(&self, domain: &str) -> Result<Vec<(String, u16)>, DnsError> {
+        match self.routes.get(domain).or_else(|| self.routes.get("*")) {
+            Some(hosts) => Ok(hosts.clone()),
+            None => Ok(self
+                .mx(domain)
+                .await?
+                .into_iter()
+                .map(|mx| (mx.name, self.config.port))
+                .collect()),
+        }
+    }
+
+    /// The hosts to try for `domain`, in order, with their addresses.
     pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, Observed> {
-        let hosts: Vec<(String, u16)> =
-            match self.routes.get(domain).or_else(|| self.routes.get("*")) {
-                Some(hosts) => hosts.clone(),
-                None => self
-                    .mx(domain)
-                    .await
-                    .map_err(dns_observed)?
-                    .into_iter()
-                    .map(|mx| (mx.name, self.config.port))
-                    .collect(),
-            };
+        let hosts = self.hosts(domain).await.map_err(dns_observed)?;
         let mut targets = Vec::with_capacity(hosts.len());
         let mut last_error = None;
         for (host, port) in hosts {
@@ -258,15 +262,11 @@ impl Transport for SmtpTransport {
     }
 
     async fn first_choice(&self, domain: &str) -> Vec<SocketAddr> {
-        let first = match self.routes.get(domain).or_else(|| self.routes.get("*")) {
-            Some(hosts) => hosts.first().cloned(),
-            None => self
-                .mx(domain)
-                .await
-                .ok()
-                .and_then(|mx| mx.into_iter().next())
-                .map(|mx| (mx.name, self.config.port)),
-        };
+        let first = self
+            .hosts(domain)
+            .await
+            .ok()
+            .and_then(|hosts| hosts.into_iter().next());
         match first {
             Some((host, port)) => self.resolver.addrs(&host, port).await.unwrap_or_default(),
             None => Vec::new(),

@@ -361,6 +361,17 @@ async fn a_trickle_of_messages_keeps_one_connection_open() {
     engine.shutdown().await;
 }
 
+/// One small message to `rcpt`.
+async fn send_to(engine: &knock::serve::Engine, rcpt: &str) {
+    smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &[rcpt],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn domains_on_one_mx_share_a_connection() {
     let w = World::new(&["30s"], "1h");
@@ -372,14 +383,7 @@ async fn domains_on_one_mx_share_a_connection() {
         .with_host("mx.hosting.test", rx.addr);
     let engine = w.start(r).await;
     for (i, domain) in ["a.test", "b.test", "a.test", "b.test"].iter().enumerate() {
-        let rcpt = format!("u{i}@{domain}");
-        smtp_send(
-            engine.smtp_addr,
-            "s@tx.test",
-            &[&rcpt],
-            b"Subject: x\r\n\r\nx\r\n",
-        )
-        .await;
+        send_to(&engine, &format!("u{i}@{domain}")).await;
         assert!(rx.wait_for_messages(i as u64 + 1, T).await);
     }
     assert_eq!(
@@ -403,14 +407,7 @@ async fn a_connection_to_one_tenant_does_not_carry_another_tenants_mail() {
         .with_host("b-test.mail.protection.outlook.com", rx_b.addr);
     let engine = w.start(r).await;
     for (i, domain) in ["a.test", "b.test", "a.test", "b.test"].iter().enumerate() {
-        let rcpt = format!("u{i}@{domain}");
-        smtp_send(
-            engine.smtp_addr,
-            "s@tx.test",
-            &[&rcpt],
-            b"Subject: x\r\n\r\nx\r\n",
-        )
-        .await;
+        send_to(&engine, &format!("u{i}@{domain}")).await;
     }
     assert!(rx_a.wait_for_messages(2, T).await);
     assert!(rx_b.wait_for_messages(2, T).await);
