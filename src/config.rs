@@ -451,6 +451,10 @@ pub struct DnsConfig {
     /// Name servers to ask (`"127.0.0.1:53"`, over UDP and TCP), in place of the system's
     /// `/etc/resolv.conf`: a local caching resolver, say.
     pub servers: Vec<SocketAddr>,
+    /// How many answers the resolver keeps (each for its TTL). Mail to 10,000 domains needs
+    /// about two answers a domain (MX, then the address of its first host); a smaller cache
+    /// evicts answers that are still fresh and asks again.
+    pub cache_size: u64,
 }
 
 impl Default for DnsConfig {
@@ -459,6 +463,7 @@ impl Default for DnsConfig {
             timeout: Duration::from_secs(5),
             attempts: 2,
             servers: Vec::new(),
+            cache_size: 100_000,
         }
     }
 }

@@ -42,9 +42,7 @@ pub struct Engine {
 impl Engine {
     /// Starts with real DNS.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
-        let resolver =
-            DnsResolver::new(config.dns.timeout, config.dns.attempts, &config.dns.servers)
-                .context("setting up the DNS resolver")?;
+        let resolver = DnsResolver::new(&config.dns).context("setting up the DNS resolver")?;
         Self::start_with(config, Arc::new(resolver)).await
     }
 

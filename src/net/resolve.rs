@@ -3,6 +3,7 @@
 //! [`DnsResolver`] asks real DNS through hickory; [`StaticResolver`] answers from a table
 //! for tests. `[routes]` in the config bypass MX lookup altogether (see `transport`).
 
+use crate::config::DnsConfig;
 use async_trait::async_trait;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
@@ -13,7 +14,6 @@ use hickory_resolver::proto::rr::RData;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MxHost {
@@ -48,14 +48,11 @@ pub struct DnsResolver {
 }
 
 impl DnsResolver {
-    /// Asks `servers` (over UDP, and TCP for long answers), or the servers of the system's
-    /// configuration when there are none. `attempts` is how many times a query is tried in
-    /// all (hickory counts the retries after the first).
-    pub fn new(
-        timeout: Duration,
-        attempts: usize,
-        servers: &[SocketAddr],
-    ) -> anyhow::Result<DnsResolver> {
+    /// Asks the configured servers (over UDP, and TCP for long answers), or the servers of
+    /// the system's configuration when there are none. `attempts` is how many times a query
+    /// is tried in all (hickory counts the retries after the first).
+    pub fn new(config: &DnsConfig) -> anyhow::Result<DnsResolver> {
+        let servers = &config.servers;
         let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio()?
         } else {
@@ -79,8 +76,10 @@ impl DnsResolver {
                 TokioRuntimeProvider::default(),
             )
         };
-        builder.options_mut().timeout = timeout;
-        builder.options_mut().attempts = attempts.saturating_sub(1);
+        let options = builder.options_mut();
+        options.timeout = config.timeout;
+        options.attempts = config.attempts.saturating_sub(1);
+        options.cache_size = config.cache_size;
         Ok(DnsResolver {
             inner: builder.build()?,
         })
