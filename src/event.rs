@@ -22,6 +22,54 @@ pub enum Kind {
     Bounced,
     Expired,
     Suppressed,
+    /// An operator removed the recipient from the queue (cancel, or bounce without a DSN).
+    Cancelled,
+    /// An operator put the recipient on hold: it stays queued and is not tried.
+    Held,
+    /// An operator released a held recipient.
+    Released,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Processed => "processed",
+            Kind::Deferred => "deferred",
+            Kind::Delivered => "delivered",
+            Kind::Bounced => "bounced",
+            Kind::Expired => "expired",
+            Kind::Suppressed => "suppressed",
+            Kind::Cancelled => "cancelled",
+            Kind::Held => "held",
+            Kind::Released => "released",
+        }
+    }
+
+    pub const ALL: &'static [Kind] = &[
+        Kind::Processed,
+        Kind::Deferred,
+        Kind::Delivered,
+        Kind::Bounced,
+        Kind::Expired,
+        Kind::Suppressed,
+        Kind::Cancelled,
+        Kind::Held,
+        Kind::Released,
+    ];
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("{s:?} is not an event; one of {}", names.join(", "))
+            })
+    }
 }
 
 impl From<crate::message::State> for Kind {
@@ -41,6 +89,11 @@ impl From<crate::message::State> for Kind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// Unique to this event (a UUIDv7, given when it is emitted), so that a consumer that
+    /// gets it twice (a webhook POST retried) can tell. Empty in logs written before knock
+    /// had it.
+    #[serde(default)]
+    pub id: String,
     pub event: Kind,
     pub timestamp: Timestamp,
     pub message_id: String,
@@ -75,6 +128,13 @@ pub struct Event {
     pub failure: Option<FailureKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<Timestamp>,
+    /// A deferral knock imposed itself (a limit of its own), not the receiver's reply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+    /// Who did it, for an operator's action: the API token's name, `trusted` for a
+    /// caller from a trusted network without a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ee_seconds: Option<f64>,
     /// MX hosts that would not do before the one reached (or all of them), and what each
@@ -94,6 +154,7 @@ impl Event {
         from: String,
     ) -> Event {
         Event {
+            id: String::new(),
             event,
             timestamp,
             message_id,
@@ -111,6 +172,8 @@ impl Event {
             class: None,
             failure: None,
             next_attempt: None,
+            internal: false,
+            actor: None,
             ee_seconds: None,
             tried: Vec::new(),
         }
@@ -120,6 +183,7 @@ impl Event {
 impl Event {
     /// Every field an event line may hold.
     pub const FIELDS: &'static [&'static str] = &[
+        "id",
         "event",
         "timestamp",
         "message_id",
@@ -137,6 +201,8 @@ impl Event {
         "class",
         "failure",
         "next_attempt",
+        "internal",
+        "actor",
         "ee_seconds",
         "tried",
     ];
@@ -208,8 +274,14 @@ pub struct Events {
 }
 
 impl Events {
-    pub async fn emit(&self, event: Event) {
+    /// Gives the event its id, counts it and hands it to the writer.
+    pub async fn emit(&self, mut event: Event) {
+        if event.id.is_empty() {
+            event.id = uuid::Uuid::now_v7().to_string();
+        }
+        crate::metrics::record_event(&event);
         if self.tx.send(event).await.is_err() {
+            crate::metrics::event_dropped();
             tracing::warn!("event log is closed; event dropped");
         }
     }
@@ -301,6 +373,8 @@ mod tests {
         e.class = Some(Class::Greylist);
         e.failure = Some(FailureKind::Timeout);
         e.next_attempt = Some(Timestamp(0));
+        e.internal = true;
+        e.actor = Some("ops".into());
         e.ee_seconds = Some(1.0);
         e.tried = vec![crate::message::HostTried {
             host: "mx1".into(),

@@ -165,6 +165,20 @@ impl Engine {
             tokens: config.http.all_tokens(),
             hostname: config.smtp.hostname.clone(),
             max_message_size: config.smtp.max_message_size,
+            spool_file: spool::database_file(&config.spool.path),
+            scraped: Default::default(),
+        }));
+        // Histograms gather samples until they are drained: drain them between scrapes.
+        crate::metrics::handle();
+        let upkeep_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => crate::metrics::handle().run_upkeep(),
+                    _ = upkeep_shutdown.cancelled() => break,
+                }
+            }
         }));
         let http_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {

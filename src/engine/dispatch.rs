@@ -295,6 +295,7 @@ impl Inner {
         if open.is_none() {
             match self.transport.connect(&group.domain, policy).await {
                 Ok(conn) => {
+                    crate::metrics::connections_refused(&job.destination, conn.passed_over().len());
                     self.scheduler.input(Input::Greeted { worker });
                     *open = Some(Open {
                         conn,
@@ -303,6 +304,7 @@ impl Inner {
                     })
                 }
                 Err(e) => {
+                    crate::metrics::connections_refused(&job.destination, e.tried.len());
                     seen.unreachable = e.unreachable;
                     return (same_for_all(group, &e.observed, e.mx, e.tried), seen);
                 }

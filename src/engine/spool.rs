@@ -155,7 +155,7 @@ impl RedbSpool {
     pub fn open_with_cache(dir: &Path, cache: u64) -> Result<RedbSpool, SpoolError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SpoolError::Storage(format!("creating {}: {e}", dir.display())))?;
-        let path = dir.join("spool.redb");
+        let path = database_file(dir);
         let db = open_database(&path, cache)?;
         let txn = db.begin_write().map_err(storage)?;
         {
@@ -194,6 +194,11 @@ impl Drop for RedbSpool {
             let _ = writer.join();
         }
     }
+}
+
+/// The database file of the spool in `dir`.
+pub fn database_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("spool.redb")
 }
 
 fn open_database(path: &Path, cache: u64) -> Result<Database, SpoolError> {
@@ -275,7 +280,9 @@ fn writer_loop(handle: Arc<Handle>, rx: mpsc::Receiver<Batch>) {
             true => handle.reopen(),
             false => handle.get(),
         };
+        let started = Instant::now();
         let result = db.and_then(|db| apply(&db, &batches));
+        crate::metrics::spool_commit(started.elapsed());
         failed = result.is_err();
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batches.len(), "spool commit failed");

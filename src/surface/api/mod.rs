@@ -5,6 +5,7 @@
 
 pub mod diagnose;
 pub mod messages;
+pub mod metrics;
 pub mod queue;
 pub mod suppressions;
 
@@ -35,6 +36,9 @@ pub struct ApiState {
     pub tokens: Vec<String>,
     pub hostname: String,
     pub max_message_size: u64,
+    /// The spool's database file, whose size `/metrics` reports.
+    pub spool_file: std::path::PathBuf,
+    pub scraped: metrics::Scraped,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -43,6 +47,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/health",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
+        .route("/metrics", get(metrics::get_metrics))
         .route("/api/v1/messages", post(post_message))
         .route("/api/v1/messages/{id}", get(get_message))
         .route("/api/v1/queue", get(get_queue))
