@@ -25,6 +25,7 @@ pub struct Config {
     /// Domain → hosts ("host" or "host:port", tried in order); `"*"` is the smart host.
     pub routes: BTreeMap<String, Vec<String>>,
     pub events: EventsConfig,
+    pub log: LogConfig,
     pub dns: DnsConfig,
     pub classify: ClassifyConfig,
     pub greylist: GreylistConfig,
@@ -440,6 +441,37 @@ impl Default for EventsConfig {
     }
 }
 
+/// What knock writes on stderr for operators (`KNOCK_LOG` filters it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text for people, coloured only when stderr is a terminal.
+    #[default]
+    Plain,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    /// By hand, so that a bad value names its key as the other checks do.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "plain" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            other => Err(serde::de::Error::custom(format!(
+                "log.format: {other:?} is not a log format; use \"plain\" or \"json\""
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
@@ -478,7 +510,7 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         config.validate()?;
         Ok(config)
     }
@@ -590,6 +622,26 @@ pub fn parse_host_port(text: &str, default_port: u16) -> Result<(String, u16), S
         return Err(format!("bad host name in {text:?}"));
     }
     Ok((host.to_ascii_lowercase(), port))
+}
+
+/// A TOML error of `text` in one line: the line it is on, that line, and what is wrong (the
+/// parser's own message draws the line and a caret over several).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let message = e.message().trim_end();
+    let span = e
+        .span()
+        .filter(|s| !(s.start == 0 && s.end >= text.len()) && s.start <= text.len());
+    let Some(span) = span else {
+        return anyhow::anyhow!("{message}");
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+    let source = match source.char_indices().nth(60) {
+        Some((cut, _)) => format!("{} …", &source[..cut]),
+        None => source.to_string(),
+    };
+    anyhow::anyhow!("line {line} ({source}): {message}")
 }
 
 /// A rate such as `"600/min"`, `"100/1m"` or `"5/10s"`: so many per period.
@@ -737,6 +789,9 @@ path = "knock-data/events.jsonl"
         assert_eq!(c.smtp.listen.to_string(), DEFAULT_SMTP_LISTEN);
         assert_eq!(c.http.listen.to_string(), DEFAULT_HTTP_LISTEN);
         assert_eq!(c.spool.path, PathBuf::from("knock-data"));
+        assert_eq!(c.log.format, LogFormat::Plain);
+        let c = Config::parse("[log]\nformat = \"json\"").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
     }
 
     #[test]
@@ -765,6 +820,9 @@ path = "knock-data/events.jsonl"
             ("[bogus]\nx = 1", "bogus"),
             ("[http]\nlisten = \"0.0.0.0:8025\"", "http.tokens"),
             ("[http]\ntokens = [\"short\"]", "http.tokens"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[log]\nformat = 1", "format"),
+            ("[log]\nlevel = \"debug\"", "level"),
         ];
         for (text, key) in cases {
             let err = format!("{:#}", Config::parse(text).unwrap_err());
@@ -772,7 +830,17 @@ path = "knock-data/events.jsonl"
                 err.contains(key),
                 "{text:?}: error {err:?} does not name {key}"
             );
+            assert!(!err.contains('\n'), "{text:?}: one line, not {err:?}");
         }
+        let err = format!(
+            "{:#}",
+            Config::parse("[smtp]\nhostname = \"k\"\n\n[retry]\nmax_age = \"forever\"\n")
+                .unwrap_err()
+        );
+        assert!(
+            err.starts_with("line 5 (max_age = \"forever\"): ") && err.contains("duration"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -274,11 +274,12 @@ pub struct Events {
 }
 
 impl Events {
-    /// Gives the event its id, counts it and hands it to the writer.
+    /// Gives the event its id, logs and counts it, and hands it to the writer.
     pub async fn emit(&self, mut event: Event) {
         if event.id.is_empty() {
             event.id = uuid::Uuid::now_v7().to_string();
         }
+        log_event(&event);
         crate::metrics::record_event(&event);
         if self.tx.send(event).await.is_err() {
             crate::metrics::event_dropped();
@@ -346,6 +347,54 @@ async fn flush(out: &mut tokio::io::BufWriter<tokio::fs::File>, path: &Path) {
     if let Err(e) = out.flush().await {
         tracing::error!(path = %path.display(), error = %e, "flushing the event log failed");
     }
+}
+
+/// The event as one line of the operator's log: deliveries, deferrals, bounces,
+/// expirations and suppressions at info, acceptances at debug. Called for every event, so
+/// the fields are passed structured and nothing is formatted unless a subscriber takes the
+/// line.
+fn log_event(e: &Event) {
+    // Displayed, so that plain text shows them bare; only the reply's text is quoted.
+    use tracing::field::display;
+    let (id, rcpt) = (display(&e.message_id), display(&e.recipient));
+    let provider = e.provider.as_deref().map(display);
+    let mx = e.mx.as_deref().map(display);
+    let text = e.text.as_deref();
+    let enhanced = e.enhanced.map(display);
+    let class = e.class.map(|c| display(c.as_str()));
+    let failure = e.failure.map(|f| display(f.as_str()));
+    let next_attempt = e.next_attempt.map(display);
+    let what = match e.event {
+        Kind::Processed => {
+            tracing::debug!(id, rcpt, "accepted");
+            return;
+        }
+        Kind::Delivered => "delivered",
+        Kind::Deferred => "deferred",
+        Kind::Bounced => "bounced",
+        Kind::Expired => "expired",
+        Kind::Suppressed => "suppressed",
+        Kind::Cancelled => "cancelled",
+        Kind::Held => "held",
+        Kind::Released => "released",
+    };
+    let actor = e.actor.as_deref().map(display);
+    tracing::info!(
+        id,
+        rcpt,
+        actor,
+        internal = e.internal.then_some(true),
+        provider,
+        mx,
+        attempt = e.attempt,
+        code = e.code,
+        enhanced,
+        text,
+        class,
+        failure,
+        next_attempt,
+        "{what}"
+    );
 }
 
 #[cfg(test)]

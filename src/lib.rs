@@ -15,7 +15,7 @@
 //! | engine core | [`engine`]: [`engine::ingest`], [`engine::spool`], [`engine::scheduler`], [`engine::driver`], [`engine::handle`], [`engine::dispatch`] | taking mail in, keeping it, the scheduler state machine, running it on wall time, delivering |
 //! | tools | [`tools`]: [`tools::receiver`], [`tools::sink`], [`tools::bench`], [`tools::simulate`] | receiver models, `knock sink`, `knock bench`, `knock simulate` |
 //! | surfaces | [`surface`]: [`surface::api`], [`surface::client`], [`surface::diagnose`], [`surface::cli`] | the HTTP API, its client, diagnosis, the command line |
-//! | wiring | [`serve`] | one running knock: engine, listeners and API started and stopped in order |
+//! | wiring | [`serve`], [`logging`] | one running knock: engine, listeners and API started and stopped in order; what it logs on stderr |
 //!
 //! No two files import each other; `docs/architecture.md` draws the flow.
 
@@ -24,6 +24,7 @@ pub mod config;
 pub mod dsn;
 pub mod engine;
 pub mod event;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod net;

@@ -44,6 +44,15 @@ impl Suppressions {
             .contains_key(&key(address))
     }
 
+    /// Why `address` is on the list and since when, if it is.
+    pub fn get(&self, address: &str) -> Option<Suppression> {
+        self.map
+            .read()
+            .expect("suppressions lock")
+            .get(&key(address))
+            .cloned()
+    }
+
     pub fn insert(&self, address: &str, s: Suppression) {
         self.map
             .write()

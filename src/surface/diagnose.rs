@@ -1,8 +1,8 @@
-//! Diagnosis: per provider, what is behind the deferrals, from the event log and the live
-//! destination state. Greylisting (greylist deferrals that clear on retry), throttling
-//! (rate and connection texts that grow with volume), authentication, reputation and
-//! blocklists, outages (connection failures), mailbox problems. Each verdict comes with the
-//! figures that led to it, what knock is doing about it, what the operator can do, the
+//! Diagnosis: per provider, what is behind the deferrals and bounces, from the event log
+//! and the live destination state. Greylisting (greylist deferrals that clear on retry),
+//! throttling (rate and connection texts that grow with volume), authentication, reputation
+//! and blocklists, outages (connection failures), mailbox problems. Each verdict comes with
+//! the figures that led to it, what knock is doing about it, what the operator can do, the
 //! time the provider's queue takes to drain at the allowed rate, and an honest confidence.
 
 use crate::engine::scheduler::DestinationView;
@@ -149,7 +149,7 @@ fn one(
     let (cause, share) = cause(&figures);
     let confidence = confidence(cause, share, &figures);
     let summary = summary(cause, share, &figures, window);
-    let (knock_is, operator_can) = response(cause, dest);
+    let (knock_is, operator_can) = response(cause, dest, &figures);
     Diagnosis {
         provider: provider.to_string(),
         cause,
@@ -442,8 +442,12 @@ fn confidence(cause: Cause, share: f64, f: &Figures) -> Confidence {
 
 fn summary(cause: Cause, share: f64, f: &Figures, window: Duration) -> String {
     let window = humantime::format_duration(window);
+    let bounced = match f.bounced {
+        0 => String::new(),
+        n => format!(" and {n} bounced"),
+    };
     let base = format!(
-        "{} of {} attempts deferred ({:.1} %) in the last {window}",
+        "{} of {} attempts deferred ({:.1} %){bounced} in the last {window}",
         f.deferrals,
         f.attempts,
         f.deferral_rate * 100.0
@@ -487,7 +491,29 @@ fn summary(cause: Cause, share: f64, f: &Figures, window: Duration) -> String {
     }
 }
 
-fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<String>) {
+const RETRYING: &str = "retrying on the normal schedule";
+const RETRYING_DEFERRED: &str = "retrying the deferred ones on the normal schedule";
+
+/// What knock does with recipients that failed, for causes where a deferral waits its
+/// schedule: those refused for good were bounced, not retried. `all` says it when nothing
+/// bounced, `deferred` the part about the deferred ones when some did.
+fn failed(f: &Figures, all: &str, deferred: &str) -> String {
+    let bounced = match f.bounced {
+        0 => return all.to_string(),
+        1 => "bouncing the recipient refused for good".to_string(),
+        n => format!("bouncing the {n} recipients refused for good"),
+    };
+    let suppressed = match f.failures_by_class.contains_key("hard") {
+        true => " (addresses that do not exist go on the suppression list)",
+        false => "",
+    };
+    match f.deferrals {
+        0 => format!("{bounced}{suppressed}"),
+        _ => format!("{bounced}{suppressed}, {deferred}"),
+    }
+}
+
+fn response(cause: Cause, dest: Option<&DestinationView>, f: &Figures) -> (String, Option<String>) {
     let pacing = dest
         .map(|d| {
             let s = &d.shaping;
@@ -526,11 +552,11 @@ fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<Str
             ),
         ),
         Cause::Authentication => (
-            format!("retrying on the normal schedule; {pacing}"),
+            format!("{}; {pacing}", failed(f, RETRYING, RETRYING_DEFERRED)),
             operator("check SPF, DKIM and DMARC for the sending domain; retries will not fix this"),
         ),
         Cause::Reputation => (
-            format!("retrying on the normal schedule; {pacing}"),
+            format!("{}; {pacing}", failed(f, RETRYING, RETRYING_DEFERRED)),
             operator(
                 "check the sending IPs on blocklists (Spamhaus, Barracuda, …) and the provider's postmaster tools; hold volume, clean the list",
             ),
@@ -545,12 +571,20 @@ fn response(cause: Cause, dest: Option<&DestinationView>) -> (String, Option<Str
             ),
         ),
         Cause::Mailbox => (
-            format!("letting each recipient back off on its own schedule; {pacing}"),
+            format!(
+                "{}; {pacing}",
+                failed(
+                    f,
+                    "letting each recipient back off on its own schedule",
+                    "letting each deferred one back off on its own schedule"
+                )
+            ),
             None,
         ),
-        Cause::System | Cause::Policy => {
-            (format!("retrying on the normal schedule; {pacing}"), None)
-        }
+        Cause::System | Cause::Policy => (
+            format!("{}; {pacing}", failed(f, RETRYING, RETRYING_DEFERRED)),
+            None,
+        ),
     }
 }
 
@@ -719,6 +753,82 @@ mod tests {
         assert_eq!(d.cause, Cause::Mailbox);
         assert!(
             d.knock_is.starts_with("letting each recipient back off"),
+            "{}",
+            d.knock_is
+        );
+    }
+
+    /// Bounces are failures, not deferrals: the verdict counts them apart and does not say
+    /// they will be retried.
+    #[test]
+    fn bounces_are_not_called_deferrals() {
+        let unknown = |i: u64| {
+            let mut e = rec(
+                "bounced",
+                i,
+                &format!("u{i}"),
+                Some(Class::Hard),
+                "User unknown",
+            );
+            e.code = Some(550);
+            e
+        };
+        let only_bounces: Vec<Event> = (0..10).map(unknown).collect();
+        let d = &diagnose(&only_bounces, &[], None, Duration::from_secs(3600))[0];
+        assert_eq!(d.cause, Cause::Mailbox);
+        assert!(
+            d.summary
+                .starts_with("0 of 10 attempts deferred (0.0 %) and 10 bounced in the last 1h"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.knock_is
+                .starts_with("bouncing the 10 recipients refused for good (addresses that do not exist go on the suppression list);"),
+            "{}",
+            d.knock_is
+        );
+        assert!(!d.knock_is.contains("back off"), "{}", d.knock_is);
+
+        let mut mixed: Vec<Event> = (0..4).map(unknown).collect();
+        for i in 0..6 {
+            mixed.push(rec(
+                "deferred",
+                i,
+                &format!("f{i}"),
+                Some(Class::Mailbox),
+                "Mailbox full",
+            ));
+        }
+        let d = &diagnose(&mixed, &[], None, Duration::from_secs(3600))[0];
+        assert!(
+            d.knock_is.starts_with(
+                "bouncing the 4 recipients refused for good (addresses that do not exist go on the suppression list), letting each deferred one back off on its own schedule;"
+            ),
+            "{}",
+            d.knock_is
+        );
+
+        let mut blocked = vec![rec(
+            "bounced",
+            1,
+            "b",
+            Some(Class::Block),
+            "554 5.7.1 blocked",
+        )];
+        blocked.push(rec(
+            "deferred",
+            2,
+            "r",
+            Some(Class::Reputation),
+            "451 4.7.1 try later",
+        ));
+        let d = &diagnose(&blocked, &[], None, Duration::from_secs(3600))[0];
+        assert_eq!(d.cause, Cause::Reputation);
+        assert!(
+            d.knock_is.starts_with(
+                "bouncing the recipient refused for good, retrying the deferred ones on the normal schedule;"
+            ),
             "{}",
             d.knock_is
         );

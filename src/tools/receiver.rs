@@ -857,44 +857,76 @@ fn triplet(client: &str, sender: &str, rcpt: &str) -> u64 {
     h.finish()
 }
 
-/// The sink's scripted recipients, by local part.
+/// A recipient every receiver (`knock sink`'s too) answers as scripted, whatever its
+/// domain: its local part, in any case, and the reply.
+pub struct MagicRecipient {
+    pub local_part: &'static str,
+    pub code: u16,
+    pub enhanced: &'static str,
+    /// The reply's text, after `<rcpt>: `.
+    pub text: &'static str,
+    /// What the reply stands for, as `knock sink --help` says it.
+    pub means: &'static str,
+}
+
+/// The scripted recipients: the one table the receivers answer from and `knock sink
+/// --help` lists.
+pub const MAGIC_RECIPIENTS: &[MagicRecipient] = &[
+    MagicRecipient {
+        local_part: "tempfail",
+        code: 451,
+        enhanced: "4.3.0",
+        text: "Temporary failure, try again later",
+        means: "a temporary failure (deferred)",
+    },
+    MagicRecipient {
+        local_part: "permfail",
+        code: 550,
+        enhanced: "5.7.1",
+        text: "Message refused",
+        means: "refused for good, not about the mailbox (bounced)",
+    },
+    MagicRecipient {
+        local_part: "unknown",
+        code: 550,
+        enhanced: "5.1.1",
+        text: "Recipient address rejected: User unknown in virtual mailbox table",
+        means: "no such user (bounced, and suppressed)",
+    },
+    MagicRecipient {
+        local_part: "full",
+        code: 452,
+        enhanced: "4.2.2",
+        text: "Mailbox full, try again later",
+        means: "mailbox full, for now (deferred)",
+    },
+    MagicRecipient {
+        local_part: "overquota",
+        code: 552,
+        enhanced: "5.2.2",
+        text: "Mailbox full",
+        means: "mailbox full, for good (bounced)",
+    },
+    MagicRecipient {
+        local_part: "blocked",
+        code: 554,
+        enhanced: "5.7.1",
+        text: "Service unavailable; client host blocked",
+        means: "the sending host is blocked (bounced)",
+    },
+];
+
+/// The scripted answer to `rcpt`, if it is a magic recipient.
 fn magic(rcpt: &str) -> Option<Reply> {
     let local = rcpt.split('@').next()?;
-    const MAGIC: [&str; 6] = [
-        "tempfail",
-        "permfail",
-        "unknown",
-        "full",
-        "overquota",
-        "blocked",
-    ];
-    let known = MAGIC.iter().find(|m| m.eq_ignore_ascii_case(local))?;
-    let r = match *known {
-        "tempfail" => Reply::new(
-            451,
-            "4.3.0",
-            format!("<{rcpt}>: Temporary failure, try again later"),
-        ),
-        "permfail" => Reply::new(550, "5.7.1", format!("<{rcpt}>: Message refused")),
-        "unknown" => Reply::new(
-            550,
-            "5.1.1",
-            format!("<{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table"),
-        ),
-        "full" => Reply::new(
-            452,
-            "4.2.2",
-            format!("<{rcpt}>: Mailbox full, try again later"),
-        ),
-        "overquota" => Reply::new(552, "5.2.2", format!("<{rcpt}>: Mailbox full")),
-        "blocked" => Reply::new(
-            554,
-            "5.7.1",
-            format!("<{rcpt}>: Service unavailable; client host blocked"),
-        ),
-        _ => return None,
-    };
-    Some(r)
+    let m = MAGIC_RECIPIENTS
+        .iter()
+        .find(|m| m.local_part.eq_ignore_ascii_case(local))?;
+    Some(Reply::new(
+        m.code,
+        m.enhanced,
+        format!("<{rcpt}>: {}", m.text),
+    ))
 }
 
 #[cfg(test)]

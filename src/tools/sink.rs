@@ -2,17 +2,9 @@
 //! operators trying their policy. It accepts mail over the same SMTP engine as ingest and
 //! plays a receiver model (`tools::receiver`, the same that `knock simulate` plays): a
 //! scenario's `[receiver.NAME]`, or the shorthands of its flags (greylist, a fixed-window
-//! rate, a connection cap, random deferrals, slow replies). Magic recipients answer as
-//! scripted:
-//!
-//! | local part | reply |
-//! | --- | --- |
-//! | `tempfail@` | `451 4.3.0` temporary failure |
-//! | `permfail@` | `550 5.7.1` refused (permanent, not about the mailbox) |
-//! | `unknown@` | `550 5.1.1` no such user |
-//! | `full@` | `452 4.2.2` mailbox full (temporary) |
-//! | `overquota@` | `552 5.2.2` mailbox full (permanent) |
-//! | `blocked@` | `554 5.7.1` refused on policy grounds |
+//! rate, a connection cap, random deferrals, slow replies). Magic recipients (`tempfail@`,
+//! `unknown@`, ...: [`MAGIC_RECIPIENTS`](crate::tools::receiver::MAGIC_RECIPIENTS), which
+//! `knock sink --help` lists) answer as scripted.
 //!
 //! It counts what it did, and the recipients it accepted per domain (served apart from the
 //! counters, as a benchmark over thousands of domains makes that map large). Beyond the

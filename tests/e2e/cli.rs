@@ -123,7 +123,15 @@ async fn send_then_queue_and_show() {
     .unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("a@rx.test [deferred] next attempt"), "{out}");
-    assert!(out.contains("1. ") && out.contains("4.4.1"), "{out}");
+    let header = out
+        .lines()
+        .position(|l| l.trim_start().starts_with("#  AT"))
+        .unwrap_or_else(|| panic!("the attempts have a header row: {out}"));
+    let first = out.lines().nth(header + 1).unwrap();
+    assert!(
+        first.trim_start().starts_with("1  ") && first.contains("4.4.1"),
+        "{out}"
+    );
 
     let (ok, _, err) = tokio::task::spawn_blocking(move || {
         knock(&[
@@ -396,4 +404,100 @@ fn a_replay_of_a_damaged_log_names_the_line_and_runs_nothing() {
     let (ok, out, err) = knock(&["simulate", "--replay", log.to_str().unwrap()]);
     assert!(!ok && out.is_empty(), "{out}");
     assert!(err.contains("line 2") && err.contains("domian"), "{err}");
+}
+
+/// Regression (issue 12): a user's mistake prints one `error:` line, never a backtrace, even
+/// with RUST_BACKTRACE=1: a flag clap refuses, flags that exclude each other, a bad config,
+/// an engine that is not there.
+#[test]
+fn user_errors_are_one_line_and_never_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("knock.toml");
+    std::fs::write(
+        &bad,
+        "[smtp]\nhostname = \"k\"\n\n[retry]\nmax_age = \"forever\"\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let send = [
+        "send",
+        "--api",
+        "http://127.0.0.1:9",
+        "--from",
+        "s@tx.test",
+        "--to",
+        "a@rx.test",
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["serve", "--bogus"], "unexpected argument '--bogus'"),
+        (vec!["bogus"], "unrecognized subcommand 'bogus'"),
+        (
+            [
+                &send[..],
+                &["--file", "m.eml", "--subject", "s", "--text", "t"],
+            ]
+            .concat(),
+            "cannot be used with",
+        ),
+        (
+            [&send[..], &["--subject", "s"]].concat(),
+            "required arguments were not provided",
+        ),
+        (
+            vec!["serve", "--config", bad],
+            "line 5 (max_age = \"forever\")",
+        ),
+        (
+            vec!["queue", "--api", "http://127.0.0.1:9"],
+            "cannot reach knock",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_knock"))
+            .args(&args)
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LIB_BACKTRACE", "1")
+            .env_remove("KNOCK_API")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(says),
+            "{args:?}: the first line says what is wrong: {err}"
+        );
+        for never in ["panicked", "backtrace", "stack", "src/"] {
+            assert!(!err.contains(never), "{args:?}: {never} in {err}");
+        }
+        // Beyond clap's usage lines (after a blank line), the error is one line.
+        let message: Vec<&str> = err.lines().take_while(|l| !l.is_empty()).collect();
+        let clap = err.contains("Usage: ");
+        assert!(clap || message.len() == 1, "{args:?}: one line: {err}");
+    }
+}
+
+/// Regression (issue 12): `knock classify | head` ended in a panic and, with
+/// RUST_BACKTRACE=1, a backtrace, once head had read its fill and closed the pipe.
+#[test]
+fn a_reader_that_stops_early_is_no_error() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
+        .arg("classify")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the first line is written.
+    drop(child.stdout.take());
+    let lines = "550 5.1.1 User unknown\n".repeat(10_000);
+    // knock may stop reading stdin once stdout is gone: a failed write here is fine.
+    let _ = child.stdin.take().unwrap().write_all(lines.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "{err}");
+    assert!(out.status.success(), "{:?}", out.status);
 }

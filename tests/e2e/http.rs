@@ -222,3 +222,86 @@ async fn untrusted_clients_need_a_bearer_token() {
     assert!(err.contains("401"), "{err}");
     engine.shutdown().await;
 }
+
+/// `GET /api/v1/suppressions/{address}`: a bounced address shows why (the receiver's reply)
+/// and since when; an operator's entry shows the note; an address not listed is 404.
+#[tokio::test]
+async fn a_suppressed_address_shows_why_and_since_when() {
+    let w = World::new(&["30s"], "1h");
+    let (_rx, _tx, resolver) = receiver_and_sender().await;
+    let engine = w.start(resolver).await;
+    let before = knock::time::Timestamp::now();
+    let (status, json) = http_post(
+        &engine,
+        "/api/v1/messages",
+        r#"{"from": "s@tx.test", "to": ["unknown@rx.test"], "subject": "s", "text": "t"}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{json}");
+    let id = json["id"].as_str().unwrap().to_string();
+    w.wait_event(Duration::from_secs(10), is("bounced", "unknown@rx.test"))
+        .await;
+
+    // The list is written once the bounce is on disk; the event may come first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let entry = loop {
+        let (status, json) = http_get(&engine, "/api/v1/suppressions/Unknown@RX.test").await;
+        if status == 200 {
+            break json;
+        }
+        assert_eq!(status, 404, "{json}");
+        assert!(tokio::time::Instant::now() < deadline, "never suppressed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(entry["address"], "unknown@rx.test", "{entry}");
+    let reason = entry["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("550") && reason.contains("5.1.1") && reason.contains("User unknown"),
+        "the reply is the reason: {entry}"
+    );
+    assert_eq!(entry["message_id"], id.as_str(), "{entry}");
+    let since: knock::time::Timestamp = serde_json::from_value(entry["added_at"].clone()).unwrap();
+    // The engine's clock is UTC carried on by a monotonic clock: allow it a second.
+    assert!(
+        since.millis() + 1000 >= before.millis()
+            && since.millis() <= knock::time::Timestamp::now().millis() + 1000,
+        "{entry}"
+    );
+
+    let (status, json) = http_get(&engine, "/api/v1/suppressions/nobody@rx.test").await;
+    assert_eq!(status, 404, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("nobody@rx.test"),
+        "{json}"
+    );
+
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "http://{}/api/v1/suppressions/stop@rx.test",
+            engine.http_addr
+        ))
+        .body(r#"{"reason": "asked to stop"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (status, json) = http_get(&engine, "/api/v1/suppressions/stop@rx.test").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["reason"], "asked to stop");
+    assert!(
+        json["added_at"].is_string() && json["message_id"].is_null(),
+        "{json}"
+    );
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "http://{}/api/v1/suppressions/stop@rx.test",
+            engine.http_addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (status, _) = http_get(&engine, "/api/v1/suppressions/stop@rx.test").await;
+    assert_eq!(status, 404);
+    engine.shutdown().await;
+}

@@ -11,6 +11,7 @@ mod disk;
 mod dns;
 mod http;
 mod knobs;
+mod logging;
 mod metrics;
 mod protocol;
 mod security;

@@ -18,22 +18,23 @@ use tokio::net::TcpStream;
 const MAX_REPLY: usize = 64 * 1024;
 
 /// Why a conversation with a server failed. Cloneable (the I/O error is shared), so every
-/// recipient of a broken transaction carries the same typed error.
+/// recipient of a broken transaction carries the same typed error. The I/O error is part of
+/// the message and not a `source`, so an error chain (`{:#}`) does not say it twice.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    #[error("connect to {addr} failed: {source}")]
+    #[error("connect to {addr} failed: {error}")]
     Connect {
         addr: SocketAddr,
-        source: Arc<std::io::Error>,
+        error: Arc<std::io::Error>,
     },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: SocketAddr },
     #[error("timed out waiting for the reply to {stage}")]
     Timeout { stage: &'static str },
-    #[error("connection lost during {stage}: {source}")]
+    #[error("connection lost during {stage}: {error}")]
     Io {
         stage: &'static str,
-        source: Arc<std::io::Error>,
+        error: Arc<std::io::Error>,
     },
     #[error("connection closed by the server during {stage}")]
     Closed { stage: &'static str },
@@ -50,7 +51,7 @@ impl ClientError {
             ClientError::ConnectTimeout { .. } => FailureKind::ConnectTimeout,
             ClientError::Timeout { .. } => FailureKind::Timeout,
             // A server that hangs up while knock writes shows as a reset or a broken pipe.
-            ClientError::Io { source, .. } => match source.kind() {
+            ClientError::Io { error, .. } => match error.kind() {
                 std::io::ErrorKind::UnexpectedEof => FailureKind::Closed,
                 _ => FailureKind::Reset,
             },
@@ -109,7 +110,7 @@ impl Client {
             Ok(Err(source)) => {
                 return Err(ClientError::Connect {
                     addr,
-                    source: Arc::new(source),
+                    error: Arc::new(source),
                 });
             }
             Err(_) => return Err(ClientError::ConnectTimeout { addr }),
@@ -117,7 +118,7 @@ impl Client {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().map_err(|source| ClientError::Connect {
             addr,
-            source: Arc::new(source),
+            error: Arc::new(source),
         })?;
         Ok(Client {
             wire: Wire::new(Stream::Plain(stream)),
@@ -343,7 +344,7 @@ impl Client {
             Ok(Err(source)) => {
                 return Err(ClientError::Io {
                     stage: "message body",
-                    source: Arc::new(source),
+                    error: Arc::new(source),
                 });
             }
             Err(_) => {
@@ -415,7 +416,7 @@ impl Client {
                 self.broken = true;
                 Err(ClientError::Io {
                     stage,
-                    source: Arc::new(source),
+                    error: Arc::new(source),
                 })
             }
             Err(_) => {
@@ -478,7 +479,7 @@ impl Client {
                 Err(source) => {
                     return Err(ClientError::Io {
                         stage,
-                        source: Arc::new(source),
+                        error: Arc::new(source),
                     });
                 }
             }

@@ -72,8 +72,8 @@ impl Classifier {
         let mut codes = HashMap::new();
         let mut phrases: Vec<(String, (Class, Strength))> = Vec::new();
         for (name, text) in sources {
-            let file: RuleFile =
-                toml::from_str(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            let file: RuleFile = toml::from_str(text)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", crate::config::toml_error(text, &e)))?;
             for (code, class) in file.codes {
                 let enhanced = Enhanced::parse(&code).with_context(|| {
                     format!("{name}: codes.\"{code}\" is not an enhanced status code")

@@ -20,7 +20,7 @@ use messages::{get_message, post_message};
 use queue::{get_destinations, get_queue};
 use serde_json::json;
 use std::sync::Arc;
-use suppressions::{delete_suppression, get_suppressions, put_suppression};
+use suppressions::{delete_suppression, get_suppression, get_suppressions, put_suppression};
 
 pub use diagnose::DiagnoseView;
 pub use messages::{MessageView, RecipientView, SendRequest, SendResponse};
@@ -56,7 +56,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/suppressions", get(get_suppressions))
         .route(
             "/api/v1/suppressions/{address}",
-            axum::routing::put(put_suppression).delete(delete_suppression),
+            get(get_suppression)
+                .put(put_suppression)
+                .delete(delete_suppression),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(

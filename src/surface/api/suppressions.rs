@@ -35,6 +35,21 @@ pub(super) async fn get_suppressions(
     axum::Json(SuppressionsView { suppressions })
 }
 
+/// `GET /api/v1/suppressions/{address}`: why the address is listed and since when, or 404.
+pub(super) async fn get_suppression(
+    AxState(state): AxState<Arc<ApiState>>,
+    Path(address): Path<String>,
+) -> Result<axum::Json<SuppressionView>, ApiError> {
+    let address = crate::policy::suppress::key(&address);
+    match state.intake.suppressions.get(&address) {
+        Some(entry) => Ok(axum::Json(SuppressionView { address, entry })),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{address} is not on the suppression list"),
+        )),
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SuppressRequest {

@@ -6,12 +6,41 @@
 
 pub mod format;
 
+/// `print!` that returns an error instead of panicking when stdout cannot be written:
+/// [`StdoutClosed`] when its reader is gone (`knock classify | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
+    }};
+}
+
+/// `println!`, as `out!` is `print!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
+    }};
+}
+
+/// Whoever read stdout stopped reading: not a failure to report (`main` ends quietly).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe => StdoutClosed.into(),
+        _ => anyhow::Error::from(e).context("writing to stdout"),
+    }
+}
+
 use crate::config::{Config, Rate};
 use crate::net::smtp::server::EhloMode;
 use crate::surface::api::SendRequest;
 use crate::surface::client::{ApiClient, api_base};
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +60,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the engine (embedded defaults when no config file is given).
     Serve {
+        /// The configuration file (docs/configuration.md).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -40,17 +70,20 @@ pub enum Command {
     Queue {
         #[command(flatten)]
         api: ApiArgs,
-        #[arg(long)]
+        /// Print JSON (the API's answers) instead of tables.
+        #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         show: Option<QueueCommand>,
     },
     /// Run a scriptable receiving MX.
+    #[command(after_help = magic_recipients_help())]
     Sink(SinkArgs),
     /// Send N messages of a chosen shape over C concurrent SMTP sessions and report the
     /// rates.
     Bench(BenchArgs),
-    /// Say, per provider, what is behind the deferrals and what is being done about it.
+    /// Say, per provider, what is behind the deferrals and bounces and what is being done
+    /// about it.
     Diagnose {
         #[command(flatten)]
         api: ApiArgs,
@@ -59,12 +92,16 @@ pub enum Command {
         /// How far back to read the event log.
         #[arg(long, default_value = "1h")]
         window: String,
+        /// Print the diagnosis as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print a credentials-file line (`user:argon2-hash`) for SMTP AUTH; the password is
     /// read from stdin (first line), so it stays out of the shell history.
-    Passwd { user: String },
+    Passwd {
+        /// The user name (no ':' or spaces).
+        user: String,
+    },
     /// Run knock's own scheduling on virtual time against modelled receivers.
     Simulate(SimulateArgs),
     /// Classify replies, logged replies and sending MTAs' diagnostics (arguments, or one per
@@ -86,7 +123,10 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum QueueCommand {
     /// One message's recipients and attempts.
-    Show { id: String },
+    Show {
+        /// The message's id (as `knock send` prints it, or `queued as` in the SMTP reply).
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -111,27 +151,39 @@ impl ApiArgs {
     }
 }
 
+/// The message is either built from --subject and --text, or read whole from --file.
 #[derive(Args)]
+#[command(
+    group(ArgGroup::new("message").required(true).args(["subject", "file"])),
+    // Clap's own would leave --text out of the alternative.
+    override_usage = "knock send [OPTIONS] --from <FROM> --to <TO>... <--subject <SUBJECT> --text <TEXT>|--file <FILE>>"
+)]
 pub struct SendArgs {
     #[command(flatten)]
     api: ApiArgs,
+    /// The envelope sender.
     #[arg(long)]
     from: String,
+    /// A recipient; repeat for more.
     #[arg(long, required = true)]
     to: Vec<String>,
-    #[arg(long, requires = "text", conflicts_with = "file")]
+    /// With --text: the Subject of a message knock builds (instead of --file).
+    #[arg(long, requires = "text")]
     subject: Option<String>,
-    #[arg(long, requires = "subject", conflicts_with = "file")]
+    /// With --subject: the plain-text body of the message knock builds.
+    #[arg(long, requires = "subject")]
     text: Option<String>,
-    /// A whole RFC 5322 message.
-    #[arg(long, required_unless_present = "subject")]
+    /// A whole RFC 5322 message, sent as it is (instead of --subject and --text).
+    #[arg(long, conflicts_with_all = ["subject", "text"])]
     file: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct SinkArgs {
+    /// Where to accept SMTP.
     #[arg(long, default_value = "127.0.0.1:2600")]
     listen: std::net::SocketAddr,
+    /// The name in the greeting and the EHLO reply.
     #[arg(long, default_value = "sink.localdomain")]
     hostname: String,
     /// Save each accepted message as a file in this directory (RUN-N.eml, RUN unique to
@@ -235,6 +287,7 @@ pub struct BenchArgs {
     /// Concurrent SMTP sessions.
     #[arg(long, short = 'c', default_value_t = 20)]
     concurrency: usize,
+    /// The envelope sender of every message.
     #[arg(long, default_value = "bench@knock.test")]
     from: String,
     /// Recipient pattern: {n} is the recipient's number, {d} its domain's number, {domain}
@@ -276,8 +329,12 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// Runs one subcommand.
+/// Runs one subcommand, logging to stderr as its configuration says (`serve`: `[log]`,
+/// once the file is read; the others: plain).
 pub async fn run(command: Command) -> anyhow::Result<()> {
+    if !matches!(command, Command::Serve { .. }) {
+        crate::logging::init(crate::config::LogFormat::Plain);
+    }
     match command {
         Command::Serve { config } => serve(config).await,
         Command::Send(args) => send(args).await,
@@ -305,6 +362,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => Config::load(&path)?,
         None => Config::default(),
     };
+    crate::logging::init(config.log.format);
     crate::serve::Engine::start(config)
         .await?
         .run_until_signal()
@@ -358,15 +416,15 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         let rb = run(&Config::load(b)?, &b.display().to_string())?;
         if args.json {
             let both = serde_json::json!({"a": ra, "b": rb});
-            println!("{}", serde_json::to_string_pretty(&both)?);
+            outln!("{}", serde_json::to_string_pretty(&both)?)?;
         } else {
-            print!(
+            out!(
                 "{}",
                 simulate::report::compare(
                     (&a.display().to_string(), &ra),
                     (&b.display().to_string(), &rb)
                 )
-            );
+            )?;
         }
         return Ok(());
     }
@@ -376,9 +434,9 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--timeline: writing {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{report}");
+        out!("{report}")?;
     }
     Ok(())
 }
@@ -401,9 +459,9 @@ async fn queue(api: ApiArgs, json: bool, show: Option<QueueCommand>) -> anyhow::
         Some(QueueCommand::Show { id }) => {
             let m = client.message(&id).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
+                outln!("{}", serde_json::to_string_pretty(&m)?)?;
             } else {
-                print!("{}", format::message(&m));
+                out!("{}", format::message(&m))?;
             }
         }
         None => {
@@ -412,9 +470,9 @@ async fn queue(api: ApiArgs, json: bool, show: Option<QueueCommand>) -> anyhow::
             if json {
                 let both =
                     serde_json::json!({"domains": q.domains, "destinations": d.destinations});
-                println!("{}", serde_json::to_string_pretty(&both)?);
+                outln!("{}", serde_json::to_string_pretty(&both)?)?;
             } else {
-                print!("{}\n{}", format::queue(&q), format::destinations(&d));
+                out!("{}\n{}", format::queue(&q), format::destinations(&d))?;
             }
         }
     }
@@ -429,12 +487,12 @@ async fn diagnose(
 ) -> anyhow::Result<()> {
     let report = api.client()?.diagnose(provider.as_deref(), &window).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else if report.providers.is_empty() {
-        println!("nothing to diagnose: no events in the last {window} and nothing queued");
+        outln!("nothing to diagnose: no events in the last {window} and nothing queued")?;
     } else {
         for d in &report.providers {
-            println!("{d}");
+            outln!("{d}")?;
         }
     }
     Ok(())
@@ -462,9 +520,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     })
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{report}");
+        out!("{report}")?;
     }
     Ok(())
 }
@@ -493,9 +551,9 @@ fn classify(rules: Option<PathBuf>, json: bool, replies: Vec<String>) -> anyhow:
             continue;
         };
         if json {
-            println!("{}", format::classified_json(&outcome, &read, line));
+            outln!("{}", format::classified_json(&outcome, &read, line))?;
         } else {
-            println!("{}", format::classified(&outcome, &read, line));
+            outln!("{}", format::classified(&outcome, &read, line))?;
         }
     }
     if bad > 0 {
@@ -519,7 +577,7 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
         text: args.text,
     };
     let resp = args.api.client()?.send(&req).await?;
-    println!("{}", resp.id);
+    outln!("{}", resp.id)?;
     Ok(())
 }
 
@@ -535,7 +593,7 @@ fn passwd(user: &str) -> anyhow::Result<()> {
     if password.is_empty() {
         anyhow::bail!("no password on stdin");
     }
-    println!("{user}:{}", crate::net::auth::hash_password(password)?);
+    outln!("{user}:{}", crate::net::auth::hash_password(password)?)?;
     Ok(())
 }
 
@@ -569,6 +627,18 @@ fn scenario_receiver(
                 .join(", ")
         )
     })
+}
+
+/// The magic recipients, for `knock sink --help`: from the table the receivers answer
+/// from, so the two cannot disagree.
+fn magic_recipients_help() -> String {
+    use std::fmt::Write;
+    let mut out = String::from("Magic recipients, at any domain, answer as scripted:\n");
+    for m in crate::tools::receiver::MAGIC_RECIPIENTS {
+        let local = format!("{}@", m.local_part);
+        let _ = writeln!(out, "  {local:<11} {} {}  {}", m.code, m.enhanced, m.means);
+    }
+    out.trim_end().to_string()
 }
 
 async fn sink(args: SinkArgs) -> anyhow::Result<()> {
@@ -638,6 +708,121 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_says_what_it_is_for() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "knock", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without a description: {missing:?}"
+        );
+        assert!(
+            cli.get_subcommands().count() >= 10,
+            "the walk saw the subcommands"
+        );
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(
+            [
+                &["knock", "send", "--from", "s@a.test", "--to", "r@b.test"],
+                args,
+            ]
+            .concat(),
+        )
+    }
+
+    #[test]
+    fn send_takes_a_file_or_a_subject_and_text_not_both() {
+        let usage = Cli::command()
+            .find_subcommand_mut("send")
+            .unwrap()
+            .render_usage()
+            .to_string();
+        assert!(
+            usage.contains("<--subject <SUBJECT> --text <TEXT>|--file <FILE>>"),
+            "the usage shows the alternatives: {usage}"
+        );
+        assert!(parse(&["--file", "m.eml"]).is_ok());
+        assert!(parse(&["--subject", "s", "--text", "t"]).is_ok());
+        for (args, kind) in [
+            (
+                &["--file", "m.eml", "--subject", "s", "--text", "t"][..],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--file", "m.eml", "--text", "t"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (&["--subject", "s"], ErrorKind::MissingRequiredArgument),
+            (&["--text", "t"], ErrorKind::MissingRequiredArgument),
+            (&[], ErrorKind::MissingRequiredArgument),
+        ] {
+            let kind_seen = parse(args).err().map(|e| e.kind());
+            assert_eq!(kind_seen, Some(kind), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn sink_help_lists_the_magic_recipients() {
+        let help = Cli::command()
+            .find_subcommand_mut("sink")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for m in crate::tools::receiver::MAGIC_RECIPIENTS {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{}@", m.local_part)))
+                .unwrap_or_else(|| panic!("{} is not listed:\n{help}", m.local_part));
+            assert!(
+                line.contains(&format!("{} {}", m.code, m.enhanced)),
+                "{line}"
+            );
+        }
+        // The operator's guide lists them too.
+        let doc = include_str!("../../../docs/operations.md");
+        for m in crate::tools::receiver::MAGIC_RECIPIENTS {
+            let entry = format!(
+                "| `{}@` | `{} {}` | {} |",
+                m.local_part, m.code, m.enhanced, m.means
+            );
+            assert!(doc.contains(&entry), "docs/operations.md lacks {entry}");
+        }
+    }
+
+    #[test]
+    fn queue_json_is_taken_after_show_too() {
+        let cli = Cli::try_parse_from(["knock", "queue", "show", "an-id", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Queue {
+                json: true,
+                show: Some(_),
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn the_sink_plays_the_receiver_a_scenario_names() {

@@ -184,7 +184,8 @@ impl Scenario {
     /// Parses and checks scenario text; every error names the key and, where it can be
     /// found, its line.
     pub fn parse(text: &str) -> anyhow::Result<Scenario> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let scenario: Scenario =
+            toml::from_str(text).map_err(|e| crate::config::toml_error(text, &e))?;
         if let Err((table, key, error)) = scenario.check() {
             let at = locate(text, &table, &key)
                 .map(|line| format!("line {line}: "))
