@@ -36,6 +36,155 @@ pub struct Config {
     /// Providers of the operator's own, in front of the shipped table.
     #[serde(rename = "provider")]
     pub providers: Vec<ProviderDef>,
+    /// Where events are POSTed (docs/events.md).
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[webhook]]`: events POSTed in signed batches from a durable outbox.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Names the webhook in metrics, logs and the outbox's cursor; unique.
+    pub name: String,
+    /// `http://` or `https://`.
+    pub url: String,
+    /// The event kinds sent (`deferred`, `bounced`, ...); every kind when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// The key of the HMAC-SHA256 signature of each POST.
+    pub secret: String,
+    /// Most events in one POST.
+    #[serde(default = "WebhookConfig::default_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch that is not full waits for more events.
+    #[serde(
+        default = "WebhookConfig::default_batch_delay",
+        with = "humantime_serde"
+    )]
+    pub batch_delay: Duration,
+    /// Most POSTs waiting for an answer at once.
+    #[serde(default = "WebhookConfig::default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// While the receiver fails, events older than this are dropped (counted and logged)
+    /// instead of being kept.
+    #[serde(default = "WebhookConfig::default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long a POST may take, answer included.
+    #[serde(default = "WebhookConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The wait before a failed POST is tried again; it doubles (with jitter) after each
+    /// failure up to `backoff_max`.
+    #[serde(default = "WebhookConfig::default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(default = "WebhookConfig::default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl WebhookConfig {
+    fn default_batch_size() -> usize {
+        100
+    }
+    fn default_batch_delay() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_max_in_flight() -> usize {
+        4
+    }
+    fn default_max_age() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_backoff_max() -> Duration {
+        Duration::from_secs(300)
+    }
+
+    /// The kinds this webhook takes (every kind when `events` is empty).
+    pub fn kinds(&self) -> Vec<crate::event::Kind> {
+        match self.events.is_empty() {
+            true => crate::event::Kind::ALL.to_vec(),
+            false => self.events.iter().filter_map(|e| e.parse().ok()).collect(),
+        }
+    }
+
+    fn validate(&self, i: usize) -> anyhow::Result<()> {
+        let key = |k: &str| format!("webhook[{i}].{k}");
+        let name = self.name.trim();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            bail!(
+                "{}: must be letters, digits, '-', '_' or '.' (it labels metrics), not {:?}",
+                key("name"),
+                self.name
+            );
+        }
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            Ok(url) => bail!(
+                "{}: {:?} must be an http:// or https:// URL with a host, not {}:",
+                key("url"),
+                self.url,
+                url.scheme()
+            ),
+            Err(e) => bail!("{}: {:?} is not a URL: {e}", key("url"), self.url),
+        }
+        for (j, kind) in self.events.iter().enumerate() {
+            if kind.parse::<crate::event::Kind>().is_err() {
+                let known: Vec<&str> = crate::event::Kind::ALL.iter().map(|k| k.as_str()).collect();
+                bail!(
+                    "{}[{j}]: {kind:?} is not an event (one of {})",
+                    key("events"),
+                    known.join(", ")
+                );
+            }
+        }
+        if self.secret.len() < 16 {
+            bail!(
+                "{}: must be at least 16 characters (it signs every POST)",
+                key("secret")
+            );
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            bail!("{}: must be between 1 and 10000", key("batch_size"));
+        }
+        if !(1..=64).contains(&self.max_in_flight) {
+            bail!("{}: must be between 1 and 64", key("max_in_flight"));
+        }
+        if self.max_age.is_zero() {
+            bail!("{}: must be greater than zero", key("max_age"));
+        }
+        if self.timeout.is_zero() {
+            bail!("{}: must be greater than zero", key("timeout"));
+        }
+        if self.backoff.is_zero() {
+            bail!("{}: a wait of zero would hammer the receiver", key("backoff"));
+        }
+        if self.backoff_max < self.backoff {
+            bail!("{}: must be at least backoff", key("backoff_max"));
+        }
+        Ok(())
+    }
+}
+
+/// The body of a webhook's POSTs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// A JSON array of knock's events, as in the event log.
+    #[default]
+    Native,
+    /// A JSON array in the shape of SendGrid's event webhook.
+    Sendgrid,
 }
 
 /// One provider: a name, the domains known to be hosted there, and MX host suffixes.
@@ -593,6 +742,15 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("routes.\"{domain}\"[{i}]: {e}"))?;
             }
         }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            w.validate(i)?;
+            if let Some(j) = self.webhooks[..i].iter().position(|o| o.name == w.name) {
+                bail!(
+                    "webhook[{i}].name: {:?} is also webhook[{j}]'s name",
+                    w.name
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -823,6 +981,39 @@ path = "knock-data/events.jsonl"
             ("[log]\nformat = \"xml\"", "log.format"),
             ("[log]\nformat = 1", "format"),
             ("[log]\nlevel = \"debug\"", "level"),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"ftp://x.test/\"\nsecret = \"0123456789abcdef\"",
+                "webhook[0].url",
+            ),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"not a url\"\nsecret = \"0123456789abcdef\"",
+                "webhook[0].url",
+            ),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"\nsecret = \"short\"",
+                "webhook[0].secret",
+            ),
+            (
+                "[[webhook]]\nname = \"a b\"\nurl = \"http://x.test/\"\nsecret = \"0123456789abcdef\"",
+                "webhook[0].name",
+            ),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"\nsecret = \"0123456789abcdef\"\nevents = [\"delivered\", \"opened\"]",
+                "webhook[0].events[1]",
+            ),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"\nsecret = \"0123456789abcdef\"\nbatch_size = 0",
+                "webhook[0].batch_size",
+            ),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"\nsecret = \"0123456789abcdef\"\nformat = \"mailgun\"",
+                "format",
+            ),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"\nsecret = \"0123456789abcdef\"\n[[webhook]]\nname = \"a\"\nurl = \"http://y.test/\"\nsecret = \"0123456789abcdef\"",
+                "webhook[1].name",
+            ),
+            ("[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"", "secret"),
         ];
         for (text, key) in cases {
             let err = format!("{:#}", Config::parse(text).unwrap_err());

@@ -9,6 +9,7 @@ use crate::reply::Enhanced;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -271,13 +272,47 @@ pub fn read_log(path: &Path, since: Timestamp, at_most: u64) -> std::io::Result<
 #[derive(Clone)]
 pub struct Events {
     tx: mpsc::Sender<Event>,
+    /// The kinds some webhook takes; nothing goes in the outbox when it is empty.
+    outboxed: Arc<[Kind]>,
 }
 
 impl Events {
+    /// The same events, with those of `kinds` also put in the spool's outbox for the
+    /// webhooks (see [`Events::outbox`]).
+    pub fn with_outbox(mut self, kinds: &[Kind]) -> Events {
+        let mut wanted: Vec<Kind> = Vec::new();
+        for k in kinds {
+            if !wanted.contains(k) {
+                wanted.push(*k);
+            }
+        }
+        self.outboxed = wanted.into();
+        self
+    }
+
+    /// Gives `events` their ids and returns the spool write that puts those a webhook
+    /// takes in the outbox, to be committed in the same transaction as the change they
+    /// tell of: then a webhook gets an event if and only if its change is on disk. The
+    /// events are emitted afterwards as usual, with the same ids.
+    pub fn outbox(&self, events: &mut [Event]) -> Option<crate::engine::spool::Op> {
+        for e in events.iter_mut().filter(|e| e.id.is_empty()) {
+            e.id = new_id();
+        }
+        if self.outboxed.is_empty() {
+            return None;
+        }
+        let wanted: Vec<Event> = events
+            .iter()
+            .filter(|e| self.outboxed.contains(&e.event))
+            .cloned()
+            .collect();
+        (!wanted.is_empty()).then_some(crate::engine::spool::Op::Outbox(wanted))
+    }
+
     /// Gives the event its id, logs and counts it, and hands it to the writer.
     pub async fn emit(&self, mut event: Event) {
         if event.id.is_empty() {
-            event.id = uuid::Uuid::now_v7().to_string();
+            event.id = new_id();
         }
         log_event(&event);
         crate::metrics::record_event(&event);
@@ -304,8 +339,19 @@ impl Events {
             .with_context(|| format!("events.path: opening {}", path.display()))?;
         let (tx, rx) = mpsc::channel(16 * 1024);
         let task = tokio::spawn(write_loop(file, rx, path.to_path_buf()));
-        Ok((Events { tx }, task))
+        Ok((
+            Events {
+                tx,
+                outboxed: Arc::from([]),
+            },
+            task,
+        ))
     }
+}
+
+/// A new event id: a UUIDv7, so ids sort by time.
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// How long written events may sit in the buffer before they are flushed to the file. One

@@ -6,7 +6,7 @@
 //! a message: their number stays bounded.
 
 use crate::event::{Event, Kind};
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,6 +36,10 @@ pub const DESTINATION_GREYLIST_SECONDS: &str = "knock_destination_greylist_secon
 pub const ALLOWANCE_MESSAGES: &str = "knock_allowance_messages";
 pub const ALLOWANCE_USED: &str = "knock_allowance_used";
 pub const EVENTS_DROPPED: &str = "knock_events_dropped_total";
+pub const WEBHOOK_BACKLOG: &str = "knock_webhook_backlog_events";
+pub const WEBHOOK_POSTS: &str = "knock_webhook_posts_total";
+pub const WEBHOOK_DROPPED: &str = "knock_webhook_dropped_events_total";
+pub const WEBHOOK_FAILING: &str = "knock_webhook_failing";
 
 /// Every metric knock exports, with its type and help text.
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -152,6 +156,26 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "counter",
         "Events that could not be written to the event log.",
     ),
+    (
+        WEBHOOK_BACKLOG,
+        "gauge",
+        "Outbox entries the webhook has not sent yet, by webhook.",
+    ),
+    (
+        WEBHOOK_POSTS,
+        "counter",
+        "POSTs to the webhook, by webhook and result (ok, failed).",
+    ),
+    (
+        WEBHOOK_DROPPED,
+        "counter",
+        "Events dropped unsent because the webhook kept failing past its max_age, by webhook.",
+    ),
+    (
+        WEBHOOK_FAILING,
+        "gauge",
+        "1 while the webhook's last POST failed, by webhook.",
+    ),
 ];
 
 /// Bounds of the end-to-end time buckets, in seconds: from transactional (tenths of a
@@ -247,6 +271,23 @@ pub fn connections_refused(provider: &str, count: usize) {
     if count > 0 {
         counter!(CONNECTIONS_REFUSED, "provider" => provider.to_string()).increment(count as u64);
     }
+}
+
+/// A POST to `webhook` succeeded or failed.
+pub fn webhook_post(webhook: &str, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    counter!(WEBHOOK_POSTS, "webhook" => webhook.to_string(), "result" => result).increment(1);
+    gauge!(WEBHOOK_FAILING, "webhook" => webhook.to_string()).set(f64::from(u8::from(!ok)));
+}
+
+/// `webhook` has `events` outbox entries not yet sent.
+pub fn webhook_backlog(webhook: &str, events: u64) {
+    gauge!(WEBHOOK_BACKLOG, "webhook" => webhook.to_string()).set(events as f64);
+}
+
+/// `webhook` dropped `events` unsent.
+pub fn webhook_dropped(webhook: &str, events: usize) {
+    counter!(WEBHOOK_DROPPED, "webhook" => webhook.to_string()).increment(events as u64);
 }
 
 /// An event could not be written to the log.

@@ -86,6 +86,8 @@ impl Engine {
         let policy = Policy::from_config(&config)?;
         let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;
+        let webhook_kinds: Vec<_> = config.webhooks.iter().flat_map(|w| w.kinds()).collect();
+        let events = events.with_outbox(&webhook_kinds);
         let stored = {
             let spool = spool.clone();
             tokio::task::spawn_blocking(move || spool.suppressions()).await??
@@ -98,6 +100,11 @@ impl Engine {
             .await
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let shutdown = CancellationToken::new();
+        // Before anything is committed: a new webhook's cursor starts at the outbox's tip.
+        let webhooks =
+            crate::surface::webhook::start(&config.webhooks, spool.clone(), shutdown.clone())
+                .await
+                .context("webhook: starting the senders")?;
         let clock = WallClock::new();
         let work = TaskTracker::new();
 
@@ -128,6 +135,7 @@ impl Engine {
             },
         );
         let mut tasks = vec![tokio::spawn(driver.run(shutdown.clone(), SHUTDOWN_GRACE))];
+        tasks.extend(webhooks);
 
         let recover_spool = spool.clone();
         let recovered = tokio::task::spawn_blocking(move || recover_spool.recover()).await??;

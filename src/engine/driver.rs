@@ -277,9 +277,17 @@ impl Teller {
             id,
             group: updated.group,
         }];
+        let mut events = updated.events;
+        // The DSN's own acceptance, told (and outboxed) with it.
+        let mut dsn_events = bounce
+            .as_ref()
+            .map(|b| event::processed(b, self.clock.now()))
+            .unwrap_or_default();
         if let Some(b) = &bounce {
             ops.push(Op::Store(b.clone()));
         }
+        ops.extend(self.events.outbox(&mut events));
+        ops.extend(self.events.outbox(&mut dsn_events));
         ops.extend(
             updated
                 .suppress
@@ -303,7 +311,6 @@ impl Teller {
                 .collect(),
         };
         let committing = self.spool.submit(ops);
-        let events = updated.events;
         let suppressed = updated.suppress;
         let tasks = self.tasks.clone();
         tasks.spawn(async move {
@@ -332,7 +339,7 @@ impl Teller {
                 self.events.emit(e).await;
             }
             if let Some(b) = bounce.filter(|_| stored) {
-                for e in event::processed(&b, self.clock.now()) {
+                for e in dsn_events {
                     self.events.emit(e).await;
                 }
                 self.handle.enqueue(Queued::new_message(b));

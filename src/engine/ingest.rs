@@ -61,12 +61,12 @@ impl Intake {
             groups: group_by_domain(rcpts, now),
             body,
         };
-        let suppressed = self.mark_suppressed(&mut message, now);
-        self.spool.commit(vec![Op::Store(message.clone())]).await?;
-        for e in crate::event::processed(&message, now) {
-            self.events.emit(e).await;
-        }
-        for e in suppressed {
+        let mut events = crate::event::processed(&message, now);
+        events.extend(self.mark_suppressed(&mut message, now));
+        let mut ops = vec![Op::Store(message.clone())];
+        ops.extend(self.events.outbox(&mut events));
+        self.spool.commit(ops).await?;
+        for e in events {
             self.events.emit(e).await;
         }
         self.scheduler.enqueue(Queued::new_message(message.clone()));

@@ -29,6 +29,15 @@ const HISTORY: TableDefinition<(u64, u128), ()> = TableDefinition::new("history"
 const SUPPRESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("suppressions");
 /// Entries that could not be read at recovery, kept for an operator to inspect.
 const SET_ASIDE: TableDefinition<&str, &[u8]> = TableDefinition::new("set_aside");
+/// Events waiting for the webhooks, by their place in the commit order: written in the
+/// transaction that commits what they tell, trimmed once every webhook has sent them.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// The outbox's bookkeeping: [`OUTBOX_LAST`] (the last sequence number given, so numbers
+/// never repeat once the outbox is empty) and each webhook's cursor (`cursor/NAME`: the
+/// last event it has sent, or skipped as not its kind).
+const OUTBOX_STATE: TableDefinition<&str, u64> = TableDefinition::new("outbox_state");
+const OUTBOX_LAST: &str = "last";
+const CURSOR_PREFIX: &str = "cursor/";
 
 /// Most writes committed together in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -70,7 +79,16 @@ pub enum Op {
     },
     /// An address comes off the suppression list.
     Unsuppress { address: String },
+    /// Events for the webhooks, committed with the change they tell of (docs/events.md).
+    Outbox(Vec<crate::event::Event>),
+    /// A webhook has sent everything up to `seq`; what every webhook has sent is trimmed.
+    OutboxCursor { webhook: String, seq: u64 },
+    /// A webhook is gone from the configuration: its cursor no longer holds events back.
+    OutboxForget { webhook: String },
 }
+
+/// One event in the outbox: its sequence number and the event as JSON.
+pub type OutboxEntry = (u64, Vec<u8>);
 
 /// Everything the spool held that still needs delivering, read at start-up.
 #[derive(Debug, Default)]
@@ -120,6 +138,18 @@ pub trait Spool: Send + Sync + 'static {
     fn suppressions(
         &self,
     ) -> Result<Vec<(String, crate::policy::suppress::Suppression)>, SpoolError>;
+    /// Up to `limit` outbox entries after sequence number `after`, in order.
+    fn outbox_read(&self, _after: u64, _limit: usize) -> Result<Vec<OutboxEntry>, SpoolError> {
+        Ok(Vec::new())
+    }
+    /// Every webhook cursor in the outbox, by webhook name.
+    fn outbox_cursors(&self) -> Result<Vec<(String, u64)>, SpoolError> {
+        Ok(Vec::new())
+    }
+    /// The last sequence number given to an outbox entry, as it changes.
+    fn outbox_tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
 }
 
 /// A submitted commit: resolves once it is on disk, or failed.
@@ -131,9 +161,15 @@ struct Batch {
 }
 
 impl Batch {
-    /// Whether someone waits for this write: anything but the outcome of an attempt.
+    /// Whether someone waits for this write: anything but the outcome of an attempt (and
+    /// the events that come with it) or a webhook's progress.
     fn urgent(&self) -> bool {
-        self.ops.iter().any(|op| !matches!(op, Op::Update { .. }))
+        self.ops.iter().any(|op| {
+            !matches!(
+                op,
+                Op::Update { .. } | Op::Outbox(_) | Op::OutboxCursor { .. }
+            )
+        })
     }
 }
 
@@ -141,6 +177,8 @@ pub struct RedbSpool {
     db: Arc<Handle>,
     tx: Option<mpsc::Sender<Batch>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The outbox's last sequence number, published by the writer after each commit.
+    tip: tokio::sync::watch::Receiver<u64>,
 }
 
 pub use crate::config::DEFAULT_SPOOL_CACHE as DEFAULT_CACHE;
@@ -165,8 +203,19 @@ impl RedbSpool {
             txn.open_table(HISTORY).map_err(storage)?;
             txn.open_table(SET_ASIDE).map_err(storage)?;
             txn.open_table(SUPPRESSIONS).map_err(storage)?;
+            txn.open_table(OUTBOX).map_err(storage)?;
+            txn.open_table(OUTBOX_STATE).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
+        let last = {
+            let txn = db.begin_read().map_err(storage)?;
+            let state = txn.open_table(OUTBOX_STATE).map_err(storage)?;
+            state
+                .get(OUTBOX_LAST)
+                .map_err(storage)?
+                .map_or(0, |v| v.value())
+        };
+        let (tip_tx, tip) = tokio::sync::watch::channel(last);
         let db = Arc::new(Handle {
             path,
             cache,
@@ -176,12 +225,13 @@ impl RedbSpool {
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(writer_db, rx))
+            .spawn(move || writer_loop(writer_db, rx, tip_tx))
             .map_err(storage)?;
         Ok(RedbSpool {
             db,
             tx: Some(tx),
             writer: Mutex::new(Some(writer)),
+            tip,
         })
     }
 }
@@ -264,7 +314,11 @@ impl Handle {
     }
 }
 
-fn writer_loop(handle: Arc<Handle>, rx: mpsc::Receiver<Batch>) {
+fn writer_loop(
+    handle: Arc<Handle>,
+    rx: mpsc::Receiver<Batch>,
+    tip: tokio::sync::watch::Sender<u64>,
+) {
     let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
@@ -284,9 +338,14 @@ fn writer_loop(handle: Arc<Handle>, rx: mpsc::Receiver<Batch>) {
         let result = db.and_then(|db| apply(&db, &batches));
         crate::metrics::spool_commit(started.elapsed());
         failed = result.is_err();
-        if let Err(e) = &result {
-            tracing::error!(error = %e, writes = batches.len(), "spool commit failed");
+        match &result {
+            Ok(Some(last)) => {
+                tip.send_replace(*last);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, writes = batches.len(), "spool commit failed"),
         }
+        let result = result.map(|_| ());
         for b in batches {
             let _ = b.done.send(result.clone());
         }
@@ -319,9 +378,13 @@ fn linger(rx: &mpsc::Receiver<Batch>, batches: &mut Vec<Batch>) {
     }
 }
 
-fn apply(db: &Database, batches: &[Batch]) -> Result<(), SpoolError> {
+/// Commits `batches` in one transaction; returns the outbox's new last sequence number
+/// when events were put in it.
+fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
     let txn = db.begin_write().map_err(storage)?;
+    let mut outbox_last = None;
     {
+        let mut outbox = Outbox::open(&txn)?;
         let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
         let mut bodies = txn.open_table(BODIES).map_err(storage)?;
         let mut groups = txn.open_table(GROUPS).map_err(storage)?;
@@ -362,6 +425,13 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), SpoolError> {
                 Op::Unsuppress { address } => {
                     suppressions.remove(address.as_str()).map_err(storage)?;
                 }
+                Op::Outbox(events) => {
+                    for e in events {
+                        outbox_last = Some(outbox.push(e)?);
+                    }
+                }
+                Op::OutboxCursor { webhook, seq } => outbox.set_cursor(webhook, *seq)?,
+                Op::OutboxForget { webhook } => outbox.forget(webhook)?,
                 Op::Update { id, group } => {
                     let id = id.as_u128();
                     groups
@@ -387,8 +457,86 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), SpoolError> {
                 }
             }
         }
+        outbox.finish()?;
     }
-    txn.commit().map_err(storage)
+    txn.commit().map_err(storage)?;
+    Ok(outbox_last)
+}
+
+/// The outbox tables within one write transaction.
+struct Outbox<'t> {
+    entries: redb::Table<'t, u64, &'static [u8]>,
+    state: redb::Table<'t, &'static str, u64>,
+    /// The last sequence number given, once read.
+    last: Option<u64>,
+    /// Whether a cursor moved or went, so that the outbox may be trimmed.
+    cursors_changed: bool,
+}
+
+impl<'t> Outbox<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Outbox<'t>, SpoolError> {
+        Ok(Outbox {
+            entries: txn.open_table(OUTBOX).map_err(storage)?,
+            state: txn.open_table(OUTBOX_STATE).map_err(storage)?,
+            last: None,
+            cursors_changed: false,
+        })
+    }
+
+    fn push(&mut self, event: &crate::event::Event) -> Result<u64, SpoolError> {
+        let last = match self.last {
+            Some(l) => l,
+            None => self
+                .state
+                .get(OUTBOX_LAST)
+                .map_err(storage)?
+                .map_or(0, |v| v.value()),
+        };
+        let seq = last + 1;
+        self.entries
+            .insert(seq, json(event)?.as_slice())
+            .map_err(storage)?;
+        self.last = Some(seq);
+        Ok(seq)
+    }
+
+    fn set_cursor(&mut self, webhook: &str, seq: u64) -> Result<(), SpoolError> {
+        let key = format!("{CURSOR_PREFIX}{webhook}");
+        self.state.insert(key.as_str(), seq).map_err(storage)?;
+        self.cursors_changed = true;
+        Ok(())
+    }
+
+    fn forget(&mut self, webhook: &str) -> Result<(), SpoolError> {
+        let key = format!("{CURSOR_PREFIX}{webhook}");
+        self.state.remove(key.as_str()).map_err(storage)?;
+        self.cursors_changed = true;
+        Ok(())
+    }
+
+    /// Records the last sequence number and trims what every webhook has sent (all of it
+    /// when no webhook is left).
+    fn finish(mut self) -> Result<(), SpoolError> {
+        if let Some(last) = self.last {
+            self.state.insert(OUTBOX_LAST, last).map_err(storage)?;
+        }
+        if !self.cursors_changed {
+            return Ok(());
+        }
+        let mut lowest: Option<u64> = None;
+        for entry in self.state.range(CURSOR_PREFIX..).map_err(storage)? {
+            let (key, seq) = entry.map_err(storage)?;
+            if !key.value().starts_with(CURSOR_PREFIX) {
+                break;
+            }
+            lowest = Some(lowest.map_or(seq.value(), |l| l.min(seq.value())));
+        }
+        match lowest {
+            Some(upto) => self.entries.retain_in(..=upto, |_, _| false),
+            None => self.entries.retain(|_, _| false),
+        }
+        .map_err(storage)
+    }
 }
 
 fn all_done(groups: &redb::Table<(u128, &str), &[u8]>, id: u128) -> Result<bool, SpoolError> {
@@ -543,6 +691,43 @@ impl Spool for RedbSpool {
             }
         }
         Ok(all)
+    }
+
+    fn outbox_read(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, SpoolError> {
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(OUTBOX).map_err(storage)?;
+        let mut entries = Vec::new();
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(storage)?
+            .take(limit)
+        {
+            let (seq, event) = entry.map_err(storage)?;
+            entries.push((seq.value(), event.value().to_vec()));
+        }
+        Ok(entries)
+    }
+
+    fn outbox_cursors(&self) -> Result<Vec<(String, u64)>, SpoolError> {
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(OUTBOX_STATE).map_err(storage)?;
+        let mut cursors = Vec::new();
+        for entry in table.range(CURSOR_PREFIX..).map_err(storage)? {
+            let (key, seq) = entry.map_err(storage)?;
+            match key.value().strip_prefix(CURSOR_PREFIX) {
+                Some(name) => cursors.push((name.to_string(), seq.value())),
+                None => break,
+            }
+        }
+        Ok(cursors)
+    }
+
+    fn outbox_tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tip.clone()
     }
 
     fn purge(&self, before: Timestamp) -> Result<usize, SpoolError> {
@@ -738,6 +923,99 @@ mod tests {
         assert_eq!(recovered.pending[0].id, good.envelope.id);
         // Set aside once: the next start is clean.
         assert_eq!(spool.recover().unwrap().set_aside, 0);
+    }
+
+    fn event(n: u32) -> crate::event::Event {
+        let mut e = crate::event::Event::new(
+            crate::event::Kind::Delivered,
+            Timestamp::now(),
+            format!("m{n}"),
+            format!("r{n}@x.test"),
+            "x.test".into(),
+            "s@a.test".into(),
+        );
+        e.id = format!("e{n}");
+        e
+    }
+
+    fn ids(entries: &[OutboxEntry]) -> Vec<(u64, String)> {
+        entries
+            .iter()
+            .map(|(seq, raw)| {
+                let e: crate::event::Event = serde_json::from_slice(raw).unwrap();
+                (*seq, e.id)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn outbox_keeps_events_until_every_webhook_sent_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = RedbSpool::open(dir.path()).unwrap();
+        let cursor = |webhook: &str, seq| Op::OutboxCursor {
+            webhook: webhook.into(),
+            seq,
+        };
+        spool
+            .commit(vec![cursor("a", 0), cursor("b", 0)])
+            .await
+            .unwrap();
+        // Committed with the change they tell of, numbered in commit order.
+        let m = message(&["a@x.test"]);
+        spool
+            .commit(vec![Op::Store(m), Op::Outbox(vec![event(1), event(2)])])
+            .await
+            .unwrap();
+        spool
+            .commit(vec![Op::Outbox(vec![event(3)])])
+            .await
+            .unwrap();
+        assert_eq!(*spool.outbox_tip().borrow(), 3);
+        assert_eq!(
+            ids(&spool.outbox_read(1, 10).unwrap()),
+            vec![(2, "e2".to_string()), (3, "e3".to_string())]
+        );
+        assert_eq!(spool.outbox_read(0, 1).unwrap().len(), 1);
+
+        // Trimmed only up to the slower webhook.
+        spool
+            .commit(vec![cursor("a", 3), cursor("b", 1)])
+            .await
+            .unwrap();
+        assert_eq!(ids(&spool.outbox_read(0, 10).unwrap()).len(), 2);
+        spool.commit(vec![cursor("b", 3)]).await.unwrap();
+        assert!(spool.outbox_read(0, 10).unwrap().is_empty());
+        drop(spool);
+
+        // Numbers go on after a restart with an empty outbox; cursors are kept.
+        let spool = RedbSpool::open(dir.path()).unwrap();
+        assert_eq!(*spool.outbox_tip().borrow(), 3);
+        spool
+            .commit(vec![Op::Outbox(vec![event(4)])])
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&spool.outbox_read(3, 10).unwrap()),
+            vec![(4, "e4".to_string())]
+        );
+        let mut cursors = spool.outbox_cursors().unwrap();
+        cursors.sort();
+        assert_eq!(cursors, vec![("a".into(), 3), ("b".into(), 3)]);
+
+        // With every webhook gone, nothing is kept.
+        spool
+            .commit(vec![
+                Op::OutboxForget {
+                    webhook: "a".into(),
+                },
+                Op::OutboxForget {
+                    webhook: "b".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert!(spool.outbox_cursors().unwrap().is_empty());
+        assert!(spool.outbox_read(0, 10).unwrap().is_empty());
     }
 
     #[tokio::test]
