@@ -79,7 +79,10 @@ pub struct WebhookConfig {
     /// failure up to `backoff_max`.
     #[serde(default = "WebhookConfig::default_backoff", with = "humantime_serde")]
     pub backoff: Duration,
-    #[serde(default = "WebhookConfig::default_backoff_max", with = "humantime_serde")]
+    #[serde(
+        default = "WebhookConfig::default_backoff_max",
+        with = "humantime_serde"
+    )]
     pub backoff_max: Duration,
 }
 
@@ -167,7 +170,10 @@ impl WebhookConfig {
             bail!("{}: must be greater than zero", key("timeout"));
         }
         if self.backoff.is_zero() {
-            bail!("{}: a wait of zero would hammer the receiver", key("backoff"));
+            bail!(
+                "{}: a wait of zero would hammer the receiver",
+                key("backoff")
+            );
         }
         if self.backoff_max < self.backoff {
             bail!("{}: must be at least backoff", key("backoff_max"));
@@ -1013,7 +1019,10 @@ path = "knock-data/events.jsonl"
                 "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"\nsecret = \"0123456789abcdef\"\n[[webhook]]\nname = \"a\"\nurl = \"http://y.test/\"\nsecret = \"0123456789abcdef\"",
                 "webhook[1].name",
             ),
-            ("[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"", "secret"),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"",
+                "secret",
+            ),
         ];
         for (text, key) in cases {
             let err = format!("{:#}", Config::parse(text).unwrap_err());

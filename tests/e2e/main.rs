@@ -17,3 +17,4 @@ mod protocol;
 mod security;
 mod simulate;
 mod sink;
+mod webhook;
