@@ -230,14 +230,10 @@ async fn every_event_arrives_signed_through_errors_timeouts_and_slowness() {
     rx.wait_for(&wanted, Duration::from_secs(30)).await;
 
     let taken = rx.taken();
-    let log = rx.log.lock().unwrap();
-    assert_eq!(
-        log.bad_signatures, 0,
-        "every POST is signed with the secret"
-    );
+    let bad_signatures = rx.log.lock().unwrap().bad_signatures;
+    assert_eq!(bad_signatures, 0, "every POST is signed with the secret");
     // 503, 500, 400, 429 and 502; the slow answer was taken here after knock gave up.
-    assert_eq!(log.refused, 5, "the scripted failures were met");
-    drop(log);
+    assert_eq!(rx.refused(), 5, "the scripted failures were met");
     // The native format is the log's own: each event reads as a line of it, with its id.
     let by_id: HashMap<String, Value> = world
         .events()
@@ -535,4 +531,62 @@ async fn kill_9_loses_no_committed_event_and_repeats_only_what_was_in_flight() {
     // In flight at the kill: at most max_in_flight batches of batch_size.
     assert!(duplicates <= 2 * 4, "{duplicates} duplicates");
     assert_eq!(rx.log.lock().unwrap().bad_signatures, 0);
+}
+
+/// The code block of `lang` under `docs/events.md`'s webhook section.
+fn doc_snippet(lang: &str) -> String {
+    let doc = include_str!("../../docs/events.md");
+    let start = doc
+        .find(&format!("```{lang}\n"))
+        .unwrap_or_else(|| panic!("no {lang} snippet in docs/events.md"))
+        + lang.len()
+        + 4;
+    let end = start + doc[start..].find("```").unwrap();
+    doc[start..end].to_string()
+}
+
+/// The verification snippets of docs/events.md accept knock's signature and refuse a
+/// changed body, a wrong secret and an old timestamp.
+#[test]
+fn the_documented_snippets_verify_knocks_signatures() {
+    let body = br#"[{"id":"x","event":"delivered","recipient":"caf\u00e9@rx.test"}]"#;
+    let now = knock::time::Timestamp::now().millis() / 1000;
+    let signature = knock::surface::webhook::sign(SECRET.as_bytes(), now, body);
+    let old = now - 3600;
+    let old_signature = knock::surface::webhook::sign(SECRET.as_bytes(), old, body);
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    let python = format!(
+        "{}\nbody = {body:?}.encode()\nprint(verify(b{SECRET:?}, '{now}', body, '{signature}'), \
+         verify(b{SECRET:?}, '{now}', body + b' ', '{signature}'), \
+         verify(b'another-secret-entirely', '{now}', body, '{signature}'), \
+         verify(b{SECRET:?}, '{old}', body, '{old_signature}'))\n",
+        doc_snippet("python")
+    );
+    let out = Command::new("python3")
+        .args(["-c", &python])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True False False False",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = format!(
+        "{}\nconst body = Buffer.from({body:?});\nconsole.log([verify({SECRET:?}, '{now}', body, '{signature}'), \
+         verify({SECRET:?}, '{now}', Buffer.concat([body, Buffer.from(' ')]), '{signature}'), \
+         verify('another-secret-entirely', '{now}', body, '{signature}'), \
+         verify({SECRET:?}, '{old}', body, '{old_signature}')].join(' '));\n",
+        doc_snippet("javascript")
+    );
+    let out = Command::new("node")
+        .args(["-e", &node])
+        .output()
+        .expect("node (the machine's Node.js) runs the JavaScript snippet");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "true false false false",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
