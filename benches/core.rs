@@ -34,6 +34,7 @@ fn with_waiting(n: usize) -> Scheduler {
                 deferred: 1,
                 next_attempt: T0 + Duration::from_secs(60 + (i as u64 * 86_400) / n as u64),
                 mailbox: Some(i as u64),
+                not_before: None,
             })
         })
         .collect();

@@ -20,6 +20,8 @@ pub struct Failure {
     pub outcome: Outcome,
     pub mx: Option<String>,
     pub state: State,
+    /// Returned by the operator (`knock bounce`), not refused by a receiver.
+    pub operator: bool,
 }
 
 /// The DSN for `failed` recipients of `envelope`, made at `now`, ready for the spool.
@@ -96,6 +98,7 @@ fn human_text(hostname: &str, envelope: &Envelope, failed: &[Failure]) -> String
     );
     for f in failed {
         let why = match f.state {
+            _ if f.operator => "returned by the operator of this mail system",
             State::Expired => {
                 "gave up after the message stayed in the queue too long; the last attempt said"
             }
@@ -198,6 +201,7 @@ mod tests {
             recipient: "nobody@b.test".into(),
             outcome: crate::policy::classify::Classifier::default().reply(&reply),
             mx: Some("mx.b.test".into()),
+            operator: false,
             state: State::Bounced,
         }];
         let original =
@@ -246,6 +250,7 @@ mod tests {
                 )),
             ),
             mx: None,
+            operator: false,
             state: State::Expired,
         }];
         assert!(build("knock.test", &envelope(""), b"", &failed, Timestamp(0)).is_none());

@@ -84,6 +84,7 @@ impl From<crate::message::State> for Kind {
             State::Bounced => Kind::Bounced,
             State::Expired => Kind::Expired,
             State::Suppressed => Kind::Suppressed,
+            State::Cancelled => Kind::Cancelled,
         }
     }
 }

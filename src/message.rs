@@ -46,13 +46,19 @@ pub enum State {
     Expired,
     /// On the suppression list when the message came in: never sent.
     Suppressed,
+    /// An operator removed it from the queue without a bounce.
+    Cancelled,
 }
 
 impl State {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            State::Delivered | State::Bounced | State::Expired | State::Suppressed
+            State::Delivered
+                | State::Bounced
+                | State::Expired
+                | State::Suppressed
+                | State::Cancelled
         )
     }
 
@@ -64,6 +70,7 @@ impl State {
             State::Bounced => "bounced",
             State::Expired => "expired",
             State::Suppressed => "suppressed",
+            State::Cancelled => "cancelled",
         }
     }
 }
@@ -169,6 +176,17 @@ impl Group {
 
     pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
         self.recipients.iter().filter(|r| !r.state.is_final())
+    }
+
+    /// The group's next attempt when its last one was greylisted: a retry asked for by an
+    /// operator comes no earlier (the receiver would only greylist again).
+    pub fn greylisted_until(&self) -> Option<Timestamp> {
+        let greylisted = self.pending().any(|r| {
+            r.attempts
+                .last()
+                .is_some_and(|a| a.class == Some(crate::outcome::Class::Greylist))
+        });
+        self.next_attempt.filter(|_| greylisted)
     }
 
     /// The mailbox of a group with one pending recipient, as a number (the same for the

@@ -122,6 +122,18 @@ impl Driver {
             Command::Destinations { reply } => {
                 let _ = reply.send(self.core.destination_views(self.clock.now()));
             }
+            Command::Steer { op, reply } => {
+                let steered = self.core.steer(op, self.clock.now());
+                for effect in self.core.take_effects() {
+                    if let Some(input) = self.effect(effect, &mut None) {
+                        self.feed(input, None);
+                    }
+                }
+                let _ = reply.send(steered);
+            }
+            Command::Suspensions { reply } => {
+                let _ = reply.send(self.core.suspensions());
+            }
         }
     }
 

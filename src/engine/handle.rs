@@ -3,7 +3,8 @@
 //! touch queue state.
 
 use crate::engine::scheduler::{
-    Delivery, DestinationView, DomainSummary, Input, Job, Queued, WorkerId,
+    Delivery, DestinationView, DomainSummary, Input, Job, Queued, Steer, Steered, Suspension,
+    Target, WorkerId,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -29,6 +30,14 @@ pub enum Command {
     },
     Destinations {
         reply: oneshot::Sender<Vec<DestinationView>>,
+    },
+    /// An operator's operation on the queue.
+    Steer {
+        op: Steer,
+        reply: oneshot::Sender<Steered>,
+    },
+    Suspensions {
+        reply: oneshot::Sender<Vec<(Target, Suspension)>>,
     },
 }
 
@@ -78,6 +87,21 @@ impl SchedulerHandle {
     pub async fn summary(&self) -> Vec<DomainSummary> {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Summary { reply }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Carries out an operator's operation; `None` when the scheduler is gone.
+    pub async fn steer(&self, op: Steer) -> Option<Steered> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Steer { op, reply }).ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn suspensions(&self) -> Vec<(Target, Suspension)> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Suspensions { reply }).is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()

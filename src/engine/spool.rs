@@ -113,6 +113,8 @@ pub struct Waiting {
     pub next_attempt: Timestamp,
     /// Its one pending recipient's mailbox ([`Group::mailbox`]), if it has only one.
     pub mailbox: Option<u64>,
+    /// No retry before this: the last attempt was greylisted ([`Group::greylisted_until`]).
+    pub not_before: Option<Timestamp>,
 }
 
 /// A message's record: its envelope and every group, final or not.
@@ -657,6 +659,7 @@ impl Spool for RedbSpool {
                             deferred,
                             next_attempt,
                             mailbox: group.mailbox(),
+                            not_before: group.greylisted_until(),
                         });
                     }
                     None => {

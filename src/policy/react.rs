@@ -27,6 +27,7 @@ use crate::policy::shaping::Report;
 use crate::policy::suppress::Suppression;
 use crate::reply::Enhanced;
 use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The rules reactions follow, from the configuration.
@@ -327,6 +328,7 @@ pub fn apply(
                     outcome: o,
                     mx: at.mx.clone(),
                     state,
+                    operator: false,
                 });
             }
         }
@@ -399,8 +401,84 @@ pub fn expire(envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated 
             recipient: rcpt.address.clone(),
             mx,
             outcome,
+            operator: false,
             state: State::Expired,
         });
+    }
+    group.next_attempt = None;
+    Updated {
+        group,
+        events,
+        failed,
+        suppress: Vec::new(),
+    }
+}
+
+/// How an operator ends a recipient's stay in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ending {
+    /// Removed without a bounce: `cancelled`.
+    Cancel,
+    /// Bounced: `bounced`, with a DSN to the sender when `dsn`.
+    Bounce { dsn: bool },
+}
+
+/// Ends every pending recipient of `group` as the operator asked (`actor` did it): each
+/// gets its event, and a bounce with `dsn` its DSN entry.
+pub fn end_by_operator(
+    envelope: &Envelope,
+    mut group: Group,
+    how: &Ending,
+    actor: &str,
+    now: Timestamp,
+) -> Updated {
+    let mut events = Vec::new();
+    let mut failed = Vec::new();
+    for rcpt in group.recipients.iter_mut().filter(|r| !r.state.is_final()) {
+        let (state, kind, enhanced, text) = match how {
+            Ending::Cancel => (
+                State::Cancelled,
+                Kind::Cancelled,
+                None,
+                format!("cancelled by the operator ({actor})"),
+            ),
+            Ending::Bounce { .. } => (
+                State::Bounced,
+                Kind::Bounced,
+                Some(Enhanced::new(5, 0, 0)),
+                format!("bounced by the operator ({actor})"),
+            ),
+        };
+        rcpt.state = state;
+        let mut event = Event::new(
+            kind,
+            now,
+            envelope.id.to_string(),
+            rcpt.address.clone(),
+            group.domain.clone(),
+            envelope.from.clone(),
+        );
+        event.attempt = Some(rcpt.attempts.len() as u32);
+        event.enhanced = enhanced;
+        event.text = Some(text.clone());
+        event.actor = Some(actor.to_string());
+        events.push(event);
+        if matches!(how, Ending::Bounce { dsn: true }) {
+            failed.push(dsn::Failure {
+                recipient: rcpt.address.clone(),
+                outcome: Outcome {
+                    disposition: Disposition::Permanent,
+                    class: None,
+                    code: None,
+                    enhanced,
+                    text,
+                    failure: None,
+                },
+                mx: None,
+                state,
+                operator: true,
+            });
+        }
     }
     group.next_attempt = None;
     Updated {

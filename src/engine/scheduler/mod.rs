@@ -22,10 +22,12 @@
 mod destination;
 mod mailbox;
 mod ready;
+mod steer;
 
 pub use destination::Destination;
 use mailbox::{Admit, Mailboxes};
 pub use ready::{Placed, ReadyQueue};
+pub use steer::{Selector, Steer, Steered, Suspension, Target};
 
 use crate::config::Config;
 use crate::engine::spool::Waiting;
@@ -84,6 +86,7 @@ impl Queued {
                 deferred,
                 next_attempt,
                 mailbox: group.mailbox(),
+                not_before: group.greylisted_until(),
             },
             held: Some(Held {
                 envelope,
@@ -285,6 +288,10 @@ pub struct DomainSummary {
     pub queued: usize,
     pub deferred: usize,
     pub in_flight: usize,
+    /// Recipients waiting because an operator suspended their provider or domain or held
+    /// their message.
+    #[serde(default)]
+    pub suspended: usize,
     pub oldest_age_seconds: u64,
     pub next_attempt: Option<Timestamp>,
 }
@@ -324,6 +331,8 @@ struct Entry {
     /// The attempts of a new state handed out to persist and not yet acknowledged: until
     /// then the memory copy is the only current one.
     uncommitted: Option<usize>,
+    /// Greylisted at its last attempt: an operator's retry comes no earlier than this.
+    not_before: Option<Timestamp>,
 }
 
 struct Worker {
@@ -382,6 +391,13 @@ pub struct Scheduler {
     /// Mailboxes refused for their own rate, and the groups they hold back.
     mailboxes: Mailboxes,
     next_sweep: Option<Timestamp>,
+    /// What operators suspended (providers, domains, held messages), and the groups
+    /// parked for it: out of the due index and the ready queues until resumed.
+    suspensions: BTreeMap<steer::Target, steer::Suspension>,
+    parked: HashSet<Key>,
+    /// Groups an operator is cancelling or bouncing, waiting for their attempt to report
+    /// or to be read back; and who asked.
+    ending: HashMap<Key, (react::Ending, String)>,
     stopping: bool,
     out: Vec<Effect>,
 }
@@ -407,6 +423,9 @@ impl Scheduler {
             wakes: BTreeSet::new(),
             mailboxes: Mailboxes::new(),
             next_sweep: None,
+            suspensions: BTreeMap::new(),
+            parked: HashSet::new(),
+            ending: HashMap::new(),
             stopping: false,
             out: Vec::new(),
         }
@@ -445,6 +464,8 @@ impl Scheduler {
                 let key = (id, self.intern(&domain));
                 self.probe_lost(&key);
                 self.entries.remove(&key);
+                self.parked.remove(&key);
+                self.ending.remove(&key);
             }
             Input::Unreadable { worker, id, domain } => {
                 self.job_over(worker);
@@ -455,7 +476,10 @@ impl Scheduler {
             Input::Loaded(held) => {
                 let key = (held.envelope.id, self.intern(&held.group.domain));
                 if self.entries.get(&key).is_some_and(|e| e.in_flight) {
-                    self.expire_loaded(held, now);
+                    match self.ending.contains_key(&key) {
+                        true => self.end_loaded(held, now),
+                        false => self.expire_loaded(held, now),
+                    }
                 }
             }
             Input::Committed {
@@ -557,6 +581,7 @@ impl Scheduler {
                 mailbox: w.mailbox,
                 in_flight: false,
                 uncommitted: None,
+                not_before: w.not_before,
             },
         );
     }
@@ -643,6 +668,10 @@ impl Scheduler {
     /// Appends a group to a ready queue; far back in the queue, its memory copy goes if
     /// the spool has its current state.
     fn make_ready(&mut self, ix: usize, key: Key) {
+        if self.suspended(&key, Some(&self.destinations[ix].name)) {
+            self.park(key);
+            return;
+        }
         let placed = self.destinations[ix].ready.push_back(key.clone());
         if placed == Placed::Cold
             && let Some(entry) = self.entries.get_mut(&key)
@@ -1015,6 +1044,7 @@ impl Scheduler {
             outcomes,
             || rng.f64(),
         );
+        let updated = self.end_after_attempt(&key, &held.envelope, updated, now);
         let pending = self.finish(&held.envelope, &updated.group);
         self.out.push(Effect::Persist(Box::new(Persist {
             envelope: held.envelope,
@@ -1036,6 +1066,7 @@ impl Scheduler {
                 let entry = self.entries.get_mut(&key)?;
                 (entry.pending, entry.deferred) = group.counts();
                 entry.mailbox = group.mailbox();
+                entry.not_before = group.greylisted_until();
                 entry.held = Some(Box::new(Held {
                     envelope: envelope.clone(),
                     group: group.clone(),
@@ -1080,6 +1111,21 @@ impl Scheduler {
                 None => false,
             });
         }
+        // Suspended groups expire as waiting ones do.
+        let parked: Vec<Key> = self
+            .parked
+            .iter()
+            .filter(|k| {
+                self.entries
+                    .get(*k)
+                    .is_some_and(|e| !e.in_flight && e.received_at + max_age <= now)
+            })
+            .cloned()
+            .collect();
+        for key in &parked {
+            self.parked.remove(key);
+        }
+        expired.extend(parked);
         for key in expired {
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
@@ -1109,13 +1155,15 @@ impl Scheduler {
 
     pub fn summary(&self, now: Timestamp) -> Vec<DomainSummary> {
         let mut by_domain: BTreeMap<&str, DomainSummary> = BTreeMap::new();
-        for ((_, domain), entry) in &self.entries {
+        for (key, entry) in &self.entries {
+            let domain = &key.1;
             let s = by_domain.entry(&**domain).or_insert_with(|| DomainSummary {
                 domain: domain.to_string(),
                 provider: self.provider_of.get(domain).map(|(p, _)| p.to_string()),
                 queued: 0,
                 deferred: 0,
                 in_flight: 0,
+                suspended: 0,
                 oldest_age_seconds: 0,
                 next_attempt: None,
             });
@@ -1124,10 +1172,14 @@ impl Scheduler {
             if entry.in_flight {
                 s.in_flight += entry.pending as usize;
             }
+            let parked = self.parked.contains(key);
+            if parked {
+                s.suspended += entry.pending as usize;
+            }
             s.oldest_age_seconds = s
                 .oldest_age_seconds
                 .max(now.since(entry.received_at).as_secs());
-            if !entry.in_flight {
+            if !entry.in_flight && !parked {
                 s.next_attempt = Some(s.next_attempt.map_or(entry.due, |t| t.min(entry.due)));
             }
         }

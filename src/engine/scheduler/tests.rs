@@ -741,3 +741,242 @@ fn a_mailbox_probe_that_says_nothing_of_the_rate_lets_another_go() {
     next.extend(jobs(h.advance(SEC)));
     assert_eq!(next.len(), 1, "another probe: {next:?}");
 }
+
+fn suspension() -> Suspension {
+    Suspension {
+        reason: "maintenance".into(),
+        actor: "ops".into(),
+        since: T0,
+    }
+}
+
+#[test]
+fn a_suspended_provider_sends_nothing_keeps_its_mail_and_resumes_at_its_pace() {
+    let mut h = Harness::new(policy(|c| {
+        c.shaping.insert(
+            "pa".into(),
+            crate::config::ShapingConfig {
+                rate: Some("1/s".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+    }));
+    let s = h.core.steer(
+        Steer::Suspend {
+            target: Target::Provider("pa".into()),
+            suspension: suspension(),
+        },
+        h.now,
+    );
+    assert_eq!(s.groups, 0);
+    // New mail for the provider waits; another provider's goes.
+    let mut started = jobs(h.queue(1, &["u@a.test"]));
+    for n in 2..=5 {
+        started.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
+    }
+    assert!(started.is_empty(), "{started:?}");
+    assert_eq!(jobs(h.queue(9, &["u@b.test"])).len(), 1);
+    assert!(jobs(h.advance(MIN)).is_empty());
+    let summary = h.core.summary(h.now);
+    let a = summary.iter().find(|s| s.domain == "a.test").unwrap();
+    assert_eq!((a.suspended, a.next_attempt), (5, None));
+    // A dry run counts; a resume lets them go at the configured rate, not at once.
+    let dry = h.core.steer(
+        Steer::Retry {
+            selector: Selector {
+                provider: Some("pa".into()),
+                ..Default::default()
+            },
+            dry_run: true,
+        },
+        h.now,
+    );
+    assert_eq!(dry.groups, 0, "suspended mail is not retried");
+    let s = h.core.steer(
+        Steer::Resume {
+            target: Target::Provider("pa".into()),
+        },
+        h.now,
+    );
+    assert_eq!((s.groups, s.recipients), (5, 5));
+    // Each delivery reported as it starts: when each start came, in seconds after resume.
+    let resumed = h.now;
+    let mut starts = Vec::new();
+    let mut pending = jobs(h.core.take_effects());
+    while starts.len() < 5 {
+        for (w, mut job) in std::mem::take(&mut pending) {
+            starts.push(h.now.since(resumed).as_secs());
+            // Parked, its memory copy went: the worker would read it from the spool.
+            assert!(job.held.is_none());
+            let n = job.id.as_u128();
+            let rcpt = match n {
+                1 => "u@a.test".to_string(),
+                n => format!("u{n}@a.test"),
+            };
+            job.held = message(n, &[&rcpt], T0).held;
+            pending.extend(jobs(h.report(w, job, &["250 2.0.0 Ok"])));
+        }
+        pending.extend(jobs(h.advance(SEC / 10)));
+        assert!(h.now < resumed + MIN, "not all resumed: {starts:?}");
+    }
+    assert_eq!(
+        starts,
+        vec![0, 1, 2, 3, 4],
+        "one at once, then one a second"
+    );
+}
+
+#[test]
+fn suspended_mail_still_expires() {
+    let mut h = Harness::new(policy(|c| c.retry.max_age = 30 * MIN));
+    h.core.steer(
+        Steer::Suspend {
+            target: Target::Domain("a.test".into()),
+            suspension: suspension(),
+        },
+        h.now,
+    );
+    assert!(jobs(h.queue(1, &["u@a.test"])).is_empty());
+    let effects = h.advance(40 * MIN);
+    // Parked, its memory copy went (the spool has it): it is read back to expire.
+    assert!(
+        matches!(effects.as_slice(), [Effect::Load { domain, .. }] if domain == "a.test"),
+        "{effects:?}"
+    );
+    let held = message(1, &["u@a.test"], T0).held.unwrap();
+    let effects = h.input(Input::Loaded(held));
+    let p = persists(&effects);
+    assert_eq!(p.len(), 1, "{effects:?}");
+    assert_eq!(p[0].updated.events[0].event, crate::event::Kind::Expired);
+    assert!(h.core.is_empty());
+}
+
+#[test]
+fn a_held_message_waits_and_the_others_of_its_domain_go() {
+    let mut h = Harness::new(policy(|_| {}));
+    h.core.steer(
+        Steer::Suspend {
+            target: Target::Message(uuid::Uuid::from_u128(1)),
+            suspension: suspension(),
+        },
+        h.now,
+    );
+    assert!(jobs(h.queue(1, &["u@a.test"])).is_empty());
+    assert_eq!(jobs(h.queue(2, &["v@a.test"])).len(), 1);
+    h.core.steer(
+        Steer::Resume {
+            target: Target::Message(uuid::Uuid::from_u128(1)),
+        },
+        h.now,
+    );
+    let (_, job) = one_job(h.core.take_effects());
+    assert_eq!(job.id, uuid::Uuid::from_u128(1));
+}
+
+#[test]
+fn retry_now_goes_through_the_shaping_and_never_before_a_greylisting() {
+    let mut h = Harness::new(policy(|_| {}));
+    let (w, job) = one_job(h.queue(1, &["u@a.test"]));
+    h.report(w, job, &["451 4.3.0 Temporary failure"]);
+    let (w, job) = one_job(h.queue(2, &["v@a.test"]));
+    let greylisted =
+        deferred_until(&h.report(w, job, &["450 4.2.0 Greylisted, see http://postgrey/help"]));
+    h.now += 10 * SEC;
+    let all = Selector::default();
+    let dry = h.core.steer(
+        Steer::Retry {
+            selector: all.clone(),
+            dry_run: true,
+        },
+        h.now,
+    );
+    assert_eq!(
+        (dry.groups, dry.greylisted, dry.not_before),
+        (2, 1, Some(greylisted))
+    );
+    assert!(
+        h.core.take_effects().is_empty(),
+        "a dry run changes nothing"
+    );
+    h.core.steer(
+        Steer::Retry {
+            selector: all,
+            dry_run: false,
+        },
+        h.now,
+    );
+    let (_, job) = one_job(h.core.take_effects());
+    assert_eq!(job.id, uuid::Uuid::from_u128(1), "the greylisted one waits");
+}
+
+#[test]
+fn cancel_and_bounce_end_waiting_groups_at_once_and_in_flight_ones_after_their_attempt() {
+    let mut h = Harness::new(policy(|_| {}));
+    let (w, job) = one_job(h.queue(1, &["u@a.test", "v@a.test"]));
+    h.report(w, job, &["451 4.3.0 Temporary failure"]);
+    let (_, in_flight) = one_job(h.queue(2, &["w@b.test"]));
+    let dry = h.core.steer(
+        Steer::End {
+            selector: Selector::default(),
+            how: react::Ending::Cancel,
+            actor: "ops".into(),
+            dry_run: true,
+        },
+        h.now,
+    );
+    assert_eq!((dry.groups, dry.recipients, dry.in_flight), (2, 3, 1));
+    assert!(h.core.take_effects().is_empty());
+    // The waiting group is cancelled at once (it is held in memory: no read).
+    let s = h.core.steer(
+        Steer::End {
+            selector: Selector {
+                domain: Some("a.test".into()),
+                ..Default::default()
+            },
+            how: react::Ending::Cancel,
+            actor: "ops".into(),
+            dry_run: false,
+        },
+        h.now,
+    );
+    assert_eq!(s.recipients, 2);
+    let effects = h.core.take_effects();
+    let p = persists(&effects);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].updated.group.is_done());
+    assert!(p[0].updated.failed.is_empty(), "a cancel sends no DSN");
+    let kinds: Vec<_> = p[0]
+        .updated
+        .events
+        .iter()
+        .map(|e| (e.event, e.actor.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(crate::event::Kind::Cancelled, Some("ops".into())); 2]
+    );
+    // The one in flight is bounced (with a DSN) once its attempt reports a deferral.
+    h.core.steer(
+        Steer::End {
+            selector: Selector {
+                messages: vec![uuid::Uuid::from_u128(2)],
+                ..Default::default()
+            },
+            how: react::Ending::Bounce { dsn: true },
+            actor: "ops".into(),
+            dry_run: false,
+        },
+        h.now,
+    );
+    assert!(persists(&h.core.take_effects()).is_empty());
+    let effects = h.report(WorkerId(1), in_flight, &["451 4.3.0 Temporary failure"]);
+    let p = persists(&effects);
+    let kinds: Vec<_> = p[0].updated.events.iter().map(|e| e.event).collect();
+    assert_eq!(
+        kinds,
+        vec![crate::event::Kind::Deferred, crate::event::Kind::Bounced]
+    );
+    assert_eq!(p[0].updated.failed.len(), 1, "the DSN's entry");
+    assert!(p[0].updated.failed[0].operator);
+    assert!(h.core.is_empty());
+}
