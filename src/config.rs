@@ -420,9 +420,39 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Clients here need no token; everyone else must send `Authorization: Bearer <token>`.
     pub trusted_networks: Vec<IpNet>,
-    /// Bearer tokens the API accepts (`KNOCK_API_TOKEN` in the environment adds one).
-    /// Never logged.
-    pub tokens: Vec<String>,
+    /// Bearer tokens the API accepts (`KNOCK_API_TOKEN` in the environment adds one):
+    /// `"secret"` or `{ name = "alice", token = "secret" }`, the name saying who did an
+    /// operator's action. Never logged.
+    pub tokens: Vec<Token>,
+}
+
+/// An API token, named or not.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Token {
+    Plain(String),
+    Named { name: String, token: String },
+}
+
+impl From<&str> for Token {
+    fn from(token: &str) -> Token {
+        Token::Plain(token.to_string())
+    }
+}
+
+impl Token {
+    pub fn secret(&self) -> &str {
+        match self {
+            Token::Plain(t) | Token::Named { token: t, .. } => t,
+        }
+    }
+}
+
+/// A token and the name actions taken with it are recorded under.
+#[derive(Clone)]
+pub struct NamedToken {
+    pub name: String,
+    pub token: String,
 }
 
 /// The environment variable that adds an API token (and that the client subcommands send).
@@ -444,13 +474,29 @@ impl HttpConfig {
         self.trusted_networks.iter().any(|net| net.contains(&ip))
     }
 
-    /// The configured tokens and the one from the environment, if any.
-    pub fn all_tokens(&self) -> Vec<String> {
-        let mut tokens = self.tokens.clone();
+    /// The configured tokens and the one from the environment, if any, with their names:
+    /// a token without one is `token-N` (its place in the list, from 1), the
+    /// environment's is `env`.
+    pub fn all_tokens(&self) -> Vec<NamedToken> {
+        let mut tokens: Vec<NamedToken> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| NamedToken {
+                name: match t {
+                    Token::Named { name, .. } => name.clone(),
+                    Token::Plain(_) => format!("token-{}", i + 1),
+                },
+                token: t.secret().to_string(),
+            })
+            .collect();
         if let Ok(t) = std::env::var(TOKEN_ENV)
             && !t.is_empty()
         {
-            tokens.push(t);
+            tokens.push(NamedToken {
+                name: "env".into(),
+                token: t,
+            });
         }
         tokens
     }
@@ -721,8 +767,15 @@ impl Config {
                 self.http.listen
             );
         }
-        if self.http.tokens.iter().any(|t| t.len() < 16) {
-            bail!("http.tokens: a token must be at least 16 characters");
+        for (i, t) in self.http.tokens.iter().enumerate() {
+            if t.secret().len() < 16 {
+                bail!("http.tokens[{i}]: a token must be at least 16 characters");
+            }
+            if let Token::Named { name, .. } = t
+                && name.trim().is_empty()
+            {
+                bail!("http.tokens[{i}].name: must not be empty");
+            }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("tls.cert and tls.key: set both or neither");

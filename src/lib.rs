@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | owns |
 //! | --- | --- | --- |
-//! | vocabulary | [`time`], [`config`], [`address`], [`reply`], [`outcome`], [`message`], [`event`], [`metrics`], [`dsn`] | the plain types everything speaks: timestamps and the engine's clock, the configuration, addresses, replies, outcomes and typed failures, messages and attempts, events and the metrics counted from them, DSNs |
+//! | vocabulary | [`time`], [`config`], [`address`], [`reply`], [`outcome`], [`message`], [`event`], [`metrics`], [`dsn`], [`control`] | the plain types everything speaks: timestamps and the engine's clock, the configuration, addresses, replies, outcomes and typed failures, messages and attempts, events and the metrics counted from them, DSNs, an operator's operations on the queue |
 //! | protocol and network | [`net`]: [`net::smtp`] ([`net::smtp::wire`], [`net::smtp::server`], [`net::smtp::client`]), [`net::transport`], [`net::resolve`], [`net::tls`], [`net::auth`], [`net::limit`] | SMTP both ways, the `Transport` and `Resolver` seams, STARTTLS, AUTH, per-client limits |
 //! | policy | [`policy`]: [`policy::classify`], [`policy::logline`], [`policy::schedule`], [`policy::shaping`], [`policy::react`], [`policy::provider`], [`policy::suppress`] | what a reply means, when to try again, how fast to send, which knob an outcome turns, providers, suppressions |
 //! | engine core | [`engine`]: [`engine::ingest`], [`engine::spool`], [`engine::scheduler`], [`engine::driver`], [`engine::handle`], [`engine::dispatch`] | taking mail in, keeping it, the scheduler state machine, running it on wall time, delivering |
@@ -21,6 +21,7 @@
 
 pub mod address;
 pub mod config;
+pub mod control;
 pub mod dsn;
 pub mod engine;
 pub mod event;

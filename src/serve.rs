@@ -149,6 +149,23 @@ impl Engine {
             groups = recovered.pending.len(),
             "recovered the queue from the spool"
         );
+        let operator = Arc::new(crate::engine::operator::Operator {
+            spool: spool.clone(),
+            scheduler: handle.clone(),
+            events: events.clone(),
+            clock,
+        });
+        // Suspensions first, so that suspended mail waits from the start.
+        let restored = operator
+            .restore()
+            .await
+            .context("restoring the suspensions kept in the spool")?;
+        if restored > 0 {
+            tracing::info!(
+                suspensions = restored,
+                "operators' suspensions and holds restored"
+            );
+        }
         handle.enqueue(recovered.pending.into_iter().map(Queued::from).collect());
 
         let intake = Arc::new(Intake {
@@ -168,6 +185,7 @@ impl Engine {
         )));
         let app = api::router(Arc::new(ApiState {
             intake,
+            operator,
             events_path: config.events.path.clone(),
             trusted_networks: config.http.trusted_networks.clone(),
             tokens: config.http.all_tokens(),

@@ -2,9 +2,9 @@
 //! behind a cloneable [`SchedulerHandle`]. The only way the intake, the API and the workers
 //! touch queue state.
 
+use crate::control::{Steer, Steered, Suspension, Target};
 use crate::engine::scheduler::{
-    Delivery, DestinationView, DomainSummary, Input, Job, Queued, Steer, Steered, Suspension,
-    Target, WorkerId,
+    Delivery, DestinationView, DomainSummary, Input, Job, Queued, WorkerId,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 

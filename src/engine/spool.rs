@@ -37,6 +37,8 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// last event it has sent, or skipped as not its kind).
 const OUTBOX_STATE: TableDefinition<&str, u64> = TableDefinition::new("outbox_state");
 const OUTBOX_LAST: &str = "last";
+/// What operators suspended (providers, domains) or held (messages): target key → why.
+const SUSPENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("suspended");
 const CURSOR_PREFIX: &str = "cursor/";
 
 /// Most writes committed together in one transaction.
@@ -85,6 +87,13 @@ pub enum Op {
     OutboxCursor { webhook: String, seq: u64 },
     /// A webhook is gone from the configuration: its cursor no longer holds events back.
     OutboxForget { webhook: String },
+    /// An operator suspended a provider or a domain, or held a message.
+    Suspend {
+        target: crate::control::Target,
+        suspension: crate::control::Suspension,
+    },
+    /// The suspension or hold ends.
+    Resume { target: crate::control::Target },
 }
 
 /// One event in the outbox: its sequence number and the event as JSON.
@@ -144,6 +153,12 @@ pub trait Spool: Send + Sync + 'static {
     fn outbox_read(&self, _after: u64, _limit: usize) -> Result<Vec<OutboxEntry>, SpoolError> {
         Ok(Vec::new())
     }
+    /// The suspensions and holds in force.
+    fn suspended(
+        &self,
+    ) -> Result<Vec<(crate::control::Target, crate::control::Suspension)>, SpoolError> {
+        Ok(Vec::new())
+    }
     /// Every webhook cursor in the outbox, by webhook name.
     fn outbox_cursors(&self) -> Result<Vec<(String, u64)>, SpoolError> {
         Ok(Vec::new())
@@ -166,6 +181,7 @@ impl Batch {
     /// Whether someone waits for this write: anything but the outcome of an attempt (and
     /// the events that come with it) or a webhook's progress.
     fn urgent(&self) -> bool {
+        // (A suspension is urgent: the operator waits for it.)
         self.ops.iter().any(|op| {
             !matches!(
                 op,
@@ -207,6 +223,7 @@ impl RedbSpool {
             txn.open_table(SUPPRESSIONS).map_err(storage)?;
             txn.open_table(OUTBOX).map_err(storage)?;
             txn.open_table(OUTBOX_STATE).map_err(storage)?;
+            txn.open_table(SUSPENDED).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let last = {
@@ -392,6 +409,7 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
         let mut groups = txn.open_table(GROUPS).map_err(storage)?;
         let mut history = txn.open_table(HISTORY).map_err(storage)?;
         let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(storage)?;
+        let mut suspended = txn.open_table(SUSPENDED).map_err(storage)?;
         for op in batches.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::Store(m) => {
@@ -434,6 +452,14 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
                 }
                 Op::OutboxCursor { webhook, seq } => outbox.set_cursor(webhook, *seq)?,
                 Op::OutboxForget { webhook } => outbox.forget(webhook)?,
+                Op::Suspend { target, suspension } => {
+                    suspended
+                        .insert(target.key().as_str(), json(suspension)?.as_slice())
+                        .map_err(storage)?;
+                }
+                Op::Resume { target } => {
+                    suspended.remove(target.key().as_str()).map_err(storage)?;
+                }
                 Op::Update { id, group } => {
                     let id = id.as_u128();
                     groups
@@ -711,6 +737,25 @@ impl Spool for RedbSpool {
             entries.push((seq.value(), event.value().to_vec()));
         }
         Ok(entries)
+    }
+
+    fn suspended(
+        &self,
+    ) -> Result<Vec<(crate::control::Target, crate::control::Suspension)>, SpoolError> {
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SUSPENDED).map_err(storage)?;
+        let mut all = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let target = crate::control::Target::from_key(k.value());
+            match (target, serde_json::from_slice(v.value())) {
+                (Some(t), Ok(s)) => all.push((t, s)),
+                _ => tracing::error!(key = k.value(), "unreadable suspension skipped"),
+            }
+        }
+        Ok(all)
     }
 
     fn outbox_cursors(&self) -> Result<Vec<(String, u64)>, SpoolError> {

@@ -17,6 +17,7 @@
 //! and a random roll, all passed in: the scheduler core calls it on wall time in the
 //! engine and on virtual time in `knock simulate`.
 
+use crate::control::Ending;
 use crate::dsn;
 use crate::event::{Event, Kind};
 use crate::message::{Attempt, Envelope, Group, Recipient, State};
@@ -27,7 +28,6 @@ use crate::policy::shaping::Report;
 use crate::policy::suppress::Suppression;
 use crate::reply::Enhanced;
 use crate::time::Timestamp;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The rules reactions follow, from the configuration.
@@ -412,15 +412,6 @@ pub fn expire(envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated 
         failed,
         suppress: Vec::new(),
     }
-}
-
-/// How an operator ends a recipient's stay in the queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Ending {
-    /// Removed without a bounce: `cancelled`.
-    Cancel,
-    /// Bounced: `bounced`, with a DSN to the sender when `dsn`.
-    Bounce { dsn: bool },
 }
 
 /// Ends every pending recipient of `group` as the operator asked (`actor` did it): each

@@ -27,7 +27,6 @@ mod steer;
 pub use destination::Destination;
 use mailbox::{Admit, Mailboxes};
 pub use ready::{Placed, ReadyQueue};
-pub use steer::{Selector, Steer, Steered, Suspension, Target};
 
 use crate::config::Config;
 use crate::engine::spool::Waiting;
@@ -393,11 +392,11 @@ pub struct Scheduler {
     next_sweep: Option<Timestamp>,
     /// What operators suspended (providers, domains, held messages), and the groups
     /// parked for it: out of the due index and the ready queues until resumed.
-    suspensions: BTreeMap<steer::Target, steer::Suspension>,
+    suspensions: BTreeMap<crate::control::Target, crate::control::Suspension>,
     parked: HashSet<Key>,
     /// Groups an operator is cancelling or bouncing, waiting for their attempt to report
     /// or to be read back; and who asked.
-    ending: HashMap<Key, (react::Ending, String)>,
+    ending: HashMap<Key, (crate::control::Ending, String)>,
     stopping: bool,
     out: Vec<Effect>,
 }

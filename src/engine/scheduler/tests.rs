@@ -1,6 +1,7 @@
 //! The scheduler driven input by input on virtual time: no sockets, no sleeps, no clock.
 
 use super::*;
+use crate::control::{Ending, Selector, Steer, Suspension, Target};
 use crate::message::{Recipient, State};
 use crate::outcome::{Failure, FailureKind};
 use crate::policy::provider::ProviderDef;
@@ -918,7 +919,7 @@ fn cancel_and_bounce_end_waiting_groups_at_once_and_in_flight_ones_after_their_a
     let dry = h.core.steer(
         Steer::End {
             selector: Selector::default(),
-            how: react::Ending::Cancel,
+            how: Ending::Cancel,
             actor: "ops".into(),
             dry_run: true,
         },
@@ -933,7 +934,7 @@ fn cancel_and_bounce_end_waiting_groups_at_once_and_in_flight_ones_after_their_a
                 domain: Some("a.test".into()),
                 ..Default::default()
             },
-            how: react::Ending::Cancel,
+            how: Ending::Cancel,
             actor: "ops".into(),
             dry_run: false,
         },
@@ -962,7 +963,7 @@ fn cancel_and_bounce_end_waiting_groups_at_once_and_in_flight_ones_after_their_a
                 messages: vec![uuid::Uuid::from_u128(2)],
                 ..Default::default()
             },
-            how: react::Ending::Bounce { dsn: true },
+            how: Ending::Bounce { dsn: true },
             actor: "ops".into(),
             dry_run: false,
         },

@@ -29,11 +29,12 @@ pub use suppressions::{SuppressionView, SuppressionsView};
 
 pub struct ApiState {
     pub intake: Arc<Intake>,
+    pub operator: Arc<crate::engine::operator::Operator>,
     /// The event log, which diagnosis reads.
     pub events_path: std::path::PathBuf,
     /// Who may call without a token, and the tokens (never logged).
     pub trusted_networks: Vec<ipnet::IpNet>,
-    pub tokens: Vec<String>,
+    pub tokens: Vec<crate::config::NamedToken>,
     pub hostname: String,
     pub max_message_size: u64,
     /// The spool's database file, whose size `/metrics` reports.
@@ -88,23 +89,31 @@ async fn authorize(
             .unwrap_or(peer.ip()),
         v4 => v4,
     };
-    if state.trusted_networks.iter().any(|n| n.contains(&ip))
-        || req.uri().path() == "/api/v1/health"
-    {
-        return next.run(req).await;
-    }
+    let mut req = req;
     let given = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let valid = given.is_some_and(|g| {
-        state.tokens.iter().fold(false, |ok, t| {
-            ok | bool::from(t.as_bytes().ct_eq(g.as_bytes()))
+    // Every token is compared, whichever matches, so the time says nothing of which.
+    let matched = given.and_then(|g| {
+        state.tokens.iter().fold(None, |found, t| {
+            let equal = bool::from(t.token.as_bytes().ct_eq(g.as_bytes()));
+            if equal { Some(t.name.clone()) } else { found }
         })
     });
-    if valid {
+    let trusted = state.trusted_networks.iter().any(|n| n.contains(&ip));
+    let actor = match (&matched, trusted) {
+        (Some(name), _) => Some(name.clone()),
+        (None, true) => Some("trusted".to_string()),
+        (None, false) => None,
+    };
+    if let Some(actor) = actor {
+        req.extensions_mut().insert(Actor(actor));
+        return next.run(req).await;
+    }
+    if req.uri().path() == "/api/v1/health" {
         return next.run(req).await;
     }
     let error = if given.is_some() {
@@ -119,6 +128,11 @@ async fn authorize(
     );
     resp
 }
+
+/// Who is calling: the name of the token they sent, or `trusted` for a caller from a
+/// trusted network without one. Operator actions are recorded under it.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
 
 #[derive(Debug)]
 pub struct ApiError {
