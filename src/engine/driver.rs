@@ -122,6 +122,12 @@ impl Driver {
             Command::Destinations { reply } => {
                 let _ = reply.send(self.core.destination_views(self.clock.now()));
             }
+            Command::Shape { by, reply } => {
+                let _ = reply.send(self.core.shape(by, self.clock.now()));
+            }
+            Command::Index { reply } => {
+                let _ = reply.send(self.core.index());
+            }
         }
     }
 

@@ -3,7 +3,8 @@
 //! touch queue state.
 
 use crate::engine::scheduler::{
-    Delivery, DestinationView, DomainSummary, Input, Job, Queued, WorkerId,
+    Delivery, DestinationView, DomainSummary, Input, Job, QueueIndex, QueueShape, Queued, ShapeBy,
+    WorkerId,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -29,6 +30,13 @@ pub enum Command {
     },
     Destinations {
         reply: oneshot::Sender<Vec<DestinationView>>,
+    },
+    Shape {
+        by: ShapeBy,
+        reply: oneshot::Sender<QueueShape>,
+    },
+    Index {
+        reply: oneshot::Sender<QueueIndex>,
     },
 }
 
@@ -87,6 +95,24 @@ impl SchedulerHandle {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Destinations { reply }).is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The pending recipients' ages per domain or provider; `None` once the scheduler is
+    /// gone.
+    pub async fn shape(&self, by: ShapeBy) -> Option<QueueShape> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Shape { by, reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Providers and groups in flight, for listing the queue; empty once the scheduler is
+    /// gone.
+    pub async fn index(&self) -> QueueIndex {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Index { reply }).is_err() {
+            return QueueIndex::default();
         }
         rx.await.unwrap_or_default()
     }

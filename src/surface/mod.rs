@@ -1,7 +1,9 @@
 //! What operators and programs talk to: the HTTP API ([`api`]), the client the CLI uses to
-//! call it ([`client`]), and the per-provider verdicts of [`diagnose`].
+//! call it ([`client`]), the per-provider verdicts of [`diagnose`], and the reading of a
+//! growing event log that `knock events --follow` does ([`tail`]).
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod diagnose;
+pub mod tail;
