@@ -27,7 +27,7 @@ mod shape;
 pub use destination::Destination;
 use mailbox::{Admit, Mailboxes};
 pub use ready::{Placed, ReadyQueue};
-pub use shape::{BUCKET_MINUTES, Bucket, QueueShape, ShapeBy, ShapeRow};
+pub use shape::{BUCKET_MINUTES, Bucket, QueueShape, ShapeBy, ShapeCounter, ShapeRow};
 
 use crate::config::Config;
 use crate::engine::spool::Waiting;

@@ -560,6 +560,26 @@ mod tests {
         (rcpts, view.next)
     }
 
+    #[test]
+    fn the_doc_names_every_parameter_and_its_example_reads() {
+        let section = super::super::doc_section("GET /api/v1/messages`");
+        for p in PARAMETERS {
+            assert!(section.contains(&format!("`{p}`")), "http-api.md: {p}");
+        }
+        for (name, _) in Listed::ALL {
+            assert!(
+                section.contains(&format!("`{name}`")),
+                "http-api.md: {name}"
+            );
+        }
+        let start = section.find("{\"messages\"").unwrap();
+        let end = start + section[start..].find("\n```").unwrap();
+        let view: ListView = serde_json::from_str(&section[start..end]).unwrap();
+        assert_eq!(view.messages.len(), 2);
+        assert_eq!(view.next.as_deref(), Some(view.messages[1].id.as_str()));
+        assert!(view.messages[1].recipients[0].in_flight);
+    }
+
     /// Query parameters, and the recipients they list.
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
 

@@ -199,3 +199,17 @@ pub fn query_params(
     }
     Ok(params)
 }
+
+/// The section of `docs/http-api.md` on an endpoint: from its heading (`## \`GET /api/v1/…`)
+/// to the next, for tests that keep the doc's examples true.
+#[cfg(test)]
+pub(crate) fn doc_section(heading: &str) -> &'static str {
+    let doc = include_str!("../../../docs/http-api.md");
+    let start = doc
+        .find(&format!("\n## `{heading}"))
+        .unwrap_or_else(|| panic!("http-api.md has no section {heading}"));
+    let end = doc[start + 1..]
+        .find("\n## ")
+        .map_or(doc.len(), |e| start + 1 + e);
+    &doc[start..end]
+}

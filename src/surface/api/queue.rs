@@ -61,3 +61,33 @@ pub(super) async fn get_shape(
         .map(axum::Json)
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is stopping"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_doc_s_shape_example_reads_and_adds_up() {
+        let section = super::super::doc_section("GET /api/v1/queue/shape");
+        let start = section.find("{\"by\"").unwrap();
+        let end = start + section[start..].find("\n```").unwrap();
+        let shape: QueueShape = serde_json::from_str(&section[start..end]).unwrap();
+        let labels: Vec<String> = shape.buckets.iter().map(|b| b.label.clone()).collect();
+        let mut counter = crate::engine::scheduler::ShapeCounter::default();
+        counter.add("x", std::time::Duration::ZERO, 1);
+        let ours: Vec<String> = counter
+            .finish(ShapeBy::Domain)
+            .buckets
+            .into_iter()
+            .map(|b| b.label)
+            .collect();
+        assert_eq!(labels, ours, "the doc shows knock's buckets");
+        for row in std::iter::once(&shape.total).chain(&shape.rows) {
+            assert_eq!(row.total, row.counts.iter().sum::<u64>(), "{}", row.name);
+        }
+        let columns: Vec<u64> = (0..shape.buckets.len())
+            .map(|i| shape.rows.iter().map(|r| r.counts[i]).sum())
+            .collect();
+        assert_eq!(shape.total.counts, columns);
+    }
+}

@@ -1150,6 +1150,32 @@ mod tests {
         );
     }
 
+    /// The operator's guide names every flag of the queue's and the event log's readers.
+    #[test]
+    fn the_guide_names_every_reading_flag() {
+        let doc = include_str!("../../../docs/operations.md");
+        let mut cli = Cli::command();
+        cli.build();
+        let queue = cli.find_subcommand("queue").unwrap();
+        let commands = [
+            queue.find_subcommand("list").unwrap(),
+            queue.find_subcommand("cat").unwrap(),
+            queue.find_subcommand("shape").unwrap(),
+            cli.find_subcommand("events").unwrap(),
+        ];
+        for cmd in commands {
+            for arg in cmd.get_arguments().filter(|a| !a.is_global_set()) {
+                if let Some(long) = arg.get_long().filter(|l| *l != "help") {
+                    assert!(
+                        doc.contains(&format!("--{long}")),
+                        "operations.md: {} --{long}",
+                        cmd.get_name()
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn events_take_kinds_and_refuse_unknown_ones() {
         let cli = Cli::try_parse_from([
