@@ -19,6 +19,8 @@ pub struct Tail {
     open: Option<Open>,
     /// The start of a line whose end has not been written yet.
     partial: Vec<u8>,
+    /// Where each read lands (kept: the caller asks several times a second).
+    buf: Vec<u8>,
 }
 
 struct Open {
@@ -43,6 +45,7 @@ impl Tail {
             path: path.to_path_buf(),
             open: None,
             partial: Vec::new(),
+            buf: vec![0; READ_AT_MOST],
         }
     }
 
@@ -66,9 +69,9 @@ impl Tail {
         }
         let mut lines = Vec::new();
         let open = self.open.as_mut().expect("opened above");
-        let mut buf = vec![0; READ_AT_MOST];
+        let buf = &mut self.buf;
         open.file.seek(SeekFrom::Start(open.pos))?;
-        let n = open.file.read(&mut buf)?;
+        let n = open.file.read(buf)?;
         open.pos += n as u64;
         let mut start = 0;
         for (i, &b) in buf[..n].iter().enumerate() {
