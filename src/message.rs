@@ -15,6 +15,82 @@ pub fn new_id() -> MessageId {
     uuid::Uuid::now_v7()
 }
 
+/// A message id as an operator may type it: the whole id or its start, in the hyphenated
+/// form (`01a20765-b5e3`, hyphens where the whole id has them) or as bare hex digits
+/// (`01a20765b5e3`), in either case. Ids are time-ordered, so the ids a prefix stands for
+/// are one range of [`MessageId::as_u128`] values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdPrefix {
+    low: u128,
+    high: u128,
+    digits: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdPrefixError {
+    #[error("no id given")]
+    Empty,
+    #[error("{0:?} is not a hex digit: an id is hex digits and hyphens")]
+    NotHex(char),
+    /// At the (1-based) character.
+    #[error("character {0} is a hyphen where an id has a digit (8-4-4-4-12 hex digits)")]
+    Hyphen(usize),
+    /// At the (1-based) character.
+    #[error("character {0} should be a hyphen (an id is 8-4-4-4-12 hex digits)")]
+    NoHyphen(usize),
+    #[error("longer than an id (32 hex digits)")]
+    TooLong,
+}
+
+/// Where the hyphenated form of an id has its hyphens.
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+impl IdPrefix {
+    pub fn parse(text: &str) -> Result<IdPrefix, IdPrefixError> {
+        let hyphenated = text.contains('-');
+        let mut value: u128 = 0;
+        let mut digits = 0;
+        for (i, c) in text.chars().enumerate() {
+            if c == '-' {
+                if !HYPHENS.contains(&i) {
+                    return Err(IdPrefixError::Hyphen(i + 1));
+                }
+                continue;
+            }
+            if hyphenated && HYPHENS.contains(&i) {
+                return Err(IdPrefixError::NoHyphen(i + 1));
+            }
+            let d = c.to_digit(16).ok_or(IdPrefixError::NotHex(c))?;
+            if digits == 32 {
+                return Err(IdPrefixError::TooLong);
+            }
+            value = value << 4 | u128::from(d);
+            digits += 1;
+        }
+        if digits == 0 {
+            return Err(IdPrefixError::Empty);
+        }
+        let rest = 4 * (32 - digits) as u32;
+        let low = value.checked_shl(rest).unwrap_or(0);
+        let fill = u128::MAX.checked_shr(128 - rest).unwrap_or(0);
+        Ok(IdPrefix {
+            low,
+            high: low | fill,
+            digits,
+        })
+    }
+
+    /// The ids it stands for, as [`MessageId::as_u128`] values.
+    pub fn range(&self) -> std::ops::RangeInclusive<u128> {
+        self.low..=self.high
+    }
+
+    /// Whether it is a whole id (one id only).
+    pub fn is_whole(&self) -> bool {
+        self.digits == 32
+    }
+}
+
 /// The envelope and facts that never change after acceptance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -257,6 +333,51 @@ pub struct NewMessage {
 mod tests {
     use super::*;
     use crate::address::Address;
+
+    #[test]
+    fn an_id_prefix_stands_for_the_range_of_ids_it_starts() {
+        let id: MessageId = "01a20765-b5e3-77c1-9a3b-f54f15e7b095".parse().unwrap();
+        let n = id.as_u128();
+        for text in [
+            "0",
+            "01a2",
+            "01A20765",
+            "01a20765-",
+            "01a20765-b5",
+            "01a20765b5e377c1",
+            "01a20765-b5e3-77c1-9a3b-f54f15e7b095",
+            "01a20765b5e377c19a3bf54f15e7b095",
+        ] {
+            let p = IdPrefix::parse(text).unwrap();
+            assert!(p.range().contains(&n), "{text}");
+        }
+        let whole = IdPrefix::parse(&id.to_string()).unwrap();
+        assert!(whole.is_whole());
+        assert_eq!(whole.range(), n..=n);
+        let p = IdPrefix::parse("01a2").unwrap();
+        assert!(!p.is_whole());
+        assert_eq!(
+            p.range(),
+            0x01a2_0000_0000_0000_0000_0000_0000_0000..=0x01a2_ffff_ffff_ffff_ffff_ffff_ffff_ffff
+        );
+        for other in ["01a3", "01a20766", "01a20765-b5e4"] {
+            let p = IdPrefix::parse(other).unwrap();
+            assert!(!p.range().contains(&n), "{other}");
+        }
+        for (text, err) in [
+            ("", IdPrefixError::Empty),
+            ("01a2x", IdPrefixError::NotHex('x')),
+            ("01a2-0765", IdPrefixError::Hyphen(5)),
+            ("01a20765b-5e3", IdPrefixError::NoHyphen(9)),
+            (
+                "01a20765-b5e3-77c1-9a3b-f54f15e7b0951",
+                IdPrefixError::TooLong,
+            ),
+            ("01a20765b5e377c19a3bf54f15e7b0951", IdPrefixError::TooLong),
+        ] {
+            assert_eq!(IdPrefix::parse(text), Err(err), "{text:?}");
+        }
+    }
 
     #[test]
     fn groups_by_domain_without_duplicates() {

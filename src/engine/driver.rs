@@ -134,6 +134,12 @@ impl Driver {
             Command::Suspensions { reply } => {
                 let _ = reply.send(self.core.suspensions());
             }
+            Command::Shape { by, reply } => {
+                let _ = reply.send(self.core.shape(by, self.clock.now()));
+            }
+            Command::Index { reply } => {
+                let _ = reply.send(self.core.index());
+            }
         }
     }
 

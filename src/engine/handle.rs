@@ -4,7 +4,8 @@
 
 use crate::control::{Steer, Steered, Suspension, Target};
 use crate::engine::scheduler::{
-    Delivery, DestinationView, DomainSummary, Input, Job, Queued, WorkerId,
+    Delivery, DestinationView, DomainSummary, Input, Job, QueueIndex, QueueShape, Queued, ShapeBy,
+    WorkerId,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -38,6 +39,13 @@ pub enum Command {
     },
     Suspensions {
         reply: oneshot::Sender<Vec<(Target, Suspension)>>,
+    },
+    Shape {
+        by: ShapeBy,
+        reply: oneshot::Sender<QueueShape>,
+    },
+    Index {
+        reply: oneshot::Sender<QueueIndex>,
     },
 }
 
@@ -111,6 +119,24 @@ impl SchedulerHandle {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Destinations { reply }).is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The pending recipients' ages per domain or provider; `None` once the scheduler is
+    /// gone.
+    pub async fn shape(&self, by: ShapeBy) -> Option<QueueShape> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Shape { by, reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Providers and groups in flight, for listing the queue; empty once the scheduler is
+    /// gone.
+    pub async fn index(&self) -> QueueIndex {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Index { reply }).is_err() {
+            return QueueIndex::default();
         }
         rx.await.unwrap_or_default()
     }

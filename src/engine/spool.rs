@@ -167,6 +167,22 @@ pub trait Spool: Send + Sync + 'static {
     fn outbox_tip(&self) -> tokio::sync::watch::Receiver<u64> {
         tokio::sync::watch::channel(0).1
     }
+    /// The ids of messages on record (queued or finished and not yet purged) whose
+    /// [`MessageId::as_u128`] is in `range`, in order, at most `at_most` of them.
+    fn ids_in(
+        &self,
+        range: std::ops::RangeInclusive<u128>,
+        at_most: usize,
+    ) -> Result<Vec<MessageId>, SpoolError>;
+    /// Hands `visit` every group that is not final, with its message's envelope, in the
+    /// order of (message id, domain), from the first message after `after`, until `visit`
+    /// breaks. A message's groups come one after another. Entries that cannot be read are
+    /// skipped (recovery sets them aside).
+    fn scan_pending(
+        &self,
+        after: Option<MessageId>,
+        visit: &mut dyn FnMut(&Envelope, Group) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), SpoolError>;
 }
 
 /// A submitted commit: resolves once it is on disk, or failed.
@@ -778,6 +794,68 @@ impl Spool for RedbSpool {
         self.tip.clone()
     }
 
+    fn ids_in(
+        &self,
+        range: std::ops::RangeInclusive<u128>,
+        at_most: usize,
+    ) -> Result<Vec<MessageId>, SpoolError> {
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+        let mut ids = Vec::new();
+        for entry in envelopes.range(range).map_err(storage)?.take(at_most) {
+            let (key, _) = entry.map_err(storage)?;
+            ids.push(MessageId::from_u128(key.value()));
+        }
+        Ok(ids)
+    }
+
+    fn scan_pending(
+        &self,
+        after: Option<MessageId>,
+        visit: &mut dyn FnMut(&Envelope, Group) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), SpoolError> {
+        let start = match after {
+            None => 0,
+            Some(id) => match id.as_u128().checked_add(1) {
+                Some(next) => next,
+                None => return Ok(()),
+            },
+        };
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+        let groups = txn.open_table(GROUPS).map_err(storage)?;
+        // The envelope of the message whose groups are being read.
+        let mut current: Option<(u128, Option<Envelope>)> = None;
+        for entry in groups.range((start, "")..).map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let id = key.value().0;
+            let Ok(group) = serde_json::from_slice::<Group>(value.value()) else {
+                continue;
+            };
+            if group.is_done() {
+                continue;
+            }
+            if current.as_ref().is_none_or(|(c, _)| *c != id) {
+                let envelope = envelopes
+                    .get(id)
+                    .map_err(storage)?
+                    .and_then(|v| serde_json::from_slice::<Envelope>(v.value()).ok());
+                current = Some((id, envelope));
+            }
+            let Some((_, Some(envelope))) = &current else {
+                continue;
+            };
+            if visit(envelope, group).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn purge(&self, before: Timestamp) -> Result<usize, SpoolError> {
         // Held for the whole transaction: a reopen waits for it.
         let db = self.db.get()?;
@@ -950,6 +1028,58 @@ mod tests {
             1
         );
         assert!(spool.record(id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn ids_are_found_by_range_and_pending_groups_scanned_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = RedbSpool::open(dir.path()).unwrap();
+        let mut messages: Vec<NewMessage> =
+            (0..4).map(|_| message(&["a@x.test", "b@y.test"])).collect();
+        messages.sort_by_key(|m| m.envelope.id);
+        let ops = messages.iter().cloned().map(Op::Store).collect();
+        spool.commit(ops).await.unwrap();
+        // The second message is delivered at x.test: only its y.test group is pending.
+        let mut x = messages[1].groups[0].clone();
+        x.recipients[0].state = State::Delivered;
+        x.next_attempt = None;
+        let second = messages[1].envelope.id;
+        spool
+            .commit(vec![Op::Update {
+                id: second,
+                group: x,
+            }])
+            .await
+            .unwrap();
+
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.envelope.id).collect();
+        assert_eq!(spool.ids_in(0..=u128::MAX, usize::MAX).unwrap(), ids);
+        assert_eq!(spool.ids_in(0..=u128::MAX, 2).unwrap(), ids[..2]);
+        let one = ids[2].as_u128();
+        assert_eq!(spool.ids_in(one..=one, 10).unwrap(), [ids[2]]);
+
+        let scan = |after: Option<MessageId>, stop_after: usize| {
+            let mut seen = Vec::new();
+            spool
+                .scan_pending(after, &mut |env, group| {
+                    seen.push((env.id, group.domain));
+                    match seen.len() >= stop_after {
+                        true => std::ops::ControlFlow::Break(()),
+                        false => std::ops::ControlFlow::Continue(()),
+                    }
+                })
+                .unwrap();
+            seen
+        };
+        let all = scan(None, usize::MAX);
+        let expected: Vec<(MessageId, String)> = ids
+            .iter()
+            .flat_map(|id| [(*id, "x.test".to_string()), (*id, "y.test".to_string())])
+            .filter(|(id, d)| !(*id == second && d == "x.test"))
+            .collect();
+        assert_eq!(all, expected);
+        assert_eq!(scan(Some(second), usize::MAX), expected[3..]);
+        assert_eq!(scan(None, 3), expected[..3]);
     }
 
     #[tokio::test]

@@ -3,16 +3,19 @@
 //! calls the API. Formatting for people is the CLI's (`surface::cli::format`).
 
 use crate::config::{Config, DEFAULT_HTTP_LISTEN};
-use crate::surface::api::{MessageView, QueueView, SendRequest, SendResponse};
+use crate::engine::scheduler::{QueueShape, ShapeBy};
+use crate::surface::api::{ListView, MessageView, QueueView, SendRequest, SendResponse};
 use anyhow::{Context, bail};
 use std::path::Path;
 use std::time::Duration;
 
 /// The API's base URL from the flag, else the config file's `[http] listen`, else the
-/// `KNOCK_API` environment variable, else the embedded default.
+/// `KNOCK_API` environment variable, else the embedded default. The flag and the variable
+/// may leave the scheme out (`127.0.0.1:8025`, as `[http] listen` is written): it is
+/// `http`.
 pub fn api_base(flag: Option<&str>, config: Option<&Path>) -> anyhow::Result<String> {
     if let Some(url) = flag {
-        return Ok(url.trim_end_matches('/').to_string());
+        return Ok(base_url(url));
     }
     if let Some(path) = config {
         let listen = Config::load(path)?.http.listen;
@@ -21,9 +24,18 @@ pub fn api_base(flag: Option<&str>, config: Option<&Path>) -> anyhow::Result<Str
     if let Ok(url) = std::env::var("KNOCK_API")
         && !url.is_empty()
     {
-        return Ok(url.trim_end_matches('/').to_string());
+        return Ok(base_url(&url));
     }
     Ok(format!("http://{DEFAULT_HTTP_LISTEN}"))
+}
+
+/// `url` without a trailing slash, `http://` put in front when it names no scheme.
+fn base_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.contains("://") {
+        true => url.to_string(),
+        false => format!("http://{url}"),
+    }
 }
 
 pub struct ApiClient {
@@ -95,19 +107,74 @@ impl ApiClient {
         self.read(resp).await
     }
 
+    /// One message; `id` may be the start of one (the API resolves it).
     pub async fn message(&self, id: &str) -> anyhow::Result<MessageView> {
+        let resp = self.http.get(self.message_url(id, "")?).send().await;
+        self.read(resp).await
+    }
+
+    /// The message as stored, or its header section only.
+    pub async fn raw(&self, id: &str, headers_only: bool) -> anyhow::Result<bytes::Bytes> {
+        let mut url = self.message_url(id, "raw")?;
+        if headers_only {
+            url.query_pairs_mut().append_pair("headers", "true");
+        }
+        let resp = self.http.get(url).send().await;
+        self.checked(resp).await
+    }
+
+    /// A page of the queue listing; `query` holds the API's parameters as given.
+    pub async fn list(&self, query: &[(&str, String)]) -> anyhow::Result<ListView> {
         let resp = self
             .http
-            .get(format!("{}/api/v1/messages/{id}", self.base))
+            .get(format!("{}/api/v1/messages", self.base))
+            .query(query)
             .send()
             .await;
         self.read(resp).await
+    }
+
+    pub async fn shape(&self, by: ShapeBy) -> anyhow::Result<QueueShape> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/queue/shape", self.base))
+            .query(&[("by", by.as_str())])
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
+    /// `/api/v1/messages/{id}[/{then}]`, the id escaped as a path segment (whatever was
+    /// typed, it names no other endpoint).
+    fn message_url(&self, id: &str, then: &str) -> anyhow::Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .with_context(|| format!("--api: {} is not a URL", self.base))?;
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| anyhow::anyhow!("--api: {} cannot be a base URL", self.base))?;
+            path.pop_if_empty().extend(["api", "v1", "messages", id]);
+            if !then.is_empty() {
+                path.push(then);
+            }
+        }
+        Ok(url)
     }
 
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         resp: reqwest::Result<reqwest::Response>,
     ) -> anyhow::Result<T> {
+        let body = self.checked(resp).await?;
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from {}", self.base))
+    }
+
+    /// The body of a successful answer; an error saying what the API said otherwise.
+    async fn checked(
+        &self,
+        resp: reqwest::Result<reqwest::Response>,
+    ) -> anyhow::Result<bytes::Bytes> {
         let resp = resp.with_context(|| {
             format!(
                 "cannot reach knock at {} (is `knock serve` running? see --api)",
@@ -127,7 +194,44 @@ impl ApiClient {
                 None => bail!("{status}: {error}"),
             }
         }
-        serde_json::from_slice(&body)
-            .with_context(|| format!("unexpected answer from {}", self.base))
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_address_may_leave_out_the_scheme() {
+        for (given, base) in [
+            ("127.0.0.1:8025", "http://127.0.0.1:8025"),
+            ("127.0.0.1:8025/", "http://127.0.0.1:8025"),
+            ("knock.internal:8025", "http://knock.internal:8025"),
+            ("[::1]:8025", "http://[::1]:8025"),
+            ("http://127.0.0.1:8025/", "http://127.0.0.1:8025"),
+            ("https://knock.example/base", "https://knock.example/base"),
+        ] {
+            assert_eq!(api_base(Some(given), None).unwrap(), base, "{given}");
+        }
+    }
+
+    #[test]
+    fn an_id_stays_one_path_segment() {
+        let client = ApiClient::new("http://127.0.0.1:8025/".into(), None).unwrap();
+        let url = |id, then| client.message_url(id, then).unwrap().to_string();
+        assert_eq!(
+            url("01a2", "raw"),
+            "http://127.0.0.1:8025/api/v1/messages/01a2/raw"
+        );
+        assert_eq!(
+            url("../queue", ""),
+            "http://127.0.0.1:8025/api/v1/messages/..%2Fqueue"
+        );
+        let based = ApiClient::new("https://knock.example/base".into(), None).unwrap();
+        assert_eq!(
+            based.message_url("01a2", "").unwrap().to_string(),
+            "https://knock.example/base/api/v1/messages/01a2"
+        );
     }
 }

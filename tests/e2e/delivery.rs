@@ -517,6 +517,23 @@ impl knock::engine::spool::Spool for FaultySpool {
     {
         self.inner.suppressions()
     }
+    fn ids_in(
+        &self,
+        range: std::ops::RangeInclusive<u128>,
+        at_most: usize,
+    ) -> Result<Vec<knock::message::MessageId>, knock::engine::spool::SpoolError> {
+        self.inner.ids_in(range, at_most)
+    }
+    fn scan_pending(
+        &self,
+        after: Option<knock::message::MessageId>,
+        visit: &mut dyn FnMut(
+            &knock::message::Envelope,
+            knock::message::Group,
+        ) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), knock::engine::spool::SpoolError> {
+        self.inner.scan_pending(after, visit)
+    }
 }
 
 /// An engine on a `FaultySpool` (updates failing from the start when

@@ -14,6 +14,7 @@ mod knobs;
 mod logging;
 mod metrics;
 mod protocol;
+mod queue;
 mod security;
 mod simulate;
 mod sink;

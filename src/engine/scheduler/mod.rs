@@ -22,11 +22,13 @@
 mod destination;
 mod mailbox;
 mod ready;
+mod shape;
 mod steer;
 
 pub use destination::Destination;
 use mailbox::{Admit, Mailboxes};
 pub use ready::{Placed, ReadyQueue};
+pub use shape::{BUCKET_MINUTES, Bucket, QueueShape, ShapeBy, ShapeCounter, ShapeRow};
 
 use crate::config::Config;
 use crate::engine::spool::Waiting;
@@ -293,6 +295,15 @@ pub struct DomainSummary {
     pub suspended: usize,
     pub oldest_age_seconds: u64,
     pub next_attempt: Option<Timestamp>,
+}
+
+/// What the queue listing needs from the scheduler that the spool does not hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueIndex {
+    /// Each domain's provider, where it is known.
+    pub providers: std::collections::HashMap<String, String>,
+    /// The groups with a worker now (Postfix's "active" mail).
+    pub in_flight: std::collections::HashSet<(MessageId, String)>,
 }
 
 /// One destination's queue and shaping, for `GET /api/v1/destinations`.
@@ -1183,6 +1194,38 @@ impl Scheduler {
             }
         }
         by_domain.into_values().collect()
+    }
+
+    /// How long the pending recipients have waited, per domain or provider (`knock queue
+    /// shape`). A domain whose provider is not known yet counts under its own name.
+    pub fn shape(&self, by: ShapeBy, now: Timestamp) -> QueueShape {
+        let mut counter = shape::ShapeCounter::default();
+        for ((_, domain), entry) in &self.entries {
+            let name: &str = match by {
+                ShapeBy::Domain => domain,
+                ShapeBy::Provider => self.provider_of.get(domain).map_or(domain, |(p, _)| p),
+            };
+            counter.add(name, now.since(entry.received_at), u64::from(entry.pending));
+        }
+        counter.finish(by)
+    }
+
+    /// The providers of the domains in the queue and the groups in flight, for listing
+    /// the queue from the spool.
+    pub fn index(&self) -> QueueIndex {
+        QueueIndex {
+            providers: self
+                .provider_of
+                .iter()
+                .map(|(d, (p, _))| (d.to_string(), p.to_string()))
+                .collect(),
+            in_flight: self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.in_flight)
+                .map(|((id, d), _)| (*id, d.to_string()))
+                .collect(),
+        }
     }
 
     pub fn destination_views(&self, now: Timestamp) -> Vec<DestinationView> {

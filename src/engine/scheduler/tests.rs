@@ -981,3 +981,49 @@ fn cancel_and_bounce_end_waiting_groups_at_once_and_in_flight_ones_after_their_a
     assert!(p[0].updated.failed[0].operator);
     assert!(h.core.is_empty());
 }
+
+#[test]
+fn the_shape_counts_pending_recipients_by_age_per_domain_or_provider() {
+    let mut h = Harness::new(policy(|_| {}));
+    let started = jobs(h.queue(1, &["a1@a.test", "a2@a.test"]));
+    h.now += 7 * MIN;
+    h.queue(2, &["b@b.test"]);
+    h.queue(3, &["c@c.test"]);
+    h.now += MIN;
+    let counts = |shape: &QueueShape| -> Vec<(String, u64, Vec<u64>)> {
+        shape
+            .rows
+            .iter()
+            .map(|r| (r.name.clone(), r.total, r.counts[..3].to_vec()))
+            .collect()
+    };
+    let by_domain = h.core.shape(ShapeBy::Domain, h.now);
+    assert_eq!(
+        counts(&by_domain),
+        [
+            ("a.test".to_string(), 2, vec![0, 2, 0]),
+            ("b.test".to_string(), 1, vec![1, 0, 0]),
+            ("c.test".to_string(), 1, vec![1, 0, 0]),
+        ]
+    );
+    assert_eq!(by_domain.total.total, 4);
+    assert_eq!(by_domain.total.counts[..2], [2, 2]);
+    // c.test's provider is being looked up: it counts under its own name.
+    let by_provider = h.core.shape(ShapeBy::Provider, h.now);
+    let names: Vec<&str> = by_provider.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["pa", "c.test", "pb"]);
+
+    let index = h.core.index();
+    assert_eq!(
+        index.providers.get("a.test").map(String::as_str),
+        Some("pa")
+    );
+    assert!(!index.providers.contains_key("c.test"));
+    let (_, job) = started.into_iter().next().expect("a.test was started");
+    assert!(index.in_flight.contains(&(job.id, "a.test".to_string())));
+    assert!(
+        !index
+            .in_flight
+            .contains(&(uuid::Uuid::from_u128(3), "c.test".to_string()))
+    );
+}

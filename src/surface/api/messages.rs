@@ -1,8 +1,11 @@
-//! `/api/v1/messages`: inject a message, read one back with its recipients and attempts.
+//! `/api/v1/messages`: inject a message, read one back with its recipients and attempts,
+//! or the message itself as the spool holds it. Wherever a path takes a message id, the
+//! start of one will do when no other message on record starts the same way (409 when
+//! several do), so that every client takes ids as operators type them.
 
 use super::{ApiError, ApiState};
 use crate::address::Address;
-use crate::message::{Attempt, MessageId, State, new_id};
+use crate::message::{Attempt, IdPrefix, MessageId, State, new_id};
 use crate::time::Timestamp;
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
@@ -211,13 +214,52 @@ pub struct RecipientView {
     pub attempts: Vec<Attempt>,
 }
 
+/// Most messages an ambiguous prefix is counted up to.
+const COUNT_AT_MOST: usize = 10_000;
+
+/// The message `text` names: a whole id, or the start of one only one message on record
+/// (queued, or finished and not yet purged) has. 400 when it is not (the start of) an id,
+/// 404 when no message's id starts so, 409 when several do. A whole id is taken as it is:
+/// whether there is such a message is the caller's to find.
+pub(super) async fn resolve(state: &ApiState, text: &str) -> Result<MessageId, ApiError> {
+    let prefix = IdPrefix::parse(text)
+        .map_err(|e| ApiError::field("id", format!("{text:?} is not a message id: {e}")))?;
+    if prefix.is_whole() {
+        return Ok(MessageId::from_u128(*prefix.range().start()));
+    }
+    let spool = state.intake.spool.clone();
+    let ids = tokio::task::spawn_blocking(move || spool.ids_in(prefix.range(), COUNT_AT_MOST + 1))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    match ids.as_slice() {
+        [] => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: format!(
+                "no message id starts with {text} (never accepted, or finished and purged)"
+            ),
+            field: Some("id".into()),
+        }),
+        [one] => Ok(*one),
+        many => {
+            let n = match many.len() > COUNT_AT_MOST {
+                true => format!("more than {COUNT_AT_MOST}"),
+                false => many.len().to_string(),
+            };
+            Err(ApiError {
+                status: StatusCode::CONFLICT,
+                error: format!("{n} messages have ids starting with {text}; give more of the id"),
+                field: Some("id".into()),
+            })
+        }
+    }
+}
+
 pub(super) async fn get_message(
     AxState(state): AxState<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<MessageView>, ApiError> {
-    let id: MessageId = id
-        .parse()
-        .map_err(|_| ApiError::field("id", format!("{id:?} is not a message id")))?;
+    let id = resolve(&state, &id).await?;
     let spool = state.intake.spool.clone();
     let record = tokio::task::spawn_blocking(move || spool.record(id))
         .await
@@ -252,4 +294,108 @@ pub(super) async fn get_message(
         done_at: envelope.done_at,
         recipients,
     }))
+}
+
+/// `GET /api/v1/messages/{id}/raw`: the message as the spool holds it (`message/rfc822`,
+/// CRLF line ends); with `?headers=true`, its header section only.
+pub(super) async fn get_raw(
+    AxState(state): AxState<Arc<ApiState>>,
+    Path(id): Path<String>,
+    query: Result<
+        axum::extract::Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let axum::extract::Query(pairs) = query.map_err(|e| ApiError::field("query", e.body_text()))?;
+    let params = super::query_params(pairs, &["headers"])?;
+    let headers_only = match params.get("headers").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                "headers",
+                format!("{other:?}: true or false"),
+            ));
+        }
+    };
+    let id = resolve(&state, &id).await?;
+    let spool = state.intake.spool.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let body = spool.body(id)?;
+        let record = match body {
+            Some(_) => None,
+            None => spool.record(id)?,
+        };
+        Ok::<_, crate::engine::spool::SpoolError>((body, record))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let body = match found {
+        (Some(body), _) => body,
+        (None, Some((envelope, _))) => {
+            let done = envelope
+                .done_at
+                .map(|t| format!(" at {t}"))
+                .unwrap_or_default();
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                format!(
+                    "message {id} finished{done}: its body is not kept once every recipient is final"
+                ),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no message {id} (never accepted, or finished and purged)"),
+            ));
+        }
+    };
+    let body = match headers_only {
+        true => body.slice(..header_section(&body).len()),
+        false => body,
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, "message/rfc822")], body).into_response())
+}
+
+/// The header section of a message: up to and with the line end of its last header line,
+/// without the empty line that ends it; the whole text when it has no body.
+pub fn header_section(message: &[u8]) -> &[u8] {
+    let mut start = 0;
+    while start < message.len() {
+        let end = memchr::memchr(b'\n', &message[start..]).map_or(message.len(), |i| start + i + 1);
+        let line = &message[start..end];
+        if line == b"\r\n" || line == b"\n" {
+            return &message[..start];
+        }
+        start = end;
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_section_ends_before_the_empty_line() {
+        for (message, headers) in [
+            (
+                &b"Subject: a\r\nFrom: b\r\n\r\nbody\r\n\r\nmore\r\n"[..],
+                &b"Subject: a\r\nFrom: b\r\n"[..],
+            ),
+            (b"Subject: a\n\nbody\n", b"Subject: a\n"),
+            (b"Subject: a\r\n", b"Subject: a\r\n"),
+            (b"Subject: a", b"Subject: a"),
+            (b"\r\nbody", b""),
+            (b"", b""),
+        ] {
+            assert_eq!(
+                String::from_utf8_lossy(header_section(message)),
+                String::from_utf8_lossy(headers)
+            );
+        }
+    }
 }

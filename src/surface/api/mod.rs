@@ -1,9 +1,11 @@
 //! The HTTP API under `/api/v1/`, one module per resource: [`messages`] (inject, read
-//! back), [`queue`] (per domain and per destination), [`suppressions`], [`diagnose`]. Here:
+//! back, the stored message), [`listing`] (the queue listed and searched), [`queue`] (per
+//! domain, per destination, and its shape), [`suppressions`], [`diagnose`]. Here:
 //! the router, the bearer-token check, and the one error type: every error is JSON naming
 //! what is wrong (`{"error": "...", "field": "to[1]"}`). Documented in `docs/http-api.md`.
 
 pub mod diagnose;
+pub mod listing;
 pub mod messages;
 pub mod metrics;
 pub mod queue;
@@ -16,13 +18,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use diagnose::get_diagnose;
-use messages::{get_message, post_message};
-use queue::{get_destinations, get_queue};
+use listing::get_messages;
+use messages::{get_message, get_raw, post_message};
+use queue::{get_destinations, get_queue, get_shape};
 use serde_json::json;
 use std::sync::Arc;
 use suppressions::{delete_suppression, get_suppression, get_suppressions, put_suppression};
 
 pub use diagnose::DiagnoseView;
+pub use listing::{ListView, ListedMessage, ListedRecipient};
 pub use messages::{MessageView, RecipientView, SendRequest, SendResponse};
 pub use queue::{DestinationsView, QueueView};
 pub use suppressions::{SuppressionView, SuppressionsView};
@@ -49,9 +53,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .route("/metrics", get(metrics::get_metrics))
-        .route("/api/v1/messages", post(post_message))
+        .route("/api/v1/messages", post(post_message).get(get_messages))
         .route("/api/v1/messages/{id}", get(get_message))
+        .route("/api/v1/messages/{id}/raw", get(get_raw))
         .route("/api/v1/queue", get(get_queue))
+        .route("/api/v1/queue/shape", get(get_shape))
         .route("/api/v1/destinations", get(get_destinations))
         .route("/api/v1/diagnose", get(get_diagnose))
         .route("/api/v1/suppressions", get(get_suppressions))
@@ -184,4 +190,40 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             _ => ApiError::field("body", format!("invalid JSON: {inner}")),
         }
     })
+}
+
+/// A query string's parameters by name, for handlers that name the parameter in their
+/// errors: each may be given once, and only those in `known` (else 400 naming it).
+pub fn query_params(
+    pairs: Vec<(String, String)>,
+    known: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut params = std::collections::BTreeMap::new();
+    for (name, value) in pairs {
+        if !known.contains(&name.as_str()) {
+            return Err(ApiError::field(
+                name,
+                format!("unknown parameter; the parameters are {}", known.join(", ")),
+            ));
+        }
+        if params.contains_key(&name) {
+            return Err(ApiError::field(name, "given more than once"));
+        }
+        params.insert(name, value);
+    }
+    Ok(params)
+}
+
+/// The section of `docs/http-api.md` on an endpoint: from its heading (`## \`GET /api/v1/…`)
+/// to the next, for tests that keep the doc's examples true.
+#[cfg(test)]
+pub(crate) fn doc_section(heading: &str) -> &'static str {
+    let doc = include_str!("../../../docs/http-api.md");
+    let start = doc
+        .find(&format!("\n## `{heading}"))
+        .unwrap_or_else(|| panic!("http-api.md has no section {heading}"));
+    let end = doc[start + 1..]
+        .find("\n## ")
+        .map_or(doc.len(), |e| start + 1 + e);
+    &doc[start..end]
 }

@@ -1,9 +1,11 @@
 //! `/api/v1/queue` and `/api/v1/destinations`: the queue per domain, and per destination
-//! with its shaping.
+//! with its shaping; `/api/v1/queue/shape`: how long the queue has waited, per domain or
+//! provider (Postfix's `qshape`).
 
-use super::ApiState;
-use crate::engine::scheduler::{DestinationView, DomainSummary};
+use super::{ApiError, ApiState};
+use crate::engine::scheduler::{DestinationView, DomainSummary, QueueShape, ShapeBy};
 use axum::extract::State as AxState;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -29,4 +31,63 @@ pub(super) async fn get_destinations(
     axum::Json(DestinationsView {
         destinations: state.intake.scheduler.destinations().await,
     })
+}
+
+/// `GET /api/v1/queue/shape?by=domain|provider`.
+pub(super) async fn get_shape(
+    AxState(state): AxState<Arc<ApiState>>,
+    query: Result<
+        axum::extract::Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<axum::Json<QueueShape>, ApiError> {
+    let axum::extract::Query(pairs) = query.map_err(|e| ApiError::field("query", e.body_text()))?;
+    let params = super::query_params(pairs, &["by"])?;
+    let by = match params.get("by").map(String::as_str) {
+        None | Some("domain") => ShapeBy::Domain,
+        Some("provider") => ShapeBy::Provider,
+        Some(other) => {
+            return Err(ApiError::field(
+                "by",
+                format!("{other:?}: domain or provider"),
+            ));
+        }
+    };
+    state
+        .intake
+        .scheduler
+        .shape(by)
+        .await
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is stopping"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_doc_s_shape_example_reads_and_adds_up() {
+        let section = super::super::doc_section("GET /api/v1/queue/shape");
+        let start = section.find("{\"by\"").unwrap();
+        let end = start + section[start..].find("\n```").unwrap();
+        let shape: QueueShape = serde_json::from_str(&section[start..end]).unwrap();
+        let labels: Vec<String> = shape.buckets.iter().map(|b| b.label.clone()).collect();
+        let mut counter = crate::engine::scheduler::ShapeCounter::default();
+        counter.add("x", std::time::Duration::ZERO, 1);
+        let ours: Vec<String> = counter
+            .finish(ShapeBy::Domain)
+            .buckets
+            .into_iter()
+            .map(|b| b.label)
+            .collect();
+        assert_eq!(labels, ours, "the doc shows knock's buckets");
+        for row in std::iter::once(&shape.total).chain(&shape.rows) {
+            assert_eq!(row.total, row.counts.iter().sum::<u64>(), "{}", row.name);
+        }
+        let columns: Vec<u64> = (0..shape.buckets.len())
+            .map(|i| shape.rows.iter().map(|r| r.counts[i]).sum())
+            .collect();
+        assert_eq!(shape.total.counts, columns);
+    }
 }

@@ -1,8 +1,8 @@
 //! The `knock` command line: the subcommands and their arguments ([`Cli`]), one function per
 //! subcommand, and what they print ([`format`](mod@format)). `serve` runs the engine; `send`, `queue`
-//! and `diagnose` talk to a running engine over its HTTP API; `sink` and `bench` are the
-//! receiving MX and load generator for tests, benchmarks and trying a policy; `classify`
-//! and `passwd` work offline.
+//! and `diagnose` talk to a running engine over its HTTP API; `events` reads the event log
+//! the engine writes; `sink` and `bench` are the receiving MX and load generator for tests,
+//! benchmarks and trying a policy; `classify` and `passwd` work offline.
 
 pub mod format;
 
@@ -66,7 +66,7 @@ pub enum Command {
     },
     /// Inject a message through the HTTP API and print its id.
     Send(SendArgs),
-    /// Show the queue per domain, or one message with `queue show ID`.
+    /// Show the queue per domain; list, show and print its messages, and its shape.
     Queue {
         #[command(flatten)]
         api: ApiArgs,
@@ -76,6 +76,9 @@ pub enum Command {
         #[command(subcommand)]
         show: Option<QueueCommand>,
     },
+    /// Print the event log as one readable line per event; with --follow, as it is
+    /// written.
+    Events(EventsArgs),
     /// Run a scriptable receiving MX.
     #[command(after_help = magic_recipients_help())]
     Sink(SinkArgs),
@@ -122,23 +125,134 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum QueueCommand {
+    /// List the queued messages and their pending recipients (like mailq), oldest first,
+    /// a page at a time; the filters narrow it down.
+    List(ListArgs),
     /// One message's recipients and attempts.
     Show {
-        /// The message's id (as `knock send` prints it, or `queued as` in the SMTP reply).
+        /// The message's id (as `knock send` prints it, or `queued as` in the SMTP reply),
+        /// or the start of it.
         id: String,
     },
+    /// Print a queued message as it is stored: its header and body (like postcat).
+    Cat {
+        /// The message's id, or the start of it.
+        id: String,
+        /// Only the header section.
+        #[arg(long)]
+        headers: bool,
+    },
+    /// How long the pending recipients have waited, per domain (like Postfix's qshape).
+    Shape {
+        /// A row per domain, or per provider.
+        #[arg(long, default_value = "domain", value_parser = ["domain", "provider"])]
+        by: String,
+    },
+}
+
+/// `knock queue list`: the filters of `GET /api/v1/messages` (all must hold) and paging.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only recipients whose address contains this (in any case).
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Only recipients at this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only recipients whose domain belongs to this provider (as `knock queue` names it).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Only recipients in these states, comma-separated: queued (not tried yet), deferred,
+    /// active (being delivered now).
+    #[arg(long)]
+    state: Option<String>,
+    /// Only recipients whose last attempt failed with this class (greylist, throttle,
+    /// mailbox, system, network, policy, reputation, auth).
+    #[arg(long)]
+    class: Option<String>,
+    /// Only messages that have waited at least this long, e.g. 1h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+    /// Only messages that have waited less than this long, e.g. 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    newer_than: Option<Duration>,
+    /// Only recipients whose last reply contains this (in any case), e.g. "4.7.28" or
+    /// "try again later".
+    #[arg(long)]
+    reply: Option<String>,
+    /// Messages per page (at most 1000).
+    #[arg(long, default_value_t = crate::surface::api::listing::DEFAULT_LIMIT)]
+    limit: usize,
+    /// Start after this message id: the one a previous page said to go on from.
+    #[arg(long)]
+    after: Option<String>,
+    /// Every page, not only the first.
+    #[arg(long)]
+    all: bool,
+}
+
+impl ListArgs {
+    /// The API's query parameters.
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let duration = |d: &Duration| humantime::format_duration(*d).to_string();
+        [
+            ("recipient", self.recipient.clone()),
+            ("domain", self.domain.clone()),
+            ("provider", self.provider.clone()),
+            ("state", self.state.clone()),
+            ("class", self.class.clone()),
+            ("older_than", self.older_than.as_ref().map(duration)),
+            ("newer_than", self.newer_than.as_ref().map(duration)),
+            ("reply", self.reply.clone()),
+            ("limit", Some(self.limit.to_string())),
+            ("after", self.after.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect()
+    }
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Keep printing events as they are written (like tail -f), through the log being
+    /// created, truncated or rotated.
+    #[arg(long, short)]
+    follow: bool,
+    /// Only events of this provider (as `knock queue` names it).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Only events of this kind: processed, deferred, delivered, bounced, expired,
+    /// suppressed, cancelled, held, released; repeat for more.
+    #[arg(long = "event", value_name = "KIND")]
+    events: Vec<crate::event::Kind>,
+    /// Only the last N events the log holds, before following (default: all of them;
+    /// 10 with --follow).
+    #[arg(long, short = 'n', value_name = "N")]
+    tail: Option<usize>,
+    /// The event log (else --config's [events] path, else knock-data/events.jsonl, as
+    /// `knock serve` writes it from the directory it runs in).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Read the event log's path from this config file's [events] path.
+    #[arg(long, short, conflicts_with = "file")]
+    config: Option<PathBuf>,
+    /// Print each event as its JSON line, as written.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct ApiArgs {
-    /// Base URL of the engine's HTTP API (else --config's [http] listen, else KNOCK_API).
-    #[arg(long)]
+    /// Base URL of the engine's HTTP API, e.g. http://127.0.0.1:8025 or 127.0.0.1:8025
+    /// (else --config's [http] listen, else KNOCK_API).
+    #[arg(long, global = true)]
     api: Option<String>,
     /// Read the API address from this config file's [http] listen.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Bearer token, needed from outside the engine's [http] trusted_networks.
-    #[arg(long, env = "KNOCK_API_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "KNOCK_API_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
 
@@ -339,6 +453,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config).await,
         Command::Send(args) => send(args).await,
         Command::Queue { api, json, show } => queue(api, json, show).await,
+        Command::Events(args) => events(args).await,
         Command::Sink(args) => sink(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Diagnose {
@@ -456,12 +571,33 @@ fn progress_bar(label: &str) -> indicatif::ProgressBar {
 async fn queue(api: ApiArgs, json: bool, show: Option<QueueCommand>) -> anyhow::Result<()> {
     let client = api.client()?;
     match show {
+        Some(QueueCommand::List(args)) => list(&client, &args, json).await?,
         Some(QueueCommand::Show { id }) => {
             let m = client.message(&id).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&m)?)?;
             } else {
                 out!("{}", format::message(&m))?;
+            }
+        }
+        Some(QueueCommand::Cat { id, headers }) => {
+            use std::io::Write as _;
+            let raw = client.raw(&id, headers).await?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&raw).map_err(stdout_error)?;
+            stdout.flush().map_err(stdout_error)?;
+        }
+        Some(QueueCommand::Shape { by }) => {
+            use crate::engine::scheduler::ShapeBy;
+            let by = match by.as_str() {
+                "provider" => ShapeBy::Provider,
+                _ => ShapeBy::Domain,
+            };
+            let shape = client.shape(by).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&shape)?)?;
+            } else {
+                out!("{}", format::shape(&shape))?;
             }
         }
         None => {
@@ -477,6 +613,122 @@ async fn queue(api: ApiArgs, json: bool, show: Option<QueueCommand>) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// `knock queue list`: one page, or with `--all` every page (as one when printing JSON).
+async fn list(client: &ApiClient, args: &ListArgs, json: bool) -> anyhow::Result<()> {
+    let mut query = args.query();
+    let mut page = client.list(&query).await?;
+    while args.all
+        && let Some(next) = page.next.take()
+    {
+        query.retain(|(name, _)| *name != "after");
+        query.push(("after", next));
+        let more = client.list(&query).await?;
+        page.messages.extend(more.messages);
+        page.next = more.next;
+    }
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&page)?)?;
+    } else {
+        out!("{}", format::list(&page, crate::time::Timestamp::now()))?;
+    }
+    Ok(())
+}
+
+/// How often `knock events --follow` looks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// `knock events`: what the log holds (the last `--tail` of it), then with `--follow` what
+/// is written to it, until interrupted.
+async fn events(args: EventsArgs) -> anyhow::Result<()> {
+    let path = match (&args.file, &args.config) {
+        (Some(path), _) => path.clone(),
+        (None, Some(config)) => Config::load(config)?.events.path,
+        (None, None) => crate::config::EventsConfig::default().path,
+    };
+    let mut tail = crate::surface::tail::Tail::new(&path);
+    let keep = args.tail.or(args.follow.then_some(10));
+    let mut last = std::collections::VecDeque::new();
+    loop {
+        let read = tail
+            .read()
+            .with_context(|| format!("reading {}", path.display()))?;
+        for line in read.lines {
+            if let Some(shown) = event_shown(&args, &line) {
+                match keep {
+                    Some(n) => {
+                        last.push_back(shown);
+                        if last.len() > n {
+                            last.pop_front();
+                        }
+                    }
+                    None => outln!("{shown}")?,
+                }
+            }
+        }
+        if read.caught_up {
+            break;
+        }
+    }
+    for shown in last {
+        outln!("{shown}")?;
+    }
+    if !args.follow {
+        anyhow::ensure!(
+            tail.found(),
+            "no event log at {} (knock serve writes it at its [events] path; see --file and --config)",
+            path.display()
+        );
+        return Ok(());
+    }
+    if !tail.found() {
+        eprintln!(
+            "waiting for {} to appear (see --file and --config)",
+            path.display()
+        );
+    }
+    loop {
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        loop {
+            let read = tail
+                .read()
+                .with_context(|| format!("reading {}", path.display()))?;
+            for line in read.lines {
+                if let Some(shown) = event_shown(&args, &line) {
+                    outln!("{shown}")?;
+                }
+            }
+            if read.caught_up {
+                break;
+            }
+        }
+    }
+}
+
+/// The line as `knock events` prints it, if its event passes the filters. A line that is
+/// not an event is passed over with a word on stderr.
+fn event_shown(args: &EventsArgs, line: &str) -> Option<String> {
+    if line.trim().is_empty() {
+        return None;
+    }
+    let event: crate::event::Event = match serde_json::from_str(line) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("skipped a line that is not an event ({e}): {line}");
+            return None;
+        }
+    };
+    let wanted = (args.events.is_empty() || args.events.contains(&event.event))
+        && args
+            .provider
+            .as_ref()
+            .is_none_or(|p| event.provider.as_ref() == Some(p));
+    match (wanted, args.json) {
+        (false, _) => None,
+        (true, true) => Some(line.to_string()),
+        (true, false) => Some(format::event(&event)),
+    }
 }
 
 async fn diagnose(
@@ -822,6 +1074,135 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn queue_subcommands_take_json_and_the_api_anywhere() {
+        for args in [
+            &[
+                "knock",
+                "queue",
+                "list",
+                "--domain",
+                "rx.test",
+                "--json",
+                "--api",
+                "127.0.0.1:1",
+            ][..],
+            &[
+                "knock",
+                "queue",
+                "--json",
+                "shape",
+                "--by",
+                "provider",
+                "--api",
+                "127.0.0.1:1",
+            ],
+            &[
+                "knock",
+                "queue",
+                "--api",
+                "127.0.0.1:1",
+                "cat",
+                "01a2",
+                "--headers",
+                "--json",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Queue { json, api, .. } = cli.command else {
+                panic!("{args:?}")
+            };
+            assert!(json, "{args:?}");
+            assert_eq!(api.api.as_deref(), Some("127.0.0.1:1"), "{args:?}");
+        }
+        let Command::Queue {
+            show: Some(QueueCommand::List(list)),
+            ..
+        } = Cli::try_parse_from([
+            "knock",
+            "queue",
+            "list",
+            "--older-than",
+            "90m",
+            "--state",
+            "deferred",
+            "--limit",
+            "5",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("a list")
+        };
+        assert_eq!(
+            list.query(),
+            [
+                ("state", "deferred".to_string()),
+                ("older_than", "1h 30m".to_string()),
+                ("limit", "5".to_string()),
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["knock", "queue", "list", "--older-than", "soon"]).is_err(),
+            "a duration is checked before anything is asked"
+        );
+    }
+
+    /// The operator's guide names every flag of the queue's and the event log's readers.
+    #[test]
+    fn the_guide_names_every_reading_flag() {
+        let doc = include_str!("../../../docs/operations.md");
+        let mut cli = Cli::command();
+        cli.build();
+        let queue = cli.find_subcommand("queue").unwrap();
+        let commands = [
+            queue.find_subcommand("list").unwrap(),
+            queue.find_subcommand("cat").unwrap(),
+            queue.find_subcommand("shape").unwrap(),
+            cli.find_subcommand("events").unwrap(),
+        ];
+        for cmd in commands {
+            for arg in cmd.get_arguments().filter(|a| !a.is_global_set()) {
+                if let Some(long) = arg.get_long().filter(|l| *l != "help") {
+                    assert!(
+                        doc.contains(&format!("--{long}")),
+                        "operations.md: {} --{long}",
+                        cmd.get_name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn events_take_kinds_and_refuse_unknown_ones() {
+        let cli = Cli::try_parse_from([
+            "knock",
+            "events",
+            "--follow",
+            "--event",
+            "deferred",
+            "--event",
+            "bounced",
+            "--provider",
+            "google",
+        ])
+        .unwrap();
+        let Command::Events(args) = cli.command else {
+            panic!("events")
+        };
+        assert!(args.follow);
+        assert_eq!(
+            args.events,
+            [crate::event::Kind::Deferred, crate::event::Kind::Bounced]
+        );
+        let err = Cli::try_parse_from(["knock", "events", "--event", "deferal"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not an event"), "{err}");
     }
 
     #[test]
