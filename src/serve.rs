@@ -193,6 +193,7 @@ impl Engine {
             max_message_size: config.smtp.max_message_size,
             spool_file: spool::database_file(&config.spool.path),
             scraped: Default::default(),
+            providers: crate::policy::provider::Providers::new(config.providers.clone()),
         }));
         // Histograms gather samples until they are drained: drain them between scrapes.
         crate::metrics::handle();

@@ -56,6 +56,11 @@ impl Providers {
         }
     }
 
+    /// Whether a provider of the table (the operator's or the shipped) is named `name`.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.defs.iter().any(|d| d.name == name)
+    }
+
     /// The provider that lists `domain` by name, if any: no DNS needed.
     pub fn by_domain(&self, domain: &str) -> Option<&str> {
         self.by_name

@@ -144,6 +144,43 @@ impl ApiClient {
         self.read(resp).await
     }
 
+    /// POSTs `body` to `path` (`/api/v1/...`) and reads the answer.
+    pub async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
+    /// GETs `path` (`/api/v1/...`) and reads the answer.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await;
+        self.read(resp).await
+    }
+
+    /// POSTs `body` to `/api/v1/messages/{id}/{then}`.
+    pub async fn post_message<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+        then: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .post(self.message_url(id, then)?)
+            .json(body)
+            .send()
+            .await;
+        self.read(resp).await
+    }
+
     /// `/api/v1/messages/{id}[/{then}]`, the id escaped as a path segment (whatever was
     /// typed, it names no other endpoint).
     fn message_url(&self, id: &str, then: &str) -> anyhow::Result<reqwest::Url> {

@@ -916,9 +916,11 @@ pub const MAGIC_RECIPIENTS: &[MagicRecipient] = &[
     },
 ];
 
-/// The scripted answer to `rcpt`, if it is a magic recipient.
+/// The scripted answer to `rcpt`, if it is a magic recipient (a `+tag` is ignored, so
+/// that many distinct recipients can answer alike).
 fn magic(rcpt: &str) -> Option<Reply> {
     let local = rcpt.split('@').next()?;
+    let local = local.split('+').next()?;
     let m = MAGIC_RECIPIENTS
         .iter()
         .find(|m| m.local_part.eq_ignore_ascii_case(local))?;

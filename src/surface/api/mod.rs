@@ -9,6 +9,7 @@ pub mod listing;
 pub mod messages;
 pub mod metrics;
 pub mod queue;
+pub mod steer;
 pub mod suppressions;
 
 use crate::engine::ingest::Intake;
@@ -44,6 +45,23 @@ pub struct ApiState {
     /// The spool's database file, whose size `/metrics` reports.
     pub spool_file: std::path::PathBuf,
     pub scraped: metrics::Scraped,
+    /// The provider table, to tell a provider's name from a typo.
+    pub providers: crate::policy::provider::Providers,
+}
+
+impl ApiState {
+    /// Whether `name` is a provider: one of the table, or one knock has met (a domain's
+    /// own MX hosts make a provider of their own).
+    pub async fn provider_known(&self, name: &str) -> bool {
+        self.providers.is_named(name)
+            || self
+                .intake
+                .scheduler
+                .destinations()
+                .await
+                .iter()
+                .any(|d| d.destination == name)
+    }
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -61,6 +79,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/destinations", get(get_destinations))
         .route("/api/v1/diagnose", get(get_diagnose))
         .route("/api/v1/suppressions", get(get_suppressions))
+        .route("/api/v1/suspensions", get(steer::get_suspensions_in_force))
+        .route("/api/v1/suspend", post(steer::post_suspend))
+        .route("/api/v1/resume", post(steer::post_resume))
+        .route("/api/v1/messages/{id}/hold", post(steer::post_hold))
+        .route("/api/v1/messages/{id}/release", post(steer::post_release))
+        .route("/api/v1/retry", post(steer::post_retry))
+        .route("/api/v1/cancel", post(steer::post_cancel))
+        .route("/api/v1/bounce", post(steer::post_bounce))
         .route(
             "/api/v1/suppressions/{address}",
             get(get_suppression)

@@ -179,7 +179,7 @@ fn attempts(out: &mut String, attempts: &[crate::message::Attempt]) {
 
 /// Rows under a header, each column as wide as its widest cell; the columns in `right`
 /// aligned right (numbers), the last column never padded.
-fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -35,6 +35,8 @@ fn stdout_error(e: std::io::Error) -> anyhow::Error {
     }
 }
 
+mod steer;
+
 use crate::config::{Config, Rate};
 use crate::net::smtp::server::EhloMode;
 use crate::surface::api::SendRequest;
@@ -79,6 +81,30 @@ pub enum Command {
     /// Print the event log as one readable line per event; with --follow, as it is
     /// written.
     Events(EventsArgs),
+    /// Stop sending to a provider or a domain: its mail stays queued (and still expires)
+    /// until it is resumed.
+    Suspend(steer::SuspendArgs),
+    /// Resume a suspended provider or domain: its mail goes at the destination's pace.
+    Resume(steer::TargetArgs),
+    /// List what is suspended or held, since when, by whom and why.
+    Suspensions {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the API's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold a message: it stays queued and is not tried until released.
+    Hold(steer::HoldArgs),
+    /// Release a held message: it is tried at its destination's pace.
+    Release(steer::HoldArgs),
+    /// Try the chosen mail now, at each destination's pace (greylisted mail keeps its
+    /// time).
+    Retry(steer::FilterArgs),
+    /// Remove the chosen recipients from the queue, without a DSN.
+    Cancel(steer::FilterArgs),
+    /// Bounce the chosen recipients: their senders get a DSN (unless --no-dsn).
+    Bounce(steer::BounceArgs),
     /// Run a scriptable receiving MX.
     #[command(after_help = magic_recipients_help())]
     Sink(SinkArgs),
@@ -454,6 +480,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Send(args) => send(args).await,
         Command::Queue { api, json, show } => queue(api, json, show).await,
         Command::Events(args) => events(args).await,
+        Command::Suspend(args) => steer::suspend(args).await,
+        Command::Resume(args) => steer::resume(args).await,
+        Command::Suspensions { api, json } => steer::suspensions(api, json).await,
+        Command::Hold(args) => steer::hold(args, false).await,
+        Command::Release(args) => steer::hold(args, true).await,
+        Command::Retry(args) => steer::retry(args).await,
+        Command::Cancel(args) => steer::cancel(args).await,
+        Command::Bounce(args) => steer::bounce(args).await,
         Command::Sink(args) => sink(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Diagnose {
@@ -885,7 +919,9 @@ fn scenario_receiver(
 /// from, so the two cannot disagree.
 fn magic_recipients_help() -> String {
     use std::fmt::Write;
-    let mut out = String::from("Magic recipients, at any domain, answer as scripted:\n");
+    let mut out = String::from(
+        "Magic recipients, at any domain and with any +tag (tempfail+1@...), answer as scripted:\n",
+    );
     for m in crate::tools::receiver::MAGIC_RECIPIENTS {
         let local = format!("{}@", m.local_part);
         let _ = writeln!(out, "  {local:<11} {} {}  {}", m.code, m.enhanced, m.means);

@@ -1,0 +1,326 @@
+//! The operator's actions on the queue: suspend and resume a provider or a domain, hold and
+//! release a message, retry now, cancel, bounce. Bulk actions take a filter (`messages`,
+//! `domain`, `provider`, or `all: true`) and a `dry_run` that answers how many recipients
+//! they would touch without touching them. Every action is recorded under the caller's
+//! token name ([`Actor`]).
+
+use super::messages::resolve;
+use super::{Actor, ApiError, ApiState, parse_json};
+use crate::control::{Ending, Selector, Steered, Suspension, Target};
+use crate::engine::operator::OperatorError;
+use axum::Extension;
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What an action touched, or would have with `dry_run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SteerView {
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub steered: Steered,
+}
+
+/// A provider or a domain, as a body names it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendRequest {
+    provider: Option<String>,
+    domain: Option<String>,
+    reason: Option<String>,
+}
+
+/// A filter over the queue, as a body gives it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterRequest {
+    #[serde(default)]
+    messages: Vec<String>,
+    domain: Option<String>,
+    provider: Option<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    dry_run: bool,
+    /// Bounce only: send the sender a DSN (the default).
+    dsn: Option<bool>,
+}
+
+/// One suspension, for `GET /api/v1/suspensions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SuspensionView {
+    #[serde(flatten)]
+    pub target: Target,
+    #[serde(flatten)]
+    pub suspension: Suspension,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SuspensionsView {
+    pub suspensions: Vec<SuspensionView>,
+}
+
+fn operator_error(e: OperatorError) -> ApiError {
+    let status = match &e {
+        OperatorError::NotQueued(_) | OperatorError::NotSuspended(_) => StatusCode::NOT_FOUND,
+        OperatorError::AlreadySuspended(_) => StatusCode::CONFLICT,
+        OperatorError::Spool(_) => StatusCode::INSUFFICIENT_STORAGE,
+        OperatorError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// The provider or domain a suspend or resume body names (exactly one of them).
+fn target(r: &SuspendRequest) -> Result<Target, ApiError> {
+    match (&r.provider, &r.domain) {
+        (Some(p), None) => {
+            let p = p.trim();
+            if p.is_empty() {
+                return Err(ApiError::field("provider", "must not be empty"));
+            }
+            Ok(Target::Provider(p.to_string()))
+        }
+        (None, Some(d)) => {
+            let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            if d.is_empty() || !d.contains('.') {
+                return Err(ApiError::field(
+                    "domain",
+                    format!("{d:?} is not a domain name"),
+                ));
+            }
+            Ok(Target::Domain(d))
+        }
+        (Some(_), Some(_)) => Err(ApiError::field(
+            "provider",
+            "give a provider or a domain, not both",
+        )),
+        (None, None) => Err(ApiError::field(
+            "provider",
+            "give the provider or the domain to suspend",
+        )),
+    }
+}
+
+/// `POST /api/v1/suspend`: `{"provider": "google"}` or `{"domain": "example.com"}`, with an
+/// optional `reason`. Its mail stays queued (and still expires); nothing is sent to it until
+/// it is resumed.
+pub(super) async fn post_suspend(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: SuspendRequest = parse_json(&body)?;
+    let target = target(&r)?;
+    if let Target::Provider(p) = &target
+        && !state.provider_known(p).await
+    {
+        return Err(ApiError::field(
+            "provider",
+            format!("no provider is named {p:?} (see GET /api/v1/destinations)"),
+        ));
+    }
+    let reason = r
+        .reason
+        .unwrap_or_else(|| "suspended by the operator".into());
+    let steered = state
+        .operator
+        .suspend(target, reason, &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(axum::Json(SteerView {
+        dry_run: false,
+        steered,
+    }))
+}
+
+/// `POST /api/v1/resume`: ends a suspension; its mail goes at the destination's pace.
+pub(super) async fn post_resume(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: SuspendRequest = parse_json(&body)?;
+    if r.reason.is_some() {
+        return Err(ApiError::field("reason", "a resume takes no reason"));
+    }
+    let target = target(&r)?;
+    let steered = state
+        .operator
+        .resume(target, &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(axum::Json(SteerView {
+        dry_run: false,
+        steered,
+    }))
+}
+
+/// `GET /api/v1/suspensions`: what is suspended or held, why, since when and by whom.
+pub(super) async fn get_suspensions_in_force(
+    AxState(state): AxState<Arc<ApiState>>,
+) -> axum::Json<SuspensionsView> {
+    let suspensions = state
+        .operator
+        .suspensions()
+        .await
+        .into_iter()
+        .map(|(target, suspension)| SuspensionView { target, suspension })
+        .collect();
+    axum::Json(SuspensionsView { suspensions })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldRequest {
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/messages/{id}/hold`: the message stays queued and is not tried.
+pub(super) async fn post_hold(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: HoldRequest = match body.is_empty() {
+        true => HoldRequest::default(),
+        false => parse_json(&body)?,
+    };
+    let id = resolve(&state, &id).await?;
+    let reason = r.reason.unwrap_or_else(|| "held by the operator".into());
+    let steered = state
+        .operator
+        .suspend(Target::Message(id), reason, &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(axum::Json(SteerView {
+        dry_run: false,
+        steered,
+    }))
+}
+
+/// `POST /api/v1/messages/{id}/release`: a held message is tried again.
+pub(super) async fn post_release(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let id = resolve(&state, &id).await?;
+    let steered = state
+        .operator
+        .resume(Target::Message(id), &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(axum::Json(SteerView {
+        dry_run: false,
+        steered,
+    }))
+}
+
+/// The selector a filter body gives: message ids (or their starts), domain, provider, or
+/// `all: true`; an empty filter is refused, so that nothing is done to everything by
+/// mistake.
+async fn selector(state: &ApiState, r: &FilterRequest) -> Result<Selector, ApiError> {
+    let mut messages = Vec::new();
+    for (i, text) in r.messages.iter().enumerate() {
+        let id = resolve(state, text).await.map_err(|e| ApiError {
+            field: Some(format!("messages[{i}]")),
+            ..e
+        })?;
+        messages.push(id);
+    }
+    let domain = r
+        .domain
+        .as_deref()
+        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
+    let selector = Selector {
+        messages,
+        domain,
+        provider: r.provider.as_deref().map(|p| p.trim().to_string()),
+    };
+    match (selector.is_empty(), r.all) {
+        (true, false) => Err(ApiError::field(
+            "messages",
+            "give a filter (messages, domain, provider) or \"all\": true",
+        )),
+        (false, true) => Err(ApiError::field(
+            "all",
+            "\"all\": true takes no other filter",
+        )),
+        _ => Ok(selector),
+    }
+}
+
+/// `POST /api/v1/retry`: the selected mail is due now, released at each destination's
+/// pace; greylisted mail keeps its time (the answer says how many, and until when).
+pub(super) async fn post_retry(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: FilterRequest = parse_json(&body)?;
+    if r.dsn.is_some() {
+        return Err(ApiError::field("dsn", "only a bounce takes dsn"));
+    }
+    let selector = selector(&state, &r).await?;
+    let steered = state
+        .operator
+        .retry(selector, r.dry_run, &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(axum::Json(SteerView {
+        dry_run: r.dry_run,
+        steered,
+    }))
+}
+
+/// `POST /api/v1/cancel`: the selected recipients leave the queue (`cancelled`), without a
+/// DSN.
+pub(super) async fn post_cancel(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: FilterRequest = parse_json(&body)?;
+    if r.dsn.is_some() {
+        return Err(ApiError::field(
+            "dsn",
+            "a cancel sends no DSN; bounce to send one",
+        ));
+    }
+    end(state, actor, r, Ending::Cancel).await
+}
+
+/// `POST /api/v1/bounce`: the selected recipients are bounced (`bounced`), with a DSN to
+/// the sender unless `"dsn": false`.
+pub(super) async fn post_bounce(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: FilterRequest = parse_json(&body)?;
+    let how = Ending::Bounce {
+        dsn: r.dsn.unwrap_or(true),
+    };
+    end(state, actor, r, how).await
+}
+
+async fn end(
+    state: Arc<ApiState>,
+    actor: String,
+    r: FilterRequest,
+    how: Ending,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let selector = selector(&state, &r).await?;
+    let steered = state
+        .operator
+        .end(selector, how, r.dry_run, &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(axum::Json(SteerView {
+        dry_run: r.dry_run,
+        steered,
+    }))
+}
