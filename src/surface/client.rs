@@ -165,6 +165,38 @@ impl ApiClient {
         self.read(resp).await
     }
 
+    /// An address's suppression: read it, or add it when `body` is given.
+    pub async fn suppression<T: serde::de::DeserializeOwned>(
+        &self,
+        address: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let url = self.url(&["api", "v1", "suppressions", address])?;
+        let resp = match body {
+            Some(b) => self.http.put(url).json(b).send().await,
+            None => self.http.get(url).send().await,
+        };
+        self.read(resp).await
+    }
+
+    /// Takes an address off the suppression list.
+    pub async fn unsuppress(&self, address: &str) -> anyhow::Result<()> {
+        let url = self.url(&["api", "v1", "suppressions", address])?;
+        self.checked(self.http.delete(url).send().await).await?;
+        Ok(())
+    }
+
+    /// The base URL with `segments` appended, each escaped as a path segment.
+    fn url(&self, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .with_context(|| format!("--api: {} is not a URL", self.base))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("--api: {} cannot be a base URL", self.base))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
     /// POSTs `body` to `/api/v1/messages/{id}/{then}`.
     pub async fn post_message<T: serde::de::DeserializeOwned>(
         &self,

@@ -320,3 +320,55 @@ async fn the_command_line_suspends_lists_retries_and_cancels() {
         .await;
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_edits_the_suppression_list() {
+    let world = World::new(&["1h"], "1d");
+    let (rx, _tx, resolver) = receiver_and_sender().await;
+    let engine = world.start(resolver).await;
+    let api = engine.http_addr.to_string();
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--api".to_string(), api.clone()]);
+        tokio::task::spawn_blocking(move || knock(all))
+    };
+    let (ok, out, err) = run(&[
+        "suppress",
+        "add",
+        "Ann@rx.test",
+        "--reason",
+        "asked to stop",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ann@rx.test") && out.contains("asked to stop"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["suppress", "list"]).await.unwrap();
+    assert!(
+        ok && out.starts_with("ADDRESS") && out.contains("ann@rx.test"),
+        "{out}"
+    );
+    send(&engine, "ann@rx.test").await;
+    world.wait_event(T, is("suppressed", "ann@rx.test")).await;
+    let (ok, out, _) = run(&["suppress", "show", "ann@rx.test", "--json"])
+        .await
+        .unwrap();
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["reason"], "asked to stop", "{v}");
+    let (ok, out, err) = run(&["suppress", "remove", "ann@rx.test"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("off the suppression list"), "{out}");
+    let (ok, _, err) = run(&["suppress", "show", "ann@rx.test"]).await.unwrap();
+    assert!(
+        !ok && err.lines().count() == 1 && err.contains("404"),
+        "{err}"
+    );
+    send(&engine, "ann@rx.test").await;
+    world.wait_event(T, is("delivered", "ann@rx.test")).await;
+    assert_eq!(rx.received().len(), 1);
+    engine.shutdown().await;
+}

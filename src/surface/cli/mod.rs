@@ -36,6 +36,7 @@ fn stdout_error(e: std::io::Error) -> anyhow::Error {
 }
 
 mod steer;
+mod suppress;
 
 use crate::config::{Config, Rate};
 use crate::net::smtp::server::EhloMode;
@@ -105,6 +106,8 @@ pub enum Command {
     Cancel(steer::FilterArgs),
     /// Bounce the chosen recipients: their senders get a DSN (unless --no-dsn).
     Bounce(steer::BounceArgs),
+    /// The suppression list: list, show, add or remove addresses.
+    Suppress(suppress::SuppressArgs),
     /// Run a scriptable receiving MX.
     #[command(after_help = magic_recipients_help())]
     Sink(SinkArgs),
@@ -481,6 +484,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Queue { api, json, show } => queue(api, json, show).await,
         Command::Events(args) => events(args).await,
         Command::Suspend(args) => steer::suspend(args).await,
+        Command::Suppress(args) => suppress::suppress(args).await,
         Command::Resume(args) => steer::resume(args).await,
         Command::Suspensions { api, json } => steer::suspensions(api, json).await,
         Command::Hold(args) => steer::hold(args, false).await,
