@@ -13,6 +13,7 @@ mod http;
 mod knobs;
 mod logging;
 mod metrics;
+mod openapi;
 mod protocol;
 mod queue;
 mod security;

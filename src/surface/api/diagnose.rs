@@ -22,6 +22,7 @@ pub struct DiagnoseView {
 }
 
 /// `GET /api/v1/diagnose?provider=google&window=1h`.
+#[utoipa::path(get, path = "/api/v1/diagnose", tag = "diagnose", params(("provider" = Option<String>, Query, description = "Only this provider"), ("window" = Option<String>, Query, description = "How far back to read the event log, e.g. 1h")), responses((status = 200, description = "Per provider: what is behind the deferrals and bounces, and what knock does about it"), (status = 400, description = "A bad parameter"), (status = 404, description = "The provider has neither events nor a queue")))]
 pub(super) async fn get_diagnose(
     AxState(state): AxState<Arc<ApiState>>,
     query: Result<axum::extract::Query<DiagnoseQuery>, axum::extract::rejection::QueryRejection>,

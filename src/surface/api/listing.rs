@@ -360,6 +360,7 @@ impl<'a> Collector<'a> {
 }
 
 /// `GET /api/v1/messages?domain=…&state=deferred&limit=50&after=…`.
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(("recipient" = Option<String>, Query, description = "Recipients whose address contains this"), ("domain" = Option<String>, Query, description = "Recipients at this domain"), ("provider" = Option<String>, Query, description = "Recipients of this provider"), ("state" = Option<String>, Query, description = "queued, deferred, active (comma-separated)"), ("class" = Option<String>, Query, description = "Class of the last attempt"), ("older_than" = Option<String>, Query, description = "Messages that waited at least this long"), ("newer_than" = Option<String>, Query, description = "Messages that waited less than this long"), ("reply" = Option<String>, Query, description = "Last reply contains this"), ("limit" = Option<usize>, Query, description = "Messages per page (1-1000)"), ("after" = Option<String>, Query, description = "Go on after this message id")), responses((status = 200, description = "A page of queued messages and their pending recipients"), (status = 400, description = "A bad parameter, named in field")))]
 pub(super) async fn get_messages(
     AxState(state): AxState<Arc<ApiState>>,
     query: Result<

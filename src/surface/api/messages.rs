@@ -61,6 +61,7 @@ pub struct SendResponse {
     pub recipients: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/messages", tag = "messages", request_body(content = serde_json::Value, content_type = "application/json", description = "from, to, and subject and text, or raw"), responses((status = 200, description = "Accepted and durable: the new message id"), (status = 400, description = "A bad field, named in field"), (status = 413, description = "Too large"), (status = 507, description = "The spool cannot store it; nothing was accepted")))]
 pub(super) async fn post_message(
     AxState(state): AxState<Arc<ApiState>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -255,6 +256,7 @@ pub(super) async fn resolve(state: &ApiState, text: &str) -> Result<MessageId, A
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", params(("id" = String, Path, description = "A message id, or the start of one no other message on record shares")), responses((status = 200, description = "The message: each recipient, its state and attempts"), (status = 404, description = "No such message"), (status = 409, description = "Several messages have ids starting so")))]
 pub(super) async fn get_message(
     AxState(state): AxState<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -298,6 +300,7 @@ pub(super) async fn get_message(
 
 /// `GET /api/v1/messages/{id}/raw`: the message as the spool holds it (`message/rfc822`,
 /// CRLF line ends); with `?headers=true`, its header section only.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/raw", tag = "messages", params(("id" = String, Path, description = "A message id, or the start of one no other message on record shares"), ("headers" = Option<bool>, Query, description = "Only the header section")), responses((status = 200, description = "The message as stored", content_type = "message/rfc822"), (status = 404, description = "No such message"), (status = 410, description = "Finished: its body is gone")))]
 pub(super) async fn get_raw(
     AxState(state): AxState<Arc<ApiState>>,
     Path(id): Path<String>,

@@ -27,6 +27,7 @@ type SampleKey = (&'static str, Vec<(&'static str, String)>);
 #[derive(Default)]
 pub struct Scraped(std::sync::Mutex<HashSet<SampleKey>>);
 
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain")))]
 pub(super) async fn get_metrics(AxState(state): AxState<Arc<ApiState>>) -> impl IntoResponse {
     let handle = m::handle();
     let (summary, destinations) = tokio::join!(

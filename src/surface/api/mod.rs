@@ -17,14 +17,9 @@ use axum::Router;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use diagnose::get_diagnose;
-use listing::get_messages;
-use messages::{get_message, get_raw, post_message};
-use queue::{get_destinations, get_queue, get_shape};
+use axum::routing::get;
 use serde_json::json;
 use std::sync::Arc;
-use suppressions::{delete_suppression, get_suppression, get_suppressions, put_suppression};
 
 pub use diagnose::DiagnoseView;
 pub use listing::{ListView, ListedMessage, ListedRecipient};
@@ -64,35 +59,106 @@ impl ApiState {
     }
 }
 
+/// The OpenAPI document's frame; the paths come from the handlers as they are routed.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "knock",
+        description = "The HTTP API of knock, an outbound mail delivery engine (docs/http-api.md).",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// Declares the bearer token every call but the health check needs from outside the
+/// trusted networks.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /api/v1/health`: answers while the engine runs; needs no token.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health", security(()), responses((status = 200, description = "The engine runs")))]
+async fn get_health() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// The OpenAPI 3 document of this API.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health", responses((status = 200, description = "This document")))]
+async fn get_openapi(
+    AxState(doc): AxState<Arc<utoipa::openapi::OpenApi>>,
+) -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json((*doc).clone())
+}
+
+/// Every route with its OpenAPI entry: routes are only ever added here, through
+/// `routes!`, so none can lack an entry and no entry can lack a route.
+fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(get_health))
+        .routes(routes!(metrics::get_metrics))
+        .routes(routes!(messages::post_message, listing::get_messages))
+        .routes(routes!(messages::get_message))
+        .routes(routes!(messages::get_raw))
+        .routes(routes!(queue::get_queue))
+        .routes(routes!(queue::get_shape))
+        .routes(routes!(queue::get_destinations))
+        .routes(routes!(diagnose::get_diagnose))
+        .routes(routes!(suppressions::get_suppressions))
+        .routes(routes!(
+            suppressions::get_suppression,
+            suppressions::put_suppression,
+            suppressions::delete_suppression
+        ))
+        .routes(routes!(steer::get_suspensions_in_force))
+        .routes(routes!(steer::post_suspend))
+        .routes(routes!(steer::post_resume))
+        .routes(routes!(steer::post_hold))
+        .routes(routes!(steer::post_release))
+        .routes(routes!(steer::post_retry))
+        .routes(routes!(steer::post_cancel))
+        .routes(routes!(steer::post_bounce))
+        .split_for_parts()
+}
+
+/// The API's OpenAPI document (what `GET /api/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = routes();
+    add_openapi_path(&mut doc);
+    doc
+}
+
+/// The document's own route is served from the document, so it is added to it by hand.
+fn add_openapi_path(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::Path as _;
+    let path = __path_get_openapi::path();
+    let item = utoipa::openapi::PathItem::new(
+        utoipa::openapi::HttpMethod::Get,
+        __path_get_openapi::operation(),
+    );
+    doc.paths.paths.insert(path, item);
+}
+
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
-        .route("/metrics", get(metrics::get_metrics))
-        .route("/api/v1/messages", post(post_message).get(get_messages))
-        .route("/api/v1/messages/{id}", get(get_message))
-        .route("/api/v1/messages/{id}/raw", get(get_raw))
-        .route("/api/v1/queue", get(get_queue))
-        .route("/api/v1/queue/shape", get(get_shape))
-        .route("/api/v1/destinations", get(get_destinations))
-        .route("/api/v1/diagnose", get(get_diagnose))
-        .route("/api/v1/suppressions", get(get_suppressions))
-        .route("/api/v1/suspensions", get(steer::get_suspensions_in_force))
-        .route("/api/v1/suspend", post(steer::post_suspend))
-        .route("/api/v1/resume", post(steer::post_resume))
-        .route("/api/v1/messages/{id}/hold", post(steer::post_hold))
-        .route("/api/v1/messages/{id}/release", post(steer::post_release))
-        .route("/api/v1/retry", post(steer::post_retry))
-        .route("/api/v1/cancel", post(steer::post_cancel))
-        .route("/api/v1/bounce", post(steer::post_bounce))
-        .route(
-            "/api/v1/suppressions/{address}",
-            get(get_suppression)
-                .put(put_suppression)
-                .delete(delete_suppression),
-        )
+    let (api, mut doc) = routes();
+    add_openapi_path(&mut doc);
+    let doc = Router::new()
+        .route("/api/v1/openapi.json", get(get_openapi))
+        .with_state(Arc::new(doc));
+    api.merge(doc.with_state(()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -252,4 +318,25 @@ pub(crate) fn doc_section(heading: &str) -> &'static str {
         .find("\n## ")
         .map_or(doc.len(), |e| start + 1 + e);
     &doc[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    /// Routes are added through `routes!` only (each with its OpenAPI entry); the one
+    /// exception is the document's own route, which `add_openapi_path` documents.
+    #[test]
+    fn every_route_is_added_with_its_openapi_entry() {
+        let source = include_str!("mod.rs");
+        let plain = concat!(".rou", "te(\"");
+        let routed: Vec<&str> = source.lines().filter(|l| l.contains(plain)).collect();
+        assert_eq!(
+            routed.len(),
+            1,
+            "routes added without an OpenAPI entry: {routed:?}"
+        );
+        assert!(routed[0].contains("/api/v1/openapi.json"));
+        let doc = super::openapi();
+        assert!(doc.paths.paths.contains_key("/api/v1/openapi.json"));
+        assert!(doc.paths.paths.contains_key("/api/v1/messages/{id}/hold"));
+    }
 }

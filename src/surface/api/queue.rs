@@ -14,6 +14,7 @@ pub struct QueueView {
     pub domains: Vec<DomainSummary>,
 }
 
+#[utoipa::path(get, path = "/api/v1/queue", tag = "queue", responses((status = 200, description = "The queue per domain")))]
 pub(super) async fn get_queue(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<QueueView> {
     axum::Json(QueueView {
         domains: state.intake.scheduler.summary().await,
@@ -25,6 +26,7 @@ pub struct DestinationsView {
     pub destinations: Vec<DestinationView>,
 }
 
+#[utoipa::path(get, path = "/api/v1/destinations", tag = "queue", responses((status = 200, description = "Each destination's queue and shaping")))]
 pub(super) async fn get_destinations(
     AxState(state): AxState<Arc<ApiState>>,
 ) -> axum::Json<DestinationsView> {
@@ -34,6 +36,7 @@ pub(super) async fn get_destinations(
 }
 
 /// `GET /api/v1/queue/shape?by=domain|provider`.
+#[utoipa::path(get, path = "/api/v1/queue/shape", tag = "queue", params(("by" = Option<String>, Query, description = "domain (the default) or provider")), responses((status = 200, description = "Pending recipients by how long they waited"), (status = 400, description = "A bad parameter")))]
 pub(super) async fn get_shape(
     AxState(state): AxState<Arc<ApiState>>,
     query: Result<

@@ -106,6 +106,7 @@ fn target(r: &SuspendRequest) -> Result<Target, ApiError> {
 /// `POST /api/v1/suspend`: `{"provider": "google"}` or `{"domain": "example.com"}`, with an
 /// optional `reason`. Its mail stays queued (and still expires); nothing is sent to it until
 /// it is resumed.
+#[utoipa::path(post, path = "/api/v1/suspend", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "provider or domain, and an optional reason"), responses((status = 200, description = "Suspended: what it holds back"), (status = 400, description = "A bad field"), (status = 409, description = "Suspended already")))]
 pub(super) async fn post_suspend(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -136,6 +137,7 @@ pub(super) async fn post_suspend(
 }
 
 /// `POST /api/v1/resume`: ends a suspension; its mail goes at the destination's pace.
+#[utoipa::path(post, path = "/api/v1/resume", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "provider or domain"), responses((status = 200, description = "Resumed: what goes again"), (status = 404, description = "Not suspended")))]
 pub(super) async fn post_resume(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -158,6 +160,7 @@ pub(super) async fn post_resume(
 }
 
 /// `GET /api/v1/suspensions`: what is suspended or held, why, since when and by whom.
+#[utoipa::path(get, path = "/api/v1/suspensions", tag = "steering", responses((status = 200, description = "What is suspended or held, why, since when and by whom")))]
 pub(super) async fn get_suspensions_in_force(
     AxState(state): AxState<Arc<ApiState>>,
 ) -> axum::Json<SuspensionsView> {
@@ -178,6 +181,7 @@ struct HoldRequest {
 }
 
 /// `POST /api/v1/messages/{id}/hold`: the message stays queued and is not tried.
+#[utoipa::path(post, path = "/api/v1/messages/{id}/hold", tag = "steering", params(("id" = String, Path, description = "A message id, or the start of one no other message on record shares")), request_body(content = serde_json::Value, content_type = "application/json", description = "an optional reason"), responses((status = 200, description = "Held"), (status = 404, description = "Nothing of it is pending"), (status = 409, description = "Held already, or several messages have ids starting so")))]
 pub(super) async fn post_hold(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -202,6 +206,7 @@ pub(super) async fn post_hold(
 }
 
 /// `POST /api/v1/messages/{id}/release`: a held message is tried again.
+#[utoipa::path(post, path = "/api/v1/messages/{id}/release", tag = "steering", params(("id" = String, Path, description = "A message id, or the start of one no other message on record shares")), responses((status = 200, description = "Released"), (status = 404, description = "Not held")))]
 pub(super) async fn post_release(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -255,6 +260,7 @@ async fn selector(state: &ApiState, r: &FilterRequest) -> Result<Selector, ApiEr
 
 /// `POST /api/v1/retry`: the selected mail is due now, released at each destination's
 /// pace; greylisted mail keeps its time (the answer says how many, and until when).
+#[utoipa::path(post, path = "/api/v1/retry", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "a filter (messages, domain, provider, or all) and dry_run"), responses((status = 200, description = "What is due now, or would be"), (status = 400, description = "No filter, or a bad one")))]
 pub(super) async fn post_retry(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -278,6 +284,7 @@ pub(super) async fn post_retry(
 
 /// `POST /api/v1/cancel`: the selected recipients leave the queue (`cancelled`), without a
 /// DSN.
+#[utoipa::path(post, path = "/api/v1/cancel", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "a filter (messages, domain, provider, or all) and dry_run"), responses((status = 200, description = "What was cancelled, or would be"), (status = 400, description = "No filter, or a bad one")))]
 pub(super) async fn post_cancel(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -295,6 +302,7 @@ pub(super) async fn post_cancel(
 
 /// `POST /api/v1/bounce`: the selected recipients are bounced (`bounced`), with a DSN to
 /// the sender unless `"dsn": false`.
+#[utoipa::path(post, path = "/api/v1/bounce", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "a filter (messages, domain, provider, or all), dsn and dry_run"), responses((status = 200, description = "What was bounced, or would be"), (status = 400, description = "No filter, or a bad one")))]
 pub(super) async fn post_bounce(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,

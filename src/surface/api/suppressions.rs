@@ -22,6 +22,7 @@ pub struct SuppressionsView {
     pub suppressions: Vec<SuppressionView>,
 }
 
+#[utoipa::path(get, path = "/api/v1/suppressions", tag = "suppressions", responses((status = 200, description = "Every suppressed address")))]
 pub(super) async fn get_suppressions(
     AxState(state): AxState<Arc<ApiState>>,
 ) -> axum::Json<SuppressionsView> {
@@ -36,6 +37,7 @@ pub(super) async fn get_suppressions(
 }
 
 /// `GET /api/v1/suppressions/{address}`: why the address is listed and since when, or 404.
+#[utoipa::path(get, path = "/api/v1/suppressions/{address}", tag = "suppressions", params(("address" = String, Path, description = "The address")), responses((status = 200, description = "Why and since when"), (status = 404, description = "Not listed")))]
 pub(super) async fn get_suppression(
     AxState(state): AxState<Arc<ApiState>>,
     Path(address): Path<String>,
@@ -58,6 +60,7 @@ pub(super) struct SuppressRequest {
 }
 
 /// `PUT /api/v1/suppressions/{address}`, optionally with `{"reason": "..."}`.
+#[utoipa::path(put, path = "/api/v1/suppressions/{address}", tag = "suppressions", params(("address" = String, Path, description = "The address")), request_body(content = serde_json::Value, content_type = "application/json", description = "an optional reason"), responses((status = 200, description = "Listed"), (status = 400, description = "Not an address")))]
 pub(super) async fn put_suppression(
     AxState(state): AxState<Arc<ApiState>>,
     Path(address): Path<String>,
@@ -85,6 +88,7 @@ pub(super) async fn put_suppression(
 }
 
 /// `DELETE /api/v1/suppressions/{address}`: 204, or 404 when it was not listed.
+#[utoipa::path(delete, path = "/api/v1/suppressions/{address}", tag = "suppressions", params(("address" = String, Path, description = "The address")), responses((status = 204, description = "Removed"), (status = 404, description = "Not listed")))]
 pub(super) async fn delete_suppression(
     AxState(state): AxState<Arc<ApiState>>,
     Path(address): Path<String>,
