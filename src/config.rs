@@ -2,6 +2,8 @@
 //! box, human units (`"5m"`, `"25MiB"`), unknown keys refused, and one validation pass at
 //! load whose errors name the key. Owns nothing at run time.
 
+pub use crate::policy::provider::ProviderDef;
+use crate::policy::provider::Providers;
 use anyhow::{Context, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -14,7 +16,7 @@ use std::time::Duration;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8025";
 pub const DEFAULT_SMTP_LISTEN: &str = "127.0.0.1:2525";
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub smtp: SmtpConfig,
@@ -42,7 +44,7 @@ pub struct Config {
 }
 
 /// One `[[webhook]]`: events POSTed in signed batches from a durable outbox.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Names the webhook in metrics, logs and the outbox's cursor; unique.
@@ -54,7 +56,8 @@ pub struct WebhookConfig {
     pub events: Vec<String>,
     #[serde(default)]
     pub format: WebhookFormat,
-    /// The key of the HMAC-SHA256 signature of each POST.
+    /// The key of the HMAC-SHA256 signature of each POST; serialized as `"<hidden>"`.
+    #[serde(serialize_with = "ser_hidden")]
     pub secret: String,
     /// Most events in one POST.
     #[serde(default = "WebhookConfig::default_batch_size")]
@@ -183,7 +186,7 @@ impl WebhookConfig {
 }
 
 /// The body of a webhook's POSTs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookFormat {
     /// A JSON array of knock's events, as in the event log.
@@ -193,18 +196,7 @@ pub enum WebhookFormat {
     Sendgrid,
 }
 
-/// One provider: a name, the domains known to be hosted there, and MX host suffixes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderDef {
-    pub name: String,
-    #[serde(default)]
-    pub domains: Vec<String>,
-    #[serde(default)]
-    pub mx: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GreylistConfig {
     /// The wait after a greylisting reply that states no delay, until one is learned.
@@ -225,7 +217,7 @@ impl Default for GreylistConfig {
 }
 
 /// Static shaping for one provider; what is left out comes from `[delivery]`.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShapingConfig {
     #[serde(deserialize_with = "de_rate")]
@@ -235,7 +227,7 @@ pub struct ShapingConfig {
 }
 
 /// How destinations adapt to what receivers say.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptConfig {
     /// The whole destination waits this long after a throttling reply.
@@ -260,21 +252,21 @@ impl Default for AdaptConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassifyConfig {
     /// The operator's own rules (TOML, as `data/classify.toml`), read before the shipped ones.
     pub rules: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     pub listen: SocketAddr,
     /// The name in the greeting, in EHLO (inbound and outbound) and in DSNs.
     pub hostname: String,
     pub trusted_networks: Vec<IpNet>,
-    #[serde(deserialize_with = "de_size")]
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
     pub max_message_size: u64,
     pub max_recipients: usize,
     #[serde(with = "humantime_serde")]
@@ -291,7 +283,7 @@ pub struct SmtpConfig {
 }
 
 /// Limits per client IP address, so one client cannot take the whole listener.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimitsConfig {
     /// Open connections from one address at once.
@@ -340,7 +332,7 @@ impl TlsPolicy {
 }
 
 /// STARTTLS in both directions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// The inbound certificate chain and key (PEM). Without them knock makes a
@@ -414,7 +406,7 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
@@ -432,6 +424,28 @@ pub struct HttpConfig {
 pub enum Token {
     Plain(String),
     Named { name: String, token: String },
+}
+
+/// What a secret (an API token, a webhook's key) is serialized as: a serialized config is
+/// for showing (`knock config check`), and secrets are never shown.
+pub const HIDDEN: &str = "<hidden>";
+
+impl Serialize for Token {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Named<'a> {
+            name: &'a str,
+            token: &'a str,
+        }
+        match self {
+            Token::Plain(_) => s.serialize_str(HIDDEN),
+            Token::Named { name, .. } => Named {
+                name,
+                token: HIDDEN,
+            }
+            .serialize(s),
+        }
+    }
 }
 
 impl From<&str> for Token {
@@ -517,7 +531,7 @@ impl std::fmt::Debug for HttpConfig {
 /// default is 1 GiB, which a large spool fills and keeps resident.
 pub const DEFAULT_SPOOL_CACHE: u64 = 128 * 1024 * 1024;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub path: PathBuf,
@@ -525,7 +539,7 @@ pub struct SpoolConfig {
     #[serde(with = "humantime_serde")]
     pub history: Duration,
     /// Memory for the spool's page cache.
-    #[serde(deserialize_with = "de_size")]
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
     pub cache_size: u64,
 }
 
@@ -539,11 +553,11 @@ impl Default for SpoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Wait after the nth temporary failure; the last step repeats.
-    #[serde(deserialize_with = "de_durations")]
+    #[serde(deserialize_with = "de_durations", serialize_with = "ser_durations")]
     pub schedule: Vec<Duration>,
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
@@ -562,7 +576,7 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// The port MX hosts are reached on.
@@ -593,7 +607,7 @@ impl Default for DeliveryConfig {
 }
 
 /// SMTP client timeouts, RFC 5321 section 4.5.3.2 by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     #[serde(with = "humantime_serde")]
@@ -628,7 +642,7 @@ impl Default for TimeoutConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     pub path: PathBuf,
@@ -643,14 +657,15 @@ impl Default for EventsConfig {
 }
 
 /// What knock writes on stderr for operators (`KNOCK_LOG` filters it).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Text for people, coloured only when stderr is a terminal.
     #[default]
@@ -673,7 +688,7 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// How long one try of a query waits for an answer.
@@ -761,6 +776,7 @@ impl Config {
                 bail!("provider[{i}].name: must not be empty");
             }
         }
+        self.validate_provider_names()?;
         if !self.http.listen.ip().is_loopback() && self.http.all_tokens().is_empty() {
             bail!(
                 "http.tokens: the API listens on {}, beyond loopback, so it needs a token (http.tokens or {TOKEN_ENV})",
@@ -779,6 +795,9 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("tls.cert and tls.key: set both or neither");
+        }
+        if self.smtp.credentials.is_some() && !self.tls.starttls {
+            bail!("smtp.credentials: AUTH is only offered over TLS; set tls.starttls = true");
         }
         if self.smtp.client_limits.connections == 0 {
             bail!("smtp.client_limits.connections: must be at least 1");
@@ -812,6 +831,87 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// Keys that name a provider (`[shaping."…"]`, `[tls.destinations]`) must name one that
+    /// can exist: a misspelt one would match no mail and be silently ignored. A key is a
+    /// provider of the table (`[[provider]]` and the shipped ones), `"*"` in `[shaping]`,
+    /// or has a dot: a domain, or a provider knock names after a domain or its MX hosts.
+    fn validate_provider_names(&self) -> anyhow::Result<()> {
+        let providers = Providers::new(self.providers.clone());
+        for key in self.shaping.keys() {
+            let at = format!("shaping.\"{key}\"");
+            if key == "*" || providers.is_named(key) {
+                continue;
+            }
+            if let Some(owner) = providers.by_domain(&key.to_ascii_lowercase()) {
+                bail!(
+                    "{at}: {key} is a domain of the provider \"{owner}\", and shaping is per provider: use [shaping.\"{owner}\"]"
+                );
+            }
+            check_provider_name(&providers, &at, key)?;
+        }
+        for key in self.tls.destinations.keys() {
+            let at = format!("tls.destinations.\"{key}\"");
+            if key == "*" {
+                bail!(
+                    "{at}: matches no destination; tls.outbound is the policy for every destination not listed"
+                );
+            }
+            if !providers.is_named(key) {
+                check_provider_name(&providers, &at, key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `key` (found at `at`), which is no provider of the table, must be a domain or a host name.
+fn check_provider_name(providers: &Providers, at: &str, key: &str) -> anyhow::Result<()> {
+    if !key.contains('.') {
+        let closest = providers
+            .names()
+            .into_iter()
+            .map(|name| {
+                (
+                    edit_distance(&key.to_lowercase(), &name.to_lowercase()),
+                    name,
+                )
+            })
+            .min_by_key(|(distance, _)| *distance)
+            .filter(|(distance, _)| *distance <= 2 && *distance * 3 <= key.chars().count());
+        match closest {
+            Some((_, name)) => bail!("{at}: no provider is named {key:?} (did you mean {name:?}?)"),
+            None => bail!(
+                "{at}: no provider is named {key:?} (the table has {}; a provider named after a domain or its MX hosts has a dot in its name)",
+                providers.names().join(", ")
+            ),
+        }
+    }
+    if key != key.to_lowercase() {
+        bail!(
+            "{at}: domains are matched in lower case; write {:?}",
+            key.to_lowercase()
+        );
+    }
+    Ok(())
+}
+
+/// The Levenshtein distance: single-character insertions, deletions and substitutions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Splits `"host"`, `"host:port"`, `"[v6]:port"` or `"v6"` into host and port.
@@ -927,6 +1027,29 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             .map(|b| b.as_u64())
             .map_err(|e| serde::de::Error::custom(format!("bad size {text:?}: {e}"))),
     }
+}
+
+fn ser_hidden<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(HIDDEN)
+}
+
+/// A size as the config takes it: in whole KiB, MiB or GiB where it is one, else in bytes.
+fn ser_size<S: serde::Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let unit = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+        .into_iter()
+        .find(|(size, _)| *bytes > 0 && bytes.is_multiple_of(*size));
+    match unit {
+        Some((size, name)) => s.collect_str(&format_args!("{}{name}", bytes / size)),
+        None => s.serialize_u64(*bytes),
+    }
+}
+
+fn ser_durations<S: serde::Serializer>(durations: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(
+        durations
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string()),
+    )
 }
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -1076,6 +1199,15 @@ path = "knock-data/events.jsonl"
                 "[[webhook]]\nname = \"a\"\nurl = \"http://x.test/\"",
                 "secret",
             ),
+            ("[shaping.\"gogle\"]\nrate = \"10/s\"", "shaping.\"gogle\""),
+            (
+                "[tls.destinations]\ngogle = \"verify\"",
+                "tls.destinations.\"gogle\"",
+            ),
+            (
+                "[smtp]\ncredentials = \"users\"\n[tls]\nstarttls = false",
+                "smtp.credentials",
+            ),
         ];
         for (text, key) in cases {
             let err = format!("{:#}", Config::parse(text).unwrap_err());
@@ -1094,6 +1226,155 @@ path = "knock-data/events.jsonl"
             err.starts_with("line 5 (max_age = \"forever\"): ") && err.contains("duration"),
             "{err}"
         );
+    }
+
+    /// A key naming a provider names one of the table, or is a domain (or a provider named
+    /// after its MX hosts): anything else would be silently ignored.
+    #[test]
+    fn provider_names_match_a_provider() {
+        let corp = "[[provider]]\nname = \"corp\"\ndomains = [\"corp.example\"]\n";
+        let ok = [
+            "[shaping.\"google\"]",
+            "[shaping.\"*\"]",
+            "[shaping.\"mx.rx.test\"]",
+            "[shaping.\"mx1.hoster.example+mx2.hoster.example\"]",
+            "[tls.destinations]\ngoogle = \"verify\"\n\"gmail.com\" = \"require\"",
+            "[tls.destinations]\n\"bank.example\" = \"verify\"",
+            &format!("{corp}[shaping.corp]\n[tls.destinations]\ncorp = \"verify\""),
+            "[[provider]]\nname = \"hosted.example\"\ndomains = [\"hosted.example\"]\n[shaping.\"hosted.example\"]",
+        ];
+        for text in ok {
+            if let Err(e) = Config::parse(text) {
+                panic!("{text:?}: {e:#}");
+            }
+        }
+        let bad = [
+            (
+                "[shaping.\"gogle\"]",
+                "shaping.\"gogle\": no provider is named \"gogle\" (did you mean \"google\"?)",
+            ),
+            (
+                "[shaping.Google]",
+                "shaping.\"Google\": no provider is named \"Google\" (did you mean \"google\"?)",
+            ),
+            (
+                "[tls.destinations]\nmicrosft = \"verify\"",
+                "tls.destinations.\"microsft\": no provider is named \"microsft\" (did you mean \"microsoft\"?)",
+            ),
+            (
+                &format!("{corp}[shaping.corq]"),
+                "shaping.\"corq\": no provider is named \"corq\" (did you mean \"corp\"?)",
+            ),
+            (
+                "[shaping.foo]",
+                "shaping.\"foo\": no provider is named \"foo\" (the table has google, microsoft, yahoo,",
+            ),
+            (
+                "[shaping.\"gmail.com\"]",
+                "shaping.\"gmail.com\": gmail.com is a domain of the provider \"google\", and shaping is per provider: use [shaping.\"google\"]",
+            ),
+            (
+                "[tls.destinations]\n\"*\" = \"verify\"",
+                "tls.destinations.\"*\": matches no destination; tls.outbound",
+            ),
+            (
+                "[tls.destinations]\n\"Bank.Example\" = \"verify\"",
+                "tls.destinations.\"Bank.Example\": domains are matched in lower case; write \"bank.example\"",
+            ),
+        ];
+        for (text, says) in bad {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(err.starts_with(says), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn edit_distances() {
+        let cases = [
+            ("", "", 0),
+            ("google", "google", 0),
+            ("gogle", "google", 1),
+            ("googel", "google", 2),
+            ("yahoo", "", 5),
+            ("foo", "zoho", 2),
+            ("kitten", "sitting", 3),
+        ];
+        for (a, b, d) in cases {
+            assert_eq!(edit_distance(a, b), d, "{a} {b}");
+            assert_eq!(edit_distance(b, a), d, "{b} {a}");
+        }
+    }
+
+    /// The effective configuration, as `knock config check` prints it: every secret hidden,
+    /// and the TOML reads back as the same configuration.
+    #[test]
+    fn serialized_config_hides_secrets_and_reads_back() {
+        let text = r#"
+[http]
+tokens = ["plain-token-0123456789", { name = "alice", token = "alice-token-0123456789" }]
+[shaping.google]
+rate = "600/min"
+[[webhook]]
+name = "crm"
+url = "https://hooks.example/knock"
+secret = "webhook-secret-0123456789"
+"#;
+        let c = Config::parse(text).unwrap();
+        let toml_out = toml::to_string(&c).unwrap();
+        let json_out = serde_json::to_string(&c).unwrap();
+        for out in [&toml_out, &json_out] {
+            for secret in ["plain-token", "alice-token", "webhook-secret"] {
+                assert!(!out.contains(secret), "{secret} shown: {out}");
+            }
+        }
+        assert!(
+            toml_out.contains(r#"tokens = ["<hidden>", { name = "alice", token = "<hidden>" }]"#),
+            "{toml_out}"
+        );
+        assert!(toml_out.contains(r#"secret = "<hidden>""#), "{toml_out}");
+        let json: serde_json::Value = serde_json::from_str(&json_out).unwrap();
+        assert_eq!(json["webhook"][0]["secret"], HIDDEN);
+        assert_eq!(json["http"]["tokens"][1]["name"], "alice");
+        assert_eq!(json["shaping"]["google"]["rate"], "600/1m");
+        assert_eq!(json["smtp"]["max_message_size"], "25MiB");
+        assert_eq!(json["retry"]["max_age"], "3days");
+
+        let doc = include_str!("../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + 8;
+        let end = start + doc[start..].find("```").expect("its end");
+        for c in [
+            Config::default(),
+            c,
+            Config::parse(&doc[start..end]).unwrap(),
+        ] {
+            let out = toml::to_string(&c).unwrap();
+            let back: Config = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            assert_eq!(toml::to_string(&back).unwrap(), out, "reads back the same");
+        }
+        let d = toml::to_string(&Config::default()).unwrap();
+        assert!(
+            d.contains("schedule = [\"5m\", \"15m\", \"30m\", \"1h\", \"2h\", \"4h\"]"),
+            "{d}"
+        );
+        assert!(d.contains("cache_size = \"128MiB\""), "{d}");
+    }
+
+    #[test]
+    fn sizes_are_written_in_the_largest_whole_unit() {
+        #[derive(Serialize)]
+        struct S(#[serde(serialize_with = "ser_size")] u64);
+        let cases = [
+            (0, "0"),
+            (1000, "1000"),
+            (1024, "\"1KiB\""),
+            (1536, "1536"),
+            (25 << 20, "\"25MiB\""),
+            (3 << 30, "\"3GiB\""),
+        ];
+        for (bytes, json) in cases {
+            assert_eq!(serde_json::to_string(&S(bytes)).unwrap(), json, "{bytes}");
+        }
     }
 
     #[test]

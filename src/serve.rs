@@ -281,9 +281,6 @@ fn inbound(config: &Config) -> anyhow::Result<ingest::Inbound> {
         Some(path) => Some(crate::net::auth::Credentials::load(path)?),
         None => None,
     };
-    if credentials.is_some() && tls.is_none() {
-        anyhow::bail!("smtp.credentials: AUTH is only offered over TLS; set tls.starttls = true");
-    }
     Ok(ingest::Inbound {
         config: config.smtp.clone(),
         tls,

@@ -6,11 +6,21 @@
 //! suffixes match one of its MX hosts (`data/providers.toml`, after the operator's
 //! `[[provider]]` entries); otherwise its MX host set is a provider of its own.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const SHIPPED_PROVIDERS: &str = include_str!("../../data/providers.toml");
 
-pub use crate::config::ProviderDef;
+/// One provider: a name, the domains known to be hosted there, and MX host suffixes (a
+/// `[[provider]]` of the configuration, or an entry of the shipped table).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDef {
+    pub name: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub mx: Vec<String>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,9 +66,20 @@ impl Providers {
         }
     }
 
-    /// Whether a provider of the table (the operator's or the shipped) is named `name`.
+    /// Whether a provider of this name is in the table (the operator's or the shipped).
     pub fn is_named(&self, name: &str) -> bool {
-        self.defs.iter().any(|d| d.name == name)
+        self.defs.iter().any(|p| p.name == name)
+    }
+
+    /// The names of the providers in the table, the operator's first, each once.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.defs {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+        names
     }
 
     /// The provider that lists `domain` by name, if any: no DNS needed.

@@ -169,6 +169,183 @@ fn serve_refuses_a_bad_config_naming_the_key() {
     assert!(err.contains("max_age"), "{err}");
 }
 
+/// `knock config check FILE`: the configuration as `knock serve` would run it, every key
+/// there, its defaults filled in and its secrets hidden, as TOML or JSON.
+#[test]
+fn config_check_prints_the_effective_config_with_secrets_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("knock.toml");
+    std::fs::write(
+        &path,
+        r#"
+[smtp]
+hostname = "mx.sender.example"
+[http]
+tokens = [{ name = "alice", token = "alice-secret-0123456789" }]
+[shaping."google"]
+rate = "600/min"
+[tls.destinations]
+"bank.example" = "verify"
+microsoft = "require"
+[[webhook]]
+name = "crm"
+url = "https://hooks.example/knock"
+secret = "webhook-secret-0123456789"
+"#,
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    let (ok, out, err) = knock(&["config", "check", path]);
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains("alice-secret") && !out.contains("webhook-secret"),
+        "{out}"
+    );
+    let effective: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        effective["smtp"]["hostname"].as_str(),
+        Some("mx.sender.example")
+    );
+    // Defaults the file left out.
+    assert_eq!(
+        effective["retry"]["max_age"].as_str(),
+        Some("3days"),
+        "{out}"
+    );
+    assert_eq!(
+        effective["smtp"]["max_message_size"].as_str(),
+        Some("25MiB")
+    );
+    assert_eq!(
+        effective["delivery"]["timeouts"]["connect"].as_str(),
+        Some("30s")
+    );
+    assert_eq!(
+        effective["shaping"]["google"]["rate"].as_str(),
+        Some("600/1m")
+    );
+    assert_eq!(
+        effective["tls"]["destinations"]["microsoft"].as_str(),
+        Some("require")
+    );
+    let token = &effective["http"]["tokens"][0];
+    assert_eq!(
+        (token["name"].as_str(), token["token"].as_str()),
+        (Some("alice"), Some("<hidden>"))
+    );
+    assert_eq!(effective["webhook"][0]["secret"].as_str(), Some("<hidden>"));
+    assert_eq!(
+        effective["webhook"][0]["batch_size"].as_integer(),
+        Some(100)
+    );
+
+    let (ok, out, err) = knock(&["config", "check", path, "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["retry"]["max_age"], "3days");
+    assert_eq!(json["http"]["tokens"][0]["token"], "<hidden>");
+    assert_eq!(json["webhook"][0]["secret"], "<hidden>");
+    assert!(json["tls"]["cert"].is_null(), "unset keys are there, null");
+
+    // No file: the embedded defaults `knock serve` runs on without --config.
+    let (ok, out, err) = knock(&["config", "check"]);
+    assert!(ok, "{err}");
+    let effective: toml::Table = toml::from_str(&out).unwrap();
+    assert_eq!(effective["smtp"]["listen"].as_str(), Some("127.0.0.1:2525"));
+    assert_eq!(effective["spool"]["path"].as_str(), Some("knock-data"));
+}
+
+/// Runs knock for at most `secs` seconds: `None` if it was still running (and was killed).
+fn knock_within(args: &[&str], secs: u64) -> Option<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
+        .args(args)
+        .env_remove("KNOCK_API")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status, err));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+/// A provider name that matches no provider is a mistake, not silence: `config check` and
+/// `serve` both refuse it in one line naming the key.
+#[test]
+fn a_misspelt_provider_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cases = [
+        (
+            "[shaping.\"gogle\"]\nrate = \"600/min\"\n",
+            "shaping.\"gogle\": no provider is named \"gogle\" (did you mean \"google\"?)",
+        ),
+        (
+            "[tls.destinations]\n\"bank.example\" = \"verify\"\nmicrosfot = \"require\"\n",
+            "tls.destinations.\"microsfot\": no provider is named \"microsfot\" (did you mean \"microsoft\"?)",
+        ),
+    ];
+    for (i, (text, says)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("knock-{i}.toml"));
+        // Were it taken, serve would start: on ports of its own choosing, in the temporary
+        // directory.
+        let text = format!(
+            "{text}[smtp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[spool]\npath = {:?}\n[events]\npath = {:?}\n",
+            spool.to_str().unwrap(),
+            spool.join("events.jsonl").to_str().unwrap()
+        );
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap();
+
+        let (check, err) = knock_within(&["config", "check", path], 30).expect("check ends");
+        assert!(!check.success(), "{path}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].ends_with(says),
+            "{err}"
+        );
+
+        let (serve, err) =
+            knock_within(&["serve", "--config", path], 10).expect("serve refuses to start");
+        assert!(!serve.success());
+        assert!(err.trim_end().ends_with(says), "{err}");
+        assert_eq!(check.code(), serve.code(), "the same exit status as serve");
+    }
+    assert!(!spool.exists(), "serve opened no spool");
+
+    // The files a configuration names are read, as serve reads them at start.
+    let path = dir.path().join("rules.toml");
+    let missing = dir.path().join("missing.toml");
+    std::fs::write(
+        &path,
+        format!("[classify]\nrules = {:?}\n", missing.to_str().unwrap()),
+    )
+    .unwrap();
+    let (ok, out, err) = knock(&["config", "check", path.to_str().unwrap()]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("error: ") && err.contains("classify.rules: reading"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unreachable_engine_is_a_clear_error() {
     let (ok, _, err) = knock(&["queue", "--api", "http://127.0.0.1:9"]);
@@ -445,6 +622,10 @@ fn user_errors_are_one_line_and_never_a_backtrace() {
         ),
         (
             vec!["serve", "--config", bad],
+            "line 5 (max_age = \"forever\")",
+        ),
+        (
+            vec!["config", "check", bad],
             "line 5 (max_age = \"forever\")",
         ),
         (

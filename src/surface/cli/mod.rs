@@ -67,6 +67,11 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check a configuration file and print the effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Inject a message through the HTTP API and print its id.
     Send(SendArgs),
     /// Show the queue per domain; list, show and print its messages, and its shape.
@@ -149,6 +154,21 @@ pub enum Command {
         /// Lines, e.g. "450 4.2.0 Greylisted" or "host mx.example[192.0.2.1] said: 550
         /// 5.1.1 User unknown"; read from stdin when none are given.
         replies: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file as `knock serve` does at start, and print the
+    /// effective configuration: every key with its value after defaults, tokens and
+    /// webhook secrets shown as "<hidden>". A mistake is one line naming the key.
+    Check {
+        /// The configuration file; without it, the embedded defaults `knock serve` runs on
+        /// when it is given no --config.
+        file: Option<PathBuf>,
+        /// Print the effective configuration as JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -480,6 +500,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
     match command {
         Command::Serve { config } => serve(config).await,
+        Command::Config {
+            command: ConfigCommand::Check { file, json },
+        } => config_check(file.as_deref(), json),
         Command::Send(args) => send(args).await,
         Command::Queue { api, json, show } => queue(api, json, show).await,
         Command::Events(args) => events(args).await,
@@ -520,6 +543,52 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         .await?
         .run_until_signal()
         .await
+}
+
+/// `knock config check`: the file read and validated as `knock serve` reads it, then the
+/// effective configuration printed.
+fn config_check(file: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
+    let config = match file {
+        Some(path) => Config::load(path)?,
+        None => Config::parse("")?,
+    };
+    check_named_files(&config).with_context(|| match file {
+        Some(path) => format!("in config file {}", path.display()),
+        None => "in the embedded defaults".to_string(),
+    })?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&config)?)?;
+    } else {
+        let source = match file {
+            Some(path) => path.display().to_string(),
+            None => "no file, the embedded defaults".to_string(),
+        };
+        outln!("# {source}: valid. Every key with its value after defaults; secrets are hidden.")?;
+        out!(
+            "{}",
+            toml::to_string(&config).context("writing the configuration as TOML")?
+        )?;
+    }
+    Ok(())
+}
+
+/// The files the configuration names, read as `knock serve` reads them at start. Nothing is
+/// written: the self-signed certificate used without `tls.cert` is `serve`'s to make.
+fn check_named_files(config: &Config) -> anyhow::Result<()> {
+    crate::policy::classify::Classifier::from_config(&config.classify)?;
+    crate::net::tls::Connectors::new(config.tls.ca_file.as_deref())?;
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        crate::net::tls::acceptor(
+            Some(cert),
+            Some(key),
+            &config.spool.path,
+            &config.smtp.hostname,
+        )?;
+    }
+    if let Some(path) = &config.smtp.credentials {
+        crate::net::auth::Credentials::load(path)?;
+    }
+    Ok(())
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
@@ -1190,7 +1259,8 @@ mod tests {
         );
     }
 
-    /// The operator's guide names every flag of the queue's and the event log's readers.
+    /// The operator's guide names every flag of the queue's and the event log's readers, and
+    /// of `config check`.
     #[test]
     fn the_guide_names_every_reading_flag() {
         let doc = include_str!("../../../docs/operations.md");
@@ -1202,6 +1272,10 @@ mod tests {
             queue.find_subcommand("cat").unwrap(),
             queue.find_subcommand("shape").unwrap(),
             cli.find_subcommand("events").unwrap(),
+            cli.find_subcommand("config")
+                .unwrap()
+                .find_subcommand("check")
+                .unwrap(),
         ];
         for cmd in commands {
             for arg in cmd.get_arguments().filter(|a| !a.is_global_set()) {
