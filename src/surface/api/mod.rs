@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1/`, one module per resource: [`messages`] (inject, read
 //! back, the stored message), [`listing`] (the queue listed and searched), [`queue`] (per
-//! domain, per destination, and its shape), [`suppressions`], [`diagnose`]. Here:
+//! domain, per destination, and its shape), [`suppressions`], [`diagnose`], [`stats`] (the
+//! deferral time series). Here:
 //! the router, the bearer-token check, and the one error type: every error is JSON naming
 //! what is wrong (`{"error": "...", "field": "to[1]"}`). Documented in `docs/http-api.md`.
 
@@ -9,6 +10,7 @@ pub mod listing;
 pub mod messages;
 pub mod metrics;
 pub mod queue;
+pub mod stats;
 pub mod suppressions;
 
 use crate::engine::ingest::Intake;
@@ -44,6 +46,8 @@ pub struct ApiState {
     /// The spool's database file, whose size `/metrics` reports.
     pub spool_file: std::path::PathBuf,
     pub scraped: metrics::Scraped,
+    /// The time series' counts not yet in the spool.
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -60,6 +64,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/queue/shape", get(get_shape))
         .route("/api/v1/destinations", get(get_destinations))
         .route("/api/v1/diagnose", get(get_diagnose))
+        .route("/api/v1/stats", get(stats::get_stats))
         .route("/api/v1/suppressions", get(get_suppressions))
         .route(
             "/api/v1/suppressions/{address}",
