@@ -18,4 +18,5 @@ mod queue;
 mod security;
 mod simulate;
 mod sink;
+mod stats;
 mod webhook;
