@@ -27,6 +27,7 @@ pub struct Config {
     /// Domain → hosts ("host" or "host:port", tried in order); `"*"` is the smart host.
     pub routes: BTreeMap<String, Vec<String>>,
     pub events: EventsConfig,
+    pub stats: StatsConfig,
     pub log: LogConfig,
     pub dns: DnsConfig,
     pub classify: ClassifyConfig,
@@ -656,6 +657,23 @@ impl Default for EventsConfig {
     }
 }
 
+/// The deferral time series behind `GET /api/v1/stats` (kept in the spool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// How long each minute's counts are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// What knock writes on stderr for operators (`KNOCK_LOG` filters it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -804,6 +822,9 @@ impl Config {
         }
         if self.greylist.window.is_zero() {
             bail!("greylist.window: must be greater than zero");
+        }
+        if self.stats.retention < Duration::from_secs(60) {
+            bail!("stats.retention: must be at least 1m (the series counts by the minute)");
         }
         if self.delivery.messages_per_connection == 0 {
             bail!("delivery.messages_per_connection: must be at least 1");
@@ -1114,6 +1135,7 @@ path = "knock-data/events.jsonl"
         assert_eq!(c.delivery.timeouts.data_done, d.delivery.timeouts.data_done);
         assert_eq!(c.spool.history, d.spool.history);
         assert_eq!(c.spool.cache_size, d.spool.cache_size);
+        assert_eq!(c.stats.retention, d.stats.retention);
         assert_eq!(c.smtp.data_timeout, d.smtp.data_timeout);
         assert_eq!(c.smtp.client_limits, d.smtp.client_limits);
         assert_eq!(

@@ -269,12 +269,20 @@ pub fn read_log(path: &Path, since: Timestamp, at_most: u64) -> std::io::Result<
         .collect())
 }
 
+/// Something that counts events as they are emitted (the time series of `crate::stats`).
+pub trait Observer: Send + Sync {
+    /// Must not block: called on every event, on the path that emits it.
+    fn observe(&self, event: &Event);
+}
+
 /// Where events go. Cheap to clone; sending never blocks delivery for long.
 #[derive(Clone)]
 pub struct Events {
     tx: mpsc::Sender<Event>,
     /// The kinds some webhook takes; nothing goes in the outbox when it is empty.
     outboxed: Arc<[Kind]>,
+    /// Told of every event, after the metrics.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Events {
@@ -288,6 +296,12 @@ impl Events {
             }
         }
         self.outboxed = wanted.into();
+        self
+    }
+
+    /// The same events, each also told to `observer` as it is emitted.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Events {
+        self.observer = Some(observer);
         self
     }
 
@@ -317,6 +331,9 @@ impl Events {
         }
         log_event(&event);
         crate::metrics::record_event(&event);
+        if let Some(observer) = &self.observer {
+            observer.observe(&event);
+        }
         if self.tx.send(event).await.is_err() {
             crate::metrics::event_dropped();
             tracing::warn!("event log is closed; event dropped");
@@ -344,6 +361,7 @@ impl Events {
             Events {
                 tx,
                 outboxed: Arc::from([]),
+                observer: None,
             },
             task,
         ))

@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | owns |
 //! | --- | --- | --- |
-//! | vocabulary | [`time`], [`config`], [`address`], [`reply`], [`outcome`], [`message`], [`event`], [`metrics`], [`dsn`], [`control`] | the plain types everything speaks: timestamps and the engine's clock, the configuration, addresses, replies, outcomes and typed failures, messages and attempts, events and the metrics counted from them, DSNs, an operator's operations on the queue |
+//! | vocabulary | [`time`], [`config`], [`address`], [`reply`], [`outcome`], [`message`], [`event`], [`metrics`], [`stats`], [`dsn`], [`control`] | the plain types everything speaks: timestamps and the engine's clock, the configuration, addresses, replies, outcomes and typed failures, messages and attempts, events and the metrics and time series counted from them, DSNs, an operator's operations on the queue |
 //! | protocol and network | [`net`]: [`net::smtp`] ([`net::smtp::wire`], [`net::smtp::server`], [`net::smtp::client`]), [`net::transport`], [`net::resolve`], [`net::tls`], [`net::auth`], [`net::limit`] | SMTP both ways, the `Transport` and `Resolver` seams, STARTTLS, AUTH, per-client limits |
 //! | policy | [`policy`]: [`policy::classify`], [`policy::logline`], [`policy::schedule`], [`policy::shaping`], [`policy::react`], [`policy::provider`], [`policy::suppress`] | what a reply means, when to try again, how fast to send, which knob an outcome turns, providers, suppressions |
 //! | engine core | [`engine`]: [`engine::ingest`], [`engine::spool`], [`engine::scheduler`], [`engine::driver`], [`engine::handle`], [`engine::dispatch`] | taking mail in, keeping it, the scheduler state machine, running it on wall time, delivering |
@@ -33,6 +33,7 @@ pub mod outcome;
 pub mod policy;
 pub mod reply;
 pub mod serve;
+pub mod stats;
 pub mod surface;
 pub mod time;
 pub mod tools;

@@ -9,6 +9,7 @@ use crate::event::Events;
 use crate::net::resolve::{DnsResolver, Resolver};
 use crate::net::transport::{SmtpTransport, Transport};
 use crate::policy::suppress::Suppressions;
+use crate::stats::Stats;
 use crate::surface::api::{self, ApiState};
 use crate::time::{Timestamp, WallClock};
 use anyhow::Context;
@@ -16,7 +17,7 @@ use dispatch::Dispatcher;
 use driver::Driver;
 use ingest::Intake;
 use scheduler::{Policy, Queued, Scheduler};
-use spool::{RedbSpool, Spool};
+use spool::{RedbSpool, Spool, SpoolError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub struct Engine {
     /// The tasks the scheduler's effects run in: workers, lookups, writes.
     work: TaskTracker,
     events_writer: JoinHandle<()>,
+    /// The time series' counts not yet in the spool, written there at shutdown.
+    stats: Arc<Stats>,
+    spool: Arc<dyn Spool>,
 }
 
 impl Engine {
@@ -87,7 +91,10 @@ impl Engine {
         let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;
         let webhook_kinds: Vec<_> = config.webhooks.iter().flat_map(|w| w.kinds()).collect();
-        let events = events.with_outbox(&webhook_kinds);
+        let stats = Arc::new(Stats::new());
+        let events = events
+            .with_outbox(&webhook_kinds)
+            .with_observer(stats.clone());
         let stored = {
             let spool = spool.clone();
             tokio::task::spawn_blocking(move || spool.suppressions()).await??
@@ -194,6 +201,7 @@ impl Engine {
             spool_file: spool::database_file(&config.spool.path),
             scraped: Default::default(),
             providers: crate::policy::provider::Providers::new(config.providers.clone()),
+            stats: stats.clone(),
         }));
         // Histograms gather samples until they are drained: drain them between scrapes.
         crate::metrics::handle();
@@ -218,8 +226,14 @@ impl Engine {
             }
         }));
         tasks.push(tokio::spawn(purge_loop(
-            spool,
+            spool.clone(),
             config.spool.history,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(stats_loop(
+            stats.clone(),
+            spool.clone(),
+            config.stats.retention,
             shutdown.clone(),
         )));
         tracing::info!(smtp = %smtp_addr, http = %http_addr, "knock is running");
@@ -230,11 +244,13 @@ impl Engine {
             tasks,
             work,
             events_writer,
+            stats,
+            spool,
         })
     }
 
-    /// Stops accepting, lets in-flight deliveries finish (within a grace period), flushes
-    /// the event log and closes the spool.
+    /// Stops accepting, lets in-flight deliveries finish (within a grace period), writes
+    /// the time series' last counts, flushes the event log and closes the spool.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         for task in self.tasks {
@@ -249,6 +265,10 @@ impl Engine {
             tracing::warn!(
                 "some deliveries did not finish in time; they are tried again at the next start"
             );
+        }
+        // After the workers: their last outcomes are counted too.
+        if let Err(e) = flush_stats(&self.stats, &*self.spool, None).await {
+            tracing::warn!(error = %e, "writing the last stats to the spool failed; they are lost");
         }
         let _ = self.events_writer.await;
     }
@@ -306,6 +326,63 @@ async fn purge_loop(spool: Arc<dyn Spool>, keep: Duration, shutdown: Cancellatio
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "purging the spool failed"),
             _ => {}
+        }
+    }
+}
+
+/// Writes the time series' counts held in memory to the spool in one commit, and deletes
+/// the minutes before `forget_before`; returns how many cells were written.
+async fn flush_stats(
+    stats: &Stats,
+    spool: &dyn Spool,
+    forget_before: Option<u32>,
+) -> Result<usize, SpoolError> {
+    stats
+        .flush(|add| async move {
+            if add.is_empty() && forget_before.is_none() {
+                return Ok(());
+            }
+            spool
+                .commit(vec![spool::Op::Stats { add, forget_before }])
+                .await
+        })
+        .await
+}
+
+/// Writes the time series to the spool every [`crate::stats::FLUSH_EVERY`], and deletes
+/// what is older than `retention` at start and every [`PURGE_INTERVAL`]. The last counts
+/// are written by [`Engine::shutdown`], once the workers are done.
+async fn stats_loop(
+    stats: Arc<Stats>,
+    spool: Arc<dyn Spool>,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(crate::stats::FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trimmed: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let trim = trimmed.is_none_or(|t| t.elapsed() >= PURGE_INTERVAL);
+        let forget_before = trim.then(|| {
+            let oldest = Timestamp(
+                Timestamp::now()
+                    .millis()
+                    .saturating_sub(retention.as_millis() as u64),
+            );
+            crate::stats::minute_of(oldest)
+        });
+        match flush_stats(&stats, &*spool, forget_before).await {
+            Ok(_) if trim => trimmed = Some(tokio::time::Instant::now()),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                cells = stats.unflushed_cells(),
+                "writing the stats to the spool failed; they stay in memory and are tried again"
+            ),
         }
     }
 }

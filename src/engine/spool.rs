@@ -40,6 +40,10 @@ const OUTBOX_LAST: &str = "last";
 /// What operators suspended (providers, domains) or held (messages): target key → why.
 const SUSPENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("suspended");
 const CURSOR_PREFIX: &str = "cursor/";
+/// The deferral time series (`crate::stats`): (minute since the epoch, provider, class) →
+/// the counts of that cell, encoded by [`crate::stats::Counts::encode`]. Minutes first, so
+/// a time range is one range of keys and old minutes are deleted from the front.
+const STATS: TableDefinition<(u32, &str, &str), &[u8]> = TableDefinition::new("stats");
 
 /// Most writes committed together in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -94,6 +98,12 @@ pub enum Op {
     },
     /// The suspension or hold ends.
     Resume { target: crate::control::Target },
+    /// Counts of the time series added to those kept for the same cells, and the minutes
+    /// before `forget_before` (past the retention) deleted.
+    Stats {
+        add: Vec<crate::stats::Row>,
+        forget_before: Option<u32>,
+    },
 }
 
 /// One event in the outbox: its sequence number and the event as JSON.
@@ -159,6 +169,16 @@ pub trait Spool: Send + Sync + 'static {
     ) -> Result<Vec<(crate::control::Target, crate::control::Suspension)>, SpoolError> {
         Ok(Vec::new())
     }
+    /// Hands `visit` every cell of the time series kept for a minute in `minutes`, in the
+    /// order of (minute, provider, class): minute, provider, class, counts. Cells that
+    /// cannot be read are skipped.
+    fn stats_visit(
+        &self,
+        _minutes: std::ops::Range<u32>,
+        _visit: &mut dyn FnMut(u32, &str, &str, &crate::stats::Counts),
+    ) -> Result<(), SpoolError> {
+        Ok(())
+    }
     /// Every webhook cursor in the outbox, by webhook name.
     fn outbox_cursors(&self) -> Result<Vec<(String, u64)>, SpoolError> {
         Ok(Vec::new())
@@ -201,7 +221,7 @@ impl Batch {
         self.ops.iter().any(|op| {
             !matches!(
                 op,
-                Op::Update { .. } | Op::Outbox(_) | Op::OutboxCursor { .. }
+                Op::Update { .. } | Op::Outbox(_) | Op::OutboxCursor { .. } | Op::Stats { .. }
             )
         })
     }
@@ -240,6 +260,7 @@ impl RedbSpool {
             txn.open_table(OUTBOX).map_err(storage)?;
             txn.open_table(OUTBOX_STATE).map_err(storage)?;
             txn.open_table(SUSPENDED).map_err(storage)?;
+            txn.open_table(STATS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let last = {
@@ -426,6 +447,7 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
         let mut history = txn.open_table(HISTORY).map_err(storage)?;
         let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(storage)?;
         let mut suspended = txn.open_table(SUSPENDED).map_err(storage)?;
+        let mut stats = txn.open_table(STATS).map_err(storage)?;
         for op in batches.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::Store(m) => {
@@ -475,6 +497,14 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
                 }
                 Op::Resume { target } => {
                     suspended.remove(target.key().as_str()).map_err(storage)?;
+                }
+                Op::Stats { add, forget_before } => {
+                    add_stats(&mut stats, add)?;
+                    if let Some(before) = forget_before {
+                        stats
+                            .retain_in(..(*before, "", ""), |_, _| false)
+                            .map_err(storage)?;
+                    }
                 }
                 Op::Update { id, group } => {
                     let id = id.as_u128();
@@ -581,6 +611,27 @@ impl<'t> Outbox<'t> {
         }
         .map_err(storage)
     }
+}
+
+/// Adds `rows` to the counts kept for their cells.
+fn add_stats(
+    table: &mut redb::Table<(u32, &str, &str), &[u8]>,
+    rows: &[crate::stats::Row],
+) -> Result<(), SpoolError> {
+    use crate::stats::Counts;
+    for row in rows {
+        let key = (row.minute, row.provider.as_str(), row.class);
+        let mut counts = table
+            .get(key)
+            .map_err(storage)?
+            .and_then(|v| Counts::decode(v.value()))
+            .unwrap_or_default();
+        counts.add(&row.counts);
+        table
+            .insert(key, counts.encode().as_slice())
+            .map_err(storage)?;
+    }
+    Ok(())
 }
 
 fn all_done(groups: &redb::Table<(u128, &str), &[u8]>, id: u128) -> Result<bool, SpoolError> {
@@ -772,6 +823,29 @@ impl Spool for RedbSpool {
             }
         }
         Ok(all)
+    }
+
+    fn stats_visit(
+        &self,
+        minutes: std::ops::Range<u32>,
+        visit: &mut dyn FnMut(u32, &str, &str, &crate::stats::Counts),
+    ) -> Result<(), SpoolError> {
+        // Held for the whole transaction: a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(STATS).map_err(storage)?;
+        for entry in table
+            .range((minutes.start, "", "")..(minutes.end, "", ""))
+            .map_err(storage)?
+        {
+            let (key, value) = entry.map_err(storage)?;
+            let (minute, provider, class) = key.value();
+            match crate::stats::Counts::decode(value.value()) {
+                Some(counts) => visit(minute, provider, class, &counts),
+                None => tracing::warn!(minute, provider, class, "unreadable stats cell skipped"),
+            }
+        }
+        Ok(())
     }
 
     fn outbox_cursors(&self) -> Result<Vec<(String, u64)>, SpoolError> {
@@ -1194,6 +1268,76 @@ mod tests {
             .unwrap();
         assert!(spool.outbox_cursors().unwrap().is_empty());
         assert!(spool.outbox_read(0, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stats_add_up_per_cell_and_old_minutes_are_deleted() {
+        use crate::stats::{Counts, Row};
+        let dir = tempfile::tempdir().unwrap();
+        let row = |minute, provider: &str, class, deferred| Row {
+            minute,
+            provider: provider.into(),
+            class,
+            counts: Counts {
+                attempts: deferred,
+                deferred,
+                ..Counts::default()
+            },
+        };
+        let read = |spool: &RedbSpool, minutes| {
+            let mut cells = Vec::new();
+            spool
+                .stats_visit(minutes, &mut |m, p, c, counts| {
+                    cells.push((m, p.to_string(), c.to_string(), counts.deferred))
+                })
+                .unwrap();
+            cells
+        };
+        {
+            let spool = RedbSpool::open(dir.path()).unwrap();
+            let add = vec![
+                row(100, "google", "greylist", 2),
+                row(101, "google", "greylist", 1),
+                row(101, "yahoo", "throttle", 5),
+                row(200, "google", "", 0),
+            ];
+            spool
+                .commit(vec![Op::Stats {
+                    add,
+                    forget_before: None,
+                }])
+                .await
+                .unwrap();
+            // A second flush for the same minute adds to it.
+            spool
+                .commit(vec![Op::Stats {
+                    add: vec![row(101, "google", "greylist", 3)],
+                    forget_before: None,
+                }])
+                .await
+                .unwrap();
+        }
+        // Kept across a restart, read by range of minutes in key order.
+        let spool = RedbSpool::open(dir.path()).unwrap();
+        let s = |t: &str| t.to_string();
+        assert_eq!(
+            read(&spool, 101..200),
+            [
+                (101, s("google"), s("greylist"), 4),
+                (101, s("yahoo"), s("throttle"), 5)
+            ]
+        );
+        assert_eq!(read(&spool, 0..u32::MAX).len(), 4);
+        // Retention: minutes before 101 go, the rest stay.
+        spool
+            .commit(vec![Op::Stats {
+                add: Vec::new(),
+                forget_before: Some(101),
+            }])
+            .await
+            .unwrap();
+        let left: Vec<u32> = read(&spool, 0..u32::MAX).iter().map(|c| c.0).collect();
+        assert_eq!(left, [101, 101, 200]);
     }
 
     #[tokio::test]

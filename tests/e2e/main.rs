@@ -19,5 +19,6 @@ mod queue;
 mod security;
 mod simulate;
 mod sink;
+mod stats;
 mod steer;
 mod webhook;

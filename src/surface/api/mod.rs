@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1/`, one module per resource: [`messages`] (inject, read
 //! back, the stored message), [`listing`] (the queue listed and searched), [`queue`] (per
-//! domain, per destination, and its shape), [`suppressions`], [`diagnose`]. Here:
+//! domain, per destination, and its shape), [`suppressions`], [`diagnose`], [`stats`] (the
+//! deferral time series). Here:
 //! the router, the bearer-token check, and the one error type: every error is JSON naming
 //! what is wrong (`{"error": "...", "field": "to[1]"}`). Documented in `docs/http-api.md`.
 
@@ -9,6 +10,7 @@ pub mod listing;
 pub mod messages;
 pub mod metrics;
 pub mod queue;
+pub mod stats;
 pub mod steer;
 pub mod suppressions;
 
@@ -42,6 +44,8 @@ pub struct ApiState {
     pub scraped: metrics::Scraped,
     /// The provider table, to tell a provider's name from a typo.
     pub providers: crate::policy::provider::Providers,
+    /// The time series' counts not yet in the spool.
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl ApiState {
@@ -117,6 +121,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(queue::get_shape))
         .routes(routes!(queue::get_destinations))
         .routes(routes!(diagnose::get_diagnose))
+        .routes(routes!(stats::get_stats))
         .routes(routes!(suppressions::get_suppressions))
         .routes(routes!(
             suppressions::get_suppression,
