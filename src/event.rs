@@ -279,8 +279,9 @@ pub trait Observer: Send + Sync {
 #[derive(Clone)]
 pub struct Events {
     tx: mpsc::Sender<Event>,
-    /// The kinds some webhook takes; nothing goes in the outbox when it is empty.
-    outboxed: Arc<[Kind]>,
+    /// The kinds some webhook takes; nothing goes in the outbox when it is empty. Shared
+    /// by every handle, replaced when the webhooks are reloaded.
+    outboxed: Arc<std::sync::RwLock<Arc<[Kind]>>>,
     /// Told of every event, after the metrics.
     observer: Option<Arc<dyn Observer>>,
 }
@@ -288,15 +289,20 @@ pub struct Events {
 impl Events {
     /// The same events, with those of `kinds` also put in the spool's outbox for the
     /// webhooks (see [`Events::outbox`]).
-    pub fn with_outbox(mut self, kinds: &[Kind]) -> Events {
+    pub fn with_outbox(self, kinds: &[Kind]) -> Events {
+        self.set_outbox(kinds);
+        self
+    }
+
+    /// The kinds put in the outbox from now on, for every handle (a reload of the webhooks).
+    pub fn set_outbox(&self, kinds: &[Kind]) {
         let mut wanted: Vec<Kind> = Vec::new();
         for k in kinds {
             if !wanted.contains(k) {
                 wanted.push(*k);
             }
         }
-        self.outboxed = wanted.into();
-        self
+        *self.outboxed.write().expect("outbox kinds lock") = wanted.into();
     }
 
     /// The same events, each also told to `observer` as it is emitted.
@@ -313,12 +319,13 @@ impl Events {
         for e in events.iter_mut().filter(|e| e.id.is_empty()) {
             e.id = new_id();
         }
-        if self.outboxed.is_empty() {
+        let outboxed = self.outboxed.read().expect("outbox kinds lock").clone();
+        if outboxed.is_empty() {
             return None;
         }
         let wanted: Vec<Event> = events
             .iter()
-            .filter(|e| self.outboxed.contains(&e.event))
+            .filter(|e| outboxed.contains(&e.event))
             .cloned()
             .collect();
         (!wanted.is_empty()).then_some(crate::engine::spool::Op::Outbox(wanted))
@@ -360,7 +367,7 @@ impl Events {
         Ok((
             Events {
                 tx,
-                outboxed: Arc::from([]),
+                outboxed: Arc::new(std::sync::RwLock::new(Arc::from([]))),
                 observer: None,
             },
             task,

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod policy;
+pub mod reload;
 pub mod reply;
 pub mod serve;
 pub mod stats;

@@ -41,6 +41,7 @@ pub struct Engine {
     /// The time series' counts not yet in the spool, written there at shutdown.
     stats: Arc<Stats>,
     spool: Arc<dyn Spool>,
+    reloader: Arc<crate::reload::Reloader>,
 }
 
 impl Engine {
@@ -108,20 +109,23 @@ impl Engine {
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let shutdown = CancellationToken::new();
         // Before anything is committed: a new webhook's cursor starts at the outbox's tip.
+        let webhooks_stop = shutdown.child_token();
         let webhooks =
-            crate::surface::webhook::start(&config.webhooks, spool.clone(), shutdown.clone())
+            crate::surface::webhook::start(&config.webhooks, spool.clone(), webhooks_stop.clone())
                 .await
                 .context("webhook: starting the senders")?;
+        let tls_policy = Arc::new(std::sync::RwLock::new(config.tls.clone()));
         let clock = WallClock::new();
         let work = TaskTracker::new();
 
+        let reload_transport = transport.clone();
         let (handle, commands) = handle::channel();
         let dispatcher = Dispatcher::new(dispatch::Inner {
             transport: transport.clone(),
             spool: spool.clone(),
             scheduler: handle.clone(),
             max_recipients_per_transaction: config.delivery.max_recipients_per_transaction,
-            tls: config.tls.clone(),
+            tls: tls_policy.clone(),
             uncommitted: Arc::new(tokio::sync::Semaphore::new(dispatch::MAX_UNCOMMITTED)),
             clock,
             tasks: work.clone(),
@@ -142,7 +146,6 @@ impl Engine {
             },
         );
         let mut tasks = vec![tokio::spawn(driver.run(shutdown.clone(), SHUTDOWN_GRACE))];
-        tasks.extend(webhooks);
 
         let recover_spool = spool.clone();
         let recovered = tokio::task::spawn_blocking(move || recover_spool.recover()).await??;
@@ -190,12 +193,29 @@ impl Engine {
             inbound,
             shutdown.clone(),
         )));
+        let access = Arc::new(std::sync::RwLock::new(api::Access::from_config(
+            &config.http,
+        )));
+        let reloader = Arc::new(crate::reload::Reloader::new(crate::reload::Parts {
+            config: config.clone(),
+            access: access.clone(),
+            scheduler: intake.scheduler.clone(),
+            events: intake.events.clone(),
+            spool: spool.clone(),
+            senders: crate::reload::Senders {
+                stop: webhooks_stop,
+                tasks: webhooks,
+            },
+            shutdown: shutdown.clone(),
+            tls: tls_policy,
+            transport: reload_transport,
+        }));
         let app = api::router(Arc::new(ApiState {
             intake,
             operator,
             events_path: config.events.path.clone(),
-            trusted_networks: config.http.trusted_networks.clone(),
-            tokens: config.http.all_tokens(),
+            access,
+            reloader: reloader.clone(),
             hostname: config.smtp.hostname.clone(),
             max_message_size: config.smtp.max_message_size,
             spool_file: spool::database_file(&config.spool.path),
@@ -246,7 +266,18 @@ impl Engine {
             events_writer,
             stats,
             spool,
+            reloader,
         })
+    }
+
+    /// Reloads read `path` (the file the engine was started from).
+    pub fn reload_from(&self, path: std::path::PathBuf) {
+        self.reloader.set_path(path);
+    }
+
+    /// Reads the config file again and applies what can change in flight (SIGHUP).
+    pub async fn reload(&self) -> Result<crate::reload::Reloaded, crate::reload::ReloadError> {
+        self.reloader.reload().await
     }
 
     /// Stops accepting, lets in-flight deliveries finish (within a grace period), writes
@@ -275,10 +306,18 @@ impl Engine {
 
     /// Runs until SIGINT or SIGTERM, then shuts down.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => match self.reload().await {
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "reload refused; the running configuration is kept"),
+                },
+            }
         }
         tracing::info!("shutting down");
         self.shutdown().await;

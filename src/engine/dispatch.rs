@@ -34,7 +34,8 @@ pub struct Inner {
     pub scheduler: SchedulerHandle,
     pub max_recipients_per_transaction: usize,
     /// The outbound STARTTLS policy, per destination.
-    pub tls: crate::config::TlsConfig,
+    /// The outbound TLS policy per destination; a reload replaces it.
+    pub tls: Arc<std::sync::RwLock<crate::config::TlsConfig>>,
     /// Outcomes reported and not yet on disk, at most [`MAX_UNCOMMITTED`]: if the disk
     /// stalls, workers stop instead of delivering on with nothing recorded (which a crash
     /// would turn into that many duplicates).
@@ -281,7 +282,11 @@ impl Inner {
         let held = job.held.as_ref().expect("loaded");
         let group = &held.group;
         let mut seen = Seen::default();
-        let policy = self.tls.policy_for(&group.domain, &job.destination);
+        let policy = self
+            .tls
+            .read()
+            .expect("tls policy lock")
+            .policy_for(&group.domain, &job.destination);
         if let Some(mut o) = open.take() {
             if self
                 .may_carry(&mut o, &group.domain, policy, job.messages_per_connection)

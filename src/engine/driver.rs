@@ -134,6 +134,14 @@ impl Driver {
             Command::Suspensions { reply } => {
                 let _ = reply.send(self.core.suspensions());
             }
+            Command::Reconfigure(policy) => {
+                self.core.reconfigure(*policy, self.clock.now());
+                for effect in self.core.take_effects() {
+                    if let Some(input) = self.effect(effect, &mut None) {
+                        self.feed(input, None);
+                    }
+                }
+            }
             Command::Shape { by, reply } => {
                 let _ = reply.send(self.core.shape(by, self.clock.now()));
             }

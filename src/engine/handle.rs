@@ -40,6 +40,8 @@ pub enum Command {
     Suspensions {
         reply: oneshot::Sender<Vec<(Target, Suspension)>>,
     },
+    /// A reloaded policy.
+    Reconfigure(Box<crate::engine::scheduler::Policy>),
     Shape {
         by: ShapeBy,
         reply: oneshot::Sender<QueueShape>,
@@ -105,6 +107,11 @@ impl SchedulerHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Steer { op, reply }).ok()?;
         rx.await.ok()
+    }
+
+    /// Hands the scheduler a reloaded policy.
+    pub fn reconfigure(&self, policy: crate::engine::scheduler::Policy) {
+        let _ = self.tx.send(Command::Reconfigure(Box::new(policy)));
     }
 
     pub async fn suspensions(&self) -> Vec<(Target, Suspension)> {

@@ -44,6 +44,12 @@ pub trait Transport: Send + Sync + 'static {
         let _ = domain;
         Vec::new()
     }
+
+    /// Takes new `[routes]` (a reload); `false` when this transport cannot.
+    fn set_routes(&self, routes: &BTreeMap<String, Vec<String>>) -> bool {
+        let _ = routes;
+        false
+    }
 }
 
 /// No connection: what was observed, and the last MX host tried if DNS got that far.
@@ -93,9 +99,26 @@ pub struct Target {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// Domain → hosts and ports, tried in order; `"*"` is the smart host.
+type Routes = BTreeMap<String, Vec<(String, u16)>>;
+
+fn parse_routes(routes: &BTreeMap<String, Vec<String>>, port: u16) -> Routes {
+    routes
+        .iter()
+        .map(|(domain, hosts)| {
+            let hosts = hosts
+                .iter()
+                .filter_map(|h| parse_host_port(h, port).ok())
+                .collect();
+            (domain.to_ascii_lowercase(), hosts)
+        })
+        .collect()
+}
+
 pub struct SmtpTransport {
     resolver: Arc<dyn Resolver>,
-    routes: BTreeMap<String, Vec<(String, u16)>>,
+    /// Read for every connection, replaced by a reload.
+    routes: std::sync::RwLock<Routes>,
     config: DeliveryConfig,
     helo_name: String,
     connectors: Connectors,
@@ -110,24 +133,21 @@ impl SmtpTransport {
         helo_name: String,
         connectors: Connectors,
     ) -> SmtpTransport {
-        let routes = routes
-            .iter()
-            .map(|(domain, hosts)| {
-                let hosts = hosts
-                    .iter()
-                    .filter_map(|h| parse_host_port(h, config.port).ok())
-                    .collect();
-                (domain.to_ascii_lowercase(), hosts)
-            })
-            .collect();
+        let routes = parse_routes(routes, config.port);
         SmtpTransport {
             resolver,
-            routes,
+            routes: std::sync::RwLock::new(routes),
             config,
             helo_name,
             connectors,
             failed_mx: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `domain`'s route (or the smart host's), if it has one.
+    fn route(&self, domain: &str) -> Option<Vec<(String, u16)>> {
+        let routes = self.routes.read().expect("routes lock");
+        routes.get(domain).or_else(|| routes.get("*")).cloned()
     }
 
     /// The MX hosts of `domain`; a failure is remembered for a minute.
@@ -155,8 +175,8 @@ impl SmtpTransport {
     /// The host names and ports for `domain`, in order: a route when one matches, else its
     /// MX hosts on the delivery port.
     async fn hosts(&self, domain: &str) -> Result<Vec<(String, u16)>, DnsError> {
-        match self.routes.get(domain).or_else(|| self.routes.get("*")) {
-            Some(hosts) => Ok(hosts.clone()),
+        match self.route(domain) {
+            Some(hosts) => Ok(hosts),
             None => Ok(self
                 .mx(domain)
                 .await?
@@ -197,6 +217,11 @@ fn dns_observed(e: DnsError) -> Observed {
 
 #[async_trait]
 impl Transport for SmtpTransport {
+    fn set_routes(&self, routes: &BTreeMap<String, Vec<String>>) -> bool {
+        *self.routes.write().expect("routes lock") = parse_routes(routes, self.config.port);
+        true
+    }
+
     async fn connect(
         &self,
         domain: &str,
@@ -251,7 +276,7 @@ impl Transport for SmtpTransport {
     }
 
     async fn mx_hosts(&self, domain: &str) -> Vec<String> {
-        match self.routes.get(domain).or_else(|| self.routes.get("*")) {
+        match self.route(domain) {
             Some(hosts) => hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect(),
             None => self
                 .mx(domain)

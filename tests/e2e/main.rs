@@ -16,6 +16,7 @@ mod metrics;
 mod openapi;
 mod protocol;
 mod queue;
+mod reload;
 mod security;
 mod simulate;
 mod sink;

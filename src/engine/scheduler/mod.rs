@@ -503,6 +503,46 @@ impl Scheduler {
         std::mem::take(&mut self.out)
     }
 
+    /// Takes a reloaded policy: the classifier, the retry rules, greylisting bounds,
+    /// `max_age` and each destination's configured shaping (what it learned stays), and
+    /// closes idle connections. The provider table is kept: moving domains between
+    /// destinations needs a restart.
+    pub fn reconfigure(&mut self, policy: Policy, now: Timestamp) {
+        let Policy {
+            classifier,
+            rules,
+            providers: _,
+            shaping,
+            greylist_floor,
+            greylist_ceiling,
+            max_age,
+            ready_hot: _,
+            seed: _,
+        } = policy;
+        for d in self.destinations.iter_mut() {
+            d.shaping.adopt(shaping(&d.name, now));
+        }
+        self.policy.classifier = classifier;
+        self.policy.rules = rules;
+        self.policy.shaping = shaping;
+        self.policy.greylist_floor = greylist_floor;
+        self.policy.greylist_ceiling = greylist_ceiling;
+        self.policy.max_age = max_age;
+        // Idle connections were opened under the old routes and TLS policy: they close, and
+        // the next deliveries connect afresh (connections busy now finish their job first).
+        for ix in 0..self.destinations.len() {
+            let idle: Vec<WorkerId> = self.destinations[ix]
+                .idle
+                .drain(..)
+                .map(|(w, _)| w)
+                .collect();
+            for worker in idle {
+                self.dismiss(worker, ix);
+            }
+            self.start_workers(ix, now);
+        }
+    }
+
     /// When the scheduler wants [`Input::Tick`]: the next due group, the end of a
     /// destination's wait, or the next expiry sweep. `None` once stopping.
     pub fn next_wake(&self) -> Option<Timestamp> {

@@ -244,6 +244,16 @@ impl Shaping {
         }
     }
 
+    /// Takes `fresh`'s configured limits and tuning (a reload), keeping what was learned;
+    /// the rate's pacing starts over only when the rate changed.
+    pub fn adopt(&mut self, fresh: Shaping) {
+        if fresh.limits.rate != self.limits.rate {
+            self.limiter = fresh.limiter;
+        }
+        self.limits = fresh.limits;
+        self.tuning = fresh.tuning;
+    }
+
     /// Connections the destination may hold open now.
     pub fn connection_limit(&self) -> usize {
         if self.outage.is_some() || self.allowance.searching() {

@@ -34,9 +34,11 @@ pub struct ApiState {
     pub operator: Arc<crate::engine::operator::Operator>,
     /// The event log, which diagnosis reads.
     pub events_path: std::path::PathBuf,
-    /// Who may call without a token, and the tokens (never logged).
-    pub trusted_networks: Vec<ipnet::IpNet>,
-    pub tokens: Vec<crate::config::NamedToken>,
+    /// Who may call without a token, and the tokens (never logged); a reload replaces
+    /// them.
+    pub access: Arc<std::sync::RwLock<Access>>,
+    /// Reloads the configuration (`POST /api/v1/reload`).
+    pub reloader: Arc<crate::reload::Reloader>,
     pub hostname: String,
     pub max_message_size: u64,
     /// The spool's database file, whose size `/metrics` reports.
@@ -46,6 +48,21 @@ pub struct ApiState {
     pub providers: crate::policy::provider::Providers,
     /// The time series' counts not yet in the spool.
     pub stats: Arc<crate::stats::Stats>,
+}
+
+/// Who may call the API.
+pub struct Access {
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    pub tokens: Vec<crate::config::NamedToken>,
+}
+
+impl Access {
+    pub fn from_config(http: &crate::config::HttpConfig) -> Access {
+        Access {
+            trusted_networks: http.trusted_networks.clone(),
+            tokens: http.all_tokens(),
+        }
+    }
 }
 
 impl ApiState {
@@ -91,6 +108,28 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// `POST /api/v1/reload`: reads the configuration file again and applies what can change
+/// without a restart (as SIGHUP does); a bad file is refused and the running
+/// configuration kept.
+#[utoipa::path(post, path = "/api/v1/reload", tag = "health", responses((status = 200, description = "What was applied, and what needs a restart"), (status = 400, description = "The file is not valid: nothing changed"), (status = 409, description = "knock runs without a config file")))]
+async fn post_reload(
+    AxState(state): AxState<Arc<ApiState>>,
+    axum::Extension(Actor(actor)): axum::Extension<Actor>,
+) -> Result<axum::Json<crate::reload::Reloaded>, ApiError> {
+    tracing::info!(actor, "reload asked over the API");
+    match state.reloader.reload().await {
+        Ok(r) => Ok(axum::Json(r)),
+        Err(crate::reload::ReloadError::NoFile) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            crate::reload::ReloadError::NoFile.to_string(),
+        )),
+        Err(crate::reload::ReloadError::Invalid(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{e:#}; the running configuration is kept"),
+        )),
+    }
+}
+
 /// `GET /api/v1/health`: answers while the engine runs; needs no token.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health", security(()), responses((status = 200, description = "The engine runs")))]
 async fn get_health() -> axum::Json<serde_json::Value> {
@@ -113,6 +152,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
     use utoipa_axum::routes;
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(get_health))
+        .routes(routes!(post_reload))
         .routes(routes!(metrics::get_metrics))
         .routes(routes!(messages::post_message, listing::get_messages))
         .routes(routes!(messages::get_message))
@@ -199,14 +239,18 @@ async fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    // Every token is compared, whichever matches, so the time says nothing of which.
-    let matched = given.and_then(|g| {
-        state.tokens.iter().fold(None, |found, t| {
-            let equal = bool::from(t.token.as_bytes().ct_eq(g.as_bytes()));
-            if equal { Some(t.name.clone()) } else { found }
-        })
-    });
-    let trusted = state.trusted_networks.iter().any(|n| n.contains(&ip));
+    let (matched, trusted) = {
+        let access = state.access.read().expect("access lock");
+        // Every token is compared, whichever matches, so the time says nothing of which.
+        let matched = given.and_then(|g| {
+            access.tokens.iter().fold(None, |found, t| {
+                let equal = bool::from(t.token.as_bytes().ct_eq(g.as_bytes()));
+                if equal { Some(t.name.clone()) } else { found }
+            })
+        });
+        let trusted = access.trusted_networks.iter().any(|n| n.contains(&ip));
+        (matched, trusted)
+    };
     let actor = match (&matched, trusted) {
         (Some(name), _) => Some(name.clone()),
         (None, true) => Some("trusted".to_string()),

@@ -533,16 +533,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match config {
-        Some(path) => Config::load(&path)?,
+async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &path {
+        Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     crate::logging::init(config.log.format);
-    crate::serve::Engine::start(config)
-        .await?
-        .run_until_signal()
-        .await
+    let engine = crate::serve::Engine::start(config).await?;
+    if let Some(path) = path {
+        // Reloads (SIGHUP, POST /api/v1/reload) read the same file.
+        engine.reload_from(std::fs::canonicalize(&path).unwrap_or(path));
+    }
+    engine.run_until_signal().await
 }
 
 /// `knock config check`: the file read and validated as `knock serve` reads it, then the
