@@ -93,6 +93,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .put(put_suppression)
                 .delete(delete_suppression),
         )
+        .merge(crate::surface::dashboard::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -106,7 +107,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// Clients outside the trusted networks need `Authorization: Bearer <token>`; the health
-/// check is open to all. Tokens are compared in constant time.
+/// check and the dashboard's page and files (which hold no data: the page asks the API,
+/// with the token its user typed) are open to all. Tokens are compared in constant time.
 async fn authorize(
     AxState(state): AxState<Arc<ApiState>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -145,7 +147,8 @@ async fn authorize(
         req.extensions_mut().insert(Actor(actor));
         return next.run(req).await;
     }
-    if req.uri().path() == "/api/v1/health" {
+    let path = req.uri().path();
+    if path == "/api/v1/health" || crate::surface::dashboard::is_page(path) {
         return next.run(req).await;
     }
     let error = if given.is_some() {
