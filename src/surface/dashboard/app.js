@@ -88,6 +88,7 @@
       .replace(/\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b/gi, "<id>")
       .replace(/\b(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{12,}\b/g, "<id>")
       .replace(/\d{5,}/g, "<n>")
+      .replace(/<+(address|id|ip)>+/g, "<$1>")
       .replace(/\s+/g, " ")
       .trim();
   }
@@ -377,11 +378,9 @@
       }
       for (const t of [...byTime.keys()].sort((a, b) => a - b)) appendPoint(seeded, t, byTime.get(t));
       state.seeded = seeded;
-      $("#deferral-source").textContent = "per minute from /api/v1/stats, then live over the trailing minute";
     } catch (e) {
       // 404: this engine keeps no history; the chart starts with the page.
       state.seeded = null;
-      $("#deferral-source").textContent = "over the trailing minute, since this page was opened";
     }
   }
 
@@ -430,7 +429,6 @@
             stroke: COLORS[i % COLORS.length],
             width: 2,
             spanGaps: false,
-            points: { show: store.xs.length < 3 },
             value: (u, v) => (v === null || v === undefined ? "–" : opts.format(v)),
           })),
         ],
@@ -451,6 +449,11 @@
     });
     const rate = mergedRate();
     const rateNames = chartNames(rate, (n) => pending.get(n) || 0);
+    const anyRate = rateNames.some((n) => rate.series.get(n).some((v) => v !== null));
+    const source = state.seeded
+      ? "per minute from the engine's history (/api/v1/stats), then over the trailing minute of this page's polls"
+      : "over the trailing minute, from this page's polls since it was opened";
+    $("#deferral-source").textContent = anyRate ? source : `${source}: no attempts yet, the lines start with the next ones`;
     drawChart("chart-deferrals", rate, rateNames, {
       y: { range: [0, 1] },
       values: (u, ticks) => ticks.map((v) => `${Math.round(v * 100)} %`),
@@ -560,7 +563,8 @@
             el("button", { type: "button", "data-action": "retry", onclick: () => confirmRetry(r) }, "Retry now"),
           );
         }
-        const cause = r.diagnosis && r.diagnosis.cause !== "healthy" ? el("span", { class: `cause ${r.diagnosis.confidence}`, title: r.diagnosis.summary }, r.diagnosis.cause) : null;
+        const dx = r.diagnosis;
+        const cause = dx && !["healthy", "unknown"].includes(dx.cause) ? el("span", { class: `cause ${dx.confidence}`, title: `${dx.summary} (${dx.confidence} confidence)` }, dx.cause) : null;
         return el(
           "tr",
           { "data-provider": r.name, "data-state": d ? pacingState(d) : "idle", "data-suspended": suspended ? "true" : "false" },
@@ -569,7 +573,7 @@
           el("td", { class: "num" }, r.oldest ? fmtDuration(r.oldest) : "–"),
           pacingCell(r),
           el("td", { class: "num" }, d ? `${d.connections_open} / ${d.shaping.connections}` : "–", d ? el("div", { class: "sub" }, `max ${d.shaping.connection_ceiling ?? d.shaping.max_connections}`) : null),
-          el("td", { class: "num" }, g ? fmtPercent(g.deferral_rate) : "–", g ? el("div", { class: "sub" }, `${fmtInt(g.deferrals)} of ${fmtInt(g.attempts)}`) : null),
+          el("td", { class: "num" }, g && g.attempts ? fmtPercent(g.deferral_rate) : "–", g && g.attempts ? el("div", { class: "sub" }, `${fmtInt(g.deferrals)} of ${fmtInt(g.attempts)}`) : null),
           el("td", { class: "num" }, g && g.ee_p50_seconds !== undefined ? `${fmtDuration(g.ee_p50_seconds)} / ${fmtDuration(g.ee_p95_seconds)}` : "–"),
           el("td", { class: "actions" }, actions),
         );
