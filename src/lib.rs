@@ -14,7 +14,7 @@
 //! | policy | [`policy`]: [`policy::classify`], [`policy::logline`], [`policy::schedule`], [`policy::shaping`], [`policy::react`], [`policy::provider`], [`policy::suppress`] | what a reply means, when to try again, how fast to send, which knob an outcome turns, providers, suppressions |
 //! | engine core | [`engine`]: [`engine::ingest`], [`engine::spool`], [`engine::scheduler`], [`engine::driver`], [`engine::handle`], [`engine::dispatch`] | taking mail in, keeping it, the scheduler state machine, running it on wall time, delivering |
 //! | tools | [`tools`]: [`tools::receiver`], [`tools::sink`], [`tools::bench`], [`tools::simulate`] | receiver models, `knock sink`, `knock bench`, `knock simulate` |
-//! | surfaces | [`surface`]: [`surface::api`], [`surface::client`], [`surface::diagnose`], [`surface::tail`], [`surface::cli`] | the HTTP API, its client, diagnosis, following the event log, the command line |
+//! | surfaces | [`surface`]: [`surface::api`], [`surface::dashboard`], [`surface::client`], [`surface::diagnose`], [`surface::tail`], [`surface::cli`] | the HTTP API and the dashboard, its client, diagnosis, following the event log, the command line |
 //! | wiring | [`serve`], [`logging`] | one running knock: engine, listeners and API started and stopped in order; what it logs on stderr |
 //!
 //! No two files import each other; `docs/architecture.md` draws the flow.

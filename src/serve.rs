@@ -287,6 +287,8 @@ impl Engine {
         for task in self.tasks {
             let _ = task.await;
         }
+        // It holds an events handle: the event log's writer ends once every handle is gone.
+        drop(self.reloader);
         // Workers closing their connections, outcomes being written and told.
         self.work.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.work.wait())

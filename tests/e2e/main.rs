@@ -6,6 +6,7 @@ mod world;
 
 mod cli;
 mod crash;
+mod dashboard;
 mod delivery;
 mod disk;
 mod dns;

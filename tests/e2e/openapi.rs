@@ -45,7 +45,8 @@ async fn the_openapi_document_is_valid_and_every_entry_is_routed() {
         // Path parameters get a value that names nothing: the route must still be found.
         let concrete = path
             .replace("{id}", "0123456789abcdef")
-            .replace("{address}", "nobody@nowhere.test");
+            .replace("{address}", "nobody@nowhere.test")
+            .replace("{name}", "app.js");
         for (method, _) in item.as_object().unwrap() {
             let method: reqwest::Method = method.to_uppercase().parse().unwrap();
             let resp = client

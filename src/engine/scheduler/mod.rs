@@ -1222,7 +1222,8 @@ impl Scheduler {
             if entry.in_flight {
                 s.in_flight += entry.pending as usize;
             }
-            let parked = self.parked.contains(key);
+            // Parked, or to be parked when it comes due.
+            let parked = self.parked.contains(key) || self.suspended(key, None);
             if parked {
                 s.suspended += entry.pending as usize;
             }

@@ -152,6 +152,8 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
     use utoipa_axum::routes;
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(get_health))
+        .routes(routes!(crate::surface::dashboard::get_index))
+        .routes(routes!(crate::surface::dashboard::get_asset))
         .routes(routes!(post_reload))
         .routes(routes!(metrics::get_metrics))
         .routes(routes!(messages::post_message, listing::get_messages))
@@ -217,7 +219,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// Clients outside the trusted networks need `Authorization: Bearer <token>`; the health
-/// check is open to all. Tokens are compared in constant time.
+/// check and the dashboard's page and files (which hold no data: the page asks the API,
+/// with the token its user typed) are open to all. Tokens are compared in constant time.
 async fn authorize(
     AxState(state): AxState<Arc<ApiState>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -260,7 +263,8 @@ async fn authorize(
         req.extensions_mut().insert(Actor(actor));
         return next.run(req).await;
     }
-    if req.uri().path() == "/api/v1/health" {
+    let path = req.uri().path();
+    if path == "/api/v1/health" || crate::surface::dashboard::is_page(path) {
         return next.run(req).await;
     }
     let error = if given.is_some() {
