@@ -90,9 +90,11 @@ data_done = "5s"
     }
 }
 
+/// The events in the log at `path`, without a last line the writer has not finished.
 pub fn read_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
