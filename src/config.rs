@@ -463,6 +463,21 @@ impl Token {
     }
 }
 
+/// Who may call the API, as the running configuration says (a reload replaces it).
+pub struct Access {
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    pub tokens: Vec<NamedToken>,
+}
+
+impl Access {
+    pub fn from_config(http: &HttpConfig) -> Access {
+        Access {
+            trusted_networks: http.trusted_networks.clone(),
+            tokens: http.all_tokens(),
+        }
+    }
+}
+
 /// A token and the name actions taken with it are recorded under.
 #[derive(Clone)]
 pub struct NamedToken {

@@ -269,10 +269,13 @@ pub fn read_log(path: &Path, since: Timestamp, at_most: u64) -> std::io::Result<
         .collect())
 }
 
-/// Something that counts events as they are emitted (the time series of `crate::stats`).
+/// Something that counts events as they are emitted (the metrics of `crate::metrics`, the
+/// time series of `crate::stats`).
 pub trait Observer: Send + Sync {
     /// Must not block: called on every event, on the path that emits it.
     fn observe(&self, event: &Event);
+    /// An event could not be handed to the log.
+    fn dropped(&self) {}
 }
 
 /// Where events go. Cheap to clone; sending never blocks delivery for long.
@@ -282,8 +285,8 @@ pub struct Events {
     /// The kinds some webhook takes; nothing goes in the outbox when it is empty. Shared
     /// by every handle, replaced when the webhooks are reloaded.
     outboxed: Arc<std::sync::RwLock<Arc<[Kind]>>>,
-    /// Told of every event, after the metrics.
-    observer: Option<Arc<dyn Observer>>,
+    /// Told of every event, in order.
+    observers: Vec<Arc<dyn Observer>>,
 }
 
 impl Events {
@@ -307,15 +310,15 @@ impl Events {
 
     /// The same events, each also told to `observer` as it is emitted.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Events {
-        self.observer = Some(observer);
+        self.observers.push(observer);
         self
     }
 
-    /// Gives `events` their ids and returns the spool write that puts those a webhook
-    /// takes in the outbox, to be committed in the same transaction as the change they
-    /// tell of: then a webhook gets an event if and only if its change is on disk. The
-    /// events are emitted afterwards as usual, with the same ids.
-    pub fn outbox(&self, events: &mut [Event]) -> Option<crate::engine::spool::Op> {
+    /// Gives `events` their ids and returns those a webhook takes, for the spool's outbox
+    /// (`Op::Outbox`), to be committed in the same transaction as the change they tell of:
+    /// then a webhook gets an event if and only if its change is on disk. The events are
+    /// emitted afterwards as usual, with the same ids.
+    pub fn outbox(&self, events: &mut [Event]) -> Option<Vec<Event>> {
         for e in events.iter_mut().filter(|e| e.id.is_empty()) {
             e.id = new_id();
         }
@@ -328,7 +331,7 @@ impl Events {
             .filter(|e| outboxed.contains(&e.event))
             .cloned()
             .collect();
-        (!wanted.is_empty()).then_some(crate::engine::spool::Op::Outbox(wanted))
+        (!wanted.is_empty()).then_some(wanted)
     }
 
     /// Gives the event its id, logs and counts it, and hands it to the writer.
@@ -337,12 +340,13 @@ impl Events {
             event.id = new_id();
         }
         log_event(&event);
-        crate::metrics::record_event(&event);
-        if let Some(observer) = &self.observer {
+        for observer in &self.observers {
             observer.observe(&event);
         }
         if self.tx.send(event).await.is_err() {
-            crate::metrics::event_dropped();
+            for observer in &self.observers {
+                observer.dropped();
+            }
             tracing::warn!("event log is closed; event dropped");
         }
     }
@@ -368,7 +372,7 @@ impl Events {
             Events {
                 tx,
                 outboxed: Arc::new(std::sync::RwLock::new(Arc::from([]))),
-                observer: None,
+                observers: Vec::new(),
             },
             task,
         ))

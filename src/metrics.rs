@@ -224,6 +224,19 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Feeds the metrics from the events as they are emitted.
+pub struct Recorder;
+
+impl crate::event::Observer for Recorder {
+    fn observe(&self, event: &Event) {
+        record_event(event);
+    }
+
+    fn dropped(&self) {
+        event_dropped();
+    }
+}
+
 /// Counts what an event reports. Called once per event, as it is emitted.
 pub fn record_event(e: &Event) {
     let provider = e.provider.clone().unwrap_or_default();

@@ -6,13 +6,12 @@
 //! networks, and webhooks. Everything else (listen addresses, the spool, providers, ...)
 //! needs a restart, and the answer says which keys.
 
-use crate::config::{Config, TlsConfig};
+use crate::config::{Access, Config, TlsConfig};
 use crate::engine::handle::SchedulerHandle;
 use crate::engine::scheduler::Policy;
 use crate::engine::spool::Spool;
 use crate::event::Events;
 use crate::net::transport::Transport;
-use crate::surface::api::Access;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

@@ -95,6 +95,7 @@ impl Engine {
         let stats = Arc::new(Stats::new());
         let events = events
             .with_outbox(&webhook_kinds)
+            .with_observer(Arc::new(crate::metrics::Recorder))
             .with_observer(stats.clone());
         let stored = {
             let spool = spool.clone();
@@ -193,7 +194,7 @@ impl Engine {
             inbound,
             shutdown.clone(),
         )));
-        let access = Arc::new(std::sync::RwLock::new(api::Access::from_config(
+        let access = Arc::new(std::sync::RwLock::new(crate::config::Access::from_config(
             &config.http,
         )));
         let reloader = Arc::new(crate::reload::Reloader::new(crate::reload::Parts {

@@ -312,8 +312,8 @@ impl Teller {
         if let Some(b) = &bounce {
             ops.push(Op::Store(b.clone()));
         }
-        ops.extend(self.events.outbox(&mut events));
-        ops.extend(self.events.outbox(&mut dsn_events));
+        ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
+        ops.extend(self.events.outbox(&mut dsn_events).map(Op::Outbox));
         ops.extend(
             updated
                 .suppress

@@ -64,7 +64,7 @@ impl Intake {
         let mut events = crate::event::processed(&message, now);
         events.extend(self.mark_suppressed(&mut message, now));
         let mut ops = vec![Op::Store(message.clone())];
-        ops.extend(self.events.outbox(&mut events));
+        ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
         self.spool.commit(ops).await?;
         for e in events {
             self.events.emit(e).await;

@@ -99,7 +99,7 @@ impl Operator {
             target: target.clone(),
             suspension: suspension.clone(),
         }];
-        ops.extend(self.events.outbox(&mut events));
+        ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
         self.spool.commit(ops).await?;
         tracing::info!(%target, actor, reason = %suspension.reason, "suspended by an operator");
         let steered = self.steer(Steer::Suspend { target, suspension }).await?;
@@ -127,7 +127,7 @@ impl Operator {
         let mut ops = vec![Op::Resume {
             target: target.clone(),
         }];
-        ops.extend(self.events.outbox(&mut events));
+        ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
         self.spool.commit(ops).await?;
         tracing::info!(%target, actor, "resumed by an operator");
         let steered = self.steer(Steer::Resume { target }).await?;

@@ -215,15 +215,12 @@ struct Batch {
 
 impl Batch {
     /// Whether someone waits for this write: anything but the outcome of an attempt (and
-    /// the events that come with it) or a webhook's progress.
+    /// the events that come with it).
     fn urgent(&self) -> bool {
         // (A suspension is urgent: the operator waits for it.)
-        self.ops.iter().any(|op| {
-            !matches!(
-                op,
-                Op::Update { .. } | Op::Outbox(_) | Op::OutboxCursor { .. } | Op::Stats { .. }
-            )
-        })
+        self.ops
+            .iter()
+            .any(|op| !matches!(op, Op::Update { .. } | Op::Outbox(_) | Op::Stats { .. }))
     }
 }
 

@@ -84,6 +84,7 @@ pub async fn start(
             read: cursor,
             batches: BTreeMap::new(),
             failing_since: None,
+            unsaved: false,
         };
         tasks.push(tokio::spawn(sender.run(shutdown.clone())));
     }
@@ -123,6 +124,8 @@ struct Sender {
     batches: BTreeMap<u64, (u64, bool)>,
     /// When the first of the POSTs failing now failed.
     failing_since: Option<tokio::time::Instant>,
+    /// The cursor moved and is not on disk yet.
+    unsaved: bool,
 }
 
 type InFlight = futures::future::BoxFuture<'static, (Batch, Posted)>;
@@ -134,6 +137,9 @@ impl Sender {
         // When a batch that is not full was first seen waiting.
         let mut partial_since: Option<tokio::time::Instant> = None;
         loop {
+            if self.unsaved {
+                self.save_cursor().await;
+            }
             crate::metrics::webhook_backlog(
                 &self.config.name,
                 tip.borrow().saturating_sub(self.cursor),
@@ -320,11 +326,22 @@ impl Sender {
             self.cursor = self.cursor.max(self.read);
         }
         if self.cursor != before {
-            // Nobody waits: a cursor lost in a crash only means a few events sent again.
-            drop(self.spool.submit(vec![Op::OutboxCursor {
-                webhook: self.config.name.clone(),
-                seq: self.cursor,
-            }]));
+            self.unsaved = true;
+        }
+    }
+
+    /// Makes the cursor durable before anything more is posted, so that after a crash
+    /// only the batches that were in flight are sent again.
+    async fn save_cursor(&mut self) {
+        let op = Op::OutboxCursor {
+            webhook: self.config.name.clone(),
+            seq: self.cursor,
+        };
+        match self.spool.submit(vec![op]).await {
+            Ok(()) => self.unsaved = false,
+            Err(e) => {
+                tracing::error!(webhook = %self.config.name, error = %e, "storing the webhook's cursor failed; trying again");
+            }
         }
     }
 }

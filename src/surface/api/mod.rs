@@ -36,7 +36,7 @@ pub struct ApiState {
     pub events_path: std::path::PathBuf,
     /// Who may call without a token, and the tokens (never logged); a reload replaces
     /// them.
-    pub access: Arc<std::sync::RwLock<Access>>,
+    pub access: Arc<std::sync::RwLock<crate::config::Access>>,
     /// Reloads the configuration (`POST /api/v1/reload`).
     pub reloader: Arc<crate::reload::Reloader>,
     pub hostname: String,
@@ -48,21 +48,6 @@ pub struct ApiState {
     pub providers: crate::policy::provider::Providers,
     /// The time series' counts not yet in the spool.
     pub stats: Arc<crate::stats::Stats>,
-}
-
-/// Who may call the API.
-pub struct Access {
-    pub trusted_networks: Vec<ipnet::IpNet>,
-    pub tokens: Vec<crate::config::NamedToken>,
-}
-
-impl Access {
-    pub fn from_config(http: &crate::config::HttpConfig) -> Access {
-        Access {
-            trusted_networks: http.trusted_networks.clone(),
-            tokens: http.all_tokens(),
-        }
-    }
 }
 
 impl ApiState {
