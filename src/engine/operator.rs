@@ -185,7 +185,8 @@ impl Operator {
                 recipients = steered.recipients,
                 "recipients ended by an operator"
             );
-            // Holds of the messages named have nothing left to hold.
+            // Holds of the messages named have nothing left to hold: they go quietly (no
+            // `released` event for a recipient that was just ended).
             let held: Vec<Target> = self
                 .scheduler
                 .suspensions()
@@ -194,8 +195,17 @@ impl Operator {
                 .map(|(t, _)| t)
                 .filter(|t| matches!(t, Target::Message(id) if selector.messages.contains(id)))
                 .collect();
-            for target in held {
-                let _ = self.resume(target, actor).await;
+            if !held.is_empty() {
+                let ops = held
+                    .iter()
+                    .map(|target| Op::Resume {
+                        target: target.clone(),
+                    })
+                    .collect();
+                self.spool.commit(ops).await?;
+                for target in held {
+                    self.steer(Steer::Resume { target }).await?;
+                }
             }
         }
         Ok(steered)

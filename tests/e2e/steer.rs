@@ -134,6 +134,39 @@ async fn hold_and_release_by_the_start_of_an_id_are_events_with_their_actor() {
     world.wait_event(T, is("delivered", "held@rx.test")).await;
     let (_, s) = http_get(&engine, "/api/v1/suspensions").await;
     assert_eq!(s["suspensions"], serde_json::json!([]));
+
+    // A held message that is cancelled: its hold goes with it, without a `released`.
+    http_post(&engine, "/api/v1/suspend", r#"{"domain": "rx.test"}"#).await;
+    let id = send(&engine, "dropped@rx.test").await;
+    let (status, _) = http_post(&engine, &format!("/api/v1/messages/{id}/hold"), "").await;
+    assert_eq!(status, 200);
+    let (status, body) = http_post(
+        &engine,
+        "/api/v1/cancel",
+        &format!(r#"{{"messages": ["{id}"]}}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body["recipients"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    world
+        .wait_event(T, is("cancelled", "dropped@rx.test"))
+        .await;
+    let (_, s) = http_get(&engine, "/api/v1/suspensions").await;
+    assert_eq!(
+        s["suspensions"].as_array().unwrap().len(),
+        1,
+        "only the domain: {s}"
+    );
+    assert!(
+        !world
+            .events()
+            .iter()
+            .any(|e| e["event"] == "released" && e["recipient"] == "dropped@rx.test"),
+        "no release for a cancelled recipient"
+    );
     engine.shutdown().await;
 }
 
