@@ -124,6 +124,15 @@ pub fn rfc5322(ts: Timestamp) -> String {
     mail_builder::headers::date::Date::new((ts.0 / 1000) as i64).to_rfc822()
 }
 
+/// Sleeps until `at`, or forever when there is no such time (a `select!` branch that never
+/// fires).
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,7 +69,7 @@ impl Driver {
                     Some(cmd) => self.command(cmd),
                     None => return,
                 },
-                _ = sleep_until(wake) => self.feed(Input::Tick, None),
+                _ = crate::time::sleep_until(wake) => self.feed(Input::Tick, None),
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -402,11 +402,4 @@ async fn spool_body(spool: &Arc<dyn Spool>, id: crate::message::MessageId) -> Op
         .ok()
         .and_then(Result::ok)
         .flatten()
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

@@ -216,18 +216,10 @@ impl ApiClient {
     /// `/api/v1/messages/{id}[/{then}]`, the id escaped as a path segment (whatever was
     /// typed, it names no other endpoint).
     fn message_url(&self, id: &str, then: &str) -> anyhow::Result<reqwest::Url> {
-        let mut url = reqwest::Url::parse(&self.base)
-            .with_context(|| format!("--api: {} is not a URL", self.base))?;
-        {
-            let mut path = url
-                .path_segments_mut()
-                .map_err(|()| anyhow::anyhow!("--api: {} cannot be a base URL", self.base))?;
-            path.pop_if_empty().extend(["api", "v1", "messages", id]);
-            if !then.is_empty() {
-                path.push(then);
-            }
+        match then {
+            "" => self.url(&["api", "v1", "messages", id]),
+            then => self.url(&["api", "v1", "messages", id, then]),
         }
-        Ok(url)
     }
 
     async fn read<T: serde::de::DeserializeOwned>(

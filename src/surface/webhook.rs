@@ -191,7 +191,7 @@ impl Sender {
                         return;
                     }
                 }
-                _ = sleep_until(wait_for_more), if wait_for_more.is_some() => {}
+                _ = crate::time::sleep_until(wait_for_more), if wait_for_more.is_some() => {}
             }
         }
     }
@@ -363,13 +363,6 @@ fn backoff(failures: u32, first: Duration, max: Duration) -> Duration {
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(max);
     full.mul_f64(0.5 + fastrand::f64() * 0.5)
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// POSTs `events` to the webhook, signed.

@@ -5,32 +5,13 @@ use crate::world::*;
 use knock::net::smtp::client::Client;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 async fn free_addr() -> SocketAddr {
     dead_addr().await
-}
-
-fn serve(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_knock"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("knock did not start listening on {addr}");
 }
 
 /// Sends numbered messages until `stop`, recording the numbers that got a 250.
@@ -109,7 +90,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let kills = 20;
     for _ in 0..kills {
-        let mut child = serve(&config);
+        let mut child = serve_binary(&config);
         wait_listening(smtp).await;
         let stop = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..4)
@@ -124,7 +105,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
         }
     }
     // One last, clean run delivers whatever the spool still holds.
-    let mut child = serve(&config);
+    let mut child = serve_binary(&config);
     wait_listening(smtp).await;
     let acked: Vec<usize> = acked.lock().unwrap().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -166,7 +147,7 @@ async fn sigterm_under_load_finishes_in_flight_work_and_loses_nothing() {
     let rx = plain_sink().await;
     let dir = tempfile::tempdir().unwrap();
     let (config, smtp) = write_config(dir.path(), rx.addr).await;
-    let mut child = serve(&config);
+    let mut child = serve_binary(&config);
     wait_listening(smtp).await;
     let (next, acked, stop) = (
         Arc::new(AtomicUsize::new(0)),
@@ -195,7 +176,7 @@ async fn sigterm_under_load_finishes_in_flight_work_and_loses_nothing() {
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     let after_stop = delivered_counts(&rx).len();
 
-    let mut child = serve(&config);
+    let mut child = serve_binary(&config);
     wait_listening(smtp).await;
     let acked: Vec<usize> = acked.lock().unwrap().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -4,7 +4,7 @@
 use crate::world::*;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,18 +84,8 @@ async fn a_reload_applies_routes_tokens_and_webhooks_and_refuses_a_bad_file() {
         "one.test",
         &format!("[routes]\n\"rx.test\" = [\"{}\"]\n", a.addr),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_knock"))
-        .args(["serve", "--config", files.config().to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(files.http).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut child = serve_binary(&files.config());
+    wait_listening(files.http).await;
     smtp_send(
         files.smtp,
         "s@tx.test",

@@ -283,17 +283,24 @@ async fn cancel_and_bounce_take_a_filter_and_a_dry_run_says_how_many() {
     engine.shutdown().await;
 }
 
-fn knock(args: Vec<String>) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_knock"))
-        .args(&args)
-        .env_remove("KNOCK_API")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// `knock ARGS --api API`, the real binary, off the runtime's threads.
+async fn knock(api: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--api".to_string(), api.to_string()]);
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_knock"))
+            .args(&all)
+            .env_remove("KNOCK_API")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,41 +309,31 @@ async fn the_command_line_suspends_lists_retries_and_cancels() {
     let (_rx, _tx, resolver) = receiver_and_sender().await;
     let engine = world.start(resolver).await;
     let api = engine.http_addr.to_string();
-    let run = |args: &[&str]| {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(["--api".to_string(), api.clone()]);
-        tokio::task::spawn_blocking(move || knock(all))
-    };
-    let (ok, out, err) = run(&["suspend", "--domain", "rx.test", "--reason", "moving"])
-        .await
-        .unwrap();
+    let run = |args: &'static [&'static str]| knock(&api, args);
+    let (ok, out, err) = run(&["suspend", "--domain", "rx.test", "--reason", "moving"]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with("suspended domain rx.test"), "{out}");
-    let (ok, out, _) = run(&["suspensions"]).await.unwrap();
+    let (ok, out, _) = run(&["suspensions"]).await;
     assert!(ok);
     assert!(
         out.contains("domain rx.test") && out.contains("moving"),
         "{out}"
     );
     send(&engine, "tempfail@rx.test").await;
-    let (ok, out, err) = run(&["cancel", "--domain", "rx.test", "--dry-run"])
-        .await
-        .unwrap();
+    let (ok, out, err) = run(&["cancel", "--domain", "rx.test", "--dry-run"]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with("would cancel 1 recipients"), "{out}");
-    let (ok, _, err) = run(&["cancel"]).await.unwrap();
+    let (ok, _, err) = run(&["cancel"]).await;
     assert!(!ok && err.lines().count() == 1, "one line: {err}");
     assert!(err.contains("filter"), "{err}");
-    let (ok, out, _) = run(&["resume", "--domain", "rx.test", "--json"])
-        .await
-        .unwrap();
+    let (ok, out, _) = run(&["resume", "--domain", "rx.test", "--json"]).await;
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["recipients"], 1, "{v}");
     world
         .wait_event(T, is("deferred", "tempfail@rx.test"))
         .await;
-    let (ok, out, err) = run(&["retry", "--domain", "rx.test"]).await.unwrap();
+    let (ok, out, err) = run(&["retry", "--domain", "rx.test"]).await;
     assert!(ok, "{err}");
     assert!(
         out.starts_with("1 recipients in 1 groups are due now"),
@@ -345,7 +342,7 @@ async fn the_command_line_suspends_lists_retries_and_cancels() {
     world
         .wait_event(T, |e| e["event"] == "deferred" && e["attempt"] == 2)
         .await;
-    let (ok, out, err) = run(&["cancel", "--all"]).await.unwrap();
+    let (ok, out, err) = run(&["cancel", "--all"]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with("cancelled 1 recipients"), "{out}");
     world
@@ -360,11 +357,7 @@ async fn the_command_line_edits_the_suppression_list() {
     let (rx, _tx, resolver) = receiver_and_sender().await;
     let engine = world.start(resolver).await;
     let api = engine.http_addr.to_string();
-    let run = |args: &[&str]| {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(["--api".to_string(), api.clone()]);
-        tokio::task::spawn_blocking(move || knock(all))
-    };
+    let run = |args: &'static [&'static str]| knock(&api, args);
     let (ok, out, err) = run(&[
         "suppress",
         "add",
@@ -372,30 +365,27 @@ async fn the_command_line_edits_the_suppression_list() {
         "--reason",
         "asked to stop",
     ])
-    .await
-    .unwrap();
+    .await;
     assert!(ok, "{err}");
     assert!(
         out.contains("ann@rx.test") && out.contains("asked to stop"),
         "{out}"
     );
-    let (ok, out, _) = run(&["suppress", "list"]).await.unwrap();
+    let (ok, out, _) = run(&["suppress", "list"]).await;
     assert!(
         ok && out.starts_with("ADDRESS") && out.contains("ann@rx.test"),
         "{out}"
     );
     send(&engine, "ann@rx.test").await;
     world.wait_event(T, is("suppressed", "ann@rx.test")).await;
-    let (ok, out, _) = run(&["suppress", "show", "ann@rx.test", "--json"])
-        .await
-        .unwrap();
+    let (ok, out, _) = run(&["suppress", "show", "ann@rx.test", "--json"]).await;
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["reason"], "asked to stop", "{v}");
-    let (ok, out, err) = run(&["suppress", "remove", "ann@rx.test"]).await.unwrap();
+    let (ok, out, err) = run(&["suppress", "remove", "ann@rx.test"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("off the suppression list"), "{out}");
-    let (ok, _, err) = run(&["suppress", "show", "ann@rx.test"]).await.unwrap();
+    let (ok, _, err) = run(&["suppress", "show", "ann@rx.test"]).await;
     assert!(
         !ok && err.lines().count() == 1 && err.contains("404"),
         "{err}"

@@ -9,7 +9,7 @@ use knock::net::resolve::StaticResolver;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -415,25 +415,6 @@ async fn sendgrid_format_speaks_their_fields() {
     engine.shutdown().await;
 }
 
-fn serve(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_knock"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("knock did not start listening on {addr}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_committed_event_and_repeats_only_what_was_in_flight() {
     let rx = Receiver::start(&[], Answer::Status(503)).await;
@@ -456,7 +437,7 @@ async fn kill_9_loses_no_committed_event_and_repeats_only_what_was_in_flight() {
     .unwrap();
 
     // The receiver is down while mail is accepted and delivered; then knock dies.
-    let mut child = serve(&config);
+    let mut child = serve_binary(&config);
     wait_listening(smtp).await;
     let messages = 30;
     for i in 0..messages {
@@ -482,7 +463,7 @@ async fn kill_9_loses_no_committed_event_and_repeats_only_what_was_in_flight() {
 
     // Up again but slow; killed again while POSTs are in flight.
     rx.then(Answer::Slow(Duration::from_millis(150)));
-    let mut child = serve(&config);
+    let mut child = serve_binary(&config);
     wait_listening(smtp).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while rx.taken().len() < 8 {
@@ -494,7 +475,7 @@ async fn kill_9_loses_no_committed_event_and_repeats_only_what_was_in_flight() {
 
     // A clean run sends the rest.
     rx.then(Answer::Ok);
-    let mut child = serve(&config);
+    let mut child = serve_binary(&config);
     wait_listening(smtp).await;
     // Each message was accepted (processed) and delivered: both events must arrive,
     // whatever the event log (flushed every few ms) kept.

@@ -295,3 +295,24 @@ pub async fn http_post(engine: &Engine, path: &str, body: &str) -> (u16, Value) 
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
+
+/// `knock serve --config CONFIG`, the real binary, its output discarded.
+pub fn serve_binary(config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_knock"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until something listens on `addr` (a knock started as a process).
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..500 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("knock did not start listening on {addr}");
+}

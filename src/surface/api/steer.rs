@@ -62,6 +62,16 @@ pub struct SuspensionsView {
     pub suspensions: Vec<SuspensionView>,
 }
 
+/// The answer to an action.
+fn done(steered: Steered, dry_run: bool) -> axum::Json<SteerView> {
+    axum::Json(SteerView { dry_run, steered })
+}
+
+/// A domain as a body gives it, as knock keeps domains: lowercase, without a final dot.
+fn domain_name(text: &str) -> String {
+    text.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
 fn operator_error(e: OperatorError) -> ApiError {
     let status = match &e {
         OperatorError::NotQueued(_) | OperatorError::NotSuspended(_) => StatusCode::NOT_FOUND,
@@ -83,7 +93,7 @@ fn target(r: &SuspendRequest) -> Result<Target, ApiError> {
             Ok(Target::Provider(p.to_string()))
         }
         (None, Some(d)) => {
-            let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            let d = domain_name(d);
             if d.is_empty() || !d.contains('.') {
                 return Err(ApiError::field(
                     "domain",
@@ -130,10 +140,7 @@ pub(super) async fn post_suspend(
         .suspend(target, reason, &actor)
         .await
         .map_err(operator_error)?;
-    Ok(axum::Json(SteerView {
-        dry_run: false,
-        steered,
-    }))
+    Ok(done(steered, false))
 }
 
 /// `POST /api/v1/resume`: ends a suspension; its mail goes at the destination's pace.
@@ -153,10 +160,7 @@ pub(super) async fn post_resume(
         .resume(target, &actor)
         .await
         .map_err(operator_error)?;
-    Ok(axum::Json(SteerView {
-        dry_run: false,
-        steered,
-    }))
+    Ok(done(steered, false))
 }
 
 /// `GET /api/v1/suspensions`: what is suspended or held, why, since when and by whom.
@@ -199,10 +203,7 @@ pub(super) async fn post_hold(
         .suspend(Target::Message(id), reason, &actor)
         .await
         .map_err(operator_error)?;
-    Ok(axum::Json(SteerView {
-        dry_run: false,
-        steered,
-    }))
+    Ok(done(steered, false))
 }
 
 /// `POST /api/v1/messages/{id}/release`: a held message is tried again.
@@ -218,10 +219,7 @@ pub(super) async fn post_release(
         .resume(Target::Message(id), &actor)
         .await
         .map_err(operator_error)?;
-    Ok(axum::Json(SteerView {
-        dry_run: false,
-        steered,
-    }))
+    Ok(done(steered, false))
 }
 
 /// The selector a filter body gives: message ids (or their starts), domain, provider, or
@@ -236,10 +234,7 @@ async fn selector(state: &ApiState, r: &FilterRequest) -> Result<Selector, ApiEr
         })?;
         messages.push(id);
     }
-    let domain = r
-        .domain
-        .as_deref()
-        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
+    let domain = r.domain.as_deref().map(domain_name);
     let selector = Selector {
         messages,
         domain,
@@ -276,10 +271,7 @@ pub(super) async fn post_retry(
         .retry(selector, r.dry_run, &actor)
         .await
         .map_err(operator_error)?;
-    Ok(axum::Json(SteerView {
-        dry_run: r.dry_run,
-        steered,
-    }))
+    Ok(done(steered, r.dry_run))
 }
 
 /// `POST /api/v1/cancel`: the selected recipients leave the queue (`cancelled`), without a
@@ -327,8 +319,5 @@ async fn end(
         .end(selector, how, r.dry_run, &actor)
         .await
         .map_err(operator_error)?;
-    Ok(axum::Json(SteerView {
-        dry_run: r.dry_run,
-        steered,
-    }))
+    Ok(done(steered, r.dry_run))
 }
