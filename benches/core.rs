@@ -35,6 +35,7 @@ fn with_waiting(n: usize) -> Scheduler {
                 next_attempt: T0 + Duration::from_secs(60 + (i as u64 * 86_400) / n as u64),
                 mailbox: Some(i as u64),
                 not_before: None,
+                stream: None,
             })
         })
         .collect();
@@ -49,6 +50,7 @@ fn new_message(i: u128) -> Queued {
         received_at: T0,
         size: 5,
         source: "bench".into(),
+        stream: None,
         done_at: None,
     };
     let group = Group {

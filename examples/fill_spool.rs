@@ -39,6 +39,7 @@ fn message(n: usize, domains: usize, body: &bytes::Bytes, now: Timestamp) -> New
             received_at,
             size: body.len() as u64,
             source: "smtp 127.0.0.1:40000".into(),
+            stream: None,
             done_at: None,
         },
         groups: vec![Group {

@@ -42,6 +42,180 @@ pub struct Config {
     /// Where events are POSTed (docs/events.md).
     #[serde(rename = "webhook")]
     pub webhooks: Vec<WebhookConfig>,
+    /// Classes of traffic, each with its own queues, share, retries and lifetime;
+    /// `transactional` and `bulk` exist unless configured otherwise.
+    #[serde(rename = "stream")]
+    pub streams: Streams,
+}
+
+/// The streams by name, with the shipped `transactional` and `bulk` filled in where the
+/// file does not define them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct Streams(pub BTreeMap<String, StreamConfig>);
+
+/// The stream of mail that names none, unless a listener says otherwise.
+pub const DEFAULT_STREAM: &str = "bulk";
+
+impl Default for Streams {
+    fn default() -> Streams {
+        let mut streams = BTreeMap::new();
+        streams.insert(
+            "transactional".to_string(),
+            StreamConfig {
+                priority: 10,
+                share: 0.5,
+                retry: Some([60, 180, 600, 1800, 3600].map(Duration::from_secs).to_vec()),
+                max_age: Some(Duration::from_secs(24 * 3600)),
+                deadline: None,
+                users: Vec::new(),
+            },
+        );
+        streams.insert(DEFAULT_STREAM.to_string(), StreamConfig::default());
+        Streams(streams)
+    }
+}
+
+impl<'de> Deserialize<'de> for Streams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Streams, D::Error> {
+        let configured = BTreeMap::<String, StreamConfig>::deserialize(d)?;
+        let mut streams = Streams::default();
+        streams.0.extend(configured);
+        Ok(streams)
+    }
+}
+
+impl Streams {
+    pub fn get(&self, name: &str) -> Option<&StreamConfig> {
+        self.0.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+
+    /// The stream whose `users` name `user`, if one does.
+    pub fn of_user(&self, user: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, s)| s.users.iter().any(|u| u == user))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// An error naming `at` when `name` is no stream.
+    pub fn check(&self, at: &str, name: &str) -> anyhow::Result<()> {
+        if self.0.contains_key(name) {
+            return Ok(());
+        }
+        bail!(
+            "{at}: no stream is named {name:?} (the streams are {})",
+            self.names().join(", ")
+        )
+    }
+}
+
+/// One `[stream.NAME]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Of two streams owed the same share, the higher priority goes first.
+    pub priority: i32,
+    /// The part of each destination's starts (so of its connections and rate) the stream
+    /// is sure of while other streams have mail ready: `share` over the sum of the shares of
+    /// the streams with mail ready. A stream alone takes everything.
+    pub share: f64,
+    /// Its own retry schedule (`[retry] schedule` when absent).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_durations",
+        serialize_with = "ser_opt_durations",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry: Option<Vec<Duration>>,
+    /// Its own lifetime (`[retry] max_age` when absent).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// Delivered within this or not at all (a one-time code): the retries fit inside it,
+    /// and a recipient expires as soon as its next attempt could not come in time.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline: Option<Duration>,
+    /// Authenticated users whose mail goes in this stream unless it names another.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            priority: 0,
+            share: 0.5,
+            retry: None,
+            max_age: None,
+            deadline: None,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl StreamConfig {
+    fn validate(&self, name: &str, retry: &RetryConfig) -> anyhow::Result<()> {
+        let key = |k: &str| format!("stream.{name}.{k}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
+        {
+            bail!(
+                "stream.{name:?}: a stream's name is lower-case letters, digits, '-' and '_' (it labels metrics and is sent in a header)"
+            );
+        }
+        if !(self.share > 0.0 && self.share <= 1.0) {
+            bail!("{}: must be above 0 and at most 1", key("share"));
+        }
+        if let Some(steps) = &self.retry {
+            if steps.is_empty() {
+                bail!("{}: needs at least one step", key("retry"));
+            }
+            if let Some(i) = steps.iter().position(|d| d.is_zero()) {
+                bail!(
+                    "{}[{i}]: a wait of zero would hammer the receiver",
+                    key("retry")
+                );
+            }
+        }
+        if self.max_age.is_some_and(|a| a.is_zero()) {
+            bail!("{}: must be greater than zero", key("max_age"));
+        }
+        if let Some(deadline) = self.deadline {
+            if deadline < Duration::from_secs(1) {
+                bail!("{}: must be at least 1s", key("deadline"));
+            }
+            let max_age = self.max_age.unwrap_or(retry.max_age);
+            if deadline > max_age {
+                bail!(
+                    "{}: {} is longer than the stream's max_age ({}); a deadline shortens the lifetime",
+                    key("deadline"),
+                    humantime::format_duration(deadline),
+                    humantime::format_duration(max_age)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// How long its mail may live: the deadline when it has one, else its max_age.
+    pub fn lifetime(&self, retry: &RetryConfig) -> Duration {
+        self.deadline
+            .unwrap_or_else(|| self.max_age.unwrap_or(retry.max_age))
+    }
 }
 
 /// One `[[webhook]]`: events POSTed in signed batches from a durable outbox.
@@ -281,6 +455,9 @@ pub struct SmtpConfig {
     /// `knock passwd` prints them. Without it AUTH is not offered.
     pub credentials: Option<PathBuf>,
     pub client_limits: ClientLimitsConfig,
+    /// The stream of mail that names none (no `X-Knock-Stream` header) from a client whose
+    /// user is in no stream's `users`.
+    pub stream: String,
 }
 
 /// Limits per client IP address, so one client cannot take the whole listener.
@@ -388,6 +565,7 @@ impl Default for SmtpConfig {
             max_connections: 1000,
             credentials: None,
             client_limits: ClientLimitsConfig::default(),
+            stream: DEFAULT_STREAM.into(),
         }
     }
 }
@@ -417,6 +595,8 @@ pub struct HttpConfig {
     /// `"secret"` or `{ name = "alice", token = "secret" }`, the name saying who did an
     /// operator's action. Never logged.
     pub tokens: Vec<Token>,
+    /// The stream of a message posted without a `stream` field.
+    pub stream: String,
 }
 
 /// An API token, named or not.
@@ -494,6 +674,7 @@ impl Default for HttpConfig {
             listen: DEFAULT_HTTP_LISTEN.parse().unwrap(),
             trusted_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             tokens: Vec::new(),
+            stream: DEFAULT_STREAM.into(),
         }
     }
 }
@@ -539,6 +720,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("listen", &self.listen)
             .field("trusted_networks", &self.trusted_networks)
             .field("tokens", &format_args!("[{} hidden]", self.tokens.len()))
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -856,6 +1038,23 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("routes.\"{domain}\"[{i}]: {e}"))?;
             }
         }
+        for (name, stream) in &self.streams.0 {
+            stream.validate(name, &self.retry)?;
+            for user in &stream.users {
+                if let Some((other, _)) = self
+                    .streams
+                    .0
+                    .iter()
+                    .find(|(o, s)| *o < name && s.users.contains(user))
+                {
+                    bail!(
+                        "stream.{name}.users: {user:?} is also a user of stream {other:?}; a user has one default stream"
+                    );
+                }
+            }
+        }
+        self.streams.check("smtp.stream", &self.smtp.stream)?;
+        self.streams.check("http.stream", &self.http.stream)?;
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate(i)?;
             if let Some(j) = self.webhooks[..i].iter().position(|o| o.name == w.name) {
@@ -1086,6 +1285,17 @@ fn ser_durations<S: serde::Serializer>(durations: &[Duration], s: S) -> Result<S
             .iter()
             .map(|d| humantime::format_duration(*d).to_string()),
     )
+}
+
+fn ser_opt_durations<S: serde::Serializer>(
+    durations: &Option<Vec<Duration>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    ser_durations(durations.as_deref().unwrap_or_default(), s)
+}
+
+fn de_opt_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+    de_durations(d).map(Some)
 }
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

@@ -72,6 +72,7 @@ pub fn build(
             received_at: now,
             size,
             source: format!("dsn for {}", envelope.id),
+            stream: None,
             done_at: None,
         },
         groups: group_by_domain(&[sender], now),
@@ -187,6 +188,7 @@ mod tests {
             received_at: Timestamp(1_700_000_000_000),
             size: 10,
             source: "test".into(),
+            stream: None,
             done_at: None,
         }
     }

@@ -106,6 +106,9 @@ pub struct Event {
     pub provider: Option<String>,
     /// The envelope sender; empty for the null sender.
     pub from: String,
+    /// The message's stream (`[stream.NAME]`); absent in logs written before streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// The attempt this event reports, 1 for the first; absent on `processed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
@@ -130,6 +133,10 @@ pub struct Event {
     pub failure: Option<FailureKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<Timestamp>,
+    /// Why knock did it, in words, where the reply does not say: an expiry's lifetime or
+    /// deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// A deferral knock imposed itself (a limit of its own), not the receiver's reply.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,
@@ -146,6 +153,27 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event about a recipient of the message `envelope` describes: its id, sender and
+    /// stream set, the rest empty.
+    pub fn about(
+        event: Kind,
+        timestamp: Timestamp,
+        envelope: &crate::message::Envelope,
+        recipient: String,
+        domain: String,
+    ) -> Event {
+        let mut e = Event::new(
+            event,
+            timestamp,
+            envelope.id.to_string(),
+            recipient,
+            domain,
+            envelope.from.clone(),
+        );
+        e.stream = envelope.stream.clone();
+        e
+    }
+
     /// An event at `timestamp` with the identity fields set and the rest empty.
     pub fn new(
         event: Kind,
@@ -164,6 +192,7 @@ impl Event {
             domain,
             provider: None,
             from,
+            stream: None,
             attempt: None,
             mx: None,
             local_ip: None,
@@ -174,6 +203,7 @@ impl Event {
             class: None,
             failure: None,
             next_attempt: None,
+            reason: None,
             internal: false,
             actor: None,
             ee_seconds: None,
@@ -233,13 +263,12 @@ pub fn processed(m: &NewMessage, at: Timestamp) -> Vec<Event> {
     let mut events = Vec::new();
     for g in &m.groups {
         for r in &g.recipients {
-            events.push(Event::new(
+            events.push(Event::about(
                 Kind::Processed,
                 at,
-                m.envelope.id.to_string(),
+                &m.envelope,
                 r.address.clone(),
                 g.domain.clone(),
-                m.envelope.from.clone(),
             ));
         }
     }

@@ -101,6 +101,10 @@ pub struct Envelope {
     pub size: u64,
     /// Where it came from: `smtp 127.0.0.1:40000` or `http`.
     pub source: String,
+    /// Its stream (`[stream.NAME]`); absent in spools written before streams, whose mail
+    /// goes in the default stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// When every recipient reached a final state; the body is gone from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_at: Option<Timestamp>,
@@ -329,6 +333,77 @@ pub struct NewMessage {
     pub body: bytes::Bytes,
 }
 
+/// The header that names a message's stream at submission; knock removes it before the
+/// message is stored, so receivers never see it.
+pub const STREAM_HEADER: &str = "X-Knock-Stream";
+
+/// Takes every `name:` field out of the header section of `message` (folded lines too)
+/// and returns the first one's value, unfolded and trimmed, with the message without
+/// them. A message without the field comes back as it was.
+pub fn take_header(message: &[u8], name: &str) -> (Option<String>, Option<Vec<u8>>) {
+    let mut value: Option<String> = None;
+    let mut cut: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut at = 0;
+    // The field being taken: where it starts.
+    let mut taking: Option<usize> = None;
+    // The field being taken is the first: its folded lines are part of the value.
+    let mut first = false;
+    while at < message.len() {
+        let end = message[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(message.len(), |n| at + n + 1);
+        let line = &message[at..end];
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if content.is_empty() {
+            break; // the end of the header section
+        }
+        let folded = matches!(content[0], b' ' | b'\t');
+        if folded {
+            if first && let Some(v) = value.as_mut() {
+                v.push(' ');
+                v.push_str(String::from_utf8_lossy(content).trim());
+            }
+        } else {
+            first = false;
+            if let Some(start) = taking.take() {
+                cut.push(start..at);
+            }
+            let is_it = content.len() > name.len()
+                && content[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+                && content[name.len()..].trim_ascii_start().first() == Some(&b':');
+            if is_it {
+                taking = Some(at);
+                if value.is_none() {
+                    first = true;
+                    let colon = content.iter().position(|&b| b == b':').expect("checked");
+                    value = Some(
+                        String::from_utf8_lossy(&content[colon + 1..])
+                            .trim()
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        at = end;
+    }
+    if let Some(start) = taking {
+        cut.push(start..at);
+    }
+    if cut.is_empty() {
+        return (None, None);
+    }
+    let mut out = Vec::with_capacity(message.len());
+    let mut from = 0;
+    for range in cut {
+        out.extend_from_slice(&message[from..range.start]);
+        from = range.end;
+    }
+    out.extend_from_slice(&message[from..]);
+    (value.map(|v| v.trim().to_string()), Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +481,24 @@ mod tests {
             ]
         );
         assert!(groups.iter().all(|g| g.next_attempt == Some(Timestamp(5))));
+    }
+
+    #[test]
+    fn the_stream_header_is_read_and_taken_out() {
+        let m = b"From: a@b.test\r\nX-Knock-Stream:  transactional\r\nSubject: hi\r\n\r\nX-Knock-Stream: body\r\n";
+        let (value, out) = take_header(m, STREAM_HEADER);
+        assert_eq!(value.as_deref(), Some("transactional"));
+        assert_eq!(
+            out.unwrap(),
+            b"From: a@b.test\r\nSubject: hi\r\n\r\nX-Knock-Stream: body\r\n"
+        );
+        // Folded, in other case, twice (the first counts), last in the header.
+        let m = b"x-knock-stream:\r\n bulk\r\nTo: c@d.test\r\nX-KNOCK-STREAM: other\r\n\r\nbody";
+        let (value, out) = take_header(m, STREAM_HEADER);
+        assert_eq!(value.as_deref(), Some("bulk"));
+        assert_eq!(out.unwrap(), b"To: c@d.test\r\n\r\nbody");
+        // Absent, or only a longer name: nothing changes.
+        let m = b"X-Knock-Streams: no\r\n\r\nX-Knock-Stream: body";
+        assert_eq!(take_header(m, STREAM_HEADER), (None, None));
     }
 }

@@ -185,6 +185,7 @@ impl Engine {
             scheduler: handle,
             events,
             clock,
+            streams: Arc::new(config.streams.clone()),
         });
         let smtp_addr = smtp_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
@@ -218,6 +219,7 @@ impl Engine {
             access,
             reloader: reloader.clone(),
             hostname: config.smtp.hostname.clone(),
+            stream: config.http.stream.clone(),
             max_message_size: config.smtp.max_message_size,
             spool_file: spool::database_file(&config.spool.path),
             scraped: Default::default(),

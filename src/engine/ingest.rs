@@ -10,7 +10,9 @@ use crate::engine::handle::SchedulerHandle;
 use crate::engine::scheduler::Queued;
 use crate::engine::spool::{Op, Spool, SpoolError};
 use crate::event::{Event, Events, Kind};
-use crate::message::{Envelope, MessageId, NewMessage, State, group_by_domain, new_id};
+use crate::message::{
+    Envelope, MessageId, NewMessage, STREAM_HEADER, State, group_by_domain, new_id, take_header,
+};
 use crate::net::auth::Credentials;
 use crate::net::limit::ClientLimits;
 use crate::net::smtp::server::{self, EhloMode, Handler, Limits, Session};
@@ -34,9 +36,46 @@ pub struct Intake {
     /// The scheduler's clock: a new message is due at once by the time the scheduler
     /// keeps, whatever the system clock does.
     pub clock: WallClock,
+    /// The streams a message may name (as knock started: a new set needs a restart).
+    pub streams: Arc<crate::config::Streams>,
+}
+
+/// A stream named at submission that is not configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no stream is named {name:?} (the streams are {known})")]
+pub struct UnknownStream {
+    pub name: String,
+    pub known: String,
+}
+
+/// What a submission says of its stream, strongest first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamChoice<'a> {
+    /// Named by the message (its `X-Knock-Stream` header, the API's `stream` field).
+    pub named: Option<&'a str>,
+    /// The authenticated user, whose stream it is if one lists them in `users`.
+    pub user: Option<&'a str>,
+    /// The listener's default.
+    pub listener: &'a str,
 }
 
 impl Intake {
+    /// The stream a submission goes in: the one it names (which must exist), else its
+    /// user's, else the listener's.
+    pub fn stream(&self, choice: StreamChoice<'_>) -> Result<String, UnknownStream> {
+        if let Some(name) = choice.named {
+            return match self.streams.get(name) {
+                Some(_) => Ok(name.to_string()),
+                None => Err(UnknownStream {
+                    name: name.to_string(),
+                    known: self.streams.names().join(", "),
+                }),
+            };
+        }
+        let by_user = choice.user.and_then(|u| self.streams.of_user(u));
+        Ok(by_user.unwrap_or(choice.listener).to_string())
+    }
+
     /// Stores the message durably, then queues it. Returns once it is on disk. Recipients
     /// on the suppression list are marked `suppressed` and never sent (unless the message
     /// is from the null sender: DSNs always go).
@@ -47,6 +86,7 @@ impl Intake {
         rcpts: &[Address],
         body: Bytes,
         source: String,
+        stream: String,
     ) -> Result<NewMessage, SpoolError> {
         let now = self.clock.now();
         let mut message = NewMessage {
@@ -56,6 +96,7 @@ impl Intake {
                 received_at: now,
                 size: body.len() as u64,
                 source,
+                stream: Some(stream),
                 done_at: None,
             },
             groups: group_by_domain(rcpts, now),
@@ -200,6 +241,17 @@ impl Handler for IngestHandler {
     async fn data(&self, session: &Session, body: Vec<u8>) -> Reply {
         let id = new_id();
         let from = session.from.clone().unwrap_or_default();
+        let (named, without) = take_header(&body, STREAM_HEADER);
+        let body = without.unwrap_or(body);
+        let choice = StreamChoice {
+            named: named.as_deref(),
+            user: session.user.as_deref(),
+            listener: &self.config.stream,
+        };
+        let stream = match self.intake.stream(choice) {
+            Ok(stream) => stream,
+            Err(e) => return Reply::new(550, "5.7.1", format!("{STREAM_HEADER}: {e}")),
+        };
         let body = with_received(&self.config.hostname, session, id, body);
         let source = match &session.user {
             Some(user) => format!("smtp {user}@{}", session.peer),
@@ -207,7 +259,7 @@ impl Handler for IngestHandler {
         };
         match self
             .intake
-            .accept(id, from, &session.rcpts, body, source)
+            .accept(id, from, &session.rcpts, body, source, stream)
             .await
         {
             Ok(_) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),

@@ -134,6 +134,8 @@ pub struct Waiting {
     pub mailbox: Option<u64>,
     /// No retry before this: the last attempt was greylisted ([`Group::greylisted_until`]).
     pub not_before: Option<Timestamp>,
+    /// Its message's stream ([`Envelope::stream`]).
+    pub stream: Option<String>,
 }
 
 /// A message's record: its envelope and every group, final or not.
@@ -706,8 +708,10 @@ impl Spool for RedbSpool {
             let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
             let bodies = txn.open_table(BODIES).map_err(storage)?;
             let groups = txn.open_table(GROUPS).map_err(storage)?;
-            // Per message: when it came and whether from the null sender, or unusable.
-            let mut cache: HashMap<u128, Option<(Timestamp, bool)>> = HashMap::new();
+            // Per message: when it came, whether from the null sender, and its stream; or
+            // unusable.
+            let mut cache: HashMap<u128, Option<(Timestamp, bool, Option<String>)>> =
+                HashMap::new();
             for entry in groups.iter().map_err(storage)? {
                 let (key, value) = entry.map_err(storage)?;
                 let (id, domain) = key.value();
@@ -726,7 +730,9 @@ impl Spool for RedbSpool {
                     let env = envelopes.get(id).ok().flatten()?;
                     let has_body = bodies.get(id).ok().flatten().is_some();
                     match serde_json::from_slice::<Envelope>(env.value()) {
-                        Ok(env) if has_body => Some((env.received_at, env.is_null_sender())),
+                        Ok(env) if has_body => {
+                            Some((env.received_at, env.is_null_sender(), env.stream))
+                        }
                         Ok(_) => {
                             tracing::error!(id = %uuid::Uuid::from_u128(id), "spool: message without a body set aside");
                             None
@@ -737,14 +743,15 @@ impl Spool for RedbSpool {
                         }
                     }
                 });
-                match *envelope {
-                    Some((received_at, null_sender)) => {
+                match envelope {
+                    Some((received_at, null_sender, stream)) => {
                         let (pending, deferred) = group.counts();
                         recovered.pending.push(Waiting {
                             id: MessageId::from_u128(id),
                             domain: domain.to_string(),
-                            received_at,
-                            null_sender,
+                            received_at: *received_at,
+                            null_sender: *null_sender,
+                            stream: stream.clone(),
                             pending,
                             deferred,
                             next_attempt,
@@ -1046,6 +1053,7 @@ mod tests {
                 received_at: Timestamp::now(),
                 size: 5,
                 source: "test".into(),
+                stream: None,
                 done_at: None,
             },
             groups: group_by_domain(&rcpts, Timestamp::now()),

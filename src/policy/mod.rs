@@ -1,6 +1,7 @@
 //! The policy the engine applies: what a reply means ([`classify`], and [`logline`] for
 //! reading replies and diagnostics out of log lines), when to try again ([`schedule`]), how
-//! fast and how wide to send to a destination ([`shaping`]), which knob each outcome turns
+//! fast and how wide to send to a destination ([`shaping`]), how streams of traffic share it
+//! ([`stream`]), which knob each outcome turns
 //! ([`react`]), which receiving infrastructure a domain belongs to ([`provider`]), and which
 //! addresses are never sent to again ([`suppress`]). Decisions on data: no sockets, no disk,
 //! and no clock (the time is passed in).
@@ -11,4 +12,5 @@ pub mod provider;
 pub mod react;
 pub mod schedule;
 pub mod shaping;
+pub mod stream;
 pub mod suppress;

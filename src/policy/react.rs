@@ -122,6 +122,9 @@ pub struct Moment {
     /// When the recipient's mailbox takes mail again, when knock holds it to a rate of its
     /// own (it was refused for that rate): its own growing wait is not needed then.
     pub mailbox_ready: Option<Timestamp>,
+    /// The earliest the destination starts another delivery: under a deadline, a retry
+    /// that could not start before it is not waited for.
+    pub ready_at: Timestamp,
     pub roll: f64,
 }
 
@@ -156,13 +159,15 @@ pub fn react(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
 
 fn transient(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
     let schedule = &rules.schedule;
-    let retry = |wait: Duration, knob: fn(Timestamp) -> Knob| match schedule.after(
-        at.received,
-        at.now,
-        wait,
-    ) {
-        Next::RetryAt(t) => knob(t),
-        Next::Expire => Knob::Expire,
+    let retry = |wait: Duration, knob: fn(Timestamp) -> Knob| {
+        let wait = match schedule.is_strict() {
+            true => wait.max(at.ready_at.since(at.now)),
+            false => wait,
+        };
+        match schedule.after(at.received, at.now, wait) {
+            Next::RetryAt(t) => knob(t),
+            Next::Expire => Knob::Expire,
+        }
     };
     match o.class {
         // The destination was down: the recipient goes again when a probe gets through,
@@ -183,10 +188,17 @@ fn transient(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
                 .unwrap_or(rules.greylist_window);
             retry(greylist_wait(window), Knob::GreylistWait)
         }
-        _ => match schedule.next(at.received, at.now, history.failures + 1, at.roll) {
-            Next::RetryAt(t) => Knob::Backoff(t),
-            Next::Expire => Knob::Expire,
-        },
+        _ => {
+            let mut wait = schedule.wait(history.failures + 1, at.roll);
+            // A first retry before a greylisting the destination is known for would
+            // only restart its clock.
+            if history.failures == 0
+                && let Some(window) = at.learned_greylist
+            {
+                wait = wait.max(greylist_wait(window));
+            }
+            retry(wait, Knob::Backoff)
+        }
     }
 }
 
@@ -268,6 +280,7 @@ pub fn apply(
             learned_greylist: a.learned_greylist,
             down: a.down,
             mailbox_ready: a.mailbox_ready,
+            ready_at: a.ready_at,
             roll: roll(),
         };
         let knob = react(rules, &o, History::of(rcpt), moment);
@@ -286,13 +299,12 @@ pub fn apply(
             tried: at.tried.clone(),
         });
         rcpt.state = state;
-        let mut event = Event::new(
+        let mut event = Event::about(
             Kind::from(state),
             a.now,
-            id.clone(),
+            envelope,
             rcpt.address.clone(),
             group.domain.clone(),
-            envelope.from.clone(),
         );
         event.provider = Some(a.provider.to_string());
         event.attempt = Some(rcpt.attempts.len() as u32);
@@ -313,6 +325,9 @@ pub fn apply(
                 next_attempt = next_attempt.max(Some(t));
             }
             Knob::Bounce { .. } | Knob::Expire => {
+                if knob == Knob::Expire {
+                    event.reason = Some(expiry_reason(rules, envelope, a.now));
+                }
                 if let Knob::Bounce { suppress: true } = knob {
                     suppress.push((
                         rcpt.address.clone(),
@@ -351,14 +366,33 @@ pub fn apply(
     }
 }
 
+/// Why a recipient expired: its stream's deadline could not be met, or it outlived its
+/// lifetime.
+pub fn expiry_reason(rules: &Rules, envelope: &Envelope, now: Timestamp) -> String {
+    let lifetime = humantime::format_duration(rules.schedule.max_age());
+    let age = humantime::format_duration(Duration::from_secs(
+        now.since(envelope.received_at).as_secs(),
+    ));
+    match rules.schedule.is_strict() {
+        true => format!(
+            "its delivery deadline ({lifetime} after acceptance) cannot be met; given up after {age}"
+        ),
+        false => {
+            format!("it outlived its lifetime ({lifetime}) in the queue; given up after {age}")
+        }
+    }
+}
+
 /// Expires every pending recipient of a group that waited past its lifetime without an
-/// attempt; the last reply, if any, stays the reason.
-pub fn expire(envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated {
+/// attempt; the last reply, if any, stays the diagnostic, and the reason says which
+/// lifetime.
+pub fn expire(rules: &Rules, envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated {
     let mut events = Vec::new();
     let mut failed = Vec::new();
     let age = humantime::format_duration(Duration::from_secs(
         now.since(envelope.received_at).as_secs(),
     ));
+    let reason = expiry_reason(rules, envelope, now);
     for rcpt in group.recipients.iter_mut().filter(|r| !r.state.is_final()) {
         rcpt.state = State::Expired;
         let last = rcpt.attempts.last();
@@ -381,14 +415,14 @@ pub fn expire(envelope: &Envelope, mut group: Group, now: Timestamp) -> Updated 
             },
         };
         let mx = last.and_then(|a| a.mx.clone());
-        let mut event = Event::new(
+        let mut event = Event::about(
             Kind::Expired,
             now,
-            envelope.id.to_string(),
+            envelope,
             rcpt.address.clone(),
             group.domain.clone(),
-            envelope.from.clone(),
         );
+        event.reason = Some(reason.clone());
         event.attempt = Some(rcpt.attempts.len() as u32);
         event.mx = mx.clone();
         event.code = outcome.code;
@@ -441,13 +475,12 @@ pub fn end_by_operator(
             ),
         };
         rcpt.state = state;
-        let mut event = Event::new(
+        let mut event = Event::about(
             kind,
             now,
-            envelope.id.to_string(),
+            envelope,
             rcpt.address.clone(),
             group.domain.clone(),
-            envelope.from.clone(),
         );
         event.attempt = Some(rcpt.attempts.len() as u32);
         event.enhanced = enhanced;
@@ -596,6 +629,9 @@ mod tests {
             (Transient, Some(Class::Throttle), "too much mail", Some(Class::Throttle), 0, None, MIN, "pace", Some(0)),
             // everything else: the schedule by failures
             (Transient, Some(Class::Mailbox), "mailbox full", None, 0, None, MIN, "backoff", Some(300)),
+            // a first retry waits out a greylisting the destination is known for; later ones do not
+            (Transient, Some(Class::Mailbox), "mailbox full", None, 0, Some(600), MIN, "backoff", Some(630)),
+            (Transient, Some(Class::Mailbox), "mailbox full", None, 1, Some(600), MIN, "backoff", Some(900)),
             (Transient, Some(Class::Network), "timeout", Some(Class::Network), 2, None, MIN, "backoff", Some(1800)),
             (Transient, Some(Class::System), "busy", None, 9, None, MIN, "backoff", Some(1800)),
             // out of time
@@ -610,6 +646,7 @@ mod tests {
                 learned_greylist: learned.map(Duration::from_secs),
                 down: false,
                 mailbox_ready: None,
+                ready_at: t0,
                 roll: 0.0,
             };
             let history = History {
@@ -647,6 +684,7 @@ mod tests {
             learned_greylist: None,
             down: false,
             mailbox_ready: None,
+            ready_at: t0,
             roll,
         };
         let history = History::default();

@@ -11,6 +11,9 @@ pub struct Schedule {
     steps: Vec<Duration>,
     max_age: Duration,
     jitter: f64,
+    /// `max_age` is a delivery deadline: an attempt that could only come after it is not
+    /// made (the recipient expires at once), rather than made on the deadline.
+    strict: bool,
 }
 
 /// What to do after a temporary failure.
@@ -29,7 +32,21 @@ impl Schedule {
             steps,
             max_age,
             jitter,
+            strict: false,
         }
+    }
+
+    /// A schedule whose lifetime is a delivery deadline (see [`Schedule::is_strict`]).
+    pub fn with_deadline(steps: Vec<Duration>, deadline: Duration, jitter: f64) -> Self {
+        Self {
+            strict: true,
+            ..Self::new(steps, deadline, jitter)
+        }
+    }
+
+    /// Whether the lifetime is a deadline: mail late is mail useless (a one-time code).
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     pub fn from_config(c: &RetryConfig) -> Self {
@@ -55,17 +72,20 @@ impl Schedule {
     /// `roll` in `[0, 1)` picks the jitter, which only ever lengthens the wait (a retry
     /// before the receiver's window resets its clock). The last try falls on the deadline.
     pub fn next(&self, received: Timestamp, now: Timestamp, failures: u32, roll: f64) -> Next {
-        let wait = self
-            .delay(failures)
-            .mul_f64(1.0 + self.jitter * roll.clamp(0.0, 1.0));
-        self.after(received, now, wait)
+        self.after(received, now, self.wait(failures, roll))
+    }
+
+    /// The wait after the `failures`th temporary failure, with the jitter `roll` picks.
+    pub fn wait(&self, failures: u32, roll: f64) -> Duration {
+        self.delay(failures)
+            .mul_f64(1.0 + self.jitter * roll.clamp(0.0, 1.0))
     }
 
     /// After a temporary failure at `now`: retry once `wait` has passed (a class's own
     /// wait, such as a greylist window), or expire. The last try falls on the deadline.
     pub fn after(&self, received: Timestamp, now: Timestamp, wait: Duration) -> Next {
         let deadline = self.deadline(received);
-        if now >= deadline {
+        if now >= deadline || (self.strict && now + wait >= deadline) {
             return Next::Expire;
         }
         Next::RetryAt((now + wait).min(deadline))
@@ -129,6 +149,22 @@ mod tests {
                 "now {now:?} failures {failures} roll {roll}"
             );
         }
+    }
+
+    #[test]
+    fn a_deadline_expires_what_could_only_come_late() {
+        let s = Schedule::with_deadline(vec![min(1), min(2), min(4)], min(10), 0.0);
+        let t0 = Timestamp(0);
+        assert!(s.is_strict());
+        assert_eq!(s.next(t0, t0 + min(3), 2, 0.0), Next::RetryAt(t0 + min(5)));
+        // The third wait (4m) from 7m ends past the 10m deadline: no try on the edge.
+        assert_eq!(s.next(t0, t0 + min(7), 3, 0.0), Next::Expire);
+        // Without a deadline the last try falls on the lifetime's end.
+        let lax = Schedule::new(vec![min(1), min(2), min(4)], min(10), 0.0);
+        assert_eq!(
+            lax.next(t0, t0 + min(7), 3, 0.0),
+            Next::RetryAt(t0 + min(10))
+        );
     }
 
     #[test]

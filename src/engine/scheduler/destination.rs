@@ -1,10 +1,12 @@
-//! A destination: where a ready queue delivers (today a provider). It owns its ready queue,
-//! counts its workers (each holds one connection), keeps the idle ones waiting for a
-//! moment, and carries its shaping and the greylist delay learned for it.
+//! A destination: where ready queues deliver (today a provider). It owns a ready queue per
+//! stream and shares its starts between them (`policy::stream::Lanes`), counts its workers
+//! (each holds one connection), keeps the idle ones waiting for a moment, and carries its
+//! shaping and the greylist delay learned for it.
 
-use super::WorkerId;
-use super::ready::ReadyQueue;
+use super::ready::{Placed, ReadyQueue};
+use super::{Key, WorkerId};
 use crate::policy::shaping::{Report, Shaping};
+use crate::policy::stream::{Lanes, StreamIx, Streams};
 use crate::time::Timestamp;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use std::time::Duration;
 
 pub struct Destination {
     pub name: Arc<str>,
-    pub ready: ReadyQueue,
+    /// Due groups by stream, each first come first served.
+    ready: Vec<ReadyQueue>,
+    lanes: Lanes,
     /// Workers alive for this destination, busy or idle.
     pub workers: usize,
     /// Workers holding a connection open, each until its time: for the rate to let it go
@@ -29,10 +33,11 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn new(name: Arc<str>, shaping: Shaping, hot: usize) -> Destination {
+    pub fn new(name: Arc<str>, shaping: Shaping, hot: usize, streams: usize) -> Destination {
         Destination {
             name,
-            ready: ReadyQueue::new(hot),
+            ready: (0..streams).map(|_| ReadyQueue::new(hot)).collect(),
+            lanes: Lanes::new(streams),
             workers: 0,
             idle: VecDeque::new(),
             shaping,
@@ -57,5 +62,74 @@ impl Destination {
         let before = self.idle.len();
         self.idle.retain(|(w, _)| *w != worker);
         self.idle.len() != before
+    }
+
+    /// Appends a due group to its stream's queue.
+    pub fn push_back(&mut self, stream: StreamIx, key: Key) -> Placed {
+        let queue = &mut self.ready[usize::from(stream)];
+        if queue.is_empty() {
+            self.lanes.joined(stream);
+        }
+        queue.push_back(key)
+    }
+
+    /// Puts a group back in front of its stream's queue (its start did not happen).
+    pub fn push_front(&mut self, stream: StreamIx, key: Key) {
+        let queue = &mut self.ready[usize::from(stream)];
+        if queue.is_empty() {
+            self.lanes.joined(stream);
+        }
+        queue.push_front(key);
+    }
+
+    /// The stream whose turn it is, among those with groups ready.
+    fn turn(&self, streams: &Streams) -> Option<StreamIx> {
+        self.lanes
+            .pick(streams, |s| !self.ready[usize::from(s)].is_empty())
+    }
+
+    /// The group that would go next.
+    pub fn front(&self, streams: &Streams) -> Option<&Key> {
+        self.ready[usize::from(self.turn(streams)?)].front()
+    }
+
+    /// Takes the group that goes next, with its stream; [`Destination::started`] says
+    /// whether it went.
+    pub fn pop(&mut self, streams: &Streams) -> Option<(StreamIx, Key)> {
+        let stream = self.turn(streams)?;
+        let key = self.ready[usize::from(stream)].pop_front()?;
+        Some((stream, key))
+    }
+
+    /// A group of `stream` was started: the stream's turn moves on.
+    pub fn started(&mut self, streams: &Streams, stream: StreamIx) {
+        self.lanes.started(streams, stream);
+    }
+
+    /// Groups ready, in every stream.
+    pub fn ready_len(&self) -> usize {
+        self.ready.iter().map(ReadyQueue::len).sum()
+    }
+
+    /// Groups ready per stream, by index.
+    pub fn ready_by_stream(&self) -> impl Iterator<Item = usize> + '_ {
+        self.ready.iter().map(ReadyQueue::len)
+    }
+
+    pub fn nothing_ready(&self) -> bool {
+        self.ready.iter().all(ReadyQueue::is_empty)
+    }
+
+    pub fn retain_ready(&mut self, mut keep: impl FnMut(&Key) -> bool) {
+        for queue in &mut self.ready {
+            queue.retain(&mut keep);
+        }
+    }
+
+    /// Empties every queue.
+    pub fn clear_ready(&mut self) {
+        for queue in &mut self.ready {
+            queue.drain().for_each(drop);
+        }
     }
 }

@@ -36,9 +36,10 @@ use crate::message::{Envelope, Group, MessageId, NewMessage};
 use crate::outcome::Observed;
 use crate::policy::classify::Classifier;
 use crate::policy::provider::Providers;
-use crate::policy::react::{self, Attempted, Rules, Seen, Updated, Where};
+use crate::policy::react::{self, Attempted, Seen, Updated, Where};
 use crate::policy::schedule::Schedule;
 use crate::policy::shaping::{Gate, Limits, Shaping, ShapingView, Start, Tuning};
+use crate::policy::stream::{StreamIx, Streams};
 use crate::time::Timestamp;
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -88,6 +89,7 @@ impl Queued {
                 next_attempt,
                 mailbox: group.mailbox(),
                 not_before: group.greylisted_until(),
+                stream: envelope.stream.clone(),
             },
             held: Some(Held {
                 envelope,
@@ -235,15 +237,14 @@ pub type ShapingOf = Box<dyn Fn(&str, Timestamp) -> Shaping + Send + Sync>;
 /// How the scheduler shapes, learns and reacts; from the config.
 pub struct Policy {
     pub classifier: Arc<Classifier>,
-    pub rules: Rules,
+    /// The streams, each with its retry rules and lifetime.
+    pub streams: Streams,
     pub providers: Providers,
     /// The shaping of a new destination.
     pub shaping: ShapingOf,
     /// Learned greylist delays stay within these bounds.
     pub greylist_floor: Duration,
     pub greylist_ceiling: Duration,
-    /// How long a recipient may live; waiting groups past it are expired.
-    pub max_age: Duration,
     /// Groups at the front of a ready queue that may stay held in memory.
     pub ready_hot: usize,
     /// Seeds the jitter; `None` seeds it at random.
@@ -260,10 +261,7 @@ impl Policy {
         Ok(Policy {
             classifier: Arc::new(Classifier::from_config(&config.classify)?),
             greylist_ceiling: schedule.delay(1),
-            rules: Rules {
-                schedule,
-                greylist_window: config.greylist.window,
-            },
+            streams: Streams::from_config(config),
             providers: Providers::new(config.providers.clone()),
             shaping: Box::new(move |provider, now| {
                 Shaping::new(
@@ -273,7 +271,6 @@ impl Policy {
                 )
             }),
             greylist_floor: config.greylist.floor,
-            max_age: config.retry.max_age,
             ready_hot: READY_HOT,
             seed: None,
         })
@@ -343,6 +340,7 @@ struct Entry {
     uncommitted: Option<usize>,
     /// Greylisted at its last attempt: an operator's retry comes no earlier than this.
     not_before: Option<Timestamp>,
+    stream: StreamIx,
 }
 
 struct Worker {
@@ -445,7 +443,7 @@ impl Scheduler {
     /// backwards from one call to the next.
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Vec<Effect> {
         if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + sweep_interval(self.policy.max_age));
+            self.next_sweep = Some(now + sweep_interval(&self.policy.streams));
         }
         match input {
             Input::Queued(groups) => {
@@ -510,12 +508,11 @@ impl Scheduler {
     pub fn reconfigure(&mut self, policy: Policy, now: Timestamp) {
         let Policy {
             classifier,
-            rules,
+            streams,
             providers: _,
             shaping,
             greylist_floor,
             greylist_ceiling,
-            max_age,
             ready_hot: _,
             seed: _,
         } = policy;
@@ -523,11 +520,19 @@ impl Scheduler {
             d.shaping.adopt(shaping(&d.name, now));
         }
         self.policy.classifier = classifier;
-        self.policy.rules = rules;
+        // Queued groups keep their streams' indexes: a new set of streams waits for a
+        // restart (the reload says so), their rules apply now.
+        let same_streams = streams.len() == self.policy.streams.len()
+            && streams
+                .iter()
+                .zip(self.policy.streams.iter())
+                .all(|(a, b)| a.name == b.name);
+        if same_streams {
+            self.policy.streams = streams;
+        }
         self.policy.shaping = shaping;
         self.policy.greylist_floor = greylist_floor;
         self.policy.greylist_ceiling = greylist_ceiling;
-        self.policy.max_age = max_age;
         // Idle connections were opened under the old routes and TLS policy: they close, and
         // the next deliveries connect afresh (connections busy now finish their job first).
         for ix in 0..self.destinations.len() {
@@ -577,7 +582,7 @@ impl Scheduler {
     fn stop(&mut self) {
         self.stopping = true;
         for d in self.destinations.iter_mut() {
-            d.ready.drain().for_each(drop);
+            d.clear_ready();
             for (worker, _) in d.idle.drain(..) {
                 self.out.push(Effect::Dismiss { worker });
                 self.workers.remove(&worker);
@@ -597,7 +602,7 @@ impl Scheduler {
             self.mailboxes.sweep(now);
             // Domain names no group refers to any more.
             self.domains.retain(|d| Arc::strong_count(d) > 1);
-            self.next_sweep = Some(now + sweep_interval(self.policy.max_age));
+            self.next_sweep = Some(now + sweep_interval(&self.policy.streams));
         }
     }
 
@@ -632,6 +637,7 @@ impl Scheduler {
                 in_flight: false,
                 uncommitted: None,
                 not_before: w.not_before,
+                stream: self.policy.streams.ix(w.stream.as_deref()),
             },
         );
     }
@@ -722,11 +728,11 @@ impl Scheduler {
             self.park(key);
             return;
         }
-        let placed = self.destinations[ix].ready.push_back(key.clone());
-        if placed == Placed::Cold
-            && let Some(entry) = self.entries.get_mut(&key)
-            && entry.uncommitted.is_none()
-        {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let placed = self.destinations[ix].push_back(entry.stream, key);
+        if placed == Placed::Cold && entry.uncommitted.is_none() {
             entry.held = None;
         }
     }
@@ -753,7 +759,12 @@ impl Scheduler {
             return ix;
         }
         let policy = &self.policy;
-        let d = Destination::new(name.clone(), (policy.shaping)(name, now), policy.ready_hot);
+        let d = Destination::new(
+            name.clone(),
+            (policy.shaping)(name, now),
+            policy.ready_hot,
+            policy.streams.len(),
+        );
         self.destinations.push(d);
         self.destination_ix
             .insert(name.clone(), self.destinations.len() - 1);
@@ -779,14 +790,14 @@ impl Scheduler {
         }
         loop {
             let d = &mut self.destinations[ix];
-            if d.ready.is_empty() {
+            if d.nothing_ready() {
                 return;
             }
             let spawn = d.idle.is_empty();
             if spawn && d.workers >= d.shaping.connection_limit() {
                 return;
             }
-            let charge = !front_is_null_sender(d, &self.entries);
+            let charge = !front_is_null_sender(d, &self.entries, &self.policy.streams);
             let busy = d.workers - d.idle.len();
             let start = match d.shaping.admit(now, busy, charge) {
                 Ok(start) => start,
@@ -869,13 +880,13 @@ impl Scheduler {
             self.dismiss(worker, ix);
             return;
         }
-        if d.ready.is_empty() {
+        if d.nothing_ready() {
             let until = now + KEEP_OPEN;
             d.idle.push_back((worker, until));
             self.wakes.insert((until, ix));
             return;
         }
-        let charge = !front_is_null_sender(d, &self.entries);
+        let charge = !front_is_null_sender(d, &self.entries, &self.policy.streams);
         // This worker's job is over: it is not in flight.
         let busy = (d.workers - d.idle.len()).saturating_sub(1);
         match d.shaping.admit(now, busy, charge) {
@@ -903,11 +914,13 @@ impl Scheduler {
 
     fn take_ready(&mut self, ix: usize, start: Start) -> Option<Job> {
         let d = &mut self.destinations[ix];
-        while let Some(key) = d.ready.pop_front() {
+        let streams = &self.policy.streams;
+        while let Some((stream, key)) = d.pop(streams) {
             if let Some(entry) = self.entries.get_mut(&key)
                 && !entry.in_flight
             {
                 entry.in_flight = true;
+                d.started(streams, stream);
                 if start == Start::Probe {
                     // The one start the shaping lets through to learn (an outage's probe,
                     // the allowance's): its report says so.
@@ -959,7 +972,7 @@ impl Scheduler {
             Return::NotStarted => {
                 entry.in_flight = false;
                 if !self.stopping {
-                    self.destinations[ix].ready.push_front(key);
+                    self.destinations[ix].push_front(entry.stream, key);
                     self.start_workers(ix, now);
                 }
             }
@@ -1078,8 +1091,9 @@ impl Scheduler {
         self.destinations[ix].learn(&report, now, floor, ceiling);
         ready_at = ready_at.max(self.destinations[ix].shaping.ready_at(now));
         let rng = &mut self.rng;
+        let stream = self.entries.get(&key).map_or(0, |e| e.stream);
         let updated = react::apply(
-            &self.policy.rules,
+            &self.policy.streams.get(stream).rules,
             &Attempted {
                 envelope: &held.envelope,
                 provider: &destination,
@@ -1148,12 +1162,13 @@ impl Scheduler {
     /// Expires groups that outlived `max_age` waiting in a ready queue (a paused or
     /// throttled destination), without spending an attempt on them.
     fn sweep_expired(&mut self, now: Timestamp) {
-        let max_age = self.policy.max_age;
+        let streams = &self.policy.streams;
+        let expires = |e: &Entry| e.received_at + streams.get(e.stream).lifetime() <= now;
         let mut expired = Vec::new();
         for d in self.destinations.iter_mut() {
             let entries = &self.entries;
-            d.ready.retain(|key| match entries.get(key) {
-                Some(e) if !e.in_flight && e.received_at + max_age <= now => {
+            d.retain_ready(|key| match entries.get(key) {
+                Some(e) if !e.in_flight && expires(e) => {
                     expired.push(key.clone());
                     false
                 }
@@ -1168,7 +1183,7 @@ impl Scheduler {
             .filter(|k| {
                 self.entries
                     .get(*k)
-                    .is_some_and(|e| !e.in_flight && e.received_at + max_age <= now)
+                    .is_some_and(|e| !e.in_flight && expires(e))
             })
             .cloned()
             .collect();
@@ -1193,8 +1208,9 @@ impl Scheduler {
 
     fn expire_loaded(&mut self, held: Held, now: Timestamp) {
         let key = (held.envelope.id, self.intern(&held.group.domain));
-        self.entries.remove(&key);
-        let updated = react::expire(&held.envelope, held.group, now);
+        let stream = self.entries.remove(&key).map_or(0, |e| e.stream);
+        let rules = &self.policy.streams.get(stream).rules;
+        let updated = react::expire(rules, &held.envelope, held.group, now);
         self.out.push(Effect::Persist(Box::new(Persist {
             envelope: held.envelope,
             updated,
@@ -1274,10 +1290,12 @@ impl Scheduler {
         let mut waiting: HashMap<&str, Vec<(Timestamp, usize, Timestamp)>> = HashMap::new();
         for ((_, domain), e) in &self.entries {
             if let Some((p, _)) = self.provider_of.get(domain) {
+                // By when it expires: the oldest by its stream's lifetime goes first.
+                let expires = e.received_at + self.policy.streams.get(e.stream).lifetime();
                 waiting
                     .entry(p)
                     .or_default()
-                    .push((e.received_at, e.pending as usize, e.due));
+                    .push((expires, e.pending as usize, e.due));
             }
         }
         let mut domains: HashMap<&str, Vec<String>> = HashMap::new();
@@ -1294,7 +1312,7 @@ impl Scheduler {
                 DestinationView {
                     destination: d.name.to_string(),
                     domains,
-                    ready: d.ready.len(),
+                    ready: d.ready_len(),
                     connections_open: d.workers,
                     shaping: d.shaping.view(now),
                     greylist_delay_seconds: d.greylist_delay.map(|g| g.as_secs()),
@@ -1323,7 +1341,7 @@ impl Scheduler {
         let mut expiring = 0;
         let mut last = now;
         let mut ahead = 0usize;
-        for (at, n, due) in &received {
+        for (expires, n, due) in &received {
             ahead += n;
             let turn = match rate {
                 Some(rate) => now + Duration::from_secs_f64(ahead as f64 / rate),
@@ -1331,7 +1349,7 @@ impl Scheduler {
             };
             let turn = turn.max(*due);
             last = last.max(turn);
-            if *at + self.policy.max_age < turn {
+            if *expires < turn {
                 expiring += n;
             }
         }
@@ -1344,17 +1362,16 @@ impl Scheduler {
 }
 
 /// Whether the next ready job is from the null sender (a DSN): it spends no rate token.
-fn front_is_null_sender(d: &Destination, entries: &HashMap<Key, Entry>) -> bool {
-    d.ready
-        .front()
+fn front_is_null_sender(d: &Destination, entries: &HashMap<Key, Entry>, s: &Streams) -> bool {
+    d.front(s)
         .and_then(|k| entries.get(k))
         .is_some_and(|e| e.null_sender)
 }
 
 /// How often waiting groups are checked for expiry: often enough that expiry is late by at
-/// most a tenth of the lifetime, and at least every minute.
-fn sweep_interval(max_age: Duration) -> Duration {
-    (max_age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
+/// most a tenth of the shortest lifetime, and at least every minute.
+fn sweep_interval(streams: &Streams) -> Duration {
+    (streams.shortest_lifetime() / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
 
 #[cfg(test)]

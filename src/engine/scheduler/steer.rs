@@ -101,7 +101,7 @@ impl Scheduler {
             let name = self.destinations[ix].name.clone();
             let suspensions = &self.suspensions;
             let mut out = Vec::new();
-            self.destinations[ix].ready.retain(|key| {
+            self.destinations[ix].retain_ready(|key| {
                 let stop = suspended_in(suspensions, key, Some(&name));
                 if stop {
                     out.push(key.clone());

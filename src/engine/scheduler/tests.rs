@@ -131,6 +131,7 @@ fn message(n: u128, rcpts: &[&str], now: Timestamp) -> Queued {
         received_at: now,
         size: 5,
         source: "test".into(),
+        stream: None,
         done_at: None,
     };
     let group = Group {

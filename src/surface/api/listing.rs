@@ -465,6 +465,7 @@ mod tests {
             received_at: Timestamp(NOW.0 - age.as_millis() as u64),
             size: 100,
             source: "test".into(),
+            stream: None,
             done_at: None,
         }
     }

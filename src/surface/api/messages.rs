@@ -5,7 +5,8 @@
 
 use super::{ApiError, ApiState};
 use crate::address::Address;
-use crate::message::{Attempt, IdPrefix, MessageId, State, new_id};
+use crate::engine::ingest::StreamChoice;
+use crate::message::{Attempt, IdPrefix, MessageId, STREAM_HEADER, State, new_id};
 use crate::time::Timestamp;
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
@@ -24,6 +25,9 @@ pub struct SendRequest {
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The stream (`[stream.NAME]`); `[http] stream` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 /// A request as it arrives: every field may be missing, and each that must be there is
@@ -36,6 +40,7 @@ struct SendBody {
     raw: Option<String>,
     subject: Option<String>,
     text: Option<String>,
+    stream: Option<String>,
 }
 
 impl TryFrom<SendBody> for SendRequest {
@@ -51,6 +56,7 @@ impl TryFrom<SendBody> for SendRequest {
             raw: b.raw,
             subject: b.subject,
             text: b.text,
+            stream: b.stream,
         })
     }
 }
@@ -88,8 +94,15 @@ pub(super) async fn post_message(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let id = new_id();
+    // The field, else the raw message's header (taken out either way).
+    let mut header = None;
     let message = match (&req.raw, &req.subject, &req.text) {
-        (Some(raw), None, None) => raw_message(raw)?,
+        (Some(raw), None, None) => {
+            let raw = raw_message(raw)?;
+            let (named, without) = crate::message::take_header(&raw, STREAM_HEADER);
+            header = named;
+            without.map_or(raw, Bytes::from)
+        }
         (Some(_), _, _) => {
             return Err(ApiError::field(
                 "raw",
@@ -123,9 +136,21 @@ pub(super) async fn post_message(
             field: Some(if req.raw.is_some() { "raw" } else { "text" }.into()),
         });
     }
+    let choice = StreamChoice {
+        named: req.stream.as_deref().or(header.as_deref()),
+        user: None,
+        listener: &state.stream,
+    };
+    let stream = state.intake.stream(choice).map_err(|e| {
+        let field = match req.stream {
+            Some(_) => "stream".to_string(),
+            None => format!("raw ({STREAM_HEADER})"),
+        };
+        ApiError::field(field, e.to_string())
+    })?;
     let stored = state
         .intake
-        .accept(id, from.to_string(), &rcpts, message, "http".into())
+        .accept(id, from.to_string(), &rcpts, message, "http".into(), stream)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "could not store a message from the API");

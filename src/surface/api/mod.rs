@@ -40,6 +40,8 @@ pub struct ApiState {
     /// Reloads the configuration (`POST /api/v1/reload`).
     pub reloader: Arc<crate::reload::Reloader>,
     pub hostname: String,
+    /// The stream of a message posted without one (`[http] stream`).
+    pub stream: String,
     pub max_message_size: u64,
     /// The spool's database file, whose size `/metrics` reports.
     pub spool_file: std::path::PathBuf,

@@ -339,6 +339,10 @@ pub struct SendArgs {
     /// A whole RFC 5322 message, sent as it is (instead of --subject and --text).
     #[arg(long, conflicts_with_all = ["subject", "text"])]
     file: Option<PathBuf>,
+    /// The stream (`[stream.NAME]`, e.g. transactional); the server's `[http] stream` when
+    /// not given.
+    #[arg(long)]
+    stream: Option<String>,
 }
 
 #[derive(Args)]
@@ -936,6 +940,7 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
         raw,
         subject: args.subject,
         text: args.text,
+        stream: args.stream,
     };
     let resp = args.api.client()?.send(&req).await?;
     outln!("{}", resp.id)?;

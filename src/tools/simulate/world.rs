@@ -272,6 +272,7 @@ impl<'a> World<'a> {
             received_at: received,
             size: p.size as u64,
             source: "simulate".into(),
+            stream: None,
             done_at: None,
         };
         let recipients = (0..p.recipients)
