@@ -64,14 +64,20 @@ impl Default for Streams {
             "transactional".to_string(),
             StreamConfig {
                 priority: 10,
-                share: 0.5,
+                share: 0.75,
                 retry: Some([60, 180, 600, 1800, 3600].map(Duration::from_secs).to_vec()),
                 max_age: Some(Duration::from_secs(24 * 3600)),
                 deadline: None,
                 users: Vec::new(),
             },
         );
-        streams.insert(DEFAULT_STREAM.to_string(), StreamConfig::default());
+        streams.insert(
+            DEFAULT_STREAM.to_string(),
+            StreamConfig {
+                share: 0.25,
+                ..StreamConfig::default()
+            },
+        );
         Streams(streams)
     }
 }

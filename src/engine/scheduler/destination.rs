@@ -6,7 +6,7 @@
 use super::ready::{Placed, ReadyQueue};
 use super::{Key, WorkerId};
 use crate::policy::shaping::{Report, Shaping};
-use crate::policy::stream::{Lanes, StreamIx, Streams};
+use crate::policy::stream::{LaneWait, Lanes, StreamIx, Streams};
 use crate::time::Timestamp;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -82,28 +82,28 @@ impl Destination {
         queue.push_front(key);
     }
 
-    /// The stream whose turn it is, among those with groups ready.
-    fn turn(&self, streams: &Streams) -> Option<StreamIx> {
+    /// The stream whose turn it is, among those with groups ready, under the allowance's
+    /// window ([`Lanes::pick`]).
+    pub fn pick(&mut self, streams: &Streams, now: Timestamp) -> Result<StreamIx, LaneWait> {
+        let window = self.shaping.window();
+        let ready = &self.ready;
         self.lanes
-            .pick(streams, |s| !self.ready[usize::from(s)].is_empty())
+            .pick(streams, now, window, |s| !ready[usize::from(s)].is_empty())
     }
 
-    /// The group that would go next.
-    pub fn front(&self, streams: &Streams) -> Option<&Key> {
-        self.ready[usize::from(self.turn(streams)?)].front()
+    /// The group at the front of `stream`'s queue.
+    pub fn front_of(&self, stream: StreamIx) -> Option<&Key> {
+        self.ready[usize::from(stream)].front()
     }
 
-    /// Takes the group that goes next, with its stream; [`Destination::started`] says
-    /// whether it went.
-    pub fn pop(&mut self, streams: &Streams) -> Option<(StreamIx, Key)> {
-        let stream = self.turn(streams)?;
-        let key = self.ready[usize::from(stream)].pop_front()?;
-        Some((stream, key))
+    /// Takes the group at the front of `stream`'s queue.
+    pub fn pop_from(&mut self, stream: StreamIx) -> Option<Key> {
+        self.ready[usize::from(stream)].pop_front()
     }
 
-    /// A group of `stream` was started: the stream's turn moves on.
-    pub fn started(&mut self, streams: &Streams, stream: StreamIx) {
-        self.lanes.started(streams, stream);
+    /// A group of `stream` was started at `now`: the stream's turn moves on.
+    pub fn started(&mut self, streams: &Streams, stream: StreamIx, now: Timestamp) {
+        self.lanes.started(streams, stream, now);
     }
 
     /// Groups ready, in every stream.

@@ -39,7 +39,7 @@ use crate::policy::provider::Providers;
 use crate::policy::react::{self, Attempted, Seen, Updated, Where};
 use crate::policy::schedule::Schedule;
 use crate::policy::shaping::{Gate, Limits, Shaping, ShapingView, Start, Tuning};
-use crate::policy::stream::{StreamIx, Streams};
+use crate::policy::stream::{LaneWait, StreamIx, Streams};
 use crate::time::Timestamp;
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -789,15 +789,20 @@ impl Scheduler {
             self.out.push(Effect::Dismiss { worker });
         }
         loop {
+            let lane = match self.next_lane(ix, now) {
+                Ok(lane) => lane,
+                Err(LaneWait::Empty) => return,
+                Err(LaneWait::Until(t)) => {
+                    self.wakes.insert((t, ix));
+                    return;
+                }
+            };
             let d = &mut self.destinations[ix];
-            if d.nothing_ready() {
-                return;
-            }
             let spawn = d.idle.is_empty();
             if spawn && d.workers >= d.shaping.connection_limit() {
                 return;
             }
-            let charge = !front_is_null_sender(d, &self.entries, &self.policy.streams);
+            let charge = !front_is_null_sender(d, lane, &self.entries);
             let busy = d.workers - d.idle.len();
             let start = match d.shaping.admit(now, busy, charge) {
                 Ok(start) => start,
@@ -807,10 +812,7 @@ impl Scheduler {
                 }
                 Err(Gate::AwaitReport) => return,
             };
-            let Some(job) = self.take_ready(ix, start) else {
-                self.destinations[ix].shaping.start_lost();
-                return;
-            };
+            let job = self.take_ready(ix, lane, start, now);
             let d = &mut self.destinations[ix];
             if spawn {
                 d.workers += 1;
@@ -829,6 +831,22 @@ impl Scheduler {
             } else {
                 let (worker, _) = d.idle.pop_front().expect("not empty");
                 self.assign(worker, job, now);
+            }
+        }
+    }
+
+    /// The stream whose group goes next at destination `ix`, with a group that can go at
+    /// the front of its queue (groups gone or in flight since they were queued are
+    /// dropped on the way).
+    fn next_lane(&mut self, ix: usize, now: Timestamp) -> Result<StreamIx, LaneWait> {
+        let d = &mut self.destinations[ix];
+        loop {
+            let lane = d.pick(&self.policy.streams, now)?;
+            while let Some(key) = d.front_of(lane) {
+                if self.entries.get(key).is_some_and(|e| !e.in_flight) {
+                    return Ok(lane);
+                }
+                d.pop_from(lane);
             }
         }
     }
@@ -880,23 +898,30 @@ impl Scheduler {
             self.dismiss(worker, ix);
             return;
         }
-        if d.nothing_ready() {
-            let until = now + KEEP_OPEN;
-            d.idle.push_back((worker, until));
-            self.wakes.insert((until, ix));
-            return;
-        }
-        let charge = !front_is_null_sender(d, &self.entries, &self.policy.streams);
         // This worker's job is over: it is not in flight.
         let busy = (d.workers - d.idle.len()).saturating_sub(1);
-        match d.shaping.admit(now, busy, charge) {
-            Ok(start) => match self.take_ready(ix, start) {
-                Some(job) => self.assign(worker, job, now),
-                None => {
-                    self.destinations[ix].shaping.start_lost();
-                    self.dismiss(worker, ix);
-                }
-            },
+        let admitted = match self.next_lane(ix, now) {
+            Err(LaneWait::Empty) => {
+                let until = now + KEEP_OPEN;
+                self.destinations[ix].idle.push_back((worker, until));
+                self.wakes.insert((until, ix));
+                return;
+            }
+            Err(LaneWait::Until(t)) => Err(Gate::Until(t)),
+            Ok(lane) => {
+                let d = &mut self.destinations[ix];
+                let charge = !front_is_null_sender(d, lane, &self.entries);
+                d.shaping
+                    .admit(now, busy, charge)
+                    .map(|start| (start, lane))
+            }
+        };
+        let d = &mut self.destinations[ix];
+        match admitted {
+            Ok((start, lane)) => {
+                let job = self.take_ready(ix, lane, start, now);
+                self.assign(worker, job, now);
+            }
             Err(Gate::Until(t)) if t.since(now) <= IDLE_HOLD => {
                 d.idle.push_back((worker, now + IDLE_HOLD));
                 self.wakes.insert((t, ix));
@@ -912,31 +937,30 @@ impl Scheduler {
         }
     }
 
-    fn take_ready(&mut self, ix: usize, start: Start) -> Option<Job> {
+    /// Hands out the group at the front of stream `lane`'s queue ([`Scheduler::next_lane`]
+    /// found it there, ready to go).
+    fn take_ready(&mut self, ix: usize, lane: StreamIx, start: Start, now: Timestamp) -> Job {
         let d = &mut self.destinations[ix];
-        let streams = &self.policy.streams;
-        while let Some((stream, key)) = d.pop(streams) {
-            if let Some(entry) = self.entries.get_mut(&key)
-                && !entry.in_flight
-            {
-                entry.in_flight = true;
-                d.started(streams, stream);
-                if start == Start::Probe {
-                    // The one start the shaping lets through to learn (an outage's probe,
-                    // the allowance's): its report says so.
-                    d.probe = Some(key.clone());
-                }
-                return Some(Job {
-                    id: key.0,
-                    // The worker returns what it holds with its report.
-                    held: entry.held.take().map(|h| *h),
-                    domain: key.1,
-                    destination: d.name.clone(),
-                    messages_per_connection: d.shaping.messages_per_connection(),
-                });
-            }
+        let key = d.pop_from(lane).expect("next_lane found a group");
+        d.started(&self.policy.streams, lane, now);
+        let entry = self
+            .entries
+            .get_mut(&key)
+            .expect("next_lane checked the entry");
+        entry.in_flight = true;
+        if start == Start::Probe {
+            // The one start the shaping lets through to learn (an outage's probe, the
+            // allowance's): its report says so.
+            d.probe = Some(key.clone());
         }
-        None
+        Job {
+            id: key.0,
+            // The worker returns what it holds with its report.
+            held: entry.held.take().map(|h| *h),
+            domain: key.1,
+            destination: d.name.clone(),
+            messages_per_connection: d.shaping.messages_per_connection(),
+        }
     }
 
     /// The worker's job is over (reported, returned, or found gone).
@@ -1361,9 +1385,10 @@ impl Scheduler {
     }
 }
 
-/// Whether the next ready job is from the null sender (a DSN): it spends no rate token.
-fn front_is_null_sender(d: &Destination, entries: &HashMap<Key, Entry>, s: &Streams) -> bool {
-    d.front(s)
+/// Whether the next job of stream `lane` is from the null sender (a DSN): it spends no
+/// rate token.
+fn front_is_null_sender(d: &Destination, lane: StreamIx, entries: &HashMap<Key, Entry>) -> bool {
+    d.front_of(lane)
         .and_then(|k| entries.get(k))
         .is_some_and(|e| e.null_sender)
 }

@@ -458,6 +458,12 @@ impl Shaping {
         slow
     }
 
+    /// The window learned for the destination's allowance (`n` in any `w`), if one is:
+    /// what streams share.
+    pub fn window(&self) -> Option<(u32, Duration)> {
+        self.allowance.learned()
+    }
+
     /// The rate the queue drains at, in recipients per second: the configured rate or the
     /// learned allowance, whichever is lower; `None` when neither limits it.
     pub fn drain_rate(&self) -> Option<f64> {

@@ -29,6 +29,13 @@ pub fn run(
     progress: impl FnMut(u64, u64),
 ) -> anyhow::Result<Report> {
     config.validate()?;
+    for (table, t) in scenario.traffics() {
+        if let Some(stream) = &t.stream {
+            config
+                .streams
+                .check(&format!("scenario {table}.stream"), stream)?;
+        }
+    }
     let started = Instant::now();
     let plan = Plan::new(scenario);
     let names: Vec<String> = scenario.receivers.keys().cloned().collect();
@@ -37,9 +44,7 @@ pub fn run(
         .enumerate()
         .flat_map(|(i, name)| {
             scenario
-                .traffic
-                .to
-                .iter()
+                .destinations()
                 .filter(move |d| &d.receiver == name)
                 .flat_map(move |d| scenario.domains_of(d, name))
                 .map(move |domain| (domain, i))

@@ -104,7 +104,9 @@ pub fn from_events(events: &[Event]) -> anyhow::Result<Scenario> {
             to,
             mailboxes: None,
             arrivals,
+            stream: None,
         },
+        flows: Vec::new(),
         receivers,
     })
 }

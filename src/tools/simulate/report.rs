@@ -25,6 +25,8 @@ pub struct Planned {
     pub sender: u32,
     pub recipients: u32,
     pub size: u32,
+    /// Which traffic it is part of (`[traffic]` 0, then each `[[flow]]`).
+    pub traffic: u32,
 }
 
 /// The traffic of a scenario, drawn once, in order of arrival.
@@ -33,21 +35,42 @@ pub struct Plan {
     pub messages: Vec<Planned>,
     pub domains: Vec<String>,
     pub senders: Vec<String>,
-    /// Mailboxes per domain the recipients are drawn from; every recipient its own when
-    /// `None`.
-    pub mailboxes: Option<u64>,
+    /// Per traffic: the mailboxes per domain its recipients are drawn from (every
+    /// recipient its own when `None`), and its stream.
+    pub mailboxes: Vec<Option<u64>>,
+    pub streams: Vec<Option<String>>,
 }
 
 impl Plan {
     pub fn new(s: &Scenario) -> Plan {
-        let t = &s.traffic;
-        let mut rng = fastrand::Rng::with_seed(s.simulation.seed);
-        let mut plan = Plan {
-            senders: t.senders.clone(),
-            mailboxes: t.mailboxes,
-            ..Default::default()
-        };
+        let mut plan = Plan::default();
         let mut index: HashMap<String, u32> = HashMap::new();
+        for (k, (_, t)) in s.traffics().enumerate() {
+            // Each traffic draws from its own generator: adding a flow changes no other.
+            let seed = s.simulation.seed.wrapping_add(k as u64 * 0x9e37_79b9);
+            plan.draw(s, t, k as u32, seed, &mut index);
+        }
+        // In order of arrival, `[traffic]` first at the same time; numbered in that order.
+        plan.messages.sort_by_key(|m| (m.at, m.traffic));
+        for (n, m) in plan.messages.iter_mut().enumerate() {
+            m.number = n as u32;
+        }
+        plan
+    }
+
+    fn draw(
+        &mut self,
+        s: &Scenario,
+        t: &super::scenario::Traffic,
+        traffic: u32,
+        seed: u64,
+        index: &mut HashMap<String, u32>,
+    ) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let first_sender = self.senders.len() as u32;
+        self.senders.extend(t.senders.iter().cloned());
+        self.mailboxes.push(t.mailboxes);
+        self.streams.push(t.stream.clone());
         let mut domain_id = |plan: &mut Plan, d: &str| -> u32 {
             *index.entry(d.to_string()).or_insert_with(|| {
                 plan.domains.push(d.to_string());
@@ -65,30 +88,30 @@ impl Plan {
             }
             t.sizes[0].bytes as u32
         };
+        let senders = t.senders.len() as u64;
+        let sender = |n: u64| first_sender + (n % senders) as u32;
         if !t.arrivals.is_empty() {
             let mut arrivals = t.arrivals.clone();
             arrivals.sort_by(|a, b| a.at.total_cmp(&b.at));
             for (n, a) in arrivals.iter().enumerate() {
-                let domain = domain_id(&mut plan, &a.domain.to_ascii_lowercase());
-                plan.messages.push(Planned {
-                    number: n as u32,
+                let domain = domain_id(self, &a.domain.to_ascii_lowercase());
+                self.messages.push(Planned {
+                    number: 0,
                     at: (a.at * 1e6) as Micros,
                     domain,
-                    sender: (n % t.senders.len()) as u32,
+                    sender: sender(n as u64),
                     recipients: a.recipients.max(1) as u32,
                     size: size(&mut rng),
+                    traffic,
                 });
             }
-            return plan;
+            return;
         }
         let destinations: Vec<(u64, Vec<u32>)> =
             t.to.iter()
                 .map(|d| {
                     let names = s.domains_of(d, &d.receiver);
-                    (
-                        d.weight,
-                        names.iter().map(|n| domain_id(&mut plan, n)).collect(),
-                    )
+                    (d.weight, names.iter().map(|n| domain_id(self, n)).collect())
                 })
                 .collect();
         let weight_total: u64 = destinations.iter().map(|(w, _)| w).sum();
@@ -104,22 +127,23 @@ impl Plan {
                 pick -= w;
             }
             let domain = chosen[rng.usize(0..chosen.len())];
-            plan.messages.push(Planned {
-                number: n as u32,
+            self.messages.push(Planned {
+                number: 0,
                 at: n * every,
                 domain,
-                sender: (n % t.senders.len() as u64) as u32,
+                sender: sender(n),
                 recipients: t.recipients as u32,
                 size: size(&mut rng),
+                traffic,
             });
         }
-        plan
     }
 
     /// Recipient `k` of message `n`: every recipient its own mailbox, unless the traffic
     /// draws them from a pool of mailboxes per domain.
-    pub fn address(&self, n: usize, k: u32, domain: &str) -> String {
-        if let Some(m) = self.mailboxes {
+    pub fn address(&self, m: &Planned, k: u32, domain: &str) -> String {
+        let n = m.number as usize;
+        if let Some(m) = self.mailboxes.get(m.traffic as usize).copied().flatten() {
             let i = (n as u64 * 7919 + k as u64) % m;
             return format!("u{i}@{domain}");
         }
@@ -144,7 +168,8 @@ impl Plan {
                 .collect(),
             domains: self.domains.clone(),
             senders: self.senders.clone(),
-            mailboxes: self.mailboxes,
+            mailboxes: self.mailboxes.clone(),
+            streams: self.streams.clone(),
         }
     }
 }
@@ -199,11 +224,25 @@ impl Counts {
     }
 }
 
-/// Gathers the counts, per receiver, while the world runs.
+/// What is counted of one stream while the world runs.
+#[derive(Debug, Default, Clone)]
+struct StreamCounts {
+    recipients: u64,
+    delivered: u64,
+    bounced: u64,
+    expired: u64,
+    /// Attempts the receivers deferred (`deferred` events).
+    deferred: u64,
+    ee: Vec<f32>,
+}
+
+/// Gathers the counts, per receiver and per stream, while the world runs.
 #[derive(Debug)]
 pub struct Collector {
     names: Vec<String>,
     counts: Vec<Counts>,
+    /// By stream name (`-` for mail without one).
+    streams: std::collections::BTreeMap<String, StreamCounts>,
     pub recipients: u64,
     finished: u64,
     end: Micros,
@@ -216,6 +255,7 @@ impl Collector {
         Collector {
             names,
             counts,
+            streams: Default::default(),
             recipients,
             finished: 0,
             end: 0,
@@ -227,7 +267,8 @@ impl Collector {
         self.finished
     }
 
-    pub fn arrived(&mut self, place: usize, recipients: u64, at: Micros) {
+    pub fn arrived(&mut self, place: usize, stream: Option<&str>, recipients: u64, at: Micros) {
+        self.stream(stream).recipients += recipients;
         let c = &mut self.counts[place];
         c.recipients += recipients;
         c.first_arrival.get_or_insert(at);
@@ -284,7 +325,24 @@ impl Collector {
         m.peak_connections = m.peak_connections.max(open);
     }
 
+    fn stream(&mut self, name: Option<&str>) -> &mut StreamCounts {
+        self.streams
+            .entry(name.unwrap_or("-").to_string())
+            .or_default()
+    }
+
     pub fn event(&mut self, place: usize, e: &Event, at: Micros) {
+        let s = self.stream(e.stream.as_deref());
+        match e.event {
+            Kind::Delivered => {
+                s.delivered += 1;
+                s.ee.push(e.ee_seconds.unwrap_or(0.0) as f32);
+            }
+            Kind::Bounced => s.bounced += 1,
+            Kind::Expired => s.expired += 1,
+            Kind::Deferred => s.deferred += 1,
+            _ => {}
+        }
         let c = &mut self.counts[place];
         if c.provider.is_none() {
             c.provider = e.provider.clone();
@@ -330,6 +388,15 @@ impl Collector {
                 *mine = theirs;
             }
         }
+        for (name, theirs) in other.streams {
+            let mine = self.streams.entry(name).or_default();
+            mine.recipients += theirs.recipients;
+            mine.delivered += theirs.delivered;
+            mine.bounced += theirs.bounced;
+            mine.expired += theirs.expired;
+            mine.deferred += theirs.deferred;
+            mine.ee.extend(theirs.ee);
+        }
         self.recipients += other.recipients;
         self.finished += other.finished;
         self.end = self.end.max(other.end);
@@ -342,6 +409,7 @@ impl Collector {
 pub struct Dist {
     pub p50: f64,
     pub p95: f64,
+    pub p99: f64,
     pub max: f64,
 }
 
@@ -355,6 +423,7 @@ impl Dist {
         Some(Dist {
             p50: at(0.5),
             p95: at(0.95),
+            p99: at(0.99),
             max: *v.last().expect("not empty") as f64,
         })
     }
@@ -402,6 +471,21 @@ pub struct Figures {
     pub ideal_seconds: Option<Dist>,
 }
 
+/// One stream's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamFigures {
+    pub stream: String,
+    pub recipients: u64,
+    pub delivered: u64,
+    pub bounced: u64,
+    pub expired: u64,
+    /// Attempts deferred by the receivers.
+    pub deferred: u64,
+    /// Accepted to delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_seconds: Option<Dist>,
+}
+
 /// A simulation's report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -415,6 +499,9 @@ pub struct Report {
     pub drained: bool,
     pub receivers: Vec<Figures>,
     pub total: Figures,
+    /// By stream, when the traffic names one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamFigures>,
     #[serde(skip)]
     pub timeline: Vec<(String, Vec<Minute>)>,
 }
@@ -446,7 +533,6 @@ pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Ve
     let mut first: Vec<Option<Micros>> = vec![None; s.receivers.len()];
     let client = &s.simulation.client;
     for m in &plan.messages {
-        let n = m.number as usize;
         let domain = &plan.domains[m.domain as usize];
         let place = place_of[domain];
         let model = models[place];
@@ -479,7 +565,7 @@ pub fn ideal(s: &Scenario, plan: &Plan, place_of: &HashMap<String, usize>) -> Ve
         for k in 0..m.recipients {
             let r = &mut receivers[place];
             let rcpt = match r.counts_recipients() {
-                true => plan.address(n, k, domain),
+                true => plan.address(m, k, domain),
                 false => String::new(),
             };
             let t = r.earliest(client, sender, &rcpt, from);
@@ -536,6 +622,23 @@ impl Report {
             timeline.push((name.clone(), c.minutes));
         }
         let total = figures("all", &total, &total_ideal.0, total_ideal.1);
+        let named = collect.streams.keys().any(|k| k != "-");
+        let streams = match named {
+            false => Vec::new(),
+            true => collect
+                .streams
+                .into_iter()
+                .map(|(stream, c)| StreamFigures {
+                    stream,
+                    recipients: c.recipients,
+                    delivered: c.delivered,
+                    bounced: c.bounced,
+                    expired: c.expired,
+                    deferred: c.deferred,
+                    delivery_seconds: Dist::of(c.ee),
+                })
+                .collect(),
+        };
         Report {
             messages: plan.messages.len() as u64,
             recipients: plan.recipients(),
@@ -545,6 +648,7 @@ impl Report {
             drained: collect.left == 0,
             receivers,
             total,
+            streams,
             timeline,
         }
     }
@@ -688,6 +792,33 @@ impl fmt::Display for Report {
                 dist(r.delivery_seconds),
                 dist(r.ideal_seconds),
             )?;
+        }
+        if !self.streams.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "{:<16} {:>10} {:>9} {:>7} {:>7} {:>8}  DELIVERY p50 / p95 / p99 / max",
+                "STREAM", "RECIPIENTS", "DELIVERED", "BOUNCED", "EXPIRED", "DEFERRED"
+            )?;
+            for st in &self.streams {
+                let d = st
+                    .delivery_seconds
+                    .map(|d| {
+                        format!(
+                            "{} / {} / {} / {}",
+                            human(d.p50),
+                            human(d.p95),
+                            human(d.p99),
+                            human(d.max)
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                writeln!(
+                    f,
+                    "{:<16} {:>10} {:>9} {:>7} {:>7} {:>8}  {d}",
+                    st.stream, st.recipients, st.delivered, st.bounced, st.expired, st.deferred
+                )?;
+            }
         }
         for r in &self.receivers {
             if r.slow_share > 0.0 {

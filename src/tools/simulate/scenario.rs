@@ -20,6 +20,10 @@ pub struct Scenario {
     #[serde(default)]
     pub simulation: Simulation,
     pub traffic: Traffic,
+    /// More traffic beside `[traffic]`, each with its own arrivals (another stream's mail,
+    /// say): `[[flow]]` tables with the keys of `[traffic]`.
+    #[serde(default, rename = "flow", skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<Traffic>,
     /// The receivers, by name.
     #[serde(rename = "receiver")]
     pub receivers: BTreeMap<String, ReceiverModel>,
@@ -86,6 +90,10 @@ pub struct Traffic {
     /// `messages` spread over `over`: what `--replay` writes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub arrivals: Vec<Arrival>,
+    /// The stream its messages go in (a `[stream.NAME]` of the config); the default
+    /// stream when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 fn one() -> u64 {
@@ -199,18 +207,51 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// `[traffic]` and every `[[flow]]`, with the name of its table.
+    pub fn traffics(&self) -> impl Iterator<Item = (String, &Traffic)> {
+        std::iter::once(("traffic".to_string(), &self.traffic)).chain(
+            self.flows
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("flow[{i}]"), f)),
+        )
+    }
+
+    /// Every destination entry of every traffic.
+    pub fn destinations(&self) -> impl Iterator<Item = &Destination> {
+        self.traffics().flat_map(|(_, t)| t.to.iter())
+    }
+
     /// What serde cannot check: the error's table, key and what is wrong.
     fn check(&self) -> Result<(), (String, String, String)> {
-        let t = &self.traffic;
+        for (name, t) in self.traffics() {
+            self.check_traffic(&name, t)?;
+        }
+        for (name, model) in &self.receivers {
+            model.validate().map_err(|e| {
+                let (key, error) = e.split_once(": ").unwrap_or(("", &e));
+                // `outage[0].to` lives in the table `receiver.NAME.outage[0]`.
+                let (sub, key) = key.rsplit_once('.').unwrap_or(("", key));
+                let table = match sub {
+                    "" => format!("receiver.{name}"),
+                    sub => format!("receiver.{name}.{sub}"),
+                };
+                (table, key.to_string(), error.to_string())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check_traffic(&self, name: &str, t: &Traffic) -> Result<(), (String, String, String)> {
         if t.to.is_empty() && t.arrivals.is_empty() {
             return Err((
-                "traffic".into(),
+                name.into(),
                 "to".into(),
-                "needs at least one destination ([[traffic.to]])".into(),
+                format!("needs at least one destination ([[{name}.to]])"),
             ));
         }
         for (i, d) in t.to.iter().enumerate() {
-            let table = format!("traffic.to[{i}]");
+            let table = format!("{name}.to[{i}]");
             if !self.receivers.contains_key(&d.receiver) {
                 return Err((
                     table,
@@ -237,28 +278,16 @@ impl Scenario {
             }
         }
         if t.senders.is_empty() {
-            return Err(("traffic".into(), "senders".into(), "needs a sender".into()));
+            return Err((name.into(), "senders".into(), "needs a sender".into()));
         }
         for (i, a) in t.arrivals.iter().enumerate() {
             if !(a.at.is_finite() && a.at >= 0.0) {
                 return Err((
-                    format!("traffic.arrivals[{i}]"),
+                    format!("{name}.arrivals[{i}]"),
                     "at".into(),
                     "must be a time in seconds from the start".into(),
                 ));
             }
-        }
-        for (name, model) in &self.receivers {
-            model.validate().map_err(|e| {
-                let (key, error) = e.split_once(": ").unwrap_or(("", &e));
-                // `outage[0].to` lives in the table `receiver.NAME.outage[0]`.
-                let (sub, key) = key.rsplit_once('.').unwrap_or(("", key));
-                let table = match sub {
-                    "" => format!("receiver.{name}"),
-                    sub => format!("receiver.{name}.{sub}"),
-                };
-                (table, key.to_string(), error.to_string())
-            })?;
         }
         Ok(())
     }

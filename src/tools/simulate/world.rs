@@ -137,13 +137,13 @@ impl<'a> World<'a> {
                 receiver: Receiver::new(model.clone(), &mx, T0, seed),
                 mx,
             });
-            for d in scenario.traffic.to.iter().filter(|d| &d.receiver == name) {
+            for d in scenario.destinations().filter(|d| &d.receiver == name) {
                 for domain in scenario.domains_of(d, name) {
                     place_of.insert(domain, i);
                 }
             }
         }
-        for a in &scenario.traffic.arrivals {
+        for a in scenario.traffics().flat_map(|(_, t)| &t.arrivals) {
             if !place_of.contains_key(&a.domain) {
                 anyhow::bail!(
                     "traffic.arrivals: domain {} belongs to no receiver (traffic.to)",
@@ -272,12 +272,12 @@ impl<'a> World<'a> {
             received_at: received,
             size: p.size as u64,
             source: "simulate".into(),
-            stream: None,
+            stream: self.plan.streams[p.traffic as usize].clone(),
             done_at: None,
         };
         let recipients = (0..p.recipients)
             .map(|k| Recipient {
-                address: self.plan.address(n, k, domain),
+                address: self.plan.address(p, k, domain),
                 state: State::Queued,
                 attempts: Vec::new(),
             })
@@ -287,17 +287,20 @@ impl<'a> World<'a> {
             recipients,
             next_attempt: Some(received),
         };
-        self.collect
-            .arrived(self.place_of[domain], p.recipients as u64, p.at);
+        self.collect.arrived(
+            self.place_of[domain],
+            envelope.stream.as_deref(),
+            p.recipients as u64,
+            p.at,
+        );
         if self.log.is_some() {
             for r in &group.recipients {
-                let e = Event::new(
+                let e = Event::about(
                     Kind::Processed,
                     received,
-                    envelope.id.to_string(),
+                    &envelope,
                     r.address.clone(),
                     group.domain.clone(),
-                    envelope.from.clone(),
                 );
                 self.write(&e);
             }
