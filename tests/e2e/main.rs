@@ -23,4 +23,5 @@ mod simulate;
 mod sink;
 mod stats;
 mod steer;
+mod streams;
 mod webhook;
