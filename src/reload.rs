@@ -137,6 +137,14 @@ impl Reloader {
             *self.tls.write().expect("tls policy lock") = new.tls.clone();
             done.applied.push("tls.destinations".into());
         }
+        if differs("stream") {
+            // The scheduler takes new settings for the same streams; queued mail keeps
+            // its stream's place, so a new set of streams waits for a restart.
+            match current.streams.names() == new.streams.names() {
+                true => done.applied.push("stream".into()),
+                false => done.restart_needed.push("stream".into()),
+            }
+        }
         if current.http.tokens != new.http.tokens {
             done.applied.push("http.tokens".into());
         }
@@ -198,7 +206,7 @@ fn restart_needed(started: &serde_json::Value, new: &serde_json::Value) -> Vec<S
     keys.dedup();
     let mut out = Vec::new();
     for key in keys {
-        if APPLIED.contains(&key.as_str()) || key == "webhook" {
+        if APPLIED.contains(&key.as_str()) || key == "webhook" || key == "stream" {
             continue;
         }
         let (a, b) = (old.get(key), new.get(key));

@@ -277,7 +277,7 @@ mod tests {
     ) -> Vec<usize> {
         let mut got = vec![0; s.len()];
         for _ in 0..n {
-            *t = *t + Duration::from_millis(1);
+            *t += Duration::from_millis(1);
             let Ok(ix) = lanes.pick(s, *t, window, |ix| ready.contains(&ix)) else {
                 continue;
             };

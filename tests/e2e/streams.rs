@@ -17,7 +17,9 @@ fn message(subject: &str, stream: Option<&str>) -> Vec<u8> {
 async fn a_message_names_its_stream_and_the_receiver_never_sees_the_header() {
     let w = World::new(&["1s"], "1h");
     let rx = plain_sink().await;
-    let engine = w.start(route(StaticResolver::new(), "rx.test", rx.addr)).await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
 
     let named = smtp_send(
         engine.smtp_addr,
@@ -72,7 +74,10 @@ async fn a_message_names_its_stream_and_the_receiver_never_sees_the_header() {
     .await;
     assert_eq!(status, 400, "{json}");
     assert_eq!(json["field"], "stream", "{json}");
-    assert!(json["error"].as_str().unwrap().contains("transactional"), "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("transactional"),
+        "{json}"
+    );
 
     for (rcpt, stream) in [
         ("reset@rx.test", "transactional"),
@@ -81,7 +86,9 @@ async fn a_message_names_its_stream_and_the_receiver_never_sees_the_header() {
         ("raw@rx.test", "transactional"),
     ] {
         let e = w
-            .wait_event(WAIT, |e| e["event"] == "delivered" && e["recipient"] == rcpt)
+            .wait_event(WAIT, |e| {
+                e["event"] == "delivered" && e["recipient"] == rcpt
+            })
             .await;
         assert_eq!(e["stream"], stream, "{e}");
     }
@@ -106,9 +113,11 @@ async fn a_message_names_its_stream_and_the_receiver_never_sees_the_header() {
 #[tokio::test]
 async fn a_deadline_expires_mail_as_soon_as_it_cannot_be_met() {
     let mut w = World::new(&["1s"], "1h");
-    let mut otp = knock::config::StreamConfig::default();
-    otp.deadline = Some(Duration::from_secs(4));
-    otp.retry = Some(vec![Duration::from_secs(1)]);
+    let otp = knock::config::StreamConfig {
+        deadline: Some(Duration::from_secs(4)),
+        retry: Some(vec![Duration::from_secs(1)]),
+        ..Default::default()
+    };
     w.config.streams.0.insert("otp".into(), otp);
     // Nothing listens at the MX: every attempt fails.
     let dead = dead_addr().await;
@@ -124,11 +133,12 @@ async fn a_deadline_expires_mail_as_soon_as_it_cannot_be_met() {
     assert!(reply[0].starts_with("250"), "{reply:?}");
     let e = w.wait_event(WAIT, is("expired", "code@rx.test")).await;
     // Given up within the deadline, not after the hour of max_age.
-    assert!(sent.elapsed() < Duration::from_secs(5), "{:?}", sent.elapsed());
-    assert_eq!(e["stream"], "otp", "{e}");
     assert!(
-        e["reason"].as_str().unwrap().contains("deadline"),
-        "{e}"
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
     );
+    assert_eq!(e["stream"], "otp", "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("deadline"), "{e}");
     engine.shutdown().await;
 }
