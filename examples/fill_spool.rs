@@ -22,6 +22,7 @@ fn message(n: usize, domains: usize, body: &bytes::Bytes, now: Timestamp) -> New
     let attempt = Attempt {
         at: Timestamp(now.millis() - 3_000_000),
         mx: Some(format!("mx.{domain}")),
+        source: None,
         local_ip: Some("192.0.2.10".into()),
         code: Some(450),
         enhanced: Some(Enhanced::new(4, 2, 0)),

@@ -46,6 +46,166 @@ pub struct Config {
     /// `transactional` and `bulk` exist unless configured otherwise.
     #[serde(rename = "stream")]
     pub streams: Streams,
+    /// The addresses (and EHLO names) knock sends from; one unnamed source, the host's
+    /// own address, when none is configured.
+    #[serde(rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Sources grouped for streams to send from; `default` holds every source unless
+    /// configured.
+    #[serde(rename = "pool")]
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// One `[[source]]`: where knock's connections come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Its name in pools, events and metrics.
+    pub name: String,
+    /// The local address to bind; the host picks one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// The name said in EHLO; `[smtp] hostname` when absent (it should be the address's
+    /// PTR name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ehlo: Option<String>,
+}
+
+/// One `[pool.NAME]`: sources and their weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `["a", "b"]`, or `[{ source = "a", weight = 3 }, "b"]` (weight 1 when not given).
+    pub sources: Vec<PoolMember>,
+}
+
+/// A source in a pool, with its weight.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PoolMember {
+    Name(String),
+    Weighted { source: String, weight: u32 },
+}
+
+impl PoolMember {
+    pub fn source(&self) -> &str {
+        match self {
+            PoolMember::Name(n) => n,
+            PoolMember::Weighted { source, .. } => source,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            PoolMember::Name(_) => 1,
+            PoolMember::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// The pool a stream sends from unless it names one.
+pub const DEFAULT_POOL: &str = "default";
+/// The source's name when no `[[source]]` is configured.
+pub const DEFAULT_SOURCE: &str = "default";
+
+impl Config {
+    /// The sources: those configured, or the host's own address under `default`.
+    pub fn effective_sources(&self) -> Vec<SourceConfig> {
+        match self.sources.is_empty() {
+            true => vec![SourceConfig {
+                name: DEFAULT_SOURCE.into(),
+                ip: None,
+                ehlo: None,
+            }],
+            false => self.sources.clone(),
+        }
+    }
+
+    /// The pools: those configured, and `default` (every source) unless configured.
+    pub fn effective_pools(&self) -> BTreeMap<String, PoolConfig> {
+        let mut pools = self.pools.clone();
+        pools
+            .entry(DEFAULT_POOL.into())
+            .or_insert_with(|| PoolConfig {
+                sources: self
+                    .effective_sources()
+                    .into_iter()
+                    .map(|s| PoolMember::Name(s.name))
+                    .collect(),
+            });
+        pools
+    }
+
+    /// Checks what only the host can say: every source's address is one of its own.
+    pub fn check_host(&self) -> anyhow::Result<()> {
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(ip) = s.ip {
+                std::net::TcpListener::bind((ip, 0)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "source[{i}].ip: {ip} is not an address of this host (binding it: {e})"
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sources(&self) -> anyhow::Result<()> {
+        for (i, s) in self.sources.iter().enumerate() {
+            let name = s.name.trim();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                bail!(
+                    "source[{i}].name: must be letters, digits, '-', '_' or '.' (it labels metrics), not {:?}",
+                    s.name
+                );
+            }
+            if let Some(j) = self.sources[..i].iter().position(|o| o.name == s.name) {
+                bail!("source[{i}].name: {:?} is also source[{j}]'s name", s.name);
+            }
+            if let Some(ehlo) = &s.ehlo
+                && crate::address::check_domain(ehlo).is_err()
+            {
+                bail!("source[{i}].ehlo: {ehlo:?} is not a host name");
+            }
+        }
+        let names: Vec<String> = self
+            .effective_sources()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        for (pool, p) in &self.pools {
+            if p.sources.is_empty() {
+                bail!("pool.{pool}.sources: a pool needs at least one source");
+            }
+            for (i, m) in p.sources.iter().enumerate() {
+                if !names.iter().any(|n| n == m.source()) {
+                    bail!(
+                        "pool.{pool}.sources[{i}]: no source is named {:?} (the sources are {})",
+                        m.source(),
+                        names.join(", ")
+                    );
+                }
+                if m.weight() == 0 {
+                    bail!("pool.{pool}.sources[{i}].weight: must be at least 1");
+                }
+            }
+        }
+        let pools = self.effective_pools();
+        for (name, stream) in &self.streams.0 {
+            if !pools.contains_key(stream.pool()) {
+                bail!(
+                    "stream.{name}.pool: no pool is named {:?} (the pools are {})",
+                    stream.pool(),
+                    pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The streams by name, with the shipped `transactional` and `bulk` filled in where the
@@ -69,6 +229,7 @@ impl Default for Streams {
                 max_age: Some(Duration::from_secs(24 * 3600)),
                 deadline: None,
                 users: Vec::new(),
+                pool: None,
             },
         );
         streams.insert(
@@ -156,6 +317,9 @@ pub struct StreamConfig {
     /// Authenticated users whose mail goes in this stream unless it names another.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
+    /// The `[pool.NAME]` it sends from (`default` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl Default for StreamConfig {
@@ -167,11 +331,16 @@ impl Default for StreamConfig {
             max_age: None,
             deadline: None,
             users: Vec::new(),
+            pool: None,
         }
     }
 }
 
 impl StreamConfig {
+    pub fn pool(&self) -> &str {
+        self.pool.as_deref().unwrap_or(DEFAULT_POOL)
+    }
+
     fn validate(&self, name: &str, retry: &RetryConfig) -> anyhow::Result<()> {
         let key = |k: &str| format!("stream.{name}.{k}");
         if name.is_empty()
@@ -1060,6 +1229,7 @@ impl Config {
             }
         }
         self.streams.check("smtp.stream", &self.smtp.stream)?;
+        self.validate_sources()?;
         self.streams.check("http.stream", &self.http.stream)?;
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate(i)?;

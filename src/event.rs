@@ -114,6 +114,9 @@ pub struct Event {
     pub attempt: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mx: Option<String>,
+    /// The `[[source]]` the attempt went out of (`default` when none is configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_ip: Option<String>,
     /// The TLS the attempt's session ran over (`TLSv1.3 TLS13_AES_256_GCM_SHA384`, with
@@ -195,6 +198,7 @@ impl Event {
             stream: None,
             attempt: None,
             mx: None,
+            source: None,
             local_ip: None,
             tls: None,
             code: None,
@@ -223,8 +227,10 @@ impl Event {
         "domain",
         "provider",
         "from",
+        "stream",
         "attempt",
         "mx",
+        "source",
         "local_ip",
         "tls",
         "code",
@@ -233,6 +239,7 @@ impl Event {
         "class",
         "failure",
         "next_attempt",
+        "reason",
         "internal",
         "actor",
         "ee_seconds",
@@ -530,6 +537,9 @@ mod tests {
         e.internal = true;
         e.actor = Some("ops".into());
         e.ee_seconds = Some(1.0);
+        e.stream = Some("bulk".into());
+        e.reason = Some("its delivery deadline cannot be met".into());
+        e.source = Some("default".into());
         e.tried = vec![crate::message::HostTried {
             host: "mx1".into(),
             addr: "192.0.2.1:25".into(),

@@ -182,6 +182,9 @@ pub struct Attempt {
     pub at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mx: Option<String>,
+    /// The `[[source]]` it went out of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -88,6 +88,7 @@ impl Engine {
         transport: Arc<dyn Transport>,
         spool: Arc<dyn Spool>,
     ) -> anyhow::Result<Engine> {
+        config.check_host()?;
         let policy = Policy::from_config(&config)?;
         let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;

@@ -212,6 +212,7 @@ impl Inner {
         let delivery = Delivery {
             worker,
             destination: job.destination,
+            source: job.source,
             held: Held {
                 body: body.ok(),
                 ..held
@@ -298,7 +299,11 @@ impl Inner {
             }
         }
         if open.is_none() {
-            match self.transport.connect(&group.domain, policy).await {
+            match self
+                .transport
+                .connect(&group.domain, policy, &job.from)
+                .await
+            {
                 Ok(conn) => {
                     crate::metrics::connections_refused(&job.destination, conn.passed_over().len());
                     self.scheduler.input(Input::Greeted { worker });

@@ -13,7 +13,7 @@ use crate::reply::Reply;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,16 @@ use std::time::{Duration, Instant};
 /// and the delivery after it share one, and a failing domain is not asked again for every
 /// group. (Answers are cached by the resolver for their TTL.)
 const FAILED_MX_TTL: Duration = Duration::from_secs(60);
+
+/// Where a connection comes from: a source of `[[source]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub name: Arc<str>,
+    /// The local address connections are bound to; the host's choice when `None`.
+    pub ip: Option<IpAddr>,
+    /// The EHLO name; `[smtp] hostname` when `None`.
+    pub ehlo: Option<String>,
+}
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -31,6 +41,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         domain: &str,
         policy: Policy,
+        source: &Source,
     ) -> Result<Box<dyn Connection>, ConnectError>;
 
     /// The host names mail for `domain` goes to (its route or its MX hosts), to find its
@@ -226,6 +237,7 @@ impl Transport for SmtpTransport {
         &self,
         domain: &str,
         policy: Policy,
+        source: &Source,
     ) -> Result<Box<dyn Connection>, ConnectError> {
         let targets = self
             .targets(domain)
@@ -249,7 +261,7 @@ impl Transport for SmtpTransport {
         let mut tried = Vec::new();
         for target in targets {
             for addr in &target.addrs {
-                match self.open(&target.host, *addr, policy).await {
+                match self.open(&target.host, *addr, policy, source).await {
                     Ok(mut conn) => {
                         conn.passed_over = tried;
                         return Ok(Box::new(conn));
@@ -325,11 +337,12 @@ impl SmtpTransport {
         host: &str,
         addr: SocketAddr,
         policy: Policy,
+        source: &Source,
     ) -> Result<SmtpConnection, OpenFailed> {
-        match self.open_once(host, addr, policy).await {
+        match self.open_once(host, addr, policy, source).await {
             Err(failed) if failed.tls_policy && policy == Policy::Opportunistic => {
                 tracing::info!(host, %addr, reason = %failed.observed, "TLS failed; trying again in plaintext");
-                self.open_once(host, addr, Policy::Off).await
+                self.open_once(host, addr, Policy::Off, source).await
             }
             opened => opened,
         }
@@ -340,10 +353,11 @@ impl SmtpTransport {
         host: &str,
         addr: SocketAddr,
         policy: Policy,
+        source: &Source,
     ) -> Result<SmtpConnection, OpenFailed> {
         // Client errors name the address; the host name is what operators look for.
         let described = |e: ClientError| Observed::from(Failure::from(&e).at(host));
-        let mut client = Client::connect(addr, &self.config.timeouts)
+        let mut client = Client::connect_from(addr, source.ip, &self.config.timeouts)
             .await
             .map_err(described)?;
         let greeting = client.read_greeting().await.map_err(described)?;
@@ -351,9 +365,10 @@ impl SmtpTransport {
             client.quit().await;
             return Err(Observed::Reply(greeting).into());
         }
-        let mut ready = self.hello(&mut client, host).await;
+        let helo = source.ehlo.as_deref().unwrap_or(&self.helo_name);
+        let mut ready = self.hello(&mut client, host, helo).await;
         if ready.is_ok() && policy != Policy::Off {
-            ready = self.starttls(&mut client, host, policy).await;
+            ready = self.starttls(&mut client, host, policy, helo).await;
         }
         if let Err(failed) = ready {
             client.quit().await;
@@ -366,9 +381,9 @@ impl SmtpTransport {
         })
     }
 
-    async fn hello(&self, client: &mut Client, host: &str) -> Result<(), OpenFailed> {
+    async fn hello(&self, client: &mut Client, host: &str, helo: &str) -> Result<(), OpenFailed> {
         let hello = client
-            .hello(&self.helo_name)
+            .hello(helo)
             .await
             .map_err(|e| Observed::from(Failure::from(&e).at(host)))?;
         if !hello.is_positive() {
@@ -383,6 +398,7 @@ impl SmtpTransport {
         client: &mut Client,
         host: &str,
         policy: Policy,
+        helo: &str,
     ) -> Result<(), OpenFailed> {
         let tls_failure = |kind: FailureKind, text: String| OpenFailed {
             observed: Failure::new(kind, text).into(),
@@ -399,7 +415,7 @@ impl SmtpTransport {
             };
         }
         match client.starttls(&self.connectors, policy, host).await {
-            Ok(Ok(())) => self.hello(client, host).await,
+            Ok(Ok(())) => self.hello(client, host, helo).await,
             Ok(Err(refused)) if policy.requires_tls() => Err(tls_failure(
                 FailureKind::TlsRefused,
                 format!("TLS is required, but host {host} refused to start TLS: {refused}"),
@@ -500,7 +516,16 @@ mod tests {
             Connectors::new(None).unwrap(),
         );
         assert!(t.mx_hosts("x.test").await.is_empty());
-        let e = t.connect("X.test", Policy::Off).await.err().unwrap();
+        let source = Source {
+            name: "default".into(),
+            ip: None,
+            ehlo: None,
+        };
+        let e = t
+            .connect("X.test", Policy::Off, &source)
+            .await
+            .err()
+            .unwrap();
         assert!(
             e.observed.to_string().contains("SERVFAIL"),
             "{}",

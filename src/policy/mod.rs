@@ -7,6 +7,7 @@
 //! and no clock (the time is passed in).
 
 pub mod classify;
+pub mod egress;
 pub mod logline;
 pub mod provider;
 pub mod react;

@@ -247,6 +247,8 @@ pub struct Updated {
 pub struct Attempted<'a> {
     pub envelope: &'a Envelope,
     pub provider: &'a str,
+    /// The source it went out of.
+    pub source: &'a str,
     pub started: Timestamp,
     pub now: Timestamp,
     pub learned_greylist: Option<Duration>,
@@ -288,6 +290,7 @@ pub fn apply(
         rcpt.attempts.push(Attempt {
             at: a.started,
             mx: at.mx.clone(),
+            source: Some(a.source.to_string()),
             local_ip: at.local_ip.clone(),
             code: o.code,
             enhanced: o.enhanced,
@@ -307,6 +310,7 @@ pub fn apply(
             group.domain.clone(),
         );
         event.provider = Some(a.provider.to_string());
+        event.source = Some(a.source.to_string());
         event.attempt = Some(rcpt.attempts.len() as u32);
         event.local_ip = at.local_ip;
         event.tls = at.tls.as_ref().map(|t| t.to_string());
@@ -715,6 +719,7 @@ mod tests {
         let attempt = |class| Attempt {
             at: Timestamp(0),
             mx: None,
+            source: None,
             local_ip: None,
             code: Some(450),
             enhanced: None,
@@ -755,6 +760,7 @@ mod tests {
                 attempts: vec![Attempt {
                     at: t0,
                     mx: None,
+                    source: None,
                     local_ip: None,
                     code: Some(450),
                     enhanced: None,

@@ -20,6 +20,8 @@ pub struct Stream {
     pub share: f64,
     /// Its retry schedule (with its lifetime or deadline) and greylist window.
     pub rules: Rules,
+    /// The pool it sends from (`policy::egress::Egress::pool_ix`).
+    pub pool: usize,
 }
 
 impl Stream {
@@ -43,6 +45,7 @@ pub type StreamIx = u16;
 impl Streams {
     pub fn from_config(config: &Config) -> Streams {
         let retry = &config.retry;
+        let pools: Vec<String> = config.effective_pools().into_keys().collect();
         let list: Vec<Stream> = config
             .streams
             .0
@@ -61,6 +64,7 @@ impl Streams {
                         schedule,
                         greylist_window: config.greylist.window,
                     },
+                    pool: pools.iter().position(|p| p == s.pool()).unwrap_or(0),
                 }
             })
             .collect();

@@ -207,6 +207,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The TLS the message arrived over.
     pub tls: Option<crate::net::tls::TlsInfo>,
+    /// The name the client gave in EHLO or HELO.
+    pub helo: Option<String>,
 }
 
 struct SinkHandler {
@@ -393,6 +395,7 @@ impl Handler for SinkHandler {
                 rcpts: session.rcpts.iter().map(|a| a.to_string()).collect(),
                 body,
                 tls: session.tls.clone(),
+                helo: session.helo.clone(),
             });
         }
         Reply {

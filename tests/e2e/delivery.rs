@@ -634,9 +634,10 @@ impl knock::net::transport::Transport for PanicsOnce {
         &self,
         domain: &str,
         policy: knock::net::tls::Policy,
+        source: &knock::net::transport::Source,
     ) -> Result<Box<dyn knock::net::transport::Connection>, knock::net::transport::ConnectError>
     {
-        let conn = self.inner.connect(domain, policy).await;
+        let conn = self.inner.connect(domain, policy, source).await;
         if !self
             .panicked
             .swap(true, std::sync::atomic::Ordering::SeqCst)

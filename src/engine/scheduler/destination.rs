@@ -1,10 +1,11 @@
-//! A destination: where ready queues deliver (today a provider). It owns a ready queue per
+//! A destination: where ready queues deliver: a provider, from one source. It owns a ready queue per
 //! stream and shares its starts between them (`policy::stream::Lanes`), counts its workers
 //! (each holds one connection), keeps the idle ones waiting for a moment, and carries its
 //! shaping and the greylist delay learned for it.
 
 use super::ready::{Placed, ReadyQueue};
 use super::{Key, WorkerId};
+use crate::policy::egress::SourceIx;
 use crate::policy::shaping::{Report, Shaping};
 use crate::policy::stream::{LaneWait, Lanes, StreamIx, Streams};
 use crate::time::Timestamp;
@@ -13,7 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Destination {
+    /// The provider.
     pub name: Arc<str>,
+    /// The source it is reached from.
+    pub source: SourceIx,
     /// Due groups by stream, each first come first served.
     ready: Vec<ReadyQueue>,
     lanes: Lanes,
@@ -33,9 +37,16 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn new(name: Arc<str>, shaping: Shaping, hot: usize, streams: usize) -> Destination {
+    pub fn new(
+        name: Arc<str>,
+        source: SourceIx,
+        shaping: Shaping,
+        hot: usize,
+        streams: usize,
+    ) -> Destination {
         Destination {
             name,
+            source,
             ready: (0..streams).map(|_| ReadyQueue::new(hot)).collect(),
             lanes: Lanes::new(streams),
             workers: 0,

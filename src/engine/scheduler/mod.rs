@@ -35,6 +35,7 @@ use crate::engine::spool::Waiting;
 use crate::message::{Envelope, Group, MessageId, NewMessage};
 use crate::outcome::Observed;
 use crate::policy::classify::Classifier;
+use crate::policy::egress::{Egress, Rotation, SourceIx};
 use crate::policy::provider::Providers;
 use crate::policy::react::{self, Attempted, Seen, Updated, Where};
 use crate::policy::schedule::Schedule;
@@ -127,6 +128,9 @@ pub struct Job {
     /// `None`: the worker reads the envelope and group from the spool.
     pub held: Option<Held>,
     pub destination: Arc<str>,
+    /// The source it goes out of, by index and as the transport binds it.
+    pub source: SourceIx,
+    pub from: Arc<crate::net::transport::Source>,
     pub messages_per_connection: usize,
 }
 
@@ -135,6 +139,8 @@ pub struct Job {
 pub struct Delivery {
     pub worker: WorkerId,
     pub destination: Arc<str>,
+    /// The job's source.
+    pub source: SourceIx,
     /// The group as it was tried (with the body, for a DSN, when it was read).
     pub held: Held,
     /// When the attempt started.
@@ -239,6 +245,8 @@ pub struct Policy {
     pub classifier: Arc<Classifier>,
     /// The streams, each with its retry rules and lifetime.
     pub streams: Streams,
+    /// The sources and the pools streams send from.
+    pub egress: Egress,
     pub providers: Providers,
     /// The shaping of a new destination.
     pub shaping: ShapingOf,
@@ -262,6 +270,7 @@ impl Policy {
             classifier: Arc::new(Classifier::from_config(&config.classify)?),
             greylist_ceiling: schedule.delay(1),
             streams: Streams::from_config(config),
+            egress: Egress::from_config(config),
             providers: Providers::new(config.providers.clone()),
             shaping: Box::new(move |provider, now| {
                 Shaping::new(
@@ -307,6 +316,9 @@ pub struct QueueIndex {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DestinationView {
     pub destination: String,
+    /// The `[[source]]` it is reached from, when sources are configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub domains: Vec<String>,
     /// Groups due and waiting for the destination's shaping.
     pub ready: usize,
@@ -387,7 +399,11 @@ pub struct Scheduler {
     domains: HashSet<Arc<str>>,
     /// Destinations by index, and the index of each by name.
     destinations: Vec<Destination>,
-    destination_ix: HashMap<Arc<str>, usize>,
+    destination_ix: HashMap<(Arc<str>, SourceIx), usize>,
+    /// Per provider and pool, which source the next group goes out of.
+    rotations: HashMap<(Arc<str>, usize), Rotation>,
+    /// Sources a provider blocked, and until when they are not used for it.
+    blocked: HashMap<(Arc<str>, SourceIx), Timestamp>,
     /// Each domain's provider, and until when it holds.
     provider_of: HashMap<Arc<str>, (Arc<str>, Timestamp)>,
     awaiting_provider: HashMap<Arc<str>, Vec<Key>>,
@@ -424,6 +440,8 @@ impl Scheduler {
             domains: HashSet::new(),
             destinations: Vec::new(),
             destination_ix: HashMap::new(),
+            rotations: HashMap::new(),
+            blocked: HashMap::new(),
             provider_of: HashMap::new(),
             awaiting_provider: HashMap::new(),
             workers: HashMap::new(),
@@ -509,6 +527,7 @@ impl Scheduler {
         let Policy {
             classifier,
             streams,
+            egress: _,
             providers: _,
             shaping,
             greylist_floor,
@@ -704,7 +723,7 @@ impl Scheduler {
         });
         match provider {
             Some(p) => {
-                let ix = self.destination(&p, now);
+                let ix = self.destination_for(&p, &key, now);
                 self.make_ready(ix, key);
                 Some(ix)
             }
@@ -746,28 +765,54 @@ impl Scheduler {
         if self.stopping {
             return;
         }
-        let ix = self.destination(&provider, now);
+        let mut touched = BTreeSet::new();
         for key in waiting {
+            let ix = self.destination_for(&provider, &key, now);
             self.make_ready(ix, key);
+            touched.insert(ix);
         }
-        self.start_workers(ix, now);
+        for ix in touched {
+            self.start_workers(ix, now);
+        }
     }
 
-    /// The index of the destination `name`, made when new.
-    fn destination(&mut self, name: &Arc<str>, now: Timestamp) -> usize {
-        if let Some(&ix) = self.destination_ix.get(name) {
+    /// The destination a group goes to at `provider`: the next source of its stream's
+    /// pool that the provider has not blocked (the next of them all when it blocked every
+    /// one: the group waits there).
+    fn destination_for(&mut self, provider: &Arc<str>, key: &Key, now: Timestamp) -> usize {
+        let stream = self.entries.get(key).map_or(0, |e| e.stream);
+        let pool = self.policy.streams.get(stream).pool;
+        let members = self.policy.egress.members(pool);
+        let rotation = self.rotations.entry((provider.clone(), pool)).or_default();
+        let blocked = &self.blocked;
+        let usable = |s: SourceIx| {
+            blocked
+                .get(&(provider.clone(), s))
+                .is_none_or(|until| *until <= now)
+        };
+        let source = rotation
+            .next(members, usable)
+            .or_else(|| rotation.next(members, |_| true))
+            .expect("a pool has a source");
+        self.destination(provider, source, now)
+    }
+
+    /// The index of the destination `name` × `source`, made when new.
+    fn destination(&mut self, name: &Arc<str>, source: SourceIx, now: Timestamp) -> usize {
+        if let Some(&ix) = self.destination_ix.get(&(name.clone(), source)) {
             return ix;
         }
         let policy = &self.policy;
         let d = Destination::new(
             name.clone(),
+            source,
             (policy.shaping)(name, now),
             policy.ready_hot,
             policy.streams.len(),
         );
         self.destinations.push(d);
         self.destination_ix
-            .insert(name.clone(), self.destinations.len() - 1);
+            .insert((name.clone(), source), self.destinations.len() - 1);
         self.destinations.len() - 1
     }
 
@@ -959,6 +1004,8 @@ impl Scheduler {
             held: entry.held.take().map(|h| *h),
             domain: key.1,
             destination: d.name.clone(),
+            source: d.source,
+            from: self.policy.egress.source(d.source).clone(),
             messages_per_connection: d.shaping.messages_per_connection(),
         }
     }
@@ -985,7 +1032,7 @@ impl Scheduler {
     fn returned(&mut self, worker: WorkerId, job: Job, why: Return, now: Timestamp) {
         self.job_over(Some(worker));
         let key = (job.id, job.domain);
-        let ix = self.destination(&job.destination, now);
+        let ix = self.destination(&job.destination, job.source, now);
         // An outage probe that never reported lets another go.
         self.probe_lost(&key);
         let Some(entry) = self.entries.get_mut(&key) else {
@@ -1068,7 +1115,7 @@ impl Scheduler {
             .workers
             .get(&d.worker)
             .map_or(started, |w| w.handed_at.min(started));
-        let ix = self.destination(&destination, now);
+        let ix = self.destination(&destination, d.source, now);
         if let Some(w) = self.workers.get_mut(&d.worker) {
             w.greeted = seen.connected;
         }
@@ -1121,6 +1168,7 @@ impl Scheduler {
             &Attempted {
                 envelope: &held.envelope,
                 provider: &destination,
+                source: &self.policy.egress.source(d.source).name,
                 started,
                 now,
                 learned_greylist: learned,
@@ -1326,15 +1374,37 @@ impl Scheduler {
         for (domain, (p, _)) in &self.provider_of {
             domains.entry(p).or_default().push(domain.to_string());
         }
+        // A provider reached from several sources drains at their rates together; each of
+        // its destinations shows the provider's queue.
+        let mut rates: HashMap<&str, Option<f64>> = HashMap::new();
+        for d in &self.destinations {
+            let rate = d.shaping.drain_rate().filter(|r| *r > 0.0);
+            rates
+                .entry(&d.name)
+                .and_modify(|sum| {
+                    *sum = match (*sum, rate) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        _ => None,
+                    }
+                })
+                .or_insert(rate);
+        }
         let mut views: Vec<DestinationView> = self
             .destinations
             .iter()
             .map(|d| {
-                let drain = self.drain(d, waiting.remove(&*d.name).unwrap_or_default(), now);
-                let mut domains = domains.remove(&*d.name).unwrap_or_default();
+                let rate = rates.get(&*d.name).copied().flatten();
+                let queue = waiting.get(&*d.name).cloned().unwrap_or_default();
+                let drain = self.drain(rate, queue, now);
+                let mut domains = domains.get(&*d.name).cloned().unwrap_or_default();
                 domains.sort();
                 DestinationView {
                     destination: d.name.to_string(),
+                    source: self
+                        .policy
+                        .egress
+                        .has_several()
+                        .then(|| self.policy.egress.source(d.source).name.to_string()),
                     domains,
                     ready: d.ready_len(),
                     connections_open: d.workers,
@@ -1346,7 +1416,7 @@ impl Scheduler {
                 }
             })
             .collect();
-        views.sort_by(|a, b| a.destination.cmp(&b.destination));
+        views.sort_by(|a, b| (&a.destination, &a.source).cmp(&(&b.destination, &b.source)));
         views
     }
 
@@ -1355,13 +1425,12 @@ impl Scheduler {
     /// many would expire first (oldest go first).
     fn drain(
         &self,
-        d: &Destination,
+        rate: Option<f64>,
         mut received: Vec<(Timestamp, usize, Timestamp)>,
         now: Timestamp,
     ) -> Drain {
         received.sort();
         let pending = received.iter().map(|(_, n, _)| n).sum();
-        let rate = d.shaping.drain_rate().filter(|r| *r > 0.0);
         let mut expiring = 0;
         let mut last = now;
         let mut ahead = 0usize;

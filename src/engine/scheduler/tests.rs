@@ -95,6 +95,7 @@ impl Harness {
         let delivery = Delivery {
             worker,
             destination,
+            source: 0,
             held,
             started: self.now,
             results,

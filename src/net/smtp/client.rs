@@ -105,7 +105,27 @@ impl Client {
         addr: SocketAddr,
         timeouts: &TimeoutConfig,
     ) -> Result<Client, ClientError> {
-        let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        Client::connect_from(addr, None, timeouts).await
+    }
+
+    /// Connects from the local address `bind` (any port), or from the host's choice.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        bind: Option<std::net::IpAddr>,
+        timeouts: &TimeoutConfig,
+    ) -> Result<Client, ClientError> {
+        let connecting = async {
+            let Some(ip) = bind else {
+                return TcpStream::connect(addr).await;
+            };
+            let socket = match ip {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await
+        };
+        let stream = match tokio::time::timeout(timeouts.connect, connecting).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
                 return Err(ClientError::Connect {

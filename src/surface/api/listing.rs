@@ -474,6 +474,7 @@ mod tests {
         Attempt {
             at: NOW,
             mx: None,
+            source: None,
             local_ip: None,
             code: Some(code),
             enhanced: Enhanced::parse(enhanced),

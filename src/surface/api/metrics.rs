@@ -113,6 +113,13 @@ pub fn gauges(summary: &[DomainSummary], destinations: &[DestinationView]) -> Ve
     }
     for d in destinations {
         let name = d.destination.as_str();
+        let source = d.source.as_deref().unwrap_or(crate::config::DEFAULT_SOURCE);
+        let p = |name: &str| {
+            vec![
+                ("provider", name.to_string()),
+                ("source", source.to_string()),
+            ]
+        };
         let s = &d.shaping;
         out.push(sample(m::DESTINATION_READY, p(name), d.ready as f64));
         out.push(sample(
@@ -136,13 +143,18 @@ pub fn gauges(summary: &[DomainSummary], destinations: &[DestinationView]) -> Ve
         for state in PACING_STATES {
             out.push(sample(
                 m::DESTINATION_STATE,
-                vec![("provider", name.to_string()), ("state", state.to_string())],
+                vec![
+                    ("provider", name.to_string()),
+                    ("source", source.to_string()),
+                    ("state", state.to_string()),
+                ],
                 f64::from(u8::from(*state == current)),
             ));
         }
         for w in &s.allowance.windows {
             let labels = vec![
                 ("provider", name.to_string()),
+                ("source", source.to_string()),
                 ("window_seconds", format!("{}", w.seconds)),
             ];
             out.push(sample(

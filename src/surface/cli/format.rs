@@ -418,6 +418,7 @@ mod tests {
         Attempt {
             at: Timestamp(at),
             mx: Some(mx.into()),
+            source: None,
             local_ip: Some("127.0.0.1".into()),
             code,
             enhanced: crate::reply::Enhanced::parse(enhanced),

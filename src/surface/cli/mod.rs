@@ -558,10 +558,12 @@ fn config_check(file: Option<&std::path::Path>, json: bool) -> anyhow::Result<()
         Some(path) => Config::load(path)?,
         None => Config::parse("")?,
     };
-    check_named_files(&config).with_context(|| match file {
-        Some(path) => format!("in config file {}", path.display()),
-        None => "in the embedded defaults".to_string(),
-    })?;
+    check_named_files(&config)
+        .and_then(|()| config.check_host())
+        .with_context(|| match file {
+            Some(path) => format!("in config file {}", path.display()),
+            None => "in the embedded defaults".to_string(),
+        })?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&config)?)?;
     } else {

@@ -378,8 +378,7 @@ impl<'a> World<'a> {
 
     fn close(&mut self, conn: Option<Conn>) {
         if let Some(c) = conn {
-            let client = &self.scenario.simulation.client;
-            self.places[c.place].receiver.disconnect(client);
+            self.places[c.place].receiver.disconnect(&c.session.client);
             self.collect.closed(c.place, self.now);
         }
     }
@@ -400,11 +399,17 @@ impl<'a> World<'a> {
         };
         let domain = held.group.domain.clone();
         let place = self.place_of[&domain];
-        let client = self.scenario.simulation.client.clone();
+        // The source's address, as the receivers count clients; the scenario's when the
+        // source binds none.
+        let client = match job.from.ip {
+            Some(ip) => ip.to_string(),
+            None => self.scenario.simulation.client.clone(),
+        };
         let mx = self.places[place].mx.clone();
         let rcpts: Vec<String> = held.group.pending().map(|r| r.address.clone()).collect();
         let mut a = Attempt {
             destination: job.destination,
+            source: job.source,
             held,
             place,
             started: self.now,
@@ -675,6 +680,7 @@ impl<'a> World<'a> {
         let delivery = Delivery {
             worker,
             destination: a.destination,
+            source: a.source,
             held: a.held,
             started: ts(a.started),
             results: a.results,
@@ -699,6 +705,7 @@ enum Step {
 /// A worker's attempt in progress.
 struct Attempt {
     destination: Arc<str>,
+    source: crate::policy::egress::SourceIx,
     held: Held,
     place: usize,
     started: Micros,
