@@ -590,6 +590,10 @@ pub struct AdaptConfig {
     pub outage_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub outage_backoff_max: Duration,
+    /// A source a provider blocks (a `block` reply) is not used for that provider for this
+    /// long when its pool has another; its mail goes out of the others.
+    #[serde(with = "humantime_serde")]
+    pub block_pause: Duration,
 }
 
 impl Default for AdaptConfig {
@@ -598,6 +602,7 @@ impl Default for AdaptConfig {
             throttle_pause: Duration::from_millis(200),
             outage_backoff: Duration::from_secs(5),
             outage_backoff_max: Duration::from_secs(600),
+            block_pause: Duration::from_secs(3600),
         }
     }
 }

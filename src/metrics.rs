@@ -22,6 +22,7 @@ pub const SUPPRESSED: &str = "knock_suppressed_total";
 pub const CANCELLED: &str = "knock_cancelled_total";
 pub const EE_SECONDS: &str = "knock_ee_seconds";
 pub const CONNECTIONS_REFUSED: &str = "knock_connections_refused_total";
+pub const SOURCE_BLOCKED: &str = "knock_source_blocked_total";
 pub const SPOOL_COMMIT_SECONDS: &str = "knock_spool_commit_seconds";
 pub const SPOOL_BYTES: &str = "knock_spool_bytes";
 pub const QUEUE_RECIPIENTS: &str = "knock_queue_recipients";
@@ -89,6 +90,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         CONNECTIONS_REFUSED,
         "counter",
         "Connections to an MX host that gave no SMTP session (refused, timed out, turned away at the greeting), by provider.",
+    ),
+    (
+        SOURCE_BLOCKED,
+        "counter",
+        "Times a provider blocked a source whose pool had another, by provider and source: the source was set aside for that provider.",
     ),
     (
         SPOOL_COMMIT_SECONDS,
@@ -284,6 +290,12 @@ pub fn connections_refused(provider: &str, count: usize) {
     if count > 0 {
         counter!(CONNECTIONS_REFUSED, "provider" => provider.to_string()).increment(count as u64);
     }
+}
+
+/// `provider` blocked `source` and its mail went to the pool's other sources.
+pub fn source_blocked(provider: &str, source: &str) {
+    counter!(SOURCE_BLOCKED, "provider" => provider.to_string(), "source" => source.to_string())
+        .increment(1);
 }
 
 /// A POST to `webhook` succeeded or failed.

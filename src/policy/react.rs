@@ -125,6 +125,9 @@ pub struct Moment {
     /// The earliest the destination starts another delivery: under a deadline, a retry
     /// that could not start before it is not waited for.
     pub ready_at: Timestamp,
+    /// Another source of the pool may be used for this provider: a source the provider
+    /// blocks defers its recipients to it instead of bouncing them.
+    pub elsewhere: bool,
     pub roll: f64,
 }
 
@@ -150,6 +153,8 @@ const MAILBOX_WAITS: [u64; 8] = [30, 60, 120, 300, 600, 1200, 1800, 3600];
 pub fn react(rules: &Rules, o: &Outcome, history: History, at: Moment) -> Knob {
     match o.disposition {
         Disposition::Delivered => Knob::Done,
+        // The provider refuses this source, not the recipient: another source tries.
+        _ if o.class == Some(Class::Block) && at.elsewhere => Knob::Pace(at.now),
         Disposition::Permanent => Knob::Bounce {
             suppress: o.class == Some(Class::Hard),
         },
@@ -256,6 +261,8 @@ pub struct Attempted<'a> {
     pub ready_at: Timestamp,
     /// See [`Moment::mailbox_ready`].
     pub mailbox_ready: Option<Timestamp>,
+    /// See [`Moment::elsewhere`].
+    pub elsewhere: bool,
 }
 
 /// Applies one attempt's outcomes to the group: the next state of each pending recipient
@@ -283,6 +290,7 @@ pub fn apply(
             down: a.down,
             mailbox_ready: a.mailbox_ready,
             ready_at: a.ready_at,
+            elsewhere: a.elsewhere,
             roll: roll(),
         };
         let knob = react(rules, &o, History::of(rcpt), moment);
@@ -320,6 +328,12 @@ pub fn apply(
         event.class = o.class;
         event.failure = o.failure;
         event.next_attempt = retry_at;
+        if a.elsewhere && o.class == Some(Class::Block) {
+            event.reason = Some(format!(
+                "{} blocks source {}: tried again from another source of the pool",
+                a.provider, a.source
+            ));
+        }
         match knob {
             Knob::Done => {
                 event.ee_seconds = Some(a.now.since(envelope.received_at).as_secs_f64());
@@ -651,6 +665,7 @@ mod tests {
                 down: false,
                 mailbox_ready: None,
                 ready_at: t0,
+                elsewhere: false,
                 roll: 0.0,
             };
             let history = History {
@@ -689,6 +704,7 @@ mod tests {
             down: false,
             mailbox_ready: None,
             ready_at: t0,
+            elsewhere: false,
             roll,
         };
         let history = History::default();

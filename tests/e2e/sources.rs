@@ -6,6 +6,7 @@ use crate::world::*;
 use knock::config::{PoolConfig, PoolMember, Rate, SourceConfig};
 use knock::net::resolve::StaticResolver;
 use knock::tools::sink::SinkConfig;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -119,5 +120,103 @@ async fn each_source_binds_its_address_says_its_name_and_is_paced_on_its_own() {
         .map(|d| d["source"].as_str().unwrap())
         .collect();
     assert_eq!(sources, ["a", "b"], "{json}");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_source_the_provider_blocks_is_set_aside_for_it_and_its_mail_goes_out_of_another() {
+    let mut w = World::new(&["1s"], "1h");
+    w.config.sources = vec![source("a", "127.0.0.2"), source("b", "127.0.0.3")];
+    let rx = plain_sink().await;
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    // The sink answers `blocked@` with "554 5.7.1 ... client host blocked" whoever sends.
+    let reply = smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["blocked@rx.test"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(reply[0].starts_with("250"), "{reply:?}");
+    let bounced = w
+        .wait_event(Duration::from_secs(15), is("bounced", "blocked@rx.test"))
+        .await;
+    let events = w.events();
+    let deferred: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "deferred" && e["recipient"] == "blocked@rx.test")
+        .collect();
+    // First from one source: deferred, not bounced, with the reason; then from the other,
+    // which has no other left: bounced as any block is.
+    assert_eq!(deferred.len(), 1, "{events:#?}");
+    assert_eq!(deferred[0]["class"], "block");
+    let first = deferred[0]["source"].as_str().unwrap().to_string();
+    assert!(
+        deferred[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("blocks source {first}")),
+        "{}",
+        deferred[0]
+    );
+    assert_ne!(bounced["source"], first.as_str(), "{bounced}");
+    // The first source is set aside for the provider: the next mail goes out of the other.
+    for i in 0..4 {
+        let to = format!("u{i}@rx.test");
+        let reply = smtp_send(
+            engine.smtp_addr,
+            "s@tx.test",
+            &[&to],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+        assert!(reply[0].starts_with("250"), "{reply:?}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let delivered: Vec<_> = w
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "delivered")
+            .collect();
+        if delivered.len() == 4 {
+            assert!(
+                delivered.iter().all(|e| e["source"] != first.as_str()),
+                "{delivered:#?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:#?}", w.events());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, json) = http_get(&engine, "/api/v1/destinations").await;
+    let set_aside: Vec<&Value> = json["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["blocked_until"].is_string())
+        .collect();
+    assert_eq!(set_aside.len(), 1, "{json}");
+    assert_eq!(set_aside[0]["source"], first.as_str());
+    let (_, metrics) = {
+        let resp = reqwest::get(format!("http://{}/metrics", engine.http_addr))
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    };
+    let provider = bounced["provider"].as_str().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "knock_source_blocked_total{{provider=\"{provider}\",source=\"{first}\"}} 1"
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("blocked"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     engine.shutdown().await;
 }

@@ -250,6 +250,8 @@ pub struct Policy {
     pub providers: Providers,
     /// The shaping of a new destination.
     pub shaping: ShapingOf,
+    /// How long a source a provider blocked is not used for it (when its pool has others).
+    pub block_pause: Duration,
     /// Learned greylist delays stay within these bounds.
     pub greylist_floor: Duration,
     pub greylist_ceiling: Duration,
@@ -280,6 +282,7 @@ impl Policy {
                 )
             }),
             greylist_floor: config.greylist.floor,
+            block_pause: config.adapt.block_pause,
             ready_hot: READY_HOT,
             seed: None,
         })
@@ -319,6 +322,10 @@ pub struct DestinationView {
     /// The `[[source]]` it is reached from, when sources are configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The provider blocked this source: its mail goes out of the pool's other sources
+    /// until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_until: Option<Timestamp>,
     pub domains: Vec<String>,
     /// Groups due and waiting for the destination's shaping.
     pub ready: usize,
@@ -532,9 +539,11 @@ impl Scheduler {
             shaping,
             greylist_floor,
             greylist_ceiling,
+            block_pause,
             ready_hot: _,
             seed: _,
         } = policy;
+        self.policy.block_pause = block_pause;
         for d in self.destinations.iter_mut() {
             d.shaping.adopt(shaping(&d.name, now));
         }
@@ -1160,9 +1169,17 @@ impl Scheduler {
         let learned = self.destinations[ix].greylist_delay;
         let (floor, ceiling) = (self.policy.greylist_floor, self.policy.greylist_ceiling);
         self.destinations[ix].learn(&report, now, floor, ceiling);
-        ready_at = ready_at.max(self.destinations[ix].shaping.ready_at(now));
-        let rng = &mut self.rng;
         let stream = self.entries.get(&key).map_or(0, |e| e.stream);
+        // A provider that blocks this source: another source of the pool takes its mail
+        // for a while, if the pool has one the provider does not block.
+        let blocked = outcomes
+            .iter()
+            .any(|(o, _)| o.class == Some(crate::outcome::Class::Block));
+        let elsewhere = blocked && self.block_source(ix, stream, now);
+        if !elsewhere {
+            ready_at = ready_at.max(self.destinations[ix].shaping.ready_at(now));
+        }
+        let rng = &mut self.rng;
         let updated = react::apply(
             &self.policy.streams.get(stream).rules,
             &Attempted {
@@ -1175,6 +1192,7 @@ impl Scheduler {
                 down: report.unreachable,
                 ready_at,
                 mailbox_ready,
+                elsewhere,
             },
             held.group,
             outcomes,
@@ -1190,6 +1208,55 @@ impl Scheduler {
         })));
         self.release_due(now);
         self.start_workers(ix, now);
+    }
+
+    /// Provider `ix` blocked its source: when the pool of `stream` has another source the
+    /// provider does not block, the source is not used for it for `block_pause` and the
+    /// groups waiting for it go to the others; `true` then.
+    fn block_source(&mut self, ix: usize, stream: StreamIx, now: Timestamp) -> bool {
+        let (provider, source) = (
+            self.destinations[ix].name.clone(),
+            self.destinations[ix].source,
+        );
+        let pool = self.policy.streams.get(stream).pool;
+        let other = self.policy.egress.members(pool).iter().any(|(s, _)| {
+            *s != source
+                && self
+                    .blocked
+                    .get(&(provider.clone(), *s))
+                    .is_none_or(|until| *until <= now)
+        });
+        if !other {
+            return false;
+        }
+        let until = now + self.policy.block_pause;
+        let fresh = self
+            .blocked
+            .insert((provider.clone(), source), until)
+            .is_none_or(|was| was <= now);
+        if fresh {
+            let name = &self.policy.egress.source(source).name;
+            tracing::warn!(provider = %provider, source = %name, until = %until, "the provider blocks this source: its mail goes out of the pool's other sources");
+            crate::metrics::source_blocked(&provider, name);
+        }
+        // What waits for the blocked source goes to the others.
+        let mut waiting = Vec::new();
+        self.destinations[ix].retain_ready(|key| {
+            waiting.push(key.clone());
+            false
+        });
+        let mut touched = BTreeSet::new();
+        for key in waiting {
+            if self.entries.get(&key).is_some_and(|e| !e.in_flight) {
+                let to = self.destination_for(&provider, &key, now);
+                self.make_ready(to, key);
+                touched.insert(to);
+            }
+        }
+        for to in touched {
+            self.start_workers(to, now);
+        }
+        true
     }
 
     /// A group is back from its attempt; it stays held until its state is committed.
@@ -1405,6 +1472,11 @@ impl Scheduler {
                         .egress
                         .has_several()
                         .then(|| self.policy.egress.source(d.source).name.to_string()),
+                    blocked_until: self
+                        .blocked
+                        .get(&(d.name.clone(), d.source))
+                        .copied()
+                        .filter(|until| *until > now),
                     domains,
                     ready: d.ready_len(),
                     connections_open: d.workers,
