@@ -86,6 +86,7 @@ fn cycle(c: &mut Criterion) {
                     let delivery = Delivery {
                         worker,
                         destination: job.destination,
+                        source: job.source,
                         held: job.held.unwrap(),
                         started: now,
                         results: vec![(Observed::Reply(ok.clone()), Where::default())],
