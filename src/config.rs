@@ -69,6 +69,13 @@ pub struct SourceConfig {
     /// PTR name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ehlo: Option<String>,
+    /// At most so many messages to one provider in each clock hour from this source;
+    /// past it knock defers the rest itself until the next hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<u32>,
+    /// The same per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<u32>,
 }
 
 /// One `[pool.NAME]`: sources and their weights.
@@ -116,6 +123,8 @@ impl Config {
                 name: DEFAULT_SOURCE.into(),
                 ip: None,
                 ehlo: None,
+                hourly: None,
+                daily: None,
             }],
             false => self.sources.clone(),
         }
@@ -170,6 +179,17 @@ impl Config {
                 && crate::address::check_domain(ehlo).is_err()
             {
                 bail!("source[{i}].ehlo: {ehlo:?} is not a host name");
+            }
+            if s.hourly == Some(0) {
+                bail!("source[{i}].hourly: must be at least 1 (leave it out for no limit)");
+            }
+            if s.daily == Some(0) {
+                bail!("source[{i}].daily: must be at least 1 (leave it out for no limit)");
+            }
+            if let (Some(h), Some(d)) = (s.hourly, s.daily)
+                && h > d
+            {
+                bail!("source[{i}].hourly: {h} is more than the daily limit {d}");
             }
         }
         let names: Vec<String> = self

@@ -14,6 +14,8 @@ pub type SourceIx = u16;
 #[derive(Debug, Clone)]
 pub struct Egress {
     sources: Vec<Arc<Source>>,
+    /// Each source's own hourly and daily limits per provider.
+    limits: Vec<(Option<u32>, Option<u32>)>,
     /// Each pool's members and weights, in the order of the pools' names.
     pools: Vec<Vec<(SourceIx, u32)>>,
     pool_names: Vec<String>,
@@ -21,8 +23,9 @@ pub struct Egress {
 
 impl Egress {
     pub fn from_config(config: &Config) -> Egress {
-        let sources: Vec<Arc<Source>> = config
-            .effective_sources()
+        let configured = config.effective_sources();
+        let limits = configured.iter().map(|s| (s.hourly, s.daily)).collect();
+        let sources: Vec<Arc<Source>> = configured
             .into_iter()
             .map(|s| {
                 Arc::new(Source {
@@ -51,6 +54,7 @@ impl Egress {
         }
         Egress {
             sources,
+            limits,
             pools,
             pool_names,
         }
@@ -75,6 +79,21 @@ impl Egress {
 
     pub fn source(&self, ix: SourceIx) -> &Arc<Source> {
         &self.sources[usize::from(ix)]
+    }
+
+    /// A new count of source `ix`'s own limits, for one provider.
+    pub fn quota(&self, ix: SourceIx) -> crate::policy::quota::Quota {
+        let (hourly, daily) = self.limits[usize::from(ix)];
+        crate::policy::quota::Quota::new(hourly, daily)
+    }
+
+    /// How an event names source `ix`: its name, and its address when it binds one.
+    pub fn describe(&self, ix: SourceIx) -> String {
+        let s = self.source(ix);
+        match s.ip {
+            Some(ip) => format!("{} ({ip})", s.name),
+            None => s.name.to_string(),
+        }
     }
 
     pub fn len(&self) -> usize {

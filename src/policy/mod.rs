@@ -10,6 +10,7 @@ pub mod classify;
 pub mod egress;
 pub mod logline;
 pub mod provider;
+pub mod quota;
 pub mod react;
 pub mod schedule;
 pub mod shaping;

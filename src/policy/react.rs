@@ -384,6 +384,50 @@ pub fn apply(
     }
 }
 
+/// A limit knock imposes itself holds the group back until `until`: each pending recipient
+/// gets a `deferred` event marked `internal`, with `reason`, and no attempt is recorded or
+/// charged (its retry schedule is untouched).
+pub fn defer_internal(
+    envelope: &Envelope,
+    mut group: Group,
+    at: Imposed<'_>,
+    until: Timestamp,
+    reason: &str,
+) -> Updated {
+    let mut events = Vec::new();
+    for rcpt in group.recipients.iter().filter(|r| !r.state.is_final()) {
+        let mut event = Event::about(
+            Kind::Deferred,
+            at.now,
+            envelope,
+            rcpt.address.clone(),
+            group.domain.clone(),
+        );
+        event.provider = Some(at.provider.to_string());
+        event.source = Some(at.source.to_string());
+        event.internal = true;
+        event.reason = Some(reason.to_string());
+        event.text = Some(reason.to_string());
+        event.next_attempt = Some(until);
+        events.push(event);
+    }
+    group.next_attempt = Some(until);
+    Updated {
+        group,
+        events,
+        failed: Vec::new(),
+        suppress: Vec::new(),
+    }
+}
+
+/// Where an internal deferral happens: the destination's provider and source, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Imposed<'a> {
+    pub provider: &'a str,
+    pub source: &'a str,
+    pub now: Timestamp,
+}
+
 /// Why a recipient expired: its stream's deadline could not be met, or it outlived its
 /// lifetime.
 pub fn expiry_reason(rules: &Rules, envelope: &Envelope, now: Timestamp) -> String {

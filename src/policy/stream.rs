@@ -173,64 +173,80 @@ impl Lanes {
         if open.is_empty() {
             return Err(LaneWait::Empty);
         }
-        if let Some((n, w)) = window {
-            let since = Timestamp(now.0.saturating_sub(w.as_millis() as u64));
-            for log in &mut self.starts {
-                while log.front().is_some_and(|t| *t <= since) {
-                    log.pop_front();
-                }
-            }
-            let active: Vec<StreamIx> = all
-                .filter(|&ix| ready(ix) || !self.starts[usize::from(ix)].is_empty())
-                .collect();
-            if active.len() > 1 {
-                // What each active stream keeps free in the window beyond what it used,
-                // never more than its guarantee: until it has sent for half a window, the
-                // whole of it (its pace is not known); then room for its pace over a whole
-                // window and three standard deviations more.
-                let shares: f64 = active.iter().map(|&ix| streams.get(ix).share).sum();
-                let used = |ix: StreamIx| self.starts[usize::from(ix)].len();
-                let spare = |ix: StreamIx| {
-                    let guarantee = (f64::from(n) * streams.get(ix).share / shares) as usize;
-                    let log = &self.starts[usize::from(ix)];
-                    let free = guarantee.saturating_sub(log.len());
-                    let span = log.front().map_or(Duration::ZERO, |t| now.since(*t));
-                    if span < w / 2 {
-                        return free;
-                    }
-                    let pace = log.len() as f64 * w.as_secs_f64() / span.as_secs_f64();
-                    let room = pace - log.len() as f64 + 3.0 * pace.sqrt() + 2.0;
-                    free.min(room.max(0.0).ceil() as usize)
-                };
-                let total: usize = active.iter().map(|&ix| used(ix)).sum();
-                let spares: usize = active.iter().map(|&ix| spare(ix)).sum();
-                let n = n as usize;
-                let mut blocked = false;
-                open.retain(|&ix| {
-                    let go = total + spares - spare(ix) < n;
-                    blocked |= !go;
-                    go
-                });
-                if blocked {
-                    // When enough of the window has aged out for one more (a guess: the
-                    // spares grow back too; the next look checks).
-                    let over = (total + spares + 1).saturating_sub(n);
-                    let mut all: Vec<Timestamp> = self.starts.iter().flatten().copied().collect();
-                    all.sort_unstable();
-                    let t = all
-                        .get(over.saturating_sub(1).min(all.len().saturating_sub(1)))
-                        .map_or(now + w, |t| *t + w);
-                    capped = Some(t.max(now + Duration::from_millis(1)));
-                }
+        let Some((n, w)) = window else {
+            // Nothing to share a window of: what was counted for one is of no more use
+            // (and would only grow).
+            self.starts.iter_mut().for_each(VecDeque::clear);
+            return Ok(self.by_turn(streams, open));
+        };
+        let since = Timestamp(now.0.saturating_sub(w.as_millis() as u64));
+        for log in &mut self.starts {
+            while log.front().is_some_and(|t| *t <= since) {
+                log.pop_front();
             }
         }
+        let active: Vec<StreamIx> = all
+            .filter(|&ix| ready(ix) || !self.starts[usize::from(ix)].is_empty())
+            .collect();
+        if active.len() < 2 {
+            return Ok(self.by_turn(streams, open));
+        }
+        // What each active stream keeps free in the window beyond what it used,
+        // never more than its guarantee: until it has sent for half a window, the
+        // whole of it (its pace is not known); then room for its pace over a whole
+        // window and three standard deviations more.
+        let shares: f64 = active.iter().map(|&ix| streams.get(ix).share).sum();
+        let used = |ix: StreamIx| self.starts[usize::from(ix)].len();
+        let spare = |ix: StreamIx| {
+            let guarantee = (f64::from(n) * streams.get(ix).share / shares) as usize;
+            let log = &self.starts[usize::from(ix)];
+            let free = guarantee.saturating_sub(log.len());
+            let span = log.front().map_or(Duration::ZERO, |t| now.since(*t));
+            if span < w / 2 {
+                return free;
+            }
+            let pace = log.len() as f64 * w.as_secs_f64() / span.as_secs_f64();
+            let room = pace - log.len() as f64 + 3.0 * pace.sqrt() + 2.0;
+            free.min(room.max(0.0).ceil() as usize)
+        };
+        let total: usize = active.iter().map(|&ix| used(ix)).sum();
+        let spares: usize = active.iter().map(|&ix| spare(ix)).sum();
+        let n = n as usize;
+        let mut blocked = false;
+        open.retain(|&ix| {
+            let go = total + spares - spare(ix) < n;
+            blocked |= !go;
+            go
+        });
+        if blocked {
+            // When enough of the window has aged out for one more (a guess: the
+            // spares grow back too; the next look checks).
+            let over = (total + spares + 1).saturating_sub(n);
+            let mut all: Vec<Timestamp> = self.starts.iter().flatten().copied().collect();
+            let t = match all.is_empty() {
+                true => now + w,
+                false => {
+                    let k = over.saturating_sub(1).min(all.len() - 1);
+                    *all.select_nth_unstable(k).1 + w
+                }
+            };
+            capped = Some(t.max(now + Duration::from_millis(1)));
+        }
+        match open.is_empty() {
+            true => Err(LaneWait::Until(capped.expect("a ready stream was capped"))),
+            false => Ok(self.by_turn(streams, open)),
+        }
+    }
+
+    /// Of `open` (not empty), the stream with the lowest pass, the higher priority on a tie.
+    fn by_turn(&self, streams: &Streams, open: Vec<StreamIx>) -> StreamIx {
         open.into_iter()
             .min_by(|&a, &b| {
                 self.pass[usize::from(a)]
                     .total_cmp(&self.pass[usize::from(b)])
                     .then(streams.get(b).priority.cmp(&streams.get(a).priority))
             })
-            .ok_or_else(|| LaneWait::Until(capped.expect("a ready stream was capped")))
+            .expect("not empty")
     }
 
     /// Stream `ix` got a start at `now`.

@@ -15,6 +15,8 @@ fn source(name: &str, ip: &str) -> SourceConfig {
         name: name.into(),
         ip: Some(ip.parse().unwrap()),
         ehlo: Some(format!("{name}.knock.test")),
+        hourly: None,
+        daily: None,
     }
 }
 

@@ -6,6 +6,7 @@
 use super::ready::{Placed, ReadyQueue};
 use super::{Key, WorkerId};
 use crate::policy::egress::SourceIx;
+use crate::policy::quota::Quota;
 use crate::policy::shaping::{Report, Shaping};
 use crate::policy::stream::{LaneWait, Lanes, StreamIx, Streams};
 use crate::time::Timestamp;
@@ -34,6 +35,8 @@ pub struct Destination {
     /// It refused a recipient for the mailbox's own rate: its mailboxes' acceptances are
     /// remembered.
     pub limits_mailboxes: bool,
+    /// The source's own hourly and daily limits for this provider.
+    pub quota: Quota,
 }
 
 impl Destination {
@@ -41,6 +44,7 @@ impl Destination {
         name: Arc<str>,
         source: SourceIx,
         shaping: Shaping,
+        quota: Quota,
         hot: usize,
         streams: usize,
     ) -> Destination {
@@ -55,6 +59,7 @@ impl Destination {
             greylist_delay: None,
             probe: None,
             limits_mailboxes: false,
+            quota,
         }
     }
 

@@ -326,9 +326,15 @@ pub struct DestinationView {
     /// until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_until: Option<Timestamp>,
+    /// The source's own limits for this provider, and how much of each is used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<crate::policy::quota::QuotaView>,
     pub domains: Vec<String>,
     /// Groups due and waiting for the destination's shaping.
     pub ready: usize,
+    /// The same by stream, for the streams with any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ready_by_stream: BTreeMap<String, usize>,
     pub connections_open: usize,
     pub shaping: ShapingView,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -429,6 +435,9 @@ pub struct Scheduler {
     /// Groups an operator is cancelling or bouncing, waiting for their attempt to report
     /// or to be read back; and who asked.
     ending: HashMap<Key, (crate::control::Ending, String)>,
+    /// Groups being read back to be held by a source's own limit: until when, why, and
+    /// the destination.
+    deferring: HashMap<Key, (Timestamp, String, usize)>,
     stopping: bool,
     out: Vec<Effect>,
 }
@@ -459,6 +468,7 @@ impl Scheduler {
             suspensions: BTreeMap::new(),
             parked: HashSet::new(),
             ending: HashMap::new(),
+            deferring: HashMap::new(),
             stopping: false,
             out: Vec::new(),
         }
@@ -499,19 +509,24 @@ impl Scheduler {
                 self.entries.remove(&key);
                 self.parked.remove(&key);
                 self.ending.remove(&key);
+                self.deferring.remove(&key);
             }
             Input::Unreadable { worker, id, domain } => {
                 self.job_over(worker);
                 let key = (id, self.intern(&domain));
                 self.probe_lost(&key);
+                self.deferring.remove(&key);
                 self.reschedule(key, now + READ_RETRY);
             }
             Input::Loaded(held) => {
                 let key = (held.envelope.id, self.intern(&held.group.domain));
                 if self.entries.get(&key).is_some_and(|e| e.in_flight) {
-                    match self.ending.contains_key(&key) {
-                        true => self.end_loaded(held, now),
-                        false => self.expire_loaded(held, now),
+                    if self.ending.contains_key(&key) {
+                        self.end_loaded(held, now);
+                    } else if let Some((until, reason, ix)) = self.deferring.remove(&key) {
+                        self.defer_loaded(held, ix, until, &reason, now);
+                    } else {
+                        self.expire_loaded(held, now);
                     }
                 }
             }
@@ -816,6 +831,7 @@ impl Scheduler {
             name.clone(),
             source,
             (policy.shaping)(name, now),
+            policy.egress.quota(source),
             policy.ready_hot,
             policy.streams.len(),
         );
@@ -841,6 +857,9 @@ impl Scheduler {
             d.workers -= 1;
             self.workers.remove(&worker);
             self.out.push(Effect::Dismiss { worker });
+        }
+        if self.hold_back(ix, now) {
+            return;
         }
         loop {
             let lane = match self.next_lane(ix, now) {
@@ -954,6 +973,7 @@ impl Scheduler {
         }
         // This worker's job is over: it is not in flight.
         let busy = (d.workers - d.idle.len()).saturating_sub(1);
+        self.hold_back(ix, now);
         let admitted = match self.next_lane(ix, now) {
             Err(LaneWait::Empty) => {
                 let until = now + KEEP_OPEN;
@@ -997,6 +1017,7 @@ impl Scheduler {
         let d = &mut self.destinations[ix];
         let key = d.pop_from(lane).expect("next_lane found a group");
         d.started(&self.policy.streams, lane, now);
+        d.quota.count(now);
         let entry = self
             .entries
             .get_mut(&key)
@@ -1208,6 +1229,82 @@ impl Scheduler {
         })));
         self.release_due(now);
         self.start_workers(ix, now);
+    }
+
+    /// When the source of destination `ix` has reached one of its own limits for the
+    /// provider: every group ready there is deferred internally (an event each, no
+    /// attempt) until the limit's window turns; `true` then.
+    fn hold_back(&mut self, ix: usize, now: Timestamp) -> bool {
+        let d = &mut self.destinations[ix];
+        let Err(full) = d.quota.check(now) else {
+            return false;
+        };
+        if d.nothing_ready() {
+            return true;
+        }
+        let reason = format!(
+            "source {} reached its limit of {}/{} for {}",
+            self.policy.egress.describe(d.source),
+            full.limit,
+            full.period.unit(),
+            d.name
+        );
+        let mut ready = Vec::new();
+        d.retain_ready(|key| {
+            ready.push(key.clone());
+            false
+        });
+        for key in ready {
+            let Some(entry) = self.entries.get_mut(&key).filter(|e| !e.in_flight) else {
+                continue;
+            };
+            entry.in_flight = true;
+            match entry.held.take() {
+                Some(held) => self.defer_loaded(*held, ix, full.until, &reason, now),
+                None => {
+                    self.out.push(Effect::Load {
+                        id: key.0,
+                        domain: key.1.to_string(),
+                    });
+                    self.deferring.insert(key, (full.until, reason.clone(), ix));
+                }
+            }
+        }
+        true
+    }
+
+    /// Defers a group internally until `until` (its events say `reason`), without an
+    /// attempt; it comes due again then.
+    fn defer_loaded(
+        &mut self,
+        held: Held,
+        ix: usize,
+        until: Timestamp,
+        reason: &str,
+        now: Timestamp,
+    ) {
+        let key = (held.envelope.id, self.intern(&held.group.domain));
+        let stream = self.entries.get(&key).map_or(0, |e| e.stream);
+        let schedule = &self.policy.streams.get(stream).rules.schedule;
+        if schedule.is_strict() && until >= schedule.deadline(held.envelope.received_at) {
+            // Its deadline passes before the limit lets it go.
+            self.expire_loaded(held, now);
+            return;
+        }
+        let d = &self.destinations[ix];
+        let at = react::Imposed {
+            provider: &d.name,
+            source: &self.policy.egress.source(d.source).name,
+            now,
+        };
+        let updated = react::defer_internal(&held.envelope, held.group, at, until, reason);
+        let pending = self.finish(&held.envelope, &updated.group);
+        self.out.push(Effect::Persist(Box::new(Persist {
+            envelope: held.envelope,
+            updated,
+            body: held.body,
+            pending,
+        })));
     }
 
     /// Provider `ix` blocked its source: when the pool of `stream` has another source the
@@ -1477,8 +1574,15 @@ impl Scheduler {
                         .get(&(d.name.clone(), d.source))
                         .copied()
                         .filter(|until| *until > now),
+                    limits: d.quota.view(now),
                     domains,
                     ready: d.ready_len(),
+                    ready_by_stream: d
+                        .ready_by_stream()
+                        .enumerate()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(i, n)| (self.policy.streams.get(i as StreamIx).name.to_string(), n))
+                        .collect(),
                     connections_open: d.workers,
                     shaping: d.shaping.view(now),
                     greylist_delay_seconds: d.greylist_delay.map(|g| g.as_secs()),

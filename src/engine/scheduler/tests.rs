@@ -1029,3 +1029,112 @@ fn the_shape_counts_pending_recipients_by_age_per_domain_or_provider() {
             .contains(&(uuid::Uuid::from_u128(3), "c.test".to_string()))
     );
 }
+
+#[test]
+fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turns() {
+    let mut h = Harness::new(policy(|c| {
+        c.sources = vec![crate::config::SourceConfig {
+            name: "new-ip".into(),
+            ip: Some("192.0.2.7".parse().unwrap()),
+            ehlo: None,
+            hourly: Some(3),
+            daily: None,
+        }];
+    }));
+    // 10:59:30 UTC.
+    let hour = Duration::from_secs(3600);
+    h.now = Timestamp(T0.0 - T0.0 % 3_600_000) + (hour - 30 * SEC);
+    let turn = h.now + 30 * SEC;
+    let mut effects = Vec::new();
+    for n in 0..5 {
+        effects.extend(h.queue(n, &[&format!("u{n}@a.test")]));
+    }
+    // Three start; the fourth and fifth are held by knock itself, an event each.
+    let held: usize = persists(&effects)
+        .iter()
+        .filter(|p| p.updated.events.iter().all(|e| e.internal))
+        .count();
+    assert_eq!(held, 2);
+    let started = jobs(effects);
+    assert_eq!(started.len(), 3, "{started:?}");
+    for (w, job) in started {
+        h.report(w, job, &["250 2.0.0 Ok"]);
+    }
+    let views = h.core.destination_views(h.now);
+    assert_eq!(views[0].limits[0].used, 3);
+    // Nothing more before the hour, not a single attempt.
+    let before = h.advance(turn.since(h.now) - Duration::from_millis(1));
+    assert!(jobs(before).is_empty());
+    let after = h.advance(Duration::from_millis(1));
+    assert_eq!(
+        jobs(after).len(),
+        2,
+        "the fourth and fifth go when the hour turns"
+    );
+}
+
+#[test]
+fn internal_deferrals_are_events_without_an_attempt() {
+    let mut h = Harness::new(policy(|c| {
+        c.sources = vec![crate::config::SourceConfig {
+            name: "new-ip".into(),
+            ip: None,
+            ehlo: None,
+            hourly: Some(1),
+            daily: None,
+        }];
+    }));
+    let first = h.queue(1, &["u1@a.test"]);
+    assert_eq!(jobs(first).len(), 1);
+    let held = h.queue(2, &["u2@a.test", "v2@a.test"]);
+    let p = persists(&held);
+    assert_eq!(p.len(), 1, "{held:?}");
+    let events = &p[0].updated.events;
+    assert_eq!(events.len(), 2);
+    for e in events {
+        assert_eq!(e.event, crate::event::Kind::Deferred);
+        assert!(e.internal);
+        assert_eq!(e.attempt, None);
+        assert_eq!(e.source.as_deref(), Some("new-ip"));
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("source new-ip reached its limit of 1/h for pa")
+        );
+        let turn = Timestamp(h.now.0 - h.now.0 % 3_600_000 + 3_600_000);
+        assert_eq!(e.next_attempt, Some(turn));
+    }
+    assert!(
+        p[0].updated
+            .group
+            .recipients
+            .iter()
+            .all(|r| r.attempts.is_empty()),
+        "no attempt is recorded"
+    );
+}
+
+#[test]
+fn transactional_mail_overtakes_a_bulk_backlog_at_the_same_destination() {
+    let mut h = Harness::new(policy(|c| {
+        c.delivery.max_connections = 1;
+        c.delivery.initial_connections = 1;
+    }));
+    let mut handed = Vec::new();
+    for n in 0..20 {
+        handed.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
+    }
+    assert_eq!(handed.len(), 1, "one connection");
+    // A password reset arrives behind 19 bulk messages.
+    let mut q = message(100, &["reset@a.test"], h.now);
+    let envelope = Arc::make_mut(&mut q.held.as_mut().unwrap().envelope);
+    envelope.stream = Some("transactional".into());
+    q.waiting.stream = Some("transactional".into());
+    assert!(jobs(h.input(Input::Queued(vec![q]))).is_empty());
+    let (w, job) = handed.remove(0);
+    let (_, next) = one_job(h.report(w, job, &["250 2.0.0 Ok"]));
+    assert_eq!(
+        next.id.as_u128(),
+        100,
+        "the reset goes next, not the 2nd bulk message"
+    );
+}

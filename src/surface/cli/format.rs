@@ -86,11 +86,26 @@ pub fn destinations(d: &DestinationsView) -> String {
         if let Some(c) = s.recent_classes.last() {
             state.push(format!("last failure {}", c.as_str()));
         }
+        if let Some(until) = v.blocked_until {
+            state.push(format!("source blocked until {until}"));
+        }
+        if v.ready_by_stream.len() > 1 || v.ready_by_stream.keys().any(|k| k != "bulk") {
+            let by: Vec<String> = v
+                .ready_by_stream
+                .iter()
+                .map(|(stream, n)| format!("{stream} {n}"))
+                .collect();
+            state.push(format!("ready {}", by.join(", ")));
+        }
         let conns = format!("{}/{}", v.connections_open, s.connections);
+        let name = match &v.source {
+            Some(source) => format!("{} via {source}", v.destination),
+            None => v.destination.clone(),
+        };
         let _ = writeln!(
             out,
             "{:<32} {:>7} {:>7} {:>11} {:>12}  {}",
-            v.destination,
+            name,
             v.pending,
             v.ready,
             conns,

@@ -226,7 +226,10 @@
     };
     for (const d of state.destinations) {
       const r = row(d.destination);
-      r.destination = d;
+      // A provider reached from several sources has a destination per source; each shows
+      // the provider's pending mail.
+      r.sources = (r.sources || []).concat([d]);
+      if (!r.destination) r.destination = d;
       r.pending = d.pending;
       d.domains.forEach((x) => r.domains.add(x));
     }
@@ -537,7 +540,13 @@
       if (s.outage_since) lines.push(`no host answers since ${fmtSince(s.outage_since)}`);
       if (d.greylist_delay_seconds !== undefined) lines.push(`greylist ${fmtDuration(d.greylist_delay_seconds)}`);
       if (s.recent_classes && s.recent_classes.length) lines.push(`last failure ${s.recent_classes[s.recent_classes.length - 1]}`);
+      const streams = Object.entries(d.ready_by_stream || {});
+      if (streams.length > 1) lines.push(`ready ${streams.map(([k, n]) => `${k} ${fmtInt(n)}`).join(", ")}`);
       if (lines.length) parts.push(el("div", { class: "sub" }, lines.join(" · ")));
+    }
+    for (const src of r.sources && r.sources.length > 1 ? r.sources : []) {
+      const blocked = src.blocked_until ? `, blocked until ${fmtSince(src.blocked_until)}` : "";
+      parts.push(el("div", { class: "sub" }, `via ${src.source}: ${pacingState(src)}, ${src.connections_open} open${blocked}`));
     }
     return el("td", { class: "pacing" }, parts);
   }
