@@ -76,6 +76,35 @@ pub struct SourceConfig {
     /// The same per UTC day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily: Option<u32>,
+    /// A ramp from small limits up to `hourly` and `daily`, per provider, climbing only
+    /// while the provider takes the mail well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupConfig>,
+}
+
+/// A source's warm-up plan: day 1's limits per provider, and how they grow.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupConfig {
+    /// Day 1's hourly limit per provider.
+    pub hourly: u32,
+    /// Day 1's daily limit per provider.
+    pub daily: u32,
+    /// Each healthy day multiplies the limits by this (2: doubling).
+    #[serde(default = "default_growth")]
+    pub growth: f64,
+    /// A day whose deferral rate is above this holds the ramp; above twice this (or a
+    /// block) steps it back a day.
+    #[serde(default = "default_max_deferral_rate")]
+    pub max_deferral_rate: f64,
+}
+
+fn default_growth() -> f64 {
+    2.0
+}
+
+fn default_max_deferral_rate() -> f64 {
+    0.05
 }
 
 /// One `[pool.NAME]`: sources and their weights.
@@ -125,6 +154,7 @@ impl Config {
                 ehlo: None,
                 hourly: None,
                 daily: None,
+                warmup: None,
             }],
             false => self.sources.clone(),
         }
@@ -190,6 +220,29 @@ impl Config {
                 && h > d
             {
                 bail!("source[{i}].hourly: {h} is more than the daily limit {d}");
+            }
+            if let Some(w) = &s.warmup {
+                let (Some(cap_h), Some(cap_d)) = (s.hourly, s.daily) else {
+                    bail!(
+                        "source[{i}].warmup: a ramp climbs to the source's hourly and daily limits; set both"
+                    );
+                };
+                if w.hourly == 0 || w.hourly > cap_h {
+                    bail!(
+                        "source[{i}].warmup.hourly: must be between 1 and the source's hourly ({cap_h})"
+                    );
+                }
+                if w.daily == 0 || w.daily > cap_d {
+                    bail!(
+                        "source[{i}].warmup.daily: must be between 1 and the source's daily ({cap_d})"
+                    );
+                }
+                if !(w.growth > 1.0 && w.growth <= 10.0) {
+                    bail!("source[{i}].warmup.growth: must be above 1 and at most 10");
+                }
+                if !(w.max_deferral_rate > 0.0 && w.max_deferral_rate < 1.0) {
+                    bail!("source[{i}].warmup.max_deferral_rate: must be between 0 and 1");
+                }
             }
         }
         let names: Vec<String> = self

@@ -89,7 +89,12 @@ impl Engine {
         spool: Arc<dyn Spool>,
     ) -> anyhow::Result<Engine> {
         config.check_host()?;
-        let policy = Policy::from_config(&config)?;
+        let mut policy = Policy::from_config(&config)?;
+        // Warm-ups go on from the day they reached.
+        policy.warmups = {
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || spool.warmups()).await??
+        };
         let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;
         let webhook_kinds: Vec<_> = config.webhooks.iter().flat_map(|w| w.kinds()).collect();

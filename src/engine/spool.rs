@@ -39,6 +39,8 @@ const OUTBOX_STATE: TableDefinition<&str, u64> = TableDefinition::new("outbox_st
 const OUTBOX_LAST: &str = "last";
 /// What operators suspended (providers, domains) or held (messages): target key → why.
 const SUSPENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("suspended");
+/// Each source's warm-up with each provider: (source, provider) → its state as JSON.
+const WARMUP: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("warmup");
 const CURSOR_PREFIX: &str = "cursor/";
 /// The deferral time series (`crate::stats`): (minute since the epoch, provider, class) →
 /// the counts of that cell, encoded by [`crate::stats::Counts::encode`]. Minutes first, so
@@ -104,10 +106,24 @@ pub enum Op {
         add: Vec<crate::stats::Row>,
         forget_before: Option<u32>,
     },
+    /// A source's warm-up with a provider moved a step.
+    Warmup {
+        source: String,
+        provider: String,
+        state: crate::policy::warmup::WarmupState,
+    },
 }
 
 /// One event in the outbox: its sequence number and the event as JSON.
 pub type OutboxEntry = (u64, Vec<u8>);
+
+/// A source's warm-up with a provider, as the spool keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warmup {
+    pub source: String,
+    pub provider: String,
+    pub state: crate::policy::warmup::WarmupState,
+}
 
 /// Everything the spool held that still needs delivering, read at start-up.
 #[derive(Debug, Default)]
@@ -163,6 +179,10 @@ pub trait Spool: Send + Sync + 'static {
     ) -> Result<Vec<(String, crate::policy::suppress::Suppression)>, SpoolError>;
     /// Up to `limit` outbox entries after sequence number `after`, in order.
     fn outbox_read(&self, _after: u64, _limit: usize) -> Result<Vec<OutboxEntry>, SpoolError> {
+        Ok(Vec::new())
+    }
+    /// Each source's warm-up state with each provider.
+    fn warmups(&self) -> Result<Vec<Warmup>, SpoolError> {
         Ok(Vec::new())
     }
     /// The suspensions and holds in force.
@@ -260,6 +280,7 @@ impl RedbSpool {
             txn.open_table(OUTBOX_STATE).map_err(storage)?;
             txn.open_table(SUSPENDED).map_err(storage)?;
             txn.open_table(STATS).map_err(storage)?;
+            txn.open_table(WARMUP).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let last = {
@@ -446,6 +467,7 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
         let mut history = txn.open_table(HISTORY).map_err(storage)?;
         let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(storage)?;
         let mut suspended = txn.open_table(SUSPENDED).map_err(storage)?;
+        let mut warmup = txn.open_table(WARMUP).map_err(storage)?;
         let mut stats = txn.open_table(STATS).map_err(storage)?;
         for op in batches.iter().flat_map(|b| &b.ops) {
             match op {
@@ -496,6 +518,18 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
                 }
                 Op::Resume { target } => {
                     suspended.remove(target.key().as_str()).map_err(storage)?;
+                }
+                Op::Warmup {
+                    source,
+                    provider,
+                    state,
+                } => {
+                    warmup
+                        .insert(
+                            (source.as_str(), provider.as_str()),
+                            json(state)?.as_slice(),
+                        )
+                        .map_err(storage)?;
                 }
                 Op::Stats { add, forget_before } => {
                     add_stats(&mut stats, add)?;
@@ -808,6 +842,28 @@ impl Spool for RedbSpool {
             entries.push((seq.value(), event.value().to_vec()));
         }
         Ok(entries)
+    }
+
+    fn warmups(&self) -> Result<Vec<Warmup>, SpoolError> {
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(WARMUP).map_err(storage)?;
+        let mut all = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (source, provider) = k.value();
+            match serde_json::from_slice(v.value()) {
+                Ok(state) => all.push(Warmup {
+                    source: source.to_string(),
+                    provider: provider.to_string(),
+                    state,
+                }),
+                Err(e) => {
+                    tracing::error!(source, provider, error = %e, "unreadable warm-up state skipped: the ramp starts again at day 1")
+                }
+            }
+        }
+        Ok(all)
     }
 
     fn suspended(

@@ -16,6 +16,8 @@ pub struct Egress {
     sources: Vec<Arc<Source>>,
     /// Each source's own hourly and daily limits per provider.
     limits: Vec<(Option<u32>, Option<u32>)>,
+    /// Each source's warm-up plan, if it has one.
+    ramps: Vec<Option<crate::policy::warmup::Ramp>>,
     /// Each pool's members and weights, in the order of the pools' names.
     pools: Vec<Vec<(SourceIx, u32)>>,
     pool_names: Vec<String>,
@@ -25,6 +27,17 @@ impl Egress {
     pub fn from_config(config: &Config) -> Egress {
         let configured = config.effective_sources();
         let limits = configured.iter().map(|s| (s.hourly, s.daily)).collect();
+        let ramps = configured
+            .iter()
+            .map(|s| {
+                let plan = s.warmup.clone()?;
+                Some(crate::policy::warmup::Ramp {
+                    plan,
+                    cap_hourly: s.hourly?,
+                    cap_daily: s.daily?,
+                })
+            })
+            .collect();
         let sources: Vec<Arc<Source>> = configured
             .into_iter()
             .map(|s| {
@@ -55,6 +68,7 @@ impl Egress {
         Egress {
             sources,
             limits,
+            ramps,
             pools,
             pool_names,
         }
@@ -85,6 +99,11 @@ impl Egress {
     pub fn quota(&self, ix: SourceIx) -> crate::policy::quota::Quota {
         let (hourly, daily) = self.limits[usize::from(ix)];
         crate::policy::quota::Quota::new(hourly, daily)
+    }
+
+    /// Source `ix`'s warm-up plan, if it has one.
+    pub fn ramp(&self, ix: SourceIx) -> Option<&crate::policy::warmup::Ramp> {
+        self.ramps[usize::from(ix)].as_ref()
     }
 
     /// How an event names source `ix`: its name, and its address when it binds one.

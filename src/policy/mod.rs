@@ -16,3 +16,4 @@ pub mod schedule;
 pub mod shaping;
 pub mod stream;
 pub mod suppress;
+pub mod warmup;

@@ -90,6 +90,16 @@ impl Quota {
         }
     }
 
+    /// New limits (a warm-up's day moved), the counts of the windows under way kept.
+    pub fn set(&mut self, hourly: u32, daily: u32) {
+        for l in &mut self.limits {
+            l.n = match l.period {
+                Period::Hour => hourly,
+                Period::Day => daily,
+            };
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
     }

@@ -74,6 +74,9 @@ pub struct Figures {
     pub queue_depth: usize,
     /// `growing`, `shrinking` or `steady`, from arrivals and completions in the window.
     pub queue_trend: String,
+    /// Recipients knock deferred itself (a source's own limit), not counted above.
+    #[serde(default)]
+    pub held_back: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,13 +116,19 @@ pub fn diagnose(
         }
     }
     let mut by_provider: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    // Deferrals knock imposed itself are no attempts: they say nothing of the provider
+    // and are counted apart.
+    let mut held_back: HashMap<&str, usize> = HashMap::new();
     for r in records {
         if let Some(p) = r
             .provider
             .as_deref()
             .or_else(|| provider_of.get(r.domain.as_str()).copied())
         {
-            by_provider.entry(p).or_default().push(r);
+            match r.internal {
+                true => *held_back.entry(p).or_default() += 1,
+                false => by_provider.entry(p).or_default().push(r),
+            }
         }
     }
     for d in destinations {
@@ -129,12 +138,20 @@ pub fn diagnose(
         .into_iter()
         .filter(|(p, _)| only.is_none_or(|o| o == *p))
         .map(|(p, recs)| {
-            one(
+            let mut d = one(
                 p,
                 &recs,
                 destinations.iter().find(|d| d.destination == p),
                 window,
-            )
+            );
+            d.figures.held_back = held_back.get(p).copied().unwrap_or(0);
+            if d.figures.held_back > 0 {
+                d.knock_is.push_str(&format!(
+                    " It held back {} recipients itself under a source's own hourly or daily limit (internal deferrals, no attempts).",
+                    d.figures.held_back
+                ));
+            }
+            d
         })
         .collect()
 }
@@ -237,6 +254,7 @@ fn figures(recs: &[&Event], dest: Option<&DestinationView>) -> Figures {
         throttle_volume_correlation: throttle_correlation(recs),
         queue_depth: dest.map(|d| d.pending).unwrap_or(0),
         queue_trend: trend(recs),
+        held_back: 0,
     }
 }
 

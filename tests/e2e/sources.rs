@@ -17,6 +17,7 @@ fn source(name: &str, ip: &str) -> SourceConfig {
         ehlo: Some(format!("{name}.knock.test")),
         hourly: None,
         daily: None,
+        warmup: None,
     }
 }
 

@@ -9,6 +9,7 @@ use crate::policy::egress::SourceIx;
 use crate::policy::quota::Quota;
 use crate::policy::shaping::{Report, Shaping};
 use crate::policy::stream::{LaneWait, Lanes, StreamIx, Streams};
+use crate::policy::warmup::{Ramp, WarmupState};
 use crate::time::Timestamp;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct Destination {
     pub limits_mailboxes: bool,
     /// The source's own hourly and daily limits for this provider.
     pub quota: Quota,
+    /// The source's warm-up with this provider: its plan and where it stands.
+    pub warmup: Option<(Ramp, WarmupState)>,
 }
 
 impl Destination {
@@ -60,6 +63,7 @@ impl Destination {
             probe: None,
             limits_mailboxes: false,
             quota,
+            warmup: None,
         }
     }
 

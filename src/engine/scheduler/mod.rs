@@ -41,6 +41,7 @@ use crate::policy::react::{self, Attempted, Seen, Updated, Where};
 use crate::policy::schedule::Schedule;
 use crate::policy::shaping::{Gate, Limits, Shaping, ShapingView, Start, Tuning};
 use crate::policy::stream::{LaneWait, StreamIx, Streams};
+use crate::policy::warmup::{Step, WarmupState};
 use crate::time::Timestamp;
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -222,6 +223,8 @@ pub enum Effect {
     Load { id: MessageId, domain: String },
     /// Write a group's new state (with its DSN and suppressions), then tell its events.
     Persist(Box<Persist>),
+    /// Keep a source's warm-up with a provider (it moved a step).
+    SaveWarmup(crate::engine::spool::Warmup),
 }
 
 /// A group's new state to write. Persists of one group come in the order they are to be
@@ -259,6 +262,8 @@ pub struct Policy {
     pub ready_hot: usize,
     /// Seeds the jitter; `None` seeds it at random.
     pub seed: Option<u64>,
+    /// The warm-up states kept in the spool, to go on from.
+    pub warmups: Vec<crate::engine::spool::Warmup>,
 }
 
 /// Groups at the front of each ready queue kept in memory with their message.
@@ -285,6 +290,7 @@ impl Policy {
             block_pause: config.adapt.block_pause,
             ready_hot: READY_HOT,
             seed: None,
+            warmups: Vec::new(),
         })
     }
 }
@@ -315,6 +321,22 @@ pub struct QueueIndex {
     pub in_flight: std::collections::HashSet<(MessageId, String)>,
 }
 
+/// A source's warm-up with a provider, for `GET /api/v1/destinations`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WarmupView {
+    /// The day of the ramp (1 for the first); the limits are that day's.
+    pub day: u32,
+    /// The ramp reached the source's own limits.
+    pub done: bool,
+    pub attempts_today: u32,
+    pub deferrals_today: u32,
+    /// How the ramp moved at the last midnight, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
 /// One destination's queue and shaping, for `GET /api/v1/destinations`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DestinationView {
@@ -329,6 +351,9 @@ pub struct DestinationView {
     /// The source's own limits for this provider, and how much of each is used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<crate::policy::quota::QuotaView>,
+    /// The source's warm-up with this provider, when it has a plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupView>,
     pub domains: Vec<String>,
     /// Groups due and waiting for the destination's shaping.
     pub ready: usize,
@@ -557,6 +582,7 @@ impl Scheduler {
             block_pause,
             ready_hot: _,
             seed: _,
+            warmups: _,
         } = policy;
         self.policy.block_pause = block_pause;
         for d in self.destinations.iter_mut() {
@@ -827,7 +853,7 @@ impl Scheduler {
             return ix;
         }
         let policy = &self.policy;
-        let d = Destination::new(
+        let mut d = Destination::new(
             name.clone(),
             source,
             (policy.shaping)(name, now),
@@ -835,6 +861,18 @@ impl Scheduler {
             policy.ready_hot,
             policy.streams.len(),
         );
+        if let Some(ramp) = policy.egress.ramp(source) {
+            let source_name = &policy.egress.source(source).name;
+            let state = policy
+                .warmups
+                .iter()
+                .find(|w| *w.source == **source_name && *w.provider == **name)
+                .map(|w| w.state.clone())
+                .unwrap_or_else(|| WarmupState::new(now));
+            let (hourly, daily) = ramp.limits(state.day);
+            d.quota.set(hourly, daily);
+            d.warmup = Some((ramp.clone(), state));
+        }
         self.destinations.push(d);
         self.destination_ix
             .insert((name.clone(), source), self.destinations.len() - 1);
@@ -858,10 +896,11 @@ impl Scheduler {
             self.workers.remove(&worker);
             self.out.push(Effect::Dismiss { worker });
         }
-        if self.hold_back(ix, now) {
-            return;
-        }
         loop {
+            // Each start counts against the source's own limits.
+            if self.hold_back(ix, now) {
+                return;
+            }
             let lane = match self.next_lane(ix, now) {
                 Ok(lane) => lane,
                 Err(LaneWait::Empty) => return,
@@ -1197,6 +1236,15 @@ impl Scheduler {
             .iter()
             .any(|(o, _)| o.class == Some(crate::outcome::Class::Block));
         let elsewhere = blocked && self.block_source(ix, stream, now);
+        if self.destinations[ix].warmup.is_some() {
+            self.warmup_roll(ix, now);
+            if let Some((_, state)) = &mut self.destinations[ix].warmup {
+                for (o, _) in &outcomes {
+                    let blocked = o.class == Some(crate::outcome::Class::Block);
+                    state.record(o.is_transient() && !report.unreachable, blocked);
+                }
+            }
+        }
         if !elsewhere {
             ready_at = ready_at.max(self.destinations[ix].shaping.ready_at(now));
         }
@@ -1235,6 +1283,7 @@ impl Scheduler {
     /// provider: every group ready there is deferred internally (an event each, no
     /// attempt) until the limit's window turns; `true` then.
     fn hold_back(&mut self, ix: usize, now: Timestamp) -> bool {
+        self.warmup_roll(ix, now);
         let d = &mut self.destinations[ix];
         let Err(full) = d.quota.check(now) else {
             return false;
@@ -1242,8 +1291,14 @@ impl Scheduler {
         if d.nothing_ready() {
             return true;
         }
+        let limit = match &d.warmup {
+            Some((ramp, state)) if !ramp.done(state.day) => {
+                format!("warm-up limit (day {} of its ramp)", state.day)
+            }
+            _ => "limit".to_string(),
+        };
         let reason = format!(
-            "source {} reached its limit of {}/{} for {}",
+            "source {} reached its {limit} of {}/{} for {}",
             self.policy.egress.describe(d.source),
             full.limit,
             full.period.unit(),
@@ -1271,6 +1326,39 @@ impl Scheduler {
             }
         }
         true
+    }
+
+    /// The day of destination `ix`'s warm-up ended: its ramp moves a step (kept in the
+    /// spool) and its limits follow.
+    fn warmup_roll(&mut self, ix: usize, now: Timestamp) {
+        let d = &mut self.destinations[ix];
+        let Some((ramp, state)) = &mut d.warmup else {
+            return;
+        };
+        let Some(step) = state.roll(now, ramp) else {
+            return;
+        };
+        let (hourly, daily) = ramp.limits(state.day);
+        d.quota.set(hourly, daily);
+        let source = self.policy.egress.source(d.source).name.to_string();
+        let why = state.last.as_ref().map_or("", |(_, why)| why.as_str());
+        match step {
+            Step::SteppedBack => {
+                tracing::warn!(provider = %d.name, source, day = state.day, hourly, daily, why, "warm-up stepped back a day")
+            }
+            Step::Held => {
+                tracing::info!(provider = %d.name, source, day = state.day, hourly, daily, why, "warm-up held")
+            }
+            Step::Advanced => {
+                tracing::info!(provider = %d.name, source, day = state.day, hourly, daily, why, "warm-up advanced")
+            }
+        }
+        self.out
+            .push(Effect::SaveWarmup(crate::engine::spool::Warmup {
+                source,
+                provider: d.name.to_string(),
+                state: state.clone(),
+            }));
     }
 
     /// Defers a group internally until `until` (its events say `reason`), without an
@@ -1575,6 +1663,14 @@ impl Scheduler {
                         .copied()
                         .filter(|until| *until > now),
                     limits: d.quota.view(now),
+                    warmup: d.warmup.as_ref().map(|(ramp, state)| WarmupView {
+                        day: state.day,
+                        done: ramp.done(state.day),
+                        attempts_today: state.attempts,
+                        deferrals_today: state.deferrals,
+                        last_step: state.last.as_ref().map(|(step, _)| *step),
+                        why: state.last.as_ref().map(|(_, why)| why.clone()),
+                    }),
                     domains,
                     ready: d.ready_len(),
                     ready_by_stream: d

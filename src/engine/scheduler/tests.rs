@@ -1039,6 +1039,7 @@ fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turn
             ehlo: None,
             hourly: Some(3),
             daily: None,
+            warmup: None,
         }];
     }));
     // 10:59:30 UTC.
@@ -1082,6 +1083,7 @@ fn internal_deferrals_are_events_without_an_attempt() {
             ehlo: None,
             hourly: Some(1),
             daily: None,
+            warmup: None,
         }];
     }));
     let first = h.queue(1, &["u1@a.test"]);
@@ -1136,5 +1138,108 @@ fn transactional_mail_overtakes_a_bulk_backlog_at_the_same_destination() {
         next.id.as_u128(),
         100,
         "the reset goes next, not the 2nd bulk message"
+    );
+}
+
+#[test]
+fn a_warm_up_climbs_on_good_days_steps_back_on_bad_ones_and_keeps_its_day() {
+    let config = |c: &mut Config| {
+        c.sources = vec![crate::config::SourceConfig {
+            name: "new-ip".into(),
+            ip: None,
+            ehlo: None,
+            hourly: Some(100),
+            daily: Some(1000),
+            warmup: Some(crate::config::WarmupConfig {
+                hourly: 2,
+                daily: 3,
+                growth: 2.0,
+                max_deferral_rate: 0.1,
+            }),
+        }];
+    };
+    let mut h = Harness::new(policy(config));
+    let day = Duration::from_secs(86_400);
+    let midnight = Timestamp(T0.0 - T0.0 % 86_400_000) + day;
+    h.now = midnight + Duration::from_secs(3600);
+    // Day 1: 2 an hour, 3 a day. Four messages: two go, two are held by knock itself.
+    let mut effects = Vec::new();
+    for n in 0..4 {
+        effects.extend(h.queue(n, &[&format!("u{n}@a.test")]));
+    }
+    let held: Vec<_> = persists(&effects)
+        .iter()
+        .flat_map(|p| p.updated.events.clone())
+        .collect();
+    assert_eq!(held.len(), 2);
+    assert_eq!(
+        held[0].reason.as_deref(),
+        Some("source new-ip reached its warm-up limit (day 1 of its ramp) of 2/h for pa")
+    );
+    for (w, job) in jobs(effects) {
+        h.report(w, job, &["250 2.0.0 Ok"]);
+    }
+    // The next hour: one more (the day's third); the fourth waits for the next day.
+    let next_hour = h.advance(Duration::from_secs(3600));
+    let handed = jobs(next_hour);
+    assert_eq!(handed.len(), 1);
+    for (w, job) in handed {
+        h.report(w, job, &["250 2.0.0 Ok"]);
+    }
+    // Midnight: a good day (no deferrals), so day 2 (4 an hour, 6 a day), kept in the
+    // spool; the fourth goes.
+    let at_midnight = h.advance((midnight + day).since(h.now) + Duration::from_millis(1));
+    let saved: Vec<_> = at_midnight
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SaveWarmup(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "{at_midnight:?}");
+    assert_eq!((saved[0].state.day, saved[0].provider.as_str()), (2, "pa"));
+    assert_eq!(jobs(at_midnight).len(), 1);
+    let view = h.core.destination_views(h.now)[0].clone();
+    assert_eq!((view.limits[0].limit, view.limits[1].limit), (4, 6));
+    // Day 2 goes badly: three of four deferred. The next midnight steps it back.
+    let mut handed = Vec::new();
+    for n in 10..14 {
+        handed.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
+    }
+    for (i, (w, job)) in handed.into_iter().enumerate() {
+        let reply = match i {
+            0 => "250 2.0.0 Ok",
+            _ => "451 4.7.1 Try again later",
+        };
+        h.report(w, job, &[reply]);
+    }
+    let mut next = h.advance((midnight + day * 2).since(h.now) + Duration::from_millis(1));
+    // The day is judged when the destination next has something to do.
+    next.extend(h.queue(20, &["later@a.test"]));
+    let saved: Vec<_> = next
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::SaveWarmup(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].state.day, 1);
+    let (step, why) = saved[0].state.last.clone().unwrap();
+    assert_eq!(step, crate::policy::warmup::Step::SteppedBack);
+    assert!(why.contains("over twice"), "{why}");
+    // A restart goes on from the kept day.
+    let mut p = policy(config);
+    p.warmups = saved;
+    let mut h2 = Harness::new(p);
+    h2.now = h.now;
+    jobs(h2.queue(99, &["x@a.test"]));
+    assert_eq!(
+        h2.core.destination_views(h2.now)[0]
+            .warmup
+            .as_ref()
+            .unwrap()
+            .day,
+        1
     );
 }

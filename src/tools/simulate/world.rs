@@ -356,6 +356,8 @@ impl<'a> World<'a> {
                 id,
                 domain,
             }),
+            // Nothing outlives a simulation.
+            Effect::SaveWarmup(_) => None,
             Effect::Persist(p) => {
                 for e in &p.updated.events {
                     if let Some(&place) = self.place_of.get(&e.domain) {
