@@ -1,4 +1,5 @@
-//! What an operator can ask of the queue: suspend a provider or a domain, hold a message
+//! What an operator can ask of the queue: suspend a provider, a domain or a stream, hold a
+//! message
 //! ([`Target`], [`Suspension`]), retry or end the recipients a [`Selector`] picks
 //! ([`Steer`], [`Ending`]), and what an operation touched ([`Steered`]). Plain types: the
 //! scheduler carries operations out, the spool keeps suspensions, the API and the command
@@ -24,6 +25,8 @@ pub enum Target {
     Provider(String),
     Domain(String),
     Message(MessageId),
+    /// A stream (`[stream.NAME]`): its mail to every destination.
+    Stream(String),
 }
 
 impl Target {
@@ -34,6 +37,7 @@ impl Target {
             Target::Provider(p) => format!("provider/{p}"),
             Target::Domain(d) => format!("domain/{d}"),
             Target::Message(id) => format!("message/{id}"),
+            Target::Stream(s) => format!("stream/{s}"),
         }
     }
 
@@ -43,6 +47,7 @@ impl Target {
             "provider" => Some(Target::Provider(name.to_string())),
             "domain" => Some(Target::Domain(name.to_string())),
             "message" => name.parse().ok().map(Target::Message),
+            "stream" => Some(Target::Stream(name.to_string())),
             _ => None,
         }
     }
@@ -54,6 +59,7 @@ impl std::fmt::Display for Target {
             Target::Provider(p) => write!(f, "provider {p}"),
             Target::Domain(d) => write!(f, "domain {d}"),
             Target::Message(id) => write!(f, "message {id}"),
+            Target::Stream(s) => write!(f, "stream {s}"),
         }
     }
 }

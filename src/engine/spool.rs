@@ -1166,6 +1166,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_warm_up_s_day_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = crate::policy::warmup::WarmupState::new(Timestamp(0));
+        state.day = 4;
+        {
+            let spool = RedbSpool::open(dir.path()).unwrap();
+            assert!(spool.warmups().unwrap().is_empty());
+            for (provider, day) in [("google", 3), ("google", 4), ("yahoo", 1)] {
+                let mut state = state.clone();
+                state.day = day;
+                spool
+                    .commit(vec![Op::Warmup {
+                        source: "new-ip".into(),
+                        provider: provider.into(),
+                        state,
+                    }])
+                    .await
+                    .unwrap();
+            }
+        }
+        let spool = RedbSpool::open(dir.path()).unwrap();
+        let kept = spool.warmups().unwrap();
+        let days: Vec<(&str, u32)> = kept
+            .iter()
+            .map(|w| (w.provider.as_str(), w.state.day))
+            .collect();
+        assert_eq!(days, [("google", 4), ("yahoo", 1)], "the last step of each");
+        assert!(kept.iter().all(|w| w.source == "new-ip"));
+    }
+
+    #[tokio::test]
     async fn ids_are_found_by_range_and_pending_groups_scanned_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let spool = RedbSpool::open(dir.path()).unwrap();

@@ -98,8 +98,38 @@ async fn a_message_names_its_stream_and_the_receiver_never_sees_the_header() {
             .any(|e| e["recipient"] == "typo@rx.test" || e["recipient"] == "bad@rx.test"),
         "a refused message was queued"
     );
+    // A stream is suspended and resumed like a provider; an unknown one is refused.
+    let (status, json) = http_post(&engine, "/api/v1/suspend", r#"{"stream": "nope"}"#).await;
+    assert_eq!(
+        (status, json["field"].as_str()),
+        (400, Some("stream")),
+        "{json}"
+    );
+    let (status, json) = http_post(&engine, "/api/v1/suspend", r#"{"stream": "bulk"}"#).await;
+    assert_eq!(status, 200, "{json}");
+    let reply = smtp_send(
+        engine.smtp_addr,
+        "s@tx.test",
+        &["waits@rx.test"],
+        &message("waits", None),
+    )
+    .await;
+    assert!(reply[0].starts_with("250"), "{reply:?}");
+    let (_, json) = http_get(&engine, "/api/v1/suspensions").await;
+    assert_eq!(json["suspensions"][0]["stream"], "bulk", "{json}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !w.events()
+            .iter()
+            .any(|e| e["recipient"] == "waits@rx.test" && e["event"] == "delivered"),
+        "suspended bulk mail went"
+    );
+    let (status, json) = http_post(&engine, "/api/v1/resume", r#"{"stream": "bulk"}"#).await;
+    assert_eq!(status, 200, "{json}");
+    w.wait_event(WAIT, is("delivered", "waits@rx.test")).await;
+
     let received = rx.received();
-    assert_eq!(received.len(), 4);
+    assert_eq!(received.len(), 5);
     for m in &received {
         let text = String::from_utf8_lossy(&m.body);
         assert!(

@@ -46,7 +46,12 @@ impl Scheduler {
             return false;
         }
         let destination = destination.or_else(|| self.provider_name(key));
-        suspended_in(&self.suspensions, key, destination)
+        suspended_in(&self.suspensions, key, destination, self.stream_name(key))
+    }
+
+    fn stream_name(&self, key: &Key) -> Option<&str> {
+        let e = self.entries.get(key)?;
+        Some(&self.policy.streams.get(e.stream).name)
     }
 
     fn provider_name(&self, key: &Key) -> Option<&str> {
@@ -70,6 +75,7 @@ impl Scheduler {
             Target::Provider(p) => self.provider_name(key) == Some(p.as_str()),
             Target::Domain(d) => d.eq_ignore_ascii_case(&key.1),
             Target::Message(id) => key.0 == *id,
+            Target::Stream(s) => self.stream_name(key) == Some(s.as_str()),
         }
     }
 
@@ -99,10 +105,12 @@ impl Scheduler {
         let mut moved = Vec::new();
         for ix in 0..self.destinations.len() {
             let name = self.destinations[ix].name.clone();
-            let suspensions = &self.suspensions;
+            let (suspensions, entries, streams) =
+                (&self.suspensions, &self.entries, &self.policy.streams);
             let mut out = Vec::new();
             self.destinations[ix].retain_ready(|key| {
-                let stop = suspended_in(suspensions, key, Some(&name));
+                let stream = entries.get(key).map(|e| &*streams.get(e.stream).name);
+                let stop = suspended_in(suspensions, key, Some(&name), stream);
                 if stop {
                     out.push(key.clone());
                 }
@@ -262,8 +270,10 @@ fn suspended_in(
     suspensions: &std::collections::BTreeMap<Target, Suspension>,
     key: &Key,
     destination: Option<&str>,
+    stream: Option<&str>,
 ) -> bool {
     suspensions.contains_key(&Target::Message(key.0))
         || suspensions.contains_key(&Target::Domain(key.1.to_string()))
         || destination.is_some_and(|p| suspensions.contains_key(&Target::Provider(p.to_string())))
+        || stream.is_some_and(|s| suspensions.contains_key(&Target::Stream(s.to_string())))
 }

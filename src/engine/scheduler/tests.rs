@@ -1127,10 +1127,7 @@ fn transactional_mail_overtakes_a_bulk_backlog_at_the_same_destination() {
     }
     assert_eq!(handed.len(), 1, "one connection");
     // A password reset arrives behind 19 bulk messages.
-    let mut q = message(100, &["reset@a.test"], h.now);
-    let envelope = Arc::make_mut(&mut q.held.as_mut().unwrap().envelope);
-    envelope.stream = Some("transactional".into());
-    q.waiting.stream = Some("transactional".into());
+    let q = message_in(100, "reset@a.test", "transactional", h.now);
     assert!(jobs(h.input(Input::Queued(vec![q]))).is_empty());
     let (w, job) = handed.remove(0);
     let (_, next) = one_job(h.report(w, job, &["250 2.0.0 Ok"]));
@@ -1242,4 +1239,44 @@ fn a_warm_up_climbs_on_good_days_steps_back_on_bad_ones_and_keeps_its_day() {
             .day,
         1
     );
+}
+
+/// A new message of `stream` from `s@x.test` to `rcpt`.
+fn message_in(n: u128, rcpt: &str, stream: &str, now: Timestamp) -> Queued {
+    let mut q = message(n, &[rcpt], now);
+    Arc::make_mut(&mut q.held.as_mut().unwrap().envelope).stream = Some(stream.into());
+    q.waiting.stream = Some(stream.into());
+    q
+}
+
+#[test]
+fn a_suspended_stream_holds_its_mail_everywhere_and_no_other() {
+    let mut h = Harness::new(policy(|_| {}));
+    h.core.steer(
+        Steer::Suspend {
+            target: Target::Stream("bulk".into()),
+            suspension: suspension(),
+        },
+        h.now,
+    );
+    let bulk = h.input(Input::Queued(vec![
+        message_in(1, "u1@a.test", "bulk", h.now),
+        message_in(2, "u2@b.test", "bulk", h.now),
+    ]));
+    assert!(jobs(bulk).is_empty(), "bulk waits at every destination");
+    let tx = h.input(Input::Queued(vec![message_in(
+        3,
+        "u3@a.test",
+        "transactional",
+        h.now,
+    )]));
+    assert_eq!(jobs(tx).len(), 1, "transactional goes");
+    let s = h.core.steer(
+        Steer::Resume {
+            target: Target::Stream("bulk".into()),
+        },
+        h.now,
+    );
+    assert_eq!(s.groups, 2);
+    assert_eq!(jobs(h.core.take_effects()).len(), 2);
 }

@@ -29,6 +29,7 @@ pub struct SteerView {
 struct SuspendRequest {
     provider: Option<String>,
     domain: Option<String>,
+    stream: Option<String>,
     reason: Option<String>,
 }
 
@@ -82,8 +83,17 @@ fn operator_error(e: OperatorError) -> ApiError {
     ApiError::new(status, e.to_string())
 }
 
-/// The provider or domain a suspend or resume body names (exactly one of them).
+/// The provider, domain or stream a suspend or resume body names (exactly one of them).
 fn target(r: &SuspendRequest) -> Result<Target, ApiError> {
+    if let Some(s) = &r.stream {
+        if r.provider.is_some() || r.domain.is_some() {
+            return Err(ApiError::field(
+                "stream",
+                "give a provider, a domain or a stream, one of them",
+            ));
+        }
+        return Ok(Target::Stream(s.trim().to_string()));
+    }
     match (&r.provider, &r.domain) {
         (Some(p), None) => {
             let p = p.trim();
@@ -108,7 +118,7 @@ fn target(r: &SuspendRequest) -> Result<Target, ApiError> {
         )),
         (None, None) => Err(ApiError::field(
             "provider",
-            "give the provider or the domain to suspend",
+            "give the provider, the domain or the stream to suspend",
         )),
     }
 }
@@ -116,7 +126,7 @@ fn target(r: &SuspendRequest) -> Result<Target, ApiError> {
 /// `POST /api/v1/suspend`: `{"provider": "google"}` or `{"domain": "example.com"}`, with an
 /// optional `reason`. Its mail stays queued (and still expires); nothing is sent to it until
 /// it is resumed.
-#[utoipa::path(post, path = "/api/v1/suspend", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "provider or domain, and an optional reason"), responses((status = 200, description = "Suspended: what it holds back"), (status = 400, description = "A bad field"), (status = 409, description = "Suspended already")))]
+#[utoipa::path(post, path = "/api/v1/suspend", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "provider, domain or stream, and an optional reason"), responses((status = 200, description = "Suspended: what it holds back"), (status = 400, description = "A bad field"), (status = 409, description = "Suspended already")))]
 pub(super) async fn post_suspend(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -132,6 +142,17 @@ pub(super) async fn post_suspend(
             format!("no provider is named {p:?} (see GET /api/v1/destinations)"),
         ));
     }
+    if let Target::Stream(s) = &target
+        && state.intake.streams.get(s).is_none()
+    {
+        return Err(ApiError::field(
+            "stream",
+            format!(
+                "no stream is named {s:?} (the streams are {})",
+                state.intake.streams.names().join(", ")
+            ),
+        ));
+    }
     let reason = r
         .reason
         .unwrap_or_else(|| "suspended by the operator".into());
@@ -144,7 +165,7 @@ pub(super) async fn post_suspend(
 }
 
 /// `POST /api/v1/resume`: ends a suspension; its mail goes at the destination's pace.
-#[utoipa::path(post, path = "/api/v1/resume", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "provider or domain"), responses((status = 200, description = "Resumed: what goes again"), (status = 404, description = "Not suspended")))]
+#[utoipa::path(post, path = "/api/v1/resume", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "provider, domain or stream"), responses((status = 200, description = "Resumed: what goes again"), (status = 404, description = "Not suspended")))]
 pub(super) async fn post_resume(
     AxState(state): AxState<Arc<ApiState>>,
     Extension(Actor(actor)): Extension<Actor>,

@@ -6,9 +6,9 @@ use super::{ApiArgs, stdout_error};
 use crate::surface::api::steer::{SteerView, SuspensionsView};
 use clap::Args;
 
-/// A provider or a domain to suspend or resume.
+/// A provider, a domain or a stream to suspend or resume.
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["provider", "domain"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["provider", "domain", "stream"])))]
 pub struct TargetArgs {
     /// The provider, as `knock queue` names it (google, microsoft, ...).
     #[arg(long)]
@@ -16,6 +16,9 @@ pub struct TargetArgs {
     /// The recipient domain.
     #[arg(long)]
     domain: Option<String>,
+    /// The stream (bulk, transactional, or one of `[stream.NAME]`): its mail everywhere.
+    #[arg(long)]
+    stream: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
     /// Print the API's answer as JSON.
@@ -100,17 +103,19 @@ impl FilterArgs {
 
 impl TargetArgs {
     fn body(&self) -> serde_json::Value {
-        match (&self.provider, &self.domain) {
-            (Some(p), _) => serde_json::json!({"provider": p}),
-            (_, Some(d)) => serde_json::json!({"domain": d}),
+        match (&self.provider, &self.domain, &self.stream) {
+            (Some(p), _, _) => serde_json::json!({"provider": p}),
+            (_, Some(d), _) => serde_json::json!({"domain": d}),
+            (_, _, Some(s)) => serde_json::json!({"stream": s}),
             _ => serde_json::json!({}),
         }
     }
 
     fn name(&self) -> String {
-        match (&self.provider, &self.domain) {
-            (Some(p), _) => format!("provider {p}"),
-            (_, Some(d)) => format!("domain {d}"),
+        match (&self.provider, &self.domain, &self.stream) {
+            (Some(p), _, _) => format!("provider {p}"),
+            (_, Some(d), _) => format!("domain {d}"),
+            (_, _, Some(s)) => format!("stream {s}"),
             _ => String::new(),
         }
     }
