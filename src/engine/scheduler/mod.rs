@@ -391,6 +391,8 @@ struct Entry {
     /// Greylisted at its last attempt: an operator's retry comes no earlier than this.
     not_before: Option<Timestamp>,
     stream: StreamIx,
+    /// The source its last attempt went out of: a deadline stream tries another next.
+    last_source: Option<SourceIx>,
 }
 
 struct Worker {
@@ -707,6 +709,7 @@ impl Scheduler {
                 uncommitted: None,
                 not_before: w.not_before,
                 stream: self.policy.streams.ix(w.stream.as_deref()),
+                last_source: None,
             },
         );
     }
@@ -830,7 +833,12 @@ impl Scheduler {
     /// pool that the provider has not blocked (the next of them all when it blocked every
     /// one: the group waits there).
     fn destination_for(&mut self, provider: &Arc<str>, key: &Key, now: Timestamp) -> usize {
-        let stream = self.entries.get(key).map_or(0, |e| e.stream);
+        let (stream, last) = self
+            .entries
+            .get(key)
+            .map_or((0, None), |e| (e.stream, e.last_source));
+        // Mail against a deadline tries another source than the one that just deferred it.
+        let avoid = last.filter(|_| self.policy.streams.get(stream).rules.schedule.is_strict());
         let pool = self.policy.streams.get(stream).pool;
         let members = self.policy.egress.members(pool);
         let rotation = self.rotations.entry((provider.clone(), pool)).or_default();
@@ -841,7 +849,8 @@ impl Scheduler {
                 .is_none_or(|until| *until <= now)
         };
         let source = rotation
-            .next(members, usable)
+            .next(members, |s| usable(s) && Some(s) != avoid)
+            .or_else(|| rotation.next(members, usable))
             .or_else(|| rotation.next(members, |_| true))
             .expect("a pool has a source");
         self.destination(provider, source, now)
@@ -1269,6 +1278,9 @@ impl Scheduler {
         );
         let updated = self.end_after_attempt(&key, &held.envelope, updated, now);
         let pending = self.finish(&held.envelope, &updated.group);
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.last_source = Some(d.source);
+        }
         self.out.push(Effect::Persist(Box::new(Persist {
             envelope: held.envelope,
             updated,

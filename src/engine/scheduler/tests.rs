@@ -81,13 +81,13 @@ impl Harness {
                 (Observed::Reply(reply), Where::default())
             })
             .collect();
-        self.delivered(worker, job.destination, held, results, true)
+        self.delivered(worker, (job.destination, job.source), held, results, true)
     }
 
     fn delivered(
         &mut self,
         worker: WorkerId,
-        destination: Arc<str>,
+        (destination, source): (Arc<str>, crate::policy::egress::SourceIx),
         held: Held,
         results: Vec<(Observed, Where)>,
         connected: bool,
@@ -95,7 +95,7 @@ impl Harness {
         let delivery = Delivery {
             worker,
             destination,
-            source: 0,
+            source,
             held,
             started: self.now,
             results,
@@ -120,7 +120,7 @@ impl Harness {
             .pending()
             .map(|_| (Observed::from(failure.clone()), Where::default()))
             .collect();
-        self.delivered(worker, job.destination, held, results, false)
+        self.delivered(worker, (job.destination, job.source), held, results, false)
     }
 }
 
@@ -659,7 +659,7 @@ fn a_recipient_without_an_observation_is_deferred_not_lost() {
     let ok = Reply::parse(b"250 2.0.0 Ok\r\n").unwrap();
     let effects = h.delivered(
         w,
-        job.destination,
+        (job.destination, job.source),
         held,
         vec![(Observed::Reply(ok), Where::default())],
         true,
@@ -1279,4 +1279,36 @@ fn a_suspended_stream_holds_its_mail_everywhere_and_no_other() {
     );
     assert_eq!(s.groups, 2);
     assert_eq!(jobs(h.core.take_effects()).len(), 2);
+}
+
+#[test]
+fn mail_against_a_deadline_tries_another_source_after_a_deferral() {
+    let mut h = Harness::new(policy(|c| {
+        let source = |name: &str| crate::config::SourceConfig {
+            name: name.into(),
+            ip: None,
+            ehlo: None,
+            hourly: None,
+            daily: None,
+            warmup: None,
+        };
+        c.sources = vec![source("a"), source("b")];
+        c.streams.0.insert(
+            "otp".into(),
+            crate::config::StreamConfig {
+                deadline: Some(10 * MIN),
+                retry: Some(vec![SEC]),
+                ..Default::default()
+            },
+        );
+    }));
+    let mut sources = Vec::new();
+    let (mut w, mut job) =
+        one_job(h.input(Input::Queued(vec![message_in(1, "u@a.test", "otp", h.now)])));
+    for _ in 0..4 {
+        sources.push(job.source);
+        h.report(w, job, &["451 4.3.0 Try again later"]);
+        (w, job) = one_job(h.advance(2 * SEC));
+    }
+    assert_eq!(sources, [0, 1, 0, 1], "each retry from the other source");
 }
