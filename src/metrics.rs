@@ -246,33 +246,43 @@ impl crate::event::Observer for Recorder {
 /// Counts what an event reports. Called once per event, as it is emitted.
 pub fn record_event(e: &Event) {
     let provider = e.provider.clone().unwrap_or_default();
+    let stream = e.stream.clone().unwrap_or_else(|| "-".into());
+    let source = e.source.clone().unwrap_or_else(|| "-".into());
     let class = || e.class.map(|c| c.as_str()).unwrap_or("none");
+    let attempt = |result: &'static str| {
+        counter!(ATTEMPTS, "provider" => provider.clone(), "stream" => stream.clone(), "source" => source.clone(), "result" => result)
+            .increment(1)
+    };
     match e.event {
         Kind::Processed => counter!(PROCESSED).increment(1),
         Kind::Delivered => {
-            counter!(ATTEMPTS, "provider" => provider.clone(), "result" => "delivered")
+            attempt("delivered");
+            counter!(DELIVERED, "provider" => provider.clone(), "stream" => stream.clone(), "source" => source.clone())
                 .increment(1);
-            counter!(DELIVERED, "provider" => provider.clone()).increment(1);
             if let Some(ee) = e.ee_seconds {
-                histogram!(EE_SECONDS, "provider" => provider).record(ee);
+                histogram!(EE_SECONDS, "provider" => provider, "stream" => stream).record(ee);
             }
         }
         Kind::Deferred if e.internal => {
-            counter!(INTERNAL_DEFERRALS, "provider" => provider).increment(1)
+            counter!(INTERNAL_DEFERRALS, "provider" => provider, "stream" => stream, "source" => source)
+                .increment(1)
         }
         Kind::Deferred => {
-            counter!(ATTEMPTS, "provider" => provider.clone(), "result" => "deferred").increment(1);
-            counter!(DEFERRALS, "provider" => provider, "class" => class()).increment(1);
+            attempt("deferred");
+            counter!(DEFERRALS, "provider" => provider, "stream" => stream, "source" => source, "class" => class())
+                .increment(1);
         }
         Kind::Bounced => {
             // A bounce without an attempt (a domain that does not exist) is still one.
             if e.attempt.is_some() {
-                counter!(ATTEMPTS, "provider" => provider.clone(), "result" => "bounced")
-                    .increment(1);
+                attempt("bounced");
             }
-            counter!(BOUNCES, "provider" => provider, "class" => class()).increment(1);
+            counter!(BOUNCES, "provider" => provider, "stream" => stream, "source" => source, "class" => class())
+                .increment(1);
         }
-        Kind::Expired => counter!(EXPIRED, "provider" => provider).increment(1),
+        Kind::Expired => {
+            counter!(EXPIRED, "provider" => provider, "stream" => stream).increment(1)
+        }
         Kind::Suppressed => counter!(SUPPRESSED).increment(1),
         Kind::Cancelled => counter!(CANCELLED).increment(1),
         Kind::Held | Kind::Released => {}

@@ -167,6 +167,8 @@ async fn metrics_parse_and_count_what_happened() {
             assert!(
                 [
                     "provider",
+                    "stream",
+                    "source",
                     "class",
                     "result",
                     "state",
