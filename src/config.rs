@@ -80,6 +80,9 @@ pub struct SourceConfig {
     /// while the provider takes the mail well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupConfig>,
+    /// Connections open from this source at once, to every provider together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// A source's warm-up plan: day 1's limits per provider, and how they grow.
@@ -155,6 +158,7 @@ impl Config {
                 hourly: None,
                 daily: None,
                 warmup: None,
+                max_connections: None,
             }],
             false => self.sources.clone(),
         }
@@ -209,6 +213,9 @@ impl Config {
                 && crate::address::check_domain(ehlo).is_err()
             {
                 bail!("source[{i}].ehlo: {ehlo:?} is not a host name");
+            }
+            if s.max_connections == Some(0) {
+                bail!("source[{i}].max_connections: must be at least 1");
             }
             if s.hourly == Some(0) {
                 bail!("source[{i}].hourly: must be at least 1 (leave it out for no limit)");
@@ -1041,6 +1048,10 @@ pub struct DeliveryConfig {
     pub messages_per_connection: usize,
     /// Recipients in one SMTP transaction at most (RFC 5321 requires receivers to take 100).
     pub max_recipients_per_transaction: usize,
+    /// Outbound connections open at once, every destination and source together; none by
+    /// default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_connections: Option<usize>,
     pub timeouts: TimeoutConfig,
 }
 
@@ -1052,6 +1063,7 @@ impl Default for DeliveryConfig {
             initial_connections: 1,
             messages_per_connection: 100,
             max_recipients_per_transaction: 100,
+            total_connections: None,
             timeouts: TimeoutConfig::default(),
         }
     }
@@ -1278,6 +1290,9 @@ impl Config {
         }
         if self.delivery.messages_per_connection == 0 {
             bail!("delivery.messages_per_connection: must be at least 1");
+        }
+        if self.delivery.total_connections == Some(0) {
+            bail!("delivery.total_connections: must be at least 1");
         }
         if self.delivery.max_recipients_per_transaction == 0 {
             bail!("delivery.max_recipients_per_transaction: must be at least 1");

@@ -18,6 +18,8 @@ pub struct Egress {
     limits: Vec<(Option<u32>, Option<u32>)>,
     /// Each source's warm-up plan, if it has one.
     ramps: Vec<Option<crate::policy::warmup::Ramp>>,
+    /// Each source's cap on connections open at once, if it has one.
+    max_connections: Vec<Option<usize>>,
     /// Each pool's members and weights, in the order of the pools' names.
     pools: Vec<Vec<(SourceIx, u32)>>,
     pool_names: Vec<String>,
@@ -27,6 +29,7 @@ impl Egress {
     pub fn from_config(config: &Config) -> Egress {
         let configured = config.effective_sources();
         let limits = configured.iter().map(|s| (s.hourly, s.daily)).collect();
+        let max_connections = configured.iter().map(|s| s.max_connections).collect();
         let ramps = configured
             .iter()
             .map(|s| {
@@ -69,6 +72,7 @@ impl Egress {
             sources,
             limits,
             ramps,
+            max_connections,
             pools,
             pool_names,
         }
@@ -99,6 +103,11 @@ impl Egress {
     pub fn quota(&self, ix: SourceIx) -> crate::policy::quota::Quota {
         let (hourly, daily) = self.limits[usize::from(ix)];
         crate::policy::quota::Quota::new(hourly, daily)
+    }
+
+    /// Source `ix`'s cap on connections open at once, if it has one.
+    pub fn max_connections(&self, ix: SourceIx) -> Option<usize> {
+        self.max_connections[usize::from(ix)]
     }
 
     /// Source `ix`'s warm-up plan, if it has one.

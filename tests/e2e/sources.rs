@@ -18,6 +18,7 @@ fn source(name: &str, ip: &str) -> SourceConfig {
         hourly: None,
         daily: None,
         warmup: None,
+        max_connections: None,
     }
 }
 

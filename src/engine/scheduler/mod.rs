@@ -255,6 +255,8 @@ pub struct Policy {
     pub shaping: ShapingOf,
     /// How long a source a provider blocked is not used for it (when its pool has others).
     pub block_pause: Duration,
+    /// Connections open at once, all destinations together (`[delivery] total_connections`).
+    pub total_connections: Option<usize>,
     /// Learned greylist delays stay within these bounds.
     pub greylist_floor: Duration,
     pub greylist_ceiling: Duration,
@@ -288,6 +290,7 @@ impl Policy {
             }),
             greylist_floor: config.greylist.floor,
             block_pause: config.adapt.block_pause,
+            total_connections: config.delivery.total_connections,
             ready_hot: READY_HOT,
             seed: None,
             warmups: Vec::new(),
@@ -465,6 +468,11 @@ pub struct Scheduler {
     /// Groups being read back to be held by a source's own limit: until when, why, and
     /// the destination.
     deferring: HashMap<Key, (Timestamp, String, usize)>,
+    /// Destinations with mail ready that could not open a connection for their source's
+    /// cap or the total's; they try again when a connection closes.
+    awaiting_slot: BTreeSet<usize>,
+    /// A connection closed while handling this input.
+    freed: bool,
     stopping: bool,
     out: Vec<Effect>,
 }
@@ -496,6 +504,8 @@ impl Scheduler {
             parked: HashSet::new(),
             ending: HashMap::new(),
             deferring: HashMap::new(),
+            awaiting_slot: BTreeSet::new(),
+            freed: false,
             stopping: false,
             out: Vec::new(),
         }
@@ -565,6 +575,11 @@ impl Scheduler {
             Input::Tick => self.tick(now),
             Input::Shutdown => self.stop(),
         }
+        if std::mem::take(&mut self.freed) && !self.awaiting_slot.is_empty() {
+            for ix in std::mem::take(&mut self.awaiting_slot) {
+                self.start_workers(ix, now);
+            }
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -582,11 +597,13 @@ impl Scheduler {
             greylist_floor,
             greylist_ceiling,
             block_pause,
+            total_connections,
             ready_hot: _,
             seed: _,
             warmups: _,
         } = policy;
         self.policy.block_pause = block_pause;
+        self.policy.total_connections = total_connections;
         for d in self.destinations.iter_mut() {
             d.shaping.adopt(shaping(&d.name, now));
         }
@@ -658,6 +675,7 @@ impl Scheduler {
                 self.out.push(Effect::Dismiss { worker });
                 self.workers.remove(&worker);
                 d.workers -= 1;
+                self.freed = true;
             }
         }
     }
@@ -903,6 +921,7 @@ impl Scheduler {
             d.idle.pop_front();
             d.workers -= 1;
             self.workers.remove(&worker);
+            self.freed = true;
             self.out.push(Effect::Dismiss { worker });
         }
         loop {
@@ -923,6 +942,12 @@ impl Scheduler {
             if spawn && d.workers >= d.shaping.connection_limit() {
                 return;
             }
+            if spawn && !self.slot_free(self.destinations[ix].source) {
+                // The source's cap or the total: it waits for a connection to close.
+                self.awaiting_slot.insert(ix);
+                return;
+            }
+            let d = &mut self.destinations[ix];
             let charge = !front_is_null_sender(d, lane, &self.entries);
             let busy = d.workers - d.idle.len();
             let start = match d.shaping.admit(now, busy, charge) {
@@ -956,6 +981,29 @@ impl Scheduler {
         }
     }
 
+    /// Whether one more connection may open from `source`: under its own cap and the
+    /// total's.
+    fn slot_free(&self, source: SourceIx) -> bool {
+        let total = self
+            .policy
+            .total_connections
+            .is_none_or(|cap| self.workers.len() < cap);
+        let own = self
+            .policy
+            .egress
+            .max_connections(source)
+            .is_none_or(|cap| {
+                let open: usize = self
+                    .destinations
+                    .iter()
+                    .filter(|d| d.source == source)
+                    .map(|d| d.workers)
+                    .sum();
+                open < cap
+            });
+        total && own
+    }
+
     /// The stream whose group goes next at destination `ix`, with a group that can go at
     /// the front of its queue (groups gone or in flight since they were queued are
     /// dropped on the way).
@@ -984,6 +1032,7 @@ impl Scheduler {
     fn dismiss(&mut self, worker: WorkerId, ix: usize) {
         if self.workers.remove(&worker).is_some() {
             self.destinations[ix].workers -= 1;
+            self.freed = true;
         }
         self.out.push(Effect::Dismiss { worker });
     }
@@ -1146,6 +1195,7 @@ impl Scheduler {
         let Some(w) = self.workers.remove(&worker) else {
             return;
         };
+        self.freed = true;
         let d = &mut self.destinations[w.destination];
         d.workers -= 1;
         d.forget_idle(worker);

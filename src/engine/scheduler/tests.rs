@@ -1040,6 +1040,7 @@ fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turn
             hourly: Some(3),
             daily: None,
             warmup: None,
+            max_connections: None,
         }];
     }));
     // 10:59:30 UTC.
@@ -1084,6 +1085,7 @@ fn internal_deferrals_are_events_without_an_attempt() {
             hourly: Some(1),
             daily: None,
             warmup: None,
+            max_connections: None,
         }];
     }));
     let first = h.queue(1, &["u1@a.test"]);
@@ -1153,6 +1155,7 @@ fn a_warm_up_climbs_on_good_days_steps_back_on_bad_ones_and_keeps_its_day() {
                 growth: 2.0,
                 max_deferral_rate: 0.1,
             }),
+            max_connections: None,
         }];
     };
     let mut h = Harness::new(policy(config));
@@ -1291,6 +1294,7 @@ fn mail_against_a_deadline_tries_another_source_after_a_deferral() {
             hourly: None,
             daily: None,
             warmup: None,
+            max_connections: None,
         };
         c.sources = vec![source("a"), source("b")];
         c.streams.0.insert(
@@ -1311,4 +1315,41 @@ fn mail_against_a_deadline_tries_another_source_after_a_deferral() {
         (w, job) = one_job(h.advance(2 * SEC));
     }
     assert_eq!(sources, [0, 1, 0, 1], "each retry from the other source");
+}
+
+#[test]
+fn a_source_s_connection_cap_holds_across_providers_and_a_closed_one_lets_the_next_open() {
+    let mut h = Harness::new(policy(|c| {
+        c.sources = vec![crate::config::SourceConfig {
+            name: "only".into(),
+            ip: None,
+            ehlo: None,
+            hourly: None,
+            daily: None,
+            warmup: None,
+            max_connections: Some(2),
+        }];
+    }));
+    let mut handed = Vec::new();
+    for n in 0..3 {
+        handed.extend(jobs(h.queue(n, &[&format!("u{n}@a.test")])));
+        handed.extend(jobs(h.queue(10 + n, &[&format!("u{n}@b.test")])));
+    }
+    assert_eq!(
+        handed.len(),
+        2,
+        "two connections from the source, whatever the provider"
+    );
+    // One delivery over: its worker takes the next of its provider on its connection...
+    let (w, job) = handed.remove(0);
+    let next = jobs(h.report(w, job, &["250 2.0.0 Ok"]));
+    assert_eq!(next.len(), 1);
+    // ...and when a connection closes, a waiting destination opens one.
+    let (w, _job) = handed.remove(0);
+    let effects = h.input(Input::WorkerGone { worker: w });
+    let opened: Vec<_> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Start { .. }))
+        .collect();
+    assert_eq!(opened.len(), 1, "{effects:?}");
 }

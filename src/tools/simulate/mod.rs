@@ -199,7 +199,11 @@ rate = "2/30s"
         let config = Config::load(&dir.join("scenarios/streams-sources.knock.toml")).unwrap();
         let r = run_it(&text, &config);
         assert!(r.drained);
-        let tx = r.streams.iter().find(|s| s.stream == "transactional").unwrap();
+        let tx = r
+            .streams
+            .iter()
+            .find(|s| s.stream == "transactional")
+            .unwrap();
         let d = tx.delivery_seconds.unwrap();
         assert!(d.p99 < 0.5, "transactional p99 {}", d.p99);
         // The campaign, from its own address, drains as fast as the receiver allows one
