@@ -34,6 +34,9 @@ pub const DESTINATION_MAX_CONNECTIONS: &str = "knock_destination_max_connections
 pub const DESTINATION_RATE: &str = "knock_destination_rate_per_minute";
 pub const DESTINATION_STATE: &str = "knock_destination_state";
 pub const DESTINATION_GREYLIST_SECONDS: &str = "knock_destination_greylist_seconds";
+pub const WARMUP_DAY: &str = "knock_warmup_day";
+pub const SOURCE_LIMIT: &str = "knock_source_limit_messages";
+pub const SOURCE_LIMIT_USED: &str = "knock_source_limit_used_messages";
 pub const ALLOWANCE_MESSAGES: &str = "knock_allowance_messages";
 pub const ALLOWANCE_USED: &str = "knock_allowance_used";
 pub const EVENTS_DROPPED: &str = "knock_events_dropped_total";
@@ -141,6 +144,21 @@ pub const ALL: &[(&str, &str, &str)] = &[
         DESTINATION_STATE,
         "gauge",
         "1 for the destination's pacing state (open, paced, paused, probing, outage), by provider.",
+    ),
+    (
+        WARMUP_DAY,
+        "gauge",
+        "The day of a source's warm-up with a provider (1 for the first), by provider and source.",
+    ),
+    (
+        SOURCE_LIMIT,
+        "gauge",
+        "A source's own limit for a provider now (its warm-up day's while it warms up), by provider, source and period (hour, day).",
+    ),
+    (
+        SOURCE_LIMIT_USED,
+        "gauge",
+        "Messages counted against that limit in the hour or day under way, by provider, source and period.",
     ),
     (
         DESTINATION_GREYLIST_SECONDS,

@@ -52,6 +52,17 @@ pub enum Step {
     SteppedBack,
 }
 
+impl Step {
+    /// In words: "advanced", "held", "stepped back".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Advanced => "advanced",
+            Step::Held => "held",
+            Step::SteppedBack => "stepped back",
+        }
+    }
+}
+
 /// Where a source stands with a provider: the day of its ramp, and what the current UTC
 /// day has seen so far. Kept in the spool (the counts of the day under way are not: a
 /// restart starts them again).

@@ -145,6 +145,27 @@ pub fn diagnose(
                 window,
             );
             d.figures.held_back = held_back.get(p).copied().unwrap_or(0);
+            for v in destinations.iter().filter(|d| d.destination == p) {
+                if let Some(w) = v.warmup.as_ref().filter(|w| !w.done) {
+                    let source = v.source.as_deref().unwrap_or("default");
+                    let limits: Vec<String> = v
+                        .limits
+                        .iter()
+                        .map(|l| format!("{}/{}", l.limit, l.period.unit()))
+                        .collect();
+                    let step = match (&w.last_step, &w.why) {
+                        (Some(step), Some(why)) => {
+                            format!("; at the last midnight it {} ({why})", step.as_str())
+                        }
+                        _ => String::new(),
+                    };
+                    d.knock_is.push_str(&format!(
+                        " Source {source} is on day {} of its warm-up here ({}){step}.",
+                        w.day,
+                        limits.join(", ")
+                    ));
+                }
+            }
             if d.figures.held_back > 0 {
                 d.knock_is.push_str(&format!(
                     " It held back {} recipients itself under a source's own hourly or daily limit (internal deferrals, no attempts).",

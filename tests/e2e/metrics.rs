@@ -173,6 +173,7 @@ async fn metrics_parse_and_count_what_happened() {
                     "result",
                     "state",
                     "le",
+                    "period",
                     "window_seconds"
                 ]
                 .contains(&key.as_str()),

@@ -1353,3 +1353,40 @@ fn a_source_s_connection_cap_holds_across_providers_and_a_closed_one_lets_the_ne
         .collect();
     assert_eq!(opened.len(), 1, "{effects:?}");
 }
+
+#[test]
+fn a_group_not_in_memory_is_read_back_to_be_deferred_internally() {
+    let mut h = Harness::new(policy(|c| {
+        c.sources = vec![crate::config::SourceConfig {
+            name: "new-ip".into(),
+            ip: None,
+            ehlo: None,
+            hourly: Some(1),
+            daily: None,
+            warmup: None,
+            max_connections: None,
+        }];
+    }));
+    assert_eq!(jobs(h.queue(1, &["u1@a.test"])).len(), 1);
+    // A group recovered from the spool: only its entry is in memory.
+    let recovered = message(2, &["u2@a.test"], h.now);
+    let effects = h.input(Input::Queued(vec![Queued::from(recovered.waiting.clone())]));
+    let load = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Load { id, domain } => Some((*id, domain.clone())),
+            _ => None,
+        })
+        .expect("read back");
+    assert_eq!(load.0.as_u128(), 2);
+    let effects = h.input(Input::Loaded(recovered.held.unwrap()));
+    let p = persists(&effects);
+    assert_eq!(p.len(), 1);
+    let e = &p[0].updated.events[0];
+    assert!(e.internal && e.reason.as_deref().unwrap().contains("limit of 1/h"));
+    assert!(
+        p[0].pending.is_some(),
+        "still pending: acknowledged once on disk"
+    );
+    assert!(jobs(effects).is_empty());
+}

@@ -139,6 +139,15 @@ pub fn gauges(summary: &[DomainSummary], destinations: &[DestinationView]) -> Ve
         if let Some(g) = d.greylist_delay_seconds {
             out.push(sample(m::DESTINATION_GREYLIST_SECONDS, p(name), g as f64));
         }
+        if let Some(w) = &d.warmup {
+            out.push(sample(m::WARMUP_DAY, p(name), f64::from(w.day)));
+        }
+        for l in &d.limits {
+            let mut labels = p(name);
+            labels.push(("period", format!("{:?}", l.period).to_lowercase()));
+            out.push(sample(m::SOURCE_LIMIT, labels.clone(), f64::from(l.limit)));
+            out.push(sample(m::SOURCE_LIMIT_USED, labels, f64::from(l.used)));
+        }
         let current = pacing_state(d);
         for state in PACING_STATES {
             out.push(sample(

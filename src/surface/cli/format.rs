@@ -89,6 +89,17 @@ pub fn destinations(d: &DestinationsView) -> String {
         if let Some(until) = v.blocked_until {
             state.push(format!("source blocked until {until}"));
         }
+        if let Some(w) = v.warmup.as_ref().filter(|w| !w.done) {
+            state.push(format!("warm-up day {}", w.day));
+        }
+        for l in &v.limits {
+            state.push(format!(
+                "{}/{} used of {}",
+                l.used,
+                l.period.unit(),
+                l.limit
+            ));
+        }
         if v.ready_by_stream.len() > 1 || v.ready_by_stream.keys().any(|k| k != "bulk") {
             let by: Vec<String> = v
                 .ready_by_stream

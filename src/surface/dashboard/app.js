@@ -540,13 +540,16 @@
       if (s.outage_since) lines.push(`no host answers since ${fmtSince(s.outage_since)}`);
       if (d.greylist_delay_seconds !== undefined) lines.push(`greylist ${fmtDuration(d.greylist_delay_seconds)}`);
       if (s.recent_classes && s.recent_classes.length) lines.push(`last failure ${s.recent_classes[s.recent_classes.length - 1]}`);
+      if (d.warmup && !d.warmup.done) lines.push(`warm-up day ${d.warmup.day}${d.warmup.last_step ? ` (${d.warmup.last_step.replace("_", " ")})` : ""}`);
+      for (const l of d.limits || []) lines.push(`${fmtInt(l.used)} of ${fmtInt(l.limit)} this ${l.period}`);
       const streams = Object.entries(d.ready_by_stream || {});
       if (streams.length > 1) lines.push(`ready ${streams.map(([k, n]) => `${k} ${fmtInt(n)}`).join(", ")}`);
       if (lines.length) parts.push(el("div", { class: "sub" }, lines.join(" · ")));
     }
     for (const src of r.sources && r.sources.length > 1 ? r.sources : []) {
       const blocked = src.blocked_until ? `, blocked until ${fmtSince(src.blocked_until)}` : "";
-      parts.push(el("div", { class: "sub" }, `via ${src.source}: ${pacingState(src)}, ${src.connections_open} open${blocked}`));
+      const warm = src.warmup && !src.warmup.done ? `, warm-up day ${src.warmup.day}` : "";
+      parts.push(el("div", { class: "sub" }, `via ${src.source}: ${pacingState(src)}, ${src.connections_open} open${blocked}${warm}`));
     }
     return el("td", { class: "pacing" }, parts);
   }
