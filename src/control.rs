@@ -112,6 +112,10 @@ pub enum Steer {
         actor: String,
         dry_run: bool,
     },
+    /// Changes nothing: what the selector picks, with its messages' ids.
+    Select {
+        selector: Selector,
+    },
 }
 
 /// What an operation touched (or would).
@@ -127,4 +131,7 @@ pub struct Steered {
     pub greylisted: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Timestamp>,
+    /// Hold and release: the messages touched (or that would be).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<MessageId>,
 }

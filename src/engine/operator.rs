@@ -211,6 +211,127 @@ impl Operator {
         Ok(steered)
     }
 
+    /// Holds every message with mail the selector picks (those held already stay as
+    /// they are), in one commit; a dry run counts them.
+    pub async fn hold_many(
+        &self,
+        selector: Selector,
+        dry_run: bool,
+        reason: String,
+        actor: &str,
+    ) -> Result<Steered, OperatorError> {
+        let held: Vec<Target> = self.held_messages().await;
+        let mut picked = self.steer(Steer::Select { selector }).await?;
+        picked
+            .messages
+            .retain(|id| !held.contains(&Target::Message(*id)));
+        if dry_run || picked.messages.is_empty() {
+            return Ok(picked);
+        }
+        let suspension = Suspension {
+            reason,
+            actor: actor.to_string(),
+            since: self.clock.now(),
+        };
+        let mut events = Vec::new();
+        let mut ops = Vec::new();
+        for id in &picked.messages {
+            let target = Target::Message(*id);
+            events.extend(
+                self.recipient_events(&target, Kind::Held, actor)
+                    .await
+                    .unwrap_or_default(),
+            );
+            ops.push(Op::Suspend {
+                target,
+                suspension: suspension.clone(),
+            });
+        }
+        ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
+        self.spool.commit(ops).await?;
+        tracing::info!(messages = picked.messages.len(), actor, reason = %suspension.reason, "messages held by an operator");
+        let mut steered = Steered::default();
+        for id in &picked.messages {
+            let target = Target::Message(*id);
+            let s = self
+                .steer(Steer::Suspend {
+                    target,
+                    suspension: suspension.clone(),
+                })
+                .await?;
+            steered.groups += s.groups;
+            steered.recipients += s.recipients;
+            steered.in_flight += s.in_flight;
+        }
+        steered.messages = picked.messages;
+        for e in events {
+            self.events.emit(e).await;
+        }
+        Ok(steered)
+    }
+
+    /// Releases every held message the selector picks, in one commit; a dry run counts
+    /// them.
+    pub async fn release_many(
+        &self,
+        selector: Selector,
+        dry_run: bool,
+        actor: &str,
+    ) -> Result<Steered, OperatorError> {
+        let held: Vec<Target> = self.held_messages().await;
+        let mut picked = self.steer(Steer::Select { selector }).await?;
+        picked
+            .messages
+            .retain(|id| held.contains(&Target::Message(*id)));
+        if dry_run || picked.messages.is_empty() {
+            return Ok(picked);
+        }
+        let mut events = Vec::new();
+        let mut ops = Vec::new();
+        for id in &picked.messages {
+            let target = Target::Message(*id);
+            events.extend(
+                self.recipient_events(&target, Kind::Released, actor)
+                    .await
+                    .unwrap_or_default(),
+            );
+            ops.push(Op::Resume { target });
+        }
+        ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
+        self.spool.commit(ops).await?;
+        tracing::info!(
+            messages = picked.messages.len(),
+            actor,
+            "messages released by an operator"
+        );
+        let mut steered = Steered::default();
+        for id in &picked.messages {
+            let s = self
+                .steer(Steer::Resume {
+                    target: Target::Message(*id),
+                })
+                .await?;
+            steered.groups += s.groups;
+            steered.recipients += s.recipients;
+            steered.in_flight += s.in_flight;
+        }
+        steered.messages = picked.messages;
+        for e in events {
+            self.events.emit(e).await;
+        }
+        Ok(steered)
+    }
+
+    async fn held_messages(&self) -> Vec<Target> {
+        self.scheduler
+            .suspensions()
+            .await
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| matches!(t, Target::Message(_)))
+            .collect()
+    }
+
     pub async fn suspensions(&self) -> Vec<(Target, Suspension)> {
         self.scheduler.suspensions().await
     }

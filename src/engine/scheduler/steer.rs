@@ -24,6 +24,13 @@ impl Scheduler {
                 actor,
                 dry_run,
             } => self.end(&selector, how, &actor, dry_run, now),
+            Steer::Select { selector } => {
+                let keys = self.picked(|k| self.selects(&selector, k));
+                let mut s = self.count(&keys);
+                s.messages = keys.iter().map(|k| k.0).collect();
+                s.messages.dedup();
+                s
+            }
         }
     }
 

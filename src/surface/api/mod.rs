@@ -162,6 +162,8 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(steer::post_resume))
         .routes(routes!(steer::post_hold))
         .routes(routes!(steer::post_release))
+        .routes(routes!(steer::post_hold_many))
+        .routes(routes!(steer::post_release_many))
         .routes(routes!(steer::post_retry))
         .routes(routes!(steer::post_cancel))
         .routes(routes!(steer::post_bounce))

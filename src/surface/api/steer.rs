@@ -47,6 +47,8 @@ struct FilterRequest {
     dry_run: bool,
     /// Bounce only: send the sender a DSN (the default).
     dsn: Option<bool>,
+    /// Hold only: why, for whoever looks at the queue later.
+    reason: Option<String>,
 }
 
 /// One suspension, for `GET /api/v1/suspensions`.
@@ -286,10 +288,63 @@ pub(super) async fn post_retry(
     if r.dsn.is_some() {
         return Err(ApiError::field("dsn", "only a bounce takes dsn"));
     }
+    if r.reason.is_some() {
+        return Err(ApiError::field("reason", "only a hold takes a reason"));
+    }
     let selector = selector(&state, &r).await?;
     let steered = state
         .operator
         .retry(selector, r.dry_run, &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(done(steered, r.dry_run))
+}
+
+/// `POST /api/v1/hold`: every message with mail the filter picks is held (those held
+/// already stay as they are); a dry run counts them.
+#[utoipa::path(post, path = "/api/v1/hold", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "a filter (messages, domain, provider, or all), reason and dry_run"), responses((status = 200, description = "What was held, or would be"), (status = 400, description = "No filter, or a bad one")))]
+pub(super) async fn post_hold_many(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: FilterRequest = parse_json(&body)?;
+    if r.dsn.is_some() {
+        return Err(ApiError::field("dsn", "only a bounce takes dsn"));
+    }
+    let selector = selector(&state, &r).await?;
+    let reason = r
+        .reason
+        .clone()
+        .unwrap_or_else(|| "held by the operator".into());
+    let steered = state
+        .operator
+        .hold_many(selector, r.dry_run, reason, &actor)
+        .await
+        .map_err(operator_error)?;
+    Ok(done(steered, r.dry_run))
+}
+
+/// `POST /api/v1/release`: every held message the filter picks is released; a dry run
+/// counts them.
+#[utoipa::path(post, path = "/api/v1/release", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "a filter (messages, domain, provider, or all) and dry_run"), responses((status = 200, description = "What was released, or would be"), (status = 400, description = "No filter, or a bad one")))]
+pub(super) async fn post_release_many(
+    AxState(state): AxState<Arc<ApiState>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<axum::Json<SteerView>, ApiError> {
+    let r: FilterRequest = parse_json(&body)?;
+    if r.dsn.is_some() || r.reason.is_some() {
+        let field = if r.dsn.is_some() { "dsn" } else { "reason" };
+        return Err(ApiError::field(
+            field,
+            "a release takes a filter and dry_run only",
+        ));
+    }
+    let selector = selector(&state, &r).await?;
+    let steered = state
+        .operator
+        .release_many(selector, r.dry_run, &actor)
         .await
         .map_err(operator_error)?;
     Ok(done(steered, r.dry_run))
@@ -334,6 +389,9 @@ async fn end(
     r: FilterRequest,
     how: Ending,
 ) -> Result<axum::Json<SteerView>, ApiError> {
+    if r.reason.is_some() {
+        return Err(ApiError::field("reason", "only a hold takes a reason"));
+    }
     let selector = selector(&state, &r).await?;
     let steered = state
         .operator

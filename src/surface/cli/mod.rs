@@ -100,9 +100,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Hold a message: it stays queued and is not tried until released.
+    /// Hold messages (by id, or all those a filter picks): they stay queued and are not
+    /// tried until released.
     Hold(steer::HoldArgs),
-    /// Release a held message: it is tried at its destination's pace.
+    /// Release held messages (by id or filter): they go at their destinations' pace.
     Release(steer::HoldArgs),
     /// Try the chosen mail now, at each destination's pace (greylisted mail keeps its
     /// time).

@@ -36,17 +36,14 @@ pub struct SuspendArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["ids", "domain", "provider", "all"])))]
 pub struct HoldArgs {
-    /// The message's id, or the start of it.
-    id: String,
+    /// The messages: ids (or their starts), or a filter.
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Why, for whoever looks at the queue later (hold only).
     #[arg(long)]
     reason: Option<String>,
-    #[command(flatten)]
-    api: ApiArgs,
-    /// Print the API's answer as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Which queued mail a bulk action applies to: all the criteria given must hold.
@@ -178,7 +175,8 @@ pub async fn suspensions(api: ApiArgs, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn hold(args: HoldArgs, release: bool) -> anyhow::Result<()> {
-    let client = args.api.client()?;
+    let f = &args.filter;
+    let client = f.api.client()?;
     let (path, verb) = match release {
         false => ("hold", "held"),
         true => ("release", "released"),
@@ -186,16 +184,40 @@ pub async fn hold(args: HoldArgs, release: bool) -> anyhow::Result<()> {
     if release && args.reason.is_some() {
         anyhow::bail!("--reason: a release takes no reason");
     }
-    let body = match &args.reason {
-        Some(r) => serde_json::json!({"reason": r}),
-        None => serde_json::json!({}),
+    // One message by its id: its own endpoint, which says when it is held already.
+    if let [id] = f.ids.as_slice()
+        && f.domain.is_none()
+        && f.provider.is_none()
+        && !f.all
+        && !f.dry_run
+    {
+        let body = match &args.reason {
+            Some(r) => serde_json::json!({"reason": r}),
+            None => serde_json::json!({}),
+        };
+        let v: SteerView = client.post_message(id, path, &body).await?;
+        let what = format!("{verb} message {id}: {} recipients", v.steered.recipients);
+        return print(&v, f.json, &what);
+    }
+    let mut body = f.body();
+    if let Some(r) = &args.reason {
+        body["reason"] = r.clone().into();
+    }
+    let v: SteerView = client.post(&format!("/api/v1/{path}"), &body).await?;
+    let s = &v.steered;
+    let what = match v.dry_run {
+        true => format!(
+            "would {path} {} messages ({} recipients)",
+            s.messages.len(),
+            s.recipients
+        ),
+        false => format!(
+            "{verb} {} messages ({} recipients)",
+            s.messages.len(),
+            s.recipients
+        ),
     };
-    let v: SteerView = client.post_message(&args.id, path, &body).await?;
-    let what = format!(
-        "{verb} message {}: {} recipients",
-        args.id, v.steered.recipients
-    );
-    print(&v, args.json, &what)
+    print(&v, f.json, &what)
 }
 
 pub async fn retry(args: FilterArgs) -> anyhow::Result<()> {
