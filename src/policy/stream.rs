@@ -83,6 +83,14 @@ impl Streams {
             .unwrap_or(self.default) as StreamIx
     }
 
+    /// Takes the pools `old` sends from: pools and sources change only at a restart, and
+    /// a reloaded config's pool indexes may not be the running egress's.
+    pub fn keep_pools(&mut self, old: &Streams) {
+        for (new, old) in self.list.iter_mut().zip(&old.list) {
+            new.pool = old.pool;
+        }
+    }
+
     pub fn get(&self, ix: StreamIx) -> &Stream {
         &self.list[usize::from(ix)]
     }

@@ -617,6 +617,8 @@ impl Scheduler {
                 .zip(self.policy.streams.iter())
                 .all(|(a, b)| a.name == b.name);
         if same_streams {
+            let mut streams = streams;
+            streams.keep_pools(&self.policy.streams);
             self.policy.streams = streams;
         }
         self.policy.shaping = shaping;

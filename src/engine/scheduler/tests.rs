@@ -1390,3 +1390,32 @@ fn a_group_not_in_memory_is_read_back_to_be_deferred_internally() {
     );
     assert!(jobs(effects).is_empty());
 }
+
+#[test]
+fn a_reload_that_changes_pools_keeps_the_running_ones() {
+    let mut h = Harness::new(policy(|_| {}));
+    let source = |name: &str| crate::config::SourceConfig {
+        name: name.into(),
+        ip: None,
+        ehlo: None,
+        hourly: None,
+        daily: None,
+        warmup: None,
+        max_connections: None,
+    };
+    let reloaded = policy(|c| {
+        c.sources = vec![source("a"), source("b")];
+        c.pools.insert(
+            "x".into(),
+            crate::config::PoolConfig {
+                sources: vec![crate::config::PoolMember::Name("b".into())],
+            },
+        );
+        c.streams.0.get_mut("bulk").unwrap().pool = Some("x".into());
+        c.streams.0.get_mut("bulk").unwrap().share = 0.5;
+    });
+    h.core.reconfigure(reloaded, h.now);
+    // Pools need a restart: the mail goes out of the running egress's one source.
+    let (_, job) = one_job(h.queue(1, &["u@a.test"]));
+    assert_eq!(&*job.from.name, "default");
+}
