@@ -212,6 +212,22 @@ rate = "2/30s"
     }
 
     #[test]
+    fn a_warm_up_sends_what_each_day_allows_and_doubles_on_good_days() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(dir.join("scenarios/warmup.toml")).unwrap();
+        let config = Config::load(&dir.join("scenarios/warmup.knock.toml")).unwrap();
+        let r = run_it(&text, &config);
+        assert!(r.drained);
+        assert_eq!(r.total.delivered, 3000);
+        let minutes = &r.timeline[0].1;
+        let per_day: Vec<u64> = minutes
+            .chunks(1440)
+            .map(|day| day.iter().map(|m| m.delivered).sum())
+            .collect();
+        assert_eq!(per_day, [400, 800, 1600, 200]);
+    }
+
+    #[test]
     fn the_same_scenario_and_seed_give_the_same_run() {
         let a = run_it(GREY, &Config::default());
         let b = run_it(GREY, &Config::default());
