@@ -324,11 +324,59 @@ impl Default for Streams {
 }
 
 impl<'de> Deserialize<'de> for Streams {
+    /// Each `[stream.NAME]` sets the keys it gives over the shipped stream of that name
+    /// (`[stream.transactional] pool = "tx"` keeps transactional's share and retries), or
+    /// over the defaults for a stream of the operator's own.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Streams, D::Error> {
-        let configured = BTreeMap::<String, StreamConfig>::deserialize(d)?;
+        let configured = BTreeMap::<String, StreamKeys>::deserialize(d)?;
         let mut streams = Streams::default();
-        streams.0.extend(configured);
+        for (name, keys) in configured {
+            let stream = streams.0.entry(name).or_default();
+            keys.apply(stream);
+        }
         Ok(streams)
+    }
+}
+
+/// A `[stream.NAME]` as written: only the keys given.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamKeys {
+    priority: Option<i32>,
+    share: Option<f64>,
+    #[serde(default, deserialize_with = "de_opt_durations")]
+    retry: Option<Vec<Duration>>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    deadline: Option<Duration>,
+    users: Option<Vec<String>>,
+    pool: Option<String>,
+}
+
+impl StreamKeys {
+    fn apply(self, s: &mut StreamConfig) {
+        if let Some(v) = self.priority {
+            s.priority = v;
+        }
+        if let Some(v) = self.share {
+            s.share = v;
+        }
+        if self.retry.is_some() {
+            s.retry = self.retry;
+        }
+        if self.max_age.is_some() {
+            s.max_age = self.max_age;
+        }
+        if self.deadline.is_some() {
+            s.deadline = self.deadline;
+        }
+        if let Some(v) = self.users {
+            s.users = v;
+        }
+        if self.pool.is_some() {
+            s.pool = self.pool;
+        }
     }
 }
 

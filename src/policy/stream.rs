@@ -286,6 +286,19 @@ mod tests {
     }
 
     #[test]
+    fn a_shipped_stream_keeps_what_the_file_does_not_set() {
+        let s = streams("[stream.transactional]\npool = \"default\"\n");
+        let t = s.get(s.ix(Some("transactional")));
+        assert_eq!((t.share, t.priority), (0.75, 10));
+        assert_eq!(t.lifetime(), Duration::from_secs(24 * 3600));
+        assert_eq!(t.rules.schedule.delay(1), Duration::from_secs(60));
+        let e = Config::parse("[stream.bulk]\nshar = 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shar"), "{e}");
+    }
+
+    #[test]
     fn a_deadline_is_the_lifetime_and_is_strict() {
         let s = streams("[stream.otp]\ndeadline = \"10m\"\nretry = [\"30s\", \"1m\"]\n");
         let otp = s.get(s.ix(Some("otp")));
