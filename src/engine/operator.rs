@@ -187,14 +187,8 @@ impl Operator {
             );
             // Holds of the messages named have nothing left to hold: they go quietly (no
             // `released` event for a recipient that was just ended).
-            let held: Vec<Target> = self
-                .scheduler
-                .suspensions()
-                .await
-                .into_iter()
-                .map(|(t, _)| t)
-                .filter(|t| matches!(t, Target::Message(id) if selector.messages.contains(id)))
-                .collect();
+            let mut held = self.held_messages().await;
+            held.retain(|t| matches!(t, Target::Message(id) if selector.messages.contains(id)));
             if !held.is_empty() {
                 let ops = held
                     .iter()
@@ -220,54 +214,12 @@ impl Operator {
         reason: String,
         actor: &str,
     ) -> Result<Steered, OperatorError> {
-        let held: Vec<Target> = self.held_messages().await;
-        let mut picked = self.steer(Steer::Select { selector }).await?;
-        picked
-            .messages
-            .retain(|id| !held.contains(&Target::Message(*id)));
-        if dry_run || picked.messages.is_empty() {
-            return Ok(picked);
-        }
-        let suspension = Suspension {
+        let hold = Suspension {
             reason,
             actor: actor.to_string(),
             since: self.clock.now(),
         };
-        let mut events = Vec::new();
-        let mut ops = Vec::new();
-        for id in &picked.messages {
-            let target = Target::Message(*id);
-            events.extend(
-                self.recipient_events(&target, Kind::Held, actor)
-                    .await
-                    .unwrap_or_default(),
-            );
-            ops.push(Op::Suspend {
-                target,
-                suspension: suspension.clone(),
-            });
-        }
-        ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
-        self.spool.commit(ops).await?;
-        tracing::info!(messages = picked.messages.len(), actor, reason = %suspension.reason, "messages held by an operator");
-        let mut steered = Steered::default();
-        for id in &picked.messages {
-            let target = Target::Message(*id);
-            let s = self
-                .steer(Steer::Suspend {
-                    target,
-                    suspension: suspension.clone(),
-                })
-                .await?;
-            steered.groups += s.groups;
-            steered.recipients += s.recipients;
-            steered.in_flight += s.in_flight;
-        }
-        steered.messages = picked.messages;
-        for e in events {
-            self.events.emit(e).await;
-        }
-        Ok(steered)
+        self.holds(selector, dry_run, Some(hold), actor).await
     }
 
     /// Releases every held message the selector picks, in one commit; a dry run counts
@@ -278,39 +230,68 @@ impl Operator {
         dry_run: bool,
         actor: &str,
     ) -> Result<Steered, OperatorError> {
+        self.holds(selector, dry_run, None, actor).await
+    }
+
+    /// Holds (with `hold`) the picked messages not held yet, or releases (`None`) the
+    /// picked ones that are: their changes and their `held`/`released` events in one
+    /// commit, then the scheduler told.
+    async fn holds(
+        &self,
+        selector: Selector,
+        dry_run: bool,
+        hold: Option<Suspension>,
+        actor: &str,
+    ) -> Result<Steered, OperatorError> {
         let held: Vec<Target> = self.held_messages().await;
         let mut picked = self.steer(Steer::Select { selector }).await?;
         picked
             .messages
-            .retain(|id| held.contains(&Target::Message(*id)));
+            .retain(|id| held.contains(&Target::Message(*id)) == hold.is_none());
         if dry_run || picked.messages.is_empty() {
             return Ok(picked);
         }
+        let kind = match hold {
+            Some(_) => Kind::Held,
+            None => Kind::Released,
+        };
+        let steer = |target: Target| match &hold {
+            Some(suspension) => Steer::Suspend {
+                target,
+                suspension: suspension.clone(),
+            },
+            None => Steer::Resume { target },
+        };
         let mut events = Vec::new();
         let mut ops = Vec::new();
         for id in &picked.messages {
             let target = Target::Message(*id);
             events.extend(
-                self.recipient_events(&target, Kind::Released, actor)
+                self.recipient_events(&target, kind, actor)
                     .await
                     .unwrap_or_default(),
             );
-            ops.push(Op::Resume { target });
+            ops.push(match &hold {
+                Some(suspension) => Op::Suspend {
+                    target,
+                    suspension: suspension.clone(),
+                },
+                None => Op::Resume { target },
+            });
         }
         ops.extend(self.events.outbox(&mut events).map(Op::Outbox));
         self.spool.commit(ops).await?;
+        let reason = hold.as_ref().map(|h| h.reason.as_str());
         tracing::info!(
             messages = picked.messages.len(),
             actor,
-            "messages released by an operator"
+            ?kind,
+            reason,
+            "messages held or released by an operator"
         );
         let mut steered = Steered::default();
         for id in &picked.messages {
-            let s = self
-                .steer(Steer::Resume {
-                    target: Target::Message(*id),
-                })
-                .await?;
+            let s = self.steer(steer(Target::Message(*id))).await?;
             steered.groups += s.groups;
             steered.recipients += s.recipients;
             steered.in_flight += s.in_flight;

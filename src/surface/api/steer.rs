@@ -51,6 +51,20 @@ struct FilterRequest {
     reason: Option<String>,
 }
 
+impl FilterRequest {
+    /// Refuses the keys the action does not take: `dsn` (a bounce's) and `reason` (a
+    /// hold's).
+    fn takes(&self, dsn: bool, reason: bool) -> Result<(), ApiError> {
+        if self.dsn.is_some() && !dsn {
+            return Err(ApiError::field("dsn", "only a bounce takes dsn"));
+        }
+        if self.reason.is_some() && !reason {
+            return Err(ApiError::field("reason", "only a hold takes a reason"));
+        }
+        Ok(())
+    }
+}
+
 /// One suspension, for `GET /api/v1/suspensions`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SuspensionView {
@@ -285,12 +299,7 @@ pub(super) async fn post_retry(
     body: Bytes,
 ) -> Result<axum::Json<SteerView>, ApiError> {
     let r: FilterRequest = parse_json(&body)?;
-    if r.dsn.is_some() {
-        return Err(ApiError::field("dsn", "only a bounce takes dsn"));
-    }
-    if r.reason.is_some() {
-        return Err(ApiError::field("reason", "only a hold takes a reason"));
-    }
+    r.takes(false, false)?;
     let selector = selector(&state, &r).await?;
     let steered = state
         .operator
@@ -309,9 +318,7 @@ pub(super) async fn post_hold_many(
     body: Bytes,
 ) -> Result<axum::Json<SteerView>, ApiError> {
     let r: FilterRequest = parse_json(&body)?;
-    if r.dsn.is_some() {
-        return Err(ApiError::field("dsn", "only a bounce takes dsn"));
-    }
+    r.takes(false, true)?;
     let selector = selector(&state, &r).await?;
     let reason = r
         .reason
@@ -334,13 +341,7 @@ pub(super) async fn post_release_many(
     body: Bytes,
 ) -> Result<axum::Json<SteerView>, ApiError> {
     let r: FilterRequest = parse_json(&body)?;
-    if r.dsn.is_some() || r.reason.is_some() {
-        let field = if r.dsn.is_some() { "dsn" } else { "reason" };
-        return Err(ApiError::field(
-            field,
-            "a release takes a filter and dry_run only",
-        ));
-    }
+    r.takes(false, false)?;
     let selector = selector(&state, &r).await?;
     let steered = state
         .operator
@@ -389,9 +390,7 @@ async fn end(
     r: FilterRequest,
     how: Ending,
 ) -> Result<axum::Json<SteerView>, ApiError> {
-    if r.reason.is_some() {
-        return Err(ApiError::field("reason", "only a hold takes a reason"));
-    }
+    r.takes(matches!(how, Ending::Bounce { .. }), false)?;
     let selector = selector(&state, &r).await?;
     let steered = state
         .operator
