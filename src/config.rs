@@ -110,6 +110,22 @@ fn default_max_deferral_rate() -> f64 {
     0.05
 }
 
+impl SourceConfig {
+    /// A source of that name with nothing else set: the host's address, `[smtp] hostname`,
+    /// no limits.
+    pub fn named(name: &str) -> SourceConfig {
+        SourceConfig {
+            name: name.into(),
+            ip: None,
+            ehlo: None,
+            hourly: None,
+            daily: None,
+            warmup: None,
+            max_connections: None,
+        }
+    }
+}
+
 /// One `[pool.NAME]`: sources and their weights.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -151,15 +167,7 @@ impl Config {
     /// The sources: those configured, or the host's own address under `default`.
     pub fn effective_sources(&self) -> Vec<SourceConfig> {
         match self.sources.is_empty() {
-            true => vec![SourceConfig {
-                name: DEFAULT_SOURCE.into(),
-                ip: None,
-                ehlo: None,
-                hourly: None,
-                daily: None,
-                warmup: None,
-                max_connections: None,
-            }],
+            true => vec![SourceConfig::named(DEFAULT_SOURCE)],
             false => self.sources.clone(),
         }
     }

@@ -4,19 +4,6 @@ use crate::world::*;
 use knock::net::resolve::StaticResolver;
 use std::process::Command;
 
-fn knock(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_knock"))
-        .args(args)
-        .env_remove("KNOCK_API")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `knock` with `stdin` on its standard input.
 fn knock_with_stdin(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
     use std::io::Write;

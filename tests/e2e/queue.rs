@@ -12,26 +12,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(15);
 
-/// Runs `knock` (off the async runtime); returns success, stdout and stderr.
-async fn knock(args: &[&str]) -> (bool, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_knock"))
-            .args(&args)
-            .env_remove("KNOCK_API")
-            .env_remove("KNOCK_API_TOKEN")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 /// Injects a message over HTTP; returns its id.
 async fn send(engine: &knock::serve::Engine, to: &[&str]) -> String {
     let body = serde_json::json!({"from": "s@tx.test", "to": to, "subject": "s", "text": "t"});
@@ -234,7 +214,8 @@ async fn the_queue_is_listed_filtered_and_paged() {
 
     // The same through the CLI: a table for people, JSON anywhere on the line.
     let api = d.api();
-    let (ok, out, err) = knock(&["queue", "list", "--api", &api, "--domain", "grey.test"]).await;
+    let (ok, out, err) =
+        knock_async(&["queue", "list", "--api", &api, "--domain", "grey.test"]).await;
     assert!(ok, "{err}");
     let header = out.lines().next().unwrap();
     assert!(
@@ -255,7 +236,7 @@ async fn the_queue_is_listed_filtered_and_paged() {
     assert!(!out.contains("@rx.test"), "{out}");
     assert!(out.contains("2 messages, 2 recipients"), "{out}");
 
-    let (ok, out, err) = knock(&[
+    let (ok, out, err) = knock_async(&[
         "queue", "--json", "list", "--class", "system", "--limit", "1", "--all", "--api", &api,
     ])
     .await;
@@ -263,13 +244,13 @@ async fn the_queue_is_listed_filtered_and_paged() {
     let page: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed(&page), d.expect(|r| r.starts_with("tempfail@")));
 
-    let (ok, out, _) = knock(&["queue", "list", "--api", &api, "--limit", "2"]).await;
+    let (ok, out, _) = knock_async(&["queue", "list", "--api", &api, "--limit", "2"]).await;
     assert!(ok);
     assert!(
         out.contains(&format!("--after {}", d.messages[1].0)),
         "where to go on: {out}"
     );
-    let (ok, _, err) = knock(&["queue", "list", "--api", &api, "--state", "stuck"]).await;
+    let (ok, _, err) = knock_async(&["queue", "list", "--api", &api, "--state", "stuck"]).await;
     assert!(!ok);
     assert!(
         err.starts_with("error: 400 Bad Request: state:") && err.lines().count() == 1,
@@ -327,11 +308,11 @@ async fn ids_may_be_given_by_their_start() {
     );
 
     let api = d.api();
-    let (ok, out, err) = knock(&["queue", "show", unique, "--api", &api]).await;
+    let (ok, out, err) = knock_async(&["queue", "show", unique, "--api", &api]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with(&format!("message {target}")), "{out}");
     assert!(out.contains("g2@grey.test [deferred]"), "{out}");
-    let (ok, out, err) = knock(&["queue", "cat", unique, "--api", &api, "--headers"]).await;
+    let (ok, out, err) = knock_async(&["queue", "cat", unique, "--api", &api, "--headers"]).await;
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!("Message-ID: <{target}@knock.test>")),
@@ -346,7 +327,7 @@ async fn ids_may_be_given_by_their_start() {
         (none, format!("no message id starts with {none}")),
     ] {
         for sub in ["show", "cat"] {
-            let (ok, out, err) = knock(&["queue", sub, prefix, "--api", &api]).await;
+            let (ok, out, err) = knock_async(&["queue", sub, prefix, "--api", &api]).await;
             assert!(!ok && out.is_empty(), "{sub} {prefix}: {out}");
             assert_eq!(err.lines().count(), 1, "one line: {err}");
             assert!(
@@ -398,10 +379,10 @@ async fn a_queued_message_is_printed_as_stored() {
     assert!(text.contains("\"field\":\"headers\""), "{text}");
 
     let api = engine.http_addr.to_string();
-    let (ok, out, err) = knock(&["queue", "cat", &id[..13], "--api", &api]).await;
+    let (ok, out, err) = knock_async(&["queue", "cat", &id[..13], "--api", &api]).await;
     assert!(ok, "{err}");
     assert_eq!(out, stored, "printed byte for byte");
-    let (ok, out, err) = knock(&["queue", "cat", &id, "--headers", "--api", &api]).await;
+    let (ok, out, err) = knock_async(&["queue", "cat", &id, "--headers", "--api", &api]).await;
     assert!(ok, "{err}");
     assert_eq!(out, headers);
 
@@ -417,7 +398,7 @@ async fn a_queued_message_is_printed_as_stored() {
     let done = delivered["message_id"].as_str().unwrap();
     let (status, _, text) = get(format!("/api/v1/messages/{done}/raw")).await;
     assert_eq!(status, 410, "{text}");
-    let (ok, _, err) = knock(&["queue", "cat", done, "--api", &api]).await;
+    let (ok, _, err) = knock_async(&["queue", "cat", done, "--api", &api]).await;
     assert!(!ok && err.contains("its body is not kept"), "{err}");
     engine.shutdown().await;
 }
@@ -469,7 +450,7 @@ async fn the_shape_counts_the_queue_by_age_per_domain_and_provider() {
     );
 
     let api = d.api();
-    let (ok, out, err) = knock(&["queue", "shape", "--api", &api]).await;
+    let (ok, out, err) = knock_async(&["queue", "shape", "--api", &api]).await;
     assert!(ok, "{err}");
     let lines: Vec<Vec<&str>> = out
         .lines()
@@ -480,7 +461,7 @@ async fn the_shape_counts_the_queue_by_age_per_domain_and_provider() {
     assert_eq!(lines[1][..3], ["TOTAL", "7", "7"], "{out}");
     assert_eq!(lines[2][..3], ["rx.test", "5", "5"], "{out}");
     assert_eq!(lines[3][..3], ["grey.test", "2", "2"], "{out}");
-    let (ok, out, err) = knock(&[
+    let (ok, out, err) = knock_async(&[
         "queue", "shape", "--by", "provider", "--json", "--api", &api,
     ])
     .await;
@@ -585,7 +566,7 @@ async fn events_are_followed_as_they_are_written() {
     // Without --follow: what the log holds (since the truncation), then it ends; --json
     // prints the lines as written.
     let file = path.to_str().unwrap();
-    let (ok, out, err) = knock(&[
+    let (ok, out, err) = knock_async(&[
         "events",
         "--file",
         file,
@@ -606,11 +587,11 @@ async fn events_are_followed_as_they_are_written() {
     );
     assert!(events.iter().any(|e| e["message_id"] == third.as_str()));
     let (ok, out, err) =
-        knock(&["events", "--file", file, "--event", "processed", "-n", "1"]).await;
+        knock_async(&["events", "--file", file, "--event", "processed", "-n", "1"]).await;
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("processed") && out.contains(&third), "{out}");
-    let (ok, _, err) = knock(&["events", "--file", "/nonexistent/events.jsonl"]).await;
+    let (ok, _, err) = knock_async(&["events", "--file", "/nonexistent/events.jsonl"]).await;
     assert!(
         !ok && err.contains("no event log at /nonexistent/events.jsonl"),
         "{err}"

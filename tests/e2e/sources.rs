@@ -12,13 +12,9 @@ use std::time::Duration;
 
 fn source(name: &str, ip: &str) -> SourceConfig {
     SourceConfig {
-        name: name.into(),
         ip: Some(ip.parse().unwrap()),
         ehlo: Some(format!("{name}.knock.test")),
-        hourly: None,
-        daily: None,
-        warmup: None,
-        max_connections: None,
+        ..SourceConfig::named(name)
     }
 }
 

@@ -284,23 +284,10 @@ async fn cancel_and_bounce_take_a_filter_and_a_dry_run_says_how_many() {
 }
 
 /// `knock ARGS --api API`, the real binary, off the runtime's threads.
-async fn knock(api: &str, args: &[&str]) -> (bool, String, String) {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(["--api".to_string(), api.to_string()]);
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_knock"))
-            .args(&all)
-            .env_remove("KNOCK_API")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+async fn knock_at(api: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--api", api]);
+    knock_async(&all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +296,7 @@ async fn the_command_line_suspends_lists_retries_and_cancels() {
     let (_rx, _tx, resolver) = receiver_and_sender().await;
     let engine = world.start(resolver).await;
     let api = engine.http_addr.to_string();
-    let run = |args: &'static [&'static str]| knock(&api, args);
+    let run = |args: &'static [&'static str]| knock_at(&api, args);
     let (ok, out, err) = run(&["suspend", "--domain", "rx.test", "--reason", "moving"]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with("suspended domain rx.test"), "{out}");
@@ -357,7 +344,7 @@ async fn the_command_line_edits_the_suppression_list() {
     let (rx, _tx, resolver) = receiver_and_sender().await;
     let engine = world.start(resolver).await;
     let api = engine.http_addr.to_string();
-    let run = |args: &'static [&'static str]| knock(&api, args);
+    let run = |args: &'static [&'static str]| knock_at(&api, args);
     let (ok, out, err) = run(&[
         "suppress",
         "add",
@@ -444,7 +431,8 @@ async fn hold_and_release_take_a_filter_and_a_dry_run_too() {
         "a dry run holds nothing"
     );
     let api = engine.http_addr.to_string();
-    let (ok, out, err) = knock(&api, &["hold", "--domain", "rx.test", "--reason", "audit"]).await;
+    let (ok, out, err) =
+        knock_at(&api, &["hold", "--domain", "rx.test", "--reason", "audit"]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with("held 3 messages (3 recipients)"), "{out}");
     let count = |kind: &'static str| {
@@ -471,19 +459,19 @@ async fn hold_and_release_take_a_filter_and_a_dry_run_too() {
             .all(|x| x["reason"] == "audit")
     );
     // Held already: a second hold touches nothing.
-    let (ok, out, _) = knock(&api, &["hold", "--all"]).await;
+    let (ok, out, _) = knock_at(&api, &["hold", "--all"]).await;
     assert!(ok && out.starts_with("held 0 messages"), "{out}");
-    let (ok, out, err) = knock(&api, &["release", "--all", "--dry-run"]).await;
+    let (ok, out, err) = knock_at(&api, &["release", "--all", "--dry-run"]).await;
     assert!(ok, "{err}");
     assert!(out.starts_with("would release 3 messages"), "{out}");
-    let (ok, out, err) = knock(&api, &["release", "--provider", "rx.test", "--json"]).await;
+    let (ok, out, err) = knock_at(&api, &["release", "--provider", "rx.test", "--json"]).await;
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     let provider = queued(&engine, "rx.test").await["provider"].clone();
     if provider != "rx.test" {
         // The domain's provider is named after its MX: nothing matched that name.
         assert_eq!(v["messages"].as_array().map_or(0, |m| m.len()), 0, "{v}");
-        let (ok, out, err) = knock(&api, &["release", "--domain", "rx.test"]).await;
+        let (ok, out, err) = knock_at(&api, &["release", "--domain", "rx.test"]).await;
         assert!(ok, "{err}");
         assert!(out.starts_with("released 3 messages"), "{out}");
     }

@@ -316,3 +316,30 @@ pub async fn wait_listening(addr: SocketAddr) {
     }
     panic!("knock did not start listening on {addr}");
 }
+
+/// `knock ARGS`, the real binary, as a user runs it (no `KNOCK_API` or `KNOCK_API_TOKEN`
+/// from the environment): whether it succeeded, its stdout and its stderr.
+pub fn knock(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_knock"))
+        .args(args)
+        .env_remove("KNOCK_API")
+        .env_remove("KNOCK_API_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`knock`] off the async runtime's threads.
+pub async fn knock_async(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        knock(&args)
+    })
+    .await
+    .unwrap()
+}

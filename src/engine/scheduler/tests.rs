@@ -1034,13 +1034,9 @@ fn the_shape_counts_pending_recipients_by_age_per_domain_or_provider() {
 fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turns() {
     let mut h = Harness::new(policy(|c| {
         c.sources = vec![crate::config::SourceConfig {
-            name: "new-ip".into(),
             ip: Some("192.0.2.7".parse().unwrap()),
-            ehlo: None,
             hourly: Some(3),
-            daily: None,
-            warmup: None,
-            max_connections: None,
+            ..crate::config::SourceConfig::named("new-ip")
         }];
     }));
     // 10:59:30 UTC.
@@ -1079,13 +1075,8 @@ fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turn
 fn internal_deferrals_are_events_without_an_attempt() {
     let mut h = Harness::new(policy(|c| {
         c.sources = vec![crate::config::SourceConfig {
-            name: "new-ip".into(),
-            ip: None,
-            ehlo: None,
             hourly: Some(1),
-            daily: None,
-            warmup: None,
-            max_connections: None,
+            ..crate::config::SourceConfig::named("new-ip")
         }];
     }));
     let first = h.queue(1, &["u1@a.test"]);
@@ -1144,9 +1135,6 @@ fn transactional_mail_overtakes_a_bulk_backlog_at_the_same_destination() {
 fn a_warm_up_climbs_on_good_days_steps_back_on_bad_ones_and_keeps_its_day() {
     let config = |c: &mut Config| {
         c.sources = vec![crate::config::SourceConfig {
-            name: "new-ip".into(),
-            ip: None,
-            ehlo: None,
             hourly: Some(100),
             daily: Some(1000),
             warmup: Some(crate::config::WarmupConfig {
@@ -1155,7 +1143,7 @@ fn a_warm_up_climbs_on_good_days_steps_back_on_bad_ones_and_keeps_its_day() {
                 growth: 2.0,
                 max_deferral_rate: 0.1,
             }),
-            max_connections: None,
+            ..crate::config::SourceConfig::named("new-ip")
         }];
     };
     let mut h = Harness::new(policy(config));
@@ -1287,16 +1275,7 @@ fn a_suspended_stream_holds_its_mail_everywhere_and_no_other() {
 #[test]
 fn mail_against_a_deadline_tries_another_source_after_a_deferral() {
     let mut h = Harness::new(policy(|c| {
-        let source = |name: &str| crate::config::SourceConfig {
-            name: name.into(),
-            ip: None,
-            ehlo: None,
-            hourly: None,
-            daily: None,
-            warmup: None,
-            max_connections: None,
-        };
-        c.sources = vec![source("a"), source("b")];
+        c.sources = ["a", "b"].map(crate::config::SourceConfig::named).to_vec();
         c.streams.0.insert(
             "otp".into(),
             crate::config::StreamConfig {
@@ -1321,13 +1300,8 @@ fn mail_against_a_deadline_tries_another_source_after_a_deferral() {
 fn a_source_s_connection_cap_holds_across_providers_and_a_closed_one_lets_the_next_open() {
     let mut h = Harness::new(policy(|c| {
         c.sources = vec![crate::config::SourceConfig {
-            name: "only".into(),
-            ip: None,
-            ehlo: None,
-            hourly: None,
-            daily: None,
-            warmup: None,
             max_connections: Some(2),
+            ..crate::config::SourceConfig::named("only")
         }];
     }));
     let mut handed = Vec::new();
@@ -1358,13 +1332,8 @@ fn a_source_s_connection_cap_holds_across_providers_and_a_closed_one_lets_the_ne
 fn a_group_not_in_memory_is_read_back_to_be_deferred_internally() {
     let mut h = Harness::new(policy(|c| {
         c.sources = vec![crate::config::SourceConfig {
-            name: "new-ip".into(),
-            ip: None,
-            ehlo: None,
             hourly: Some(1),
-            daily: None,
-            warmup: None,
-            max_connections: None,
+            ..crate::config::SourceConfig::named("new-ip")
         }];
     }));
     assert_eq!(jobs(h.queue(1, &["u1@a.test"])).len(), 1);
@@ -1394,17 +1363,8 @@ fn a_group_not_in_memory_is_read_back_to_be_deferred_internally() {
 #[test]
 fn a_reload_that_changes_pools_keeps_the_running_ones() {
     let mut h = Harness::new(policy(|_| {}));
-    let source = |name: &str| crate::config::SourceConfig {
-        name: name.into(),
-        ip: None,
-        ehlo: None,
-        hourly: None,
-        daily: None,
-        warmup: None,
-        max_connections: None,
-    };
     let reloaded = policy(|c| {
-        c.sources = vec![source("a"), source("b")];
+        c.sources = ["a", "b"].map(crate::config::SourceConfig::named).to_vec();
         c.pools.insert(
             "x".into(),
             crate::config::PoolConfig {
