@@ -154,13 +154,12 @@ impl Intake {
                 .filter(|r| self.suppressions.contains(&r.address))
             {
                 r.state = State::Suppressed;
-                let mut e = Event::new(
+                let mut e = Event::about(
                     Kind::Suppressed,
                     now,
-                    message.envelope.id.to_string(),
+                    &message.envelope,
                     r.address.clone(),
                     g.domain.clone(),
-                    message.envelope.from.clone(),
                 );
                 e.text = Some("the address is on the suppression list".into());
                 events.push(e);

@@ -346,14 +346,7 @@ impl Operator {
         let mut events = Vec::new();
         for g in &groups {
             for r in g.pending() {
-                let mut e = Event::new(
-                    kind,
-                    now,
-                    envelope.id.to_string(),
-                    r.address.clone(),
-                    g.domain.clone(),
-                    envelope.from.clone(),
-                );
+                let mut e = Event::about(kind, now, &envelope, r.address.clone(), g.domain.clone());
                 e.actor = Some(actor.to_string());
                 events.push(e);
             }
