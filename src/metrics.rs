@@ -31,6 +31,7 @@ pub const QUEUE_OLDEST_SECONDS: &str = "knock_queue_oldest_seconds";
 pub const DESTINATION_READY: &str = "knock_destination_ready_groups";
 pub const DESTINATION_CONNECTIONS: &str = "knock_destination_connections";
 pub const DESTINATION_MAX_CONNECTIONS: &str = "knock_destination_max_connections";
+pub const DESTINATION_CONNECTION_WAIT: &str = "knock_destination_waiting_for_connection";
 pub const DESTINATION_RATE: &str = "knock_destination_rate_per_minute";
 pub const DESTINATION_STATE: &str = "knock_destination_state";
 pub const DESTINATION_GREYLIST_SECONDS: &str = "knock_destination_greylist_seconds";
@@ -134,6 +135,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         DESTINATION_MAX_CONNECTIONS,
         "gauge",
         "Connections the destination may have now, by provider.",
+    ),
+    (
+        DESTINATION_CONNECTION_WAIT,
+        "gauge",
+        "1 while the destination has mail ready and waits for its source's or knock's connection cap, by provider and source.",
     ),
     (
         DESTINATION_RATE,

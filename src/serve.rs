@@ -90,10 +90,10 @@ impl Engine {
     ) -> anyhow::Result<Engine> {
         config.check_host()?;
         let mut policy = Policy::from_config(&config)?;
-        // Warm-ups go on from the day they reached.
-        policy.warmups = {
+        // Warm-ups go on from the day they reached, limits from the hour's and day's counts.
+        policy.sources = {
             let spool = spool.clone();
-            tokio::task::spawn_blocking(move || spool.warmups()).await??
+            tokio::task::spawn_blocking(move || spool.source_states()).await??
         };
         let inbound = inbound(&config)?;
         let (events, events_writer) = Events::open(&config.events.path).await?;

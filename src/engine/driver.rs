@@ -232,15 +232,11 @@ impl Driver {
                 });
             }
             Effect::Persist(p) => self.persist(*p, permit.take()),
-            Effect::SaveWarmup(w) => {
-                let committing = self.io.spool.submit(vec![Op::Warmup {
-                    source: w.source,
-                    provider: w.provider,
-                    state: w.state,
-                }]);
+            Effect::SaveSource(r) => {
+                let committing = self.io.spool.submit(vec![Op::Source(r)]);
                 self.io.tasks.spawn(async move {
                     if let Err(e) = committing.await {
-                        tracing::error!(error = %e, "the warm-up's step could not be kept in the spool");
+                        tracing::error!(error = %e, "a source's warm-up and counts could not be kept in the spool");
                     }
                 });
             }

@@ -40,7 +40,8 @@ const OUTBOX_LAST: &str = "last";
 /// What operators suspended (providers, domains) or held (messages): target key → why.
 const SUSPENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("suspended");
 /// Each source's warm-up with each provider: (source, provider) → its state as JSON.
-const WARMUP: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("warmup");
+/// What each source has with each provider: its warm-up and its own limits' counts.
+const SOURCES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("source_state");
 const CURSOR_PREFIX: &str = "cursor/";
 /// The deferral time series (`crate::stats`): (minute since the epoch, provider, class) →
 /// the counts of that cell, encoded by [`crate::stats::Counts::encode`]. Minutes first, so
@@ -106,23 +107,31 @@ pub enum Op {
         add: Vec<crate::stats::Row>,
         forget_before: Option<u32>,
     },
-    /// A source's warm-up with a provider moved a step.
-    Warmup {
-        source: String,
-        provider: String,
-        state: crate::policy::warmup::WarmupState,
-    },
+    /// A source's state with a provider changed: its warm-up moved a step, or its hour or
+    /// day under way counted one more.
+    Source(SourceRecord),
 }
 
 /// One event in the outbox: its sequence number and the event as JSON.
 pub type OutboxEntry = (u64, Vec<u8>);
 
-/// A source's warm-up with a provider, as the spool keeps it.
+/// A source's state with a provider, as the spool keeps it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Warmup {
+pub struct SourceRecord {
     pub source: String,
     pub provider: String,
-    pub state: crate::policy::warmup::WarmupState,
+    pub state: SourceState,
+}
+
+/// What a source has with a provider that must outlive a restart: its warm-up, and the
+/// counts of its hourly and daily limits in the hour and day under way (else a restart
+/// would let it send its limit again in the same window).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<crate::policy::warmup::WarmupState>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used: Vec<crate::policy::quota::Used>,
 }
 
 /// Everything the spool held that still needs delivering, read at start-up.
@@ -181,8 +190,8 @@ pub trait Spool: Send + Sync + 'static {
     fn outbox_read(&self, _after: u64, _limit: usize) -> Result<Vec<OutboxEntry>, SpoolError> {
         Ok(Vec::new())
     }
-    /// Each source's warm-up state with each provider.
-    fn warmups(&self) -> Result<Vec<Warmup>, SpoolError> {
+    /// Each source's state with each provider.
+    fn source_states(&self) -> Result<Vec<SourceRecord>, SpoolError> {
         Ok(Vec::new())
     }
     /// The suspensions and holds in force.
@@ -280,7 +289,7 @@ impl RedbSpool {
             txn.open_table(OUTBOX_STATE).map_err(storage)?;
             txn.open_table(SUSPENDED).map_err(storage)?;
             txn.open_table(STATS).map_err(storage)?;
-            txn.open_table(WARMUP).map_err(storage)?;
+            txn.open_table(SOURCES).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let last = {
@@ -467,7 +476,7 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
         let mut history = txn.open_table(HISTORY).map_err(storage)?;
         let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(storage)?;
         let mut suspended = txn.open_table(SUSPENDED).map_err(storage)?;
-        let mut warmup = txn.open_table(WARMUP).map_err(storage)?;
+        let mut sources = txn.open_table(SOURCES).map_err(storage)?;
         let mut stats = txn.open_table(STATS).map_err(storage)?;
         for op in batches.iter().flat_map(|b| &b.ops) {
             match op {
@@ -519,15 +528,11 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Option<u64>, SpoolError> {
                 Op::Resume { target } => {
                     suspended.remove(target.key().as_str()).map_err(storage)?;
                 }
-                Op::Warmup {
-                    source,
-                    provider,
-                    state,
-                } => {
-                    warmup
+                Op::Source(r) => {
+                    sources
                         .insert(
-                            (source.as_str(), provider.as_str()),
-                            json(state)?.as_slice(),
+                            (r.source.as_str(), r.provider.as_str()),
+                            json(&r.state)?.as_slice(),
                         )
                         .map_err(storage)?;
                 }
@@ -844,22 +849,22 @@ impl Spool for RedbSpool {
         Ok(entries)
     }
 
-    fn warmups(&self) -> Result<Vec<Warmup>, SpoolError> {
+    fn source_states(&self) -> Result<Vec<SourceRecord>, SpoolError> {
         let db = self.db.get()?;
         let txn = db.begin_read().map_err(storage)?;
-        let table = txn.open_table(WARMUP).map_err(storage)?;
+        let table = txn.open_table(SOURCES).map_err(storage)?;
         let mut all = Vec::new();
         for entry in table.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
             let (source, provider) = k.value();
             match serde_json::from_slice(v.value()) {
-                Ok(state) => all.push(Warmup {
+                Ok(state) => all.push(SourceRecord {
                     source: source.to_string(),
                     provider: provider.to_string(),
                     state,
                 }),
                 Err(e) => {
-                    tracing::error!(source, provider, error = %e, "unreadable warm-up state skipped: the ramp starts again at day 1")
+                    tracing::error!(source, provider, error = %e, "unreadable source state skipped: its warm-up starts again at day 1 and its hour and day are counted from now")
                 }
             }
         }
@@ -1166,34 +1171,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_warm_up_s_day_survives_a_reopen() {
+    async fn a_source_s_warm_up_and_counts_survive_a_reopen() {
+        use crate::policy::quota::{Period, Used};
         let dir = tempfile::tempdir().unwrap();
-        let mut state = crate::policy::warmup::WarmupState::new(Timestamp(0));
-        state.day = 4;
+        let state = |day: u32, used: u32| SourceState {
+            warmup: Some(crate::policy::warmup::WarmupState {
+                day,
+                ..crate::policy::warmup::WarmupState::new(Timestamp(0))
+            }),
+            used: vec![Used {
+                period: Period::Hour,
+                window: Timestamp(3_600_000),
+                used,
+            }],
+        };
         {
             let spool = RedbSpool::open(dir.path()).unwrap();
-            assert!(spool.warmups().unwrap().is_empty());
-            for (provider, day) in [("google", 3), ("google", 4), ("yahoo", 1)] {
-                let mut state = state.clone();
-                state.day = day;
+            assert!(spool.source_states().unwrap().is_empty());
+            for (provider, day, used) in [("google", 3, 10), ("google", 4, 11), ("yahoo", 1, 5)] {
                 spool
-                    .commit(vec![Op::Warmup {
+                    .commit(vec![Op::Source(SourceRecord {
                         source: "new-ip".into(),
                         provider: provider.into(),
-                        state,
-                    }])
+                        state: state(day, used),
+                    })])
                     .await
                     .unwrap();
             }
         }
         let spool = RedbSpool::open(dir.path()).unwrap();
-        let kept = spool.warmups().unwrap();
-        let days: Vec<(&str, u32)> = kept
+        let kept = spool.source_states().unwrap();
+        let got: Vec<(&str, SourceState)> = kept
             .iter()
-            .map(|w| (w.provider.as_str(), w.state.day))
+            .map(|r| (r.provider.as_str(), r.state.clone()))
             .collect();
-        assert_eq!(days, [("google", 4), ("yahoo", 1)], "the last step of each");
-        assert!(kept.iter().all(|w| w.source == "new-ip"));
+        assert_eq!(
+            got,
+            [("google", state(4, 11)), ("yahoo", state(1, 5))],
+            "the last of each"
+        );
+        assert!(kept.iter().all(|r| r.source == "new-ip"));
     }
 
     #[tokio::test]

@@ -65,6 +65,15 @@ pub struct QuotaView {
     pub resets_at: Timestamp,
 }
 
+/// The count of one window under way, as the spool keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Used {
+    pub period: Period,
+    /// The window's start.
+    pub window: Timestamp,
+    pub used: u32,
+}
+
 /// The limits of one source for one provider.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Quota {
@@ -135,6 +144,29 @@ impl Quota {
         self.roll(now);
         for l in &mut self.limits {
             l.used += 1;
+        }
+    }
+
+    /// The counts to keep, of every limit.
+    pub fn used(&self) -> Vec<Used> {
+        self.limits
+            .iter()
+            .map(|l| Used {
+                period: l.period,
+                window: l.window,
+                used: l.used,
+            })
+            .collect()
+    }
+
+    /// Goes on from counts kept before a restart: a window that has ended counts from
+    /// zero when it rolls.
+    pub fn restore(&mut self, kept: &[Used]) {
+        for l in &mut self.limits {
+            if let Some(k) = kept.iter().find(|k| k.period == l.period) {
+                l.window = k.window;
+                l.used = k.used;
+            }
         }
     }
 

@@ -64,8 +64,9 @@ impl Step {
 }
 
 /// Where a source stands with a provider: the day of its ramp, and what the current UTC
-/// day has seen so far. Kept in the spool (the counts of the day under way are not: a
-/// restart starts them again).
+/// day has seen so far. Kept in the spool with the source's hour and day counts, each time
+/// a start is counted (so the day's attempts and deferrals as of the last start survive a
+/// restart; what was reported after it is counted again from then).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WarmupState {
     pub day: u32,

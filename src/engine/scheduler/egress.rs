@@ -4,6 +4,7 @@
 //! warm-up (`hold_back`, `warmup_roll`): internal deferrals, events without attempts.
 
 use super::{Effect, Held, Key, Persist, Scheduler};
+use crate::engine::spool::{SourceRecord, SourceState};
 use crate::policy::egress::SourceIx;
 use crate::policy::react;
 use crate::policy::stream::StreamIx;
@@ -45,27 +46,29 @@ impl Scheduler {
         self.destination(provider, source, now)
     }
 
-    /// Whether one more connection may open from `source`: under its own cap and the
-    /// total's.
-    pub(super) fn slot_free(&self, source: SourceIx) -> bool {
-        let total = self
-            .policy
-            .total_connections
-            .is_none_or(|cap| self.workers.len() < cap);
-        let own = self
-            .policy
-            .egress
-            .max_connections(source)
-            .is_none_or(|cap| {
-                let open: usize = self
-                    .destinations
-                    .iter()
-                    .filter(|d| d.source == source)
-                    .map(|d| d.workers)
-                    .sum();
-                open < cap
-            });
-        total && own
+    /// Why one more connection may not open from `source`: its own cap or the total's is
+    /// reached; `None` when it may.
+    pub(super) fn slot_cap(&self, source: SourceIx) -> Option<String> {
+        if let Some(cap) = self.policy.total_connections
+            && self.workers.len() >= cap
+        {
+            return Some(format!(
+                "knock has its {cap} connections open ([delivery] total_connections)"
+            ));
+        }
+        let cap = self.policy.egress.max_connections(source)?;
+        let open: usize = self
+            .destinations
+            .iter()
+            .filter(|d| d.source == source)
+            .map(|d| d.workers)
+            .sum();
+        (open >= cap).then(|| {
+            format!(
+                "source {} has its {cap} connections open (max_connections)",
+                self.policy.egress.describe(source)
+            )
+        })
     }
 
     /// Provider `ix` blocked its source: when the pool of `stream` has another source the
@@ -191,12 +194,21 @@ impl Scheduler {
                 tracing::info!(provider = %d.name, source, day = state.day, hourly, daily, why, "warm-up advanced")
             }
         }
-        self.out
-            .push(Effect::SaveWarmup(crate::engine::spool::Warmup {
-                source,
-                provider: d.name.to_string(),
-                state: state.clone(),
-            }));
+        self.save_source(ix);
+    }
+
+    /// Keeps what destination `ix`'s source has with its provider (its warm-up, its
+    /// limits' counts) in the spool.
+    pub(super) fn save_source(&mut self, ix: usize) {
+        let d = &self.destinations[ix];
+        self.out.push(Effect::SaveSource(SourceRecord {
+            source: self.policy.egress.source(d.source).name.to_string(),
+            provider: d.name.to_string(),
+            state: SourceState {
+                warmup: d.warmup.as_ref().map(|(_, state)| state.clone()),
+                used: d.quota.used(),
+            },
+        }));
     }
 
     /// Defers a group internally until `until` (its events say `reason`), without an

@@ -224,8 +224,9 @@ pub enum Effect {
     Load { id: MessageId, domain: String },
     /// Write a group's new state (with its DSN and suppressions), then tell its events.
     Persist(Box<Persist>),
-    /// Keep a source's warm-up with a provider (it moved a step).
-    SaveWarmup(crate::engine::spool::Warmup),
+    /// Keep a source's state with a provider: its warm-up moved a step, or a start was
+    /// counted against its hourly and daily limits.
+    SaveSource(crate::engine::spool::SourceRecord),
 }
 
 /// A group's new state to write. Persists of one group come in the order they are to be
@@ -265,8 +266,9 @@ pub struct Policy {
     pub ready_hot: usize,
     /// Seeds the jitter; `None` seeds it at random.
     pub seed: Option<u64>,
-    /// The warm-up states kept in the spool, to go on from.
-    pub warmups: Vec<crate::engine::spool::Warmup>,
+    /// The sources' states kept in the spool (warm-ups, the hour's and day's counts), to
+    /// go on from.
+    pub sources: Vec<crate::engine::spool::SourceRecord>,
 }
 
 /// Groups at the front of each ready queue kept in memory with their message.
@@ -294,7 +296,7 @@ impl Policy {
             total_connections: config.delivery.total_connections,
             ready_hot: READY_HOT,
             seed: None,
-            warmups: Vec::new(),
+            sources: Vec::new(),
         })
     }
 }
@@ -355,6 +357,11 @@ pub struct DestinationView {
     /// The source's own limits for this provider, and how much of each is used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<crate::policy::quota::QuotaView>,
+    /// Mail is ready but no connection may open: the source's `max_connections` or
+    /// `[delivery] total_connections` is reached (which, and how many); it goes when one
+    /// closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_connection: Option<String>,
     /// The source's warm-up with this provider, when it has a plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupView>,
@@ -601,7 +608,7 @@ impl Scheduler {
             total_connections,
             ready_hot: _,
             seed: _,
-            warmups: _,
+            sources: _,
         } = policy;
         self.policy.block_pause = block_pause;
         self.policy.total_connections = total_connections;
@@ -864,17 +871,22 @@ impl Scheduler {
             policy.ready_hot,
             policy.streams.len(),
         );
+        let source_name = &policy.egress.source(source).name;
+        let kept = policy
+            .sources
+            .iter()
+            .find(|r| *r.source == **source_name && *r.provider == **name)
+            .map(|r| &r.state);
         if let Some(ramp) = policy.egress.ramp(source) {
-            let source_name = &policy.egress.source(source).name;
-            let state = policy
-                .warmups
-                .iter()
-                .find(|w| *w.source == **source_name && *w.provider == **name)
-                .map(|w| w.state.clone())
+            let state = kept
+                .and_then(|k| k.warmup.clone())
                 .unwrap_or_else(|| WarmupState::new(now));
             let (hourly, daily) = ramp.limits(state.day);
             d.quota.set(hourly, daily);
             d.warmup = Some((ramp.clone(), state));
+        }
+        if let Some(k) = kept {
+            d.quota.restore(&k.used);
         }
         self.destinations.push(d);
         self.destination_ix
@@ -918,7 +930,7 @@ impl Scheduler {
             if spawn && d.workers >= d.shaping.connection_limit() {
                 return;
             }
-            if spawn && !self.slot_free(self.destinations[ix].source) {
+            if spawn && self.slot_cap(self.destinations[ix].source).is_some() {
                 // The source's cap or the total: it waits for a connection to close.
                 self.awaiting_slot.insert(ix);
                 return;
@@ -1067,7 +1079,13 @@ impl Scheduler {
         let d = &mut self.destinations[ix];
         let key = d.pop_from(lane).expect("next_lane found a group");
         d.started(&self.policy.streams, lane, now);
+        let limited = !d.quota.is_empty();
         d.quota.count(now);
+        if limited {
+            // Counted exactly across a restart too: kept with the attempt's own writes.
+            self.save_source(ix);
+        }
+        let d = &mut self.destinations[ix];
         let entry = self
             .entries
             .get_mut(&key)
@@ -1494,7 +1512,8 @@ impl Scheduler {
         let mut views: Vec<DestinationView> = self
             .destinations
             .iter()
-            .map(|d| {
+            .enumerate()
+            .map(|(ix, d)| {
                 let rate = rates.get(&*d.name).copied().flatten();
                 let queue = waiting.get(&*d.name).cloned().unwrap_or_default();
                 let drain = self.drain(rate, queue, now);
@@ -1513,6 +1532,11 @@ impl Scheduler {
                         .copied()
                         .filter(|until| *until > now),
                     limits: d.quota.view(now),
+                    waiting_for_connection: self
+                        .awaiting_slot
+                        .contains(&ix)
+                        .then(|| self.slot_cap(d.source))
+                        .flatten(),
                     warmup: d.warmup.as_ref().map(|(ramp, state)| WarmupView {
                         day: state.day,
                         done: ramp.done(state.day),

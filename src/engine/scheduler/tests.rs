@@ -1032,13 +1032,14 @@ fn the_shape_counts_pending_recipients_by_age_per_domain_or_provider() {
 
 #[test]
 fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turns() {
-    let mut h = Harness::new(policy(|c| {
+    let config = |c: &mut crate::config::Config| {
         c.sources = vec![crate::config::SourceConfig {
             ip: Some("192.0.2.7".parse().unwrap()),
             hourly: Some(3),
             ..crate::config::SourceConfig::named("new-ip")
         }];
-    }));
+    };
+    let mut h = Harness::new(policy(config));
     // 10:59:30 UTC.
     let hour = Duration::from_secs(3600);
     h.now = Timestamp(T0.0 - T0.0 % 3_600_000) + (hour - 30 * SEC);
@@ -1053,6 +1054,18 @@ fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turn
         .filter(|p| p.updated.events.iter().all(|e| e.internal))
         .count();
     assert_eq!(held, 2);
+    // Each start counted is kept in the spool: the last says three.
+    let kept: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SaveSource(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kept.len(), 3);
+    let last = kept.last().unwrap().clone();
+    assert_eq!((&*last.source, &*last.provider), ("new-ip", "pa"));
+    assert_eq!(last.state.used[0].used, 3);
     let started = jobs(effects);
     assert_eq!(started.len(), 3, "{started:?}");
     for (w, job) in started {
@@ -1069,6 +1082,14 @@ fn a_source_past_its_hourly_limit_defers_internally_and_sends_when_the_hour_turn
         2,
         "the fourth and fifth go when the hour turns"
     );
+    // A restart within the hour goes on from the three kept: a fourth still waits for it.
+    let mut p = policy(config);
+    p.sources = vec![last];
+    let mut h2 = Harness::new(p);
+    h2.now = Timestamp(turn.0 - 10_000);
+    assert!(jobs(h2.queue(9, &["later@a.test"])).is_empty());
+    assert_eq!(h2.core.destination_views(h2.now)[0].limits[0].used, 3);
+    assert_eq!(jobs(h2.advance(10 * SEC)).len(), 1);
 }
 
 #[test]
@@ -1177,15 +1198,19 @@ fn a_warm_up_climbs_on_good_days_steps_back_on_bad_ones_and_keeps_its_day() {
     // Midnight: a good day (no deferrals), so day 2 (4 an hour, 6 a day), kept in the
     // spool; the fourth goes.
     let at_midnight = h.advance((midnight + day).since(h.now) + Duration::from_millis(1));
+    // Kept when the day moved, and again when the fourth's start was counted.
     let saved: Vec<_> = at_midnight
         .iter()
         .filter_map(|e| match e {
-            Effect::SaveWarmup(w) => Some(w.clone()),
+            Effect::SaveSource(r) => Some(r.clone()),
             _ => None,
         })
         .collect();
-    assert_eq!(saved.len(), 1, "{at_midnight:?}");
-    assert_eq!((saved[0].state.day, saved[0].provider.as_str()), (2, "pa"));
+    assert_eq!(saved.len(), 2, "{at_midnight:?}");
+    for r in &saved {
+        let day = r.state.warmup.as_ref().unwrap().day;
+        assert_eq!((day, r.provider.as_str()), (2, "pa"));
+    }
     assert_eq!(jobs(at_midnight).len(), 1);
     let view = h.core.destination_views(h.now)[0].clone();
     assert_eq!((view.limits[0].limit, view.limits[1].limit), (4, 6));
@@ -1207,18 +1232,20 @@ fn a_warm_up_climbs_on_good_days_steps_back_on_bad_ones_and_keeps_its_day() {
     let saved: Vec<_> = next
         .into_iter()
         .filter_map(|e| match e {
-            Effect::SaveWarmup(w) => Some(w),
+            Effect::SaveSource(r) => Some(r),
             _ => None,
         })
         .collect();
-    assert_eq!(saved.len(), 1);
-    assert_eq!(saved[0].state.day, 1);
-    let (step, why) = saved[0].state.last.clone().unwrap();
+    // The last kept (the step, then starts counted after it) says day 1.
+    let last = saved.last().expect("kept").clone();
+    let warmup = last.state.warmup.clone().unwrap();
+    assert_eq!(warmup.day, 1);
+    let (step, why) = warmup.last.clone().unwrap();
     assert_eq!(step, crate::policy::warmup::Step::SteppedBack);
     assert!(why.contains("over twice"), "{why}");
     // A restart goes on from the kept day.
     let mut p = policy(config);
-    p.warmups = saved;
+    p.sources = vec![last];
     let mut h2 = Harness::new(p);
     h2.now = h.now;
     jobs(h2.queue(99, &["x@a.test"]));
@@ -1313,6 +1340,19 @@ fn a_source_s_connection_cap_holds_across_providers_and_a_closed_one_lets_the_ne
         handed.len(),
         2,
         "two connections from the source, whatever the provider"
+    );
+    // The destinations left waiting say why.
+    let views = h.core.destination_views(h.now);
+    let waiting: Vec<_> = views
+        .iter()
+        .filter_map(|v| v.waiting_for_connection.as_deref())
+        .collect();
+    assert!(!waiting.is_empty(), "{views:?}");
+    assert!(
+        waiting
+            .iter()
+            .all(|w| *w == "source only has its 2 connections open (max_connections)"),
+        "{waiting:?}"
     );
     // One delivery over: its worker takes the next of its provider on its connection...
     let (w, job) = handed.remove(0);

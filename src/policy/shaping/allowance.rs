@@ -9,7 +9,10 @@
 //! - A refusal for rate that no learned window explains starts a *search*: nothing more
 //!   goes out; one probe goes at growing delays after the refusal (1 s, 3 s, 10 s, 30 s, …,
 //!   24 h). The first probe accepted bounds the window: its length is the probe's delay plus
-//!   how long the exhausted run had lasted; its count is what that run carried.
+//!   how long the exhausted run had lasted; its count is what that run carried. Where the
+//!   run was a burst shorter than the step's length, the probe goes when a window of that
+//!   length, counted from the run's first acceptance, would free up (sooner than the delay):
+//!   a fixed window opened by a campaign is found at its own length, at its reset.
 //! - From then on a delivery starts only while fewer than `n` were accepted (or are in
 //!   flight) in the last `w`: the window's count ages out as the receiver's does. Counting
 //!   over a sliding window is never looser than the receiver's own fixed window, bucket or
@@ -114,6 +117,8 @@ struct Search {
     out: Option<Timestamp>,
     /// The windows already known are shorter than this.
     above: Duration,
+    /// The delay after the refusal of the last probe refused (zero before the first).
+    tried: Duration,
 }
 
 /// A bisection trial out: started at `at`, for the window at `window`, whose oldest
@@ -271,15 +276,18 @@ impl Allowance {
 
     /// May a delivery start at `now`, with `busy` deliveries in flight?
     pub fn admit(&mut self, now: Timestamp, busy: usize) -> Verdict {
-        if let Some(s) = &mut self.search {
+        if let Some(s) = self.search {
             if s.out.is_some() {
                 return Verdict::AwaitReport;
             }
-            let at = s.refused_at + Duration::from_secs(LADDER[s.step]);
+            let at = self.probe_at(&s);
             if now < at {
                 return Verdict::Until(at);
             }
-            s.out = Some(now);
+            self.search = Some(Search {
+                out: Some(now),
+                ..s
+            });
             return Verdict::Probe;
         }
         if self.wary && busy > 0 {
@@ -426,9 +434,9 @@ impl Allowance {
             .count(at, before_probe + Duration::from_micros(1))
             .max(1);
         let w = (delay + run).max(s.above + MARGIN);
-        let previous = match s.step {
-            0 => Duration::ZERO,
-            k => Duration::from_secs(LADDER[k - 1]) + run,
+        let previous = match s.tried.is_zero() {
+            true => Duration::ZERO,
+            false => s.tried + run,
         };
         let win = Window {
             n,
@@ -447,9 +455,9 @@ impl Allowance {
 
     fn refused(&mut self, now: Timestamp, started: Timestamp, probe: bool) {
         if let Some(s) = &mut self.search {
-            if probe && s.out.is_some() {
+            if probe && let Some(out) = s.out.take() {
+                s.tried = out.since(s.refused_at);
                 s.step = (s.step + 1).min(LADDER.len() - 1);
-                s.out = None;
             }
             return;
         }
@@ -544,14 +552,37 @@ impl Allowance {
             step,
             out: None,
             above,
+            tried: Duration::ZERO,
         });
+    }
+
+    /// When the search's next probe goes. At the step's delay after the refusal, the
+    /// latest a window of the step's length can free up; but where the exhausted run began
+    /// less than that length before the refusal (a burst after a quiet spell: the first
+    /// contact, a campaign), a window of that length counted from the run's first
+    /// acceptance (a fixed window opened by it, a sliding window) frees when that
+    /// acceptance is the length old, and the probe goes then: the window is then found at
+    /// its length, not the run's length too long, and mail waits no longer than it must.
+    /// Never earlier than the previous step's delay, so a probe is never spent on a
+    /// length already known too short. (A mailbox's trickle has no such runs.)
+    fn probe_at(&self, s: &Search) -> Timestamp {
+        let length = Duration::from_secs(LADDER[s.step]);
+        let latest = s.refused_at + length;
+        if s.step == 0 || !self.lookback.is_zero() {
+            return latest;
+        }
+        let floor = s.refused_at + Duration::from_secs(LADDER[s.step - 1]).max(s.tried);
+        match self.log.oldest(s.refused_at, length) {
+            Some(first) if first + length + MARGIN > floor => (first + length + MARGIN).min(latest),
+            _ => latest,
+        }
     }
 
     /// The earliest a start could go, as the search and the windows tell now (no trial,
     /// no deliveries in flight counted).
     pub fn ready_at(&self, now: Timestamp) -> Timestamp {
         if let Some(s) = &self.search {
-            return (s.refused_at + Duration::from_secs(LADDER[s.step])).max(now);
+            return self.probe_at(s).max(now);
         }
         self.windows
             .iter()
@@ -624,11 +655,10 @@ impl Allowance {
                 })
                 .collect(),
             probing_since: self.search.map(|s| s.refused_at),
-            next_probe_in_seconds: self.search.filter(|s| s.out.is_none()).map(|s| {
-                (s.refused_at + Duration::from_secs(LADDER[s.step]))
-                    .since(now)
-                    .as_secs_f64()
-            }),
+            next_probe_in_seconds: self
+                .search
+                .filter(|s| s.out.is_none())
+                .map(|s| self.probe_at(&s).since(now).as_secs_f64()),
         }
     }
 }

@@ -692,6 +692,45 @@ mod tests {
         );
     }
 
+    /// A campaign's first burst fills a fixed window of 10 s that its first delivery
+    /// opened, and is refused after 5 s: the probes go 1 s and 3 s after the refusal, and
+    /// the third when the window opened by the burst's first acceptance ends (10 s after
+    /// it, not 10 s after the refusal). The window is found at its length.
+    #[test]
+    fn after_a_burst_the_probe_goes_when_a_window_opened_by_the_burst_ends() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), at(0));
+        for i in 0..50 {
+            s.report(at(100 * i + 100), &accepted(at(100 * i), 1));
+        }
+        s.report(at(5_050), &throttled(at(5_000)));
+        let mut probe_at = Vec::new();
+        let mut now = at(5_050);
+        for _ in 0..3 {
+            // Paused (the throttle's pause, then the probe's time) until the probe goes.
+            let t = loop {
+                match s.admit(now, 0, true) {
+                    Ok(Start::Probe) => break now,
+                    Err(Gate::Until(t)) => now = t,
+                    other => panic!("{other:?}"),
+                }
+            };
+            probe_at.push(t);
+            now = t + Duration::from_millis(50);
+            let mut r = match probe_at.len() {
+                3 => accepted(t, 1),
+                _ => throttled(t),
+            };
+            r.probe = true;
+            s.report(now, &r);
+        }
+        // 1 s and 3 s after the refusal; then the first acceptance (at 100 ms) plus 10 s
+        // and the margin, before 10 s after the refusal would have come.
+        assert_eq!(probe_at, [at(6_050), at(8_050), at(10_150)]);
+        let (n, w) = s.window().expect("learned");
+        assert_eq!(n, 50, "what the burst carried");
+        assert!(w.as_secs_f64() <= 10.1, "{w:?}");
+    }
+
     /// Ten taken, then refused: the search's first probe is out (started at 1110 ms).
     fn probing() -> Shaping {
         let mut s = Shaping::new(limits(None), Tuning::default(), at(0));

@@ -133,6 +133,11 @@ pub fn gauges(summary: &[DomainSummary], destinations: &[DestinationView]) -> Ve
             s.connection_ceiling
                 .map_or(s.max_connections, |c| c.min(s.max_connections)) as f64,
         ));
+        out.push(sample(
+            m::DESTINATION_CONNECTION_WAIT,
+            p(name),
+            f64::from(u8::from(d.waiting_for_connection.is_some())),
+        ));
         if let Some(rate) = s.rate_per_minute {
             out.push(sample(m::DESTINATION_RATE, p(name), rate));
         }

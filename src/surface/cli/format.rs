@@ -89,6 +89,9 @@ pub fn destinations(d: &DestinationsView) -> String {
         if let Some(until) = v.blocked_until {
             state.push(format!("source blocked until {until}"));
         }
+        if let Some(why) = &v.waiting_for_connection {
+            state.push(format!("waiting for a connection: {why}"));
+        }
         if let Some(w) = v.warmup.as_ref().filter(|w| !w.done) {
             state.push(format!("warm-up day {}", w.day));
         }

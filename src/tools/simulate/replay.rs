@@ -3,7 +3,8 @@
 //! per provider a receiver that behaves as the log says that provider behaved: how long its
 //! greylisting held mail back, how much it accepted per minute while it refused for rate,
 //! when it was down, and what share of attempts it deferred or refused otherwise, with the
-//! reply texts it sent. Replaying last week's traffic against a new configuration then
+//! reply texts it sent. Messages keep the stream they came in (one `[traffic]` or
+//! `[[flow]]` per stream), so streams' shares and retries replay too. Replaying last week's traffic against a new configuration then
 //! shows what the change would have done.
 
 use super::scenario::{Arrival, Destination, Domains, Scenario, Simulation, Traffic};
@@ -63,7 +64,7 @@ pub fn from_events(events: &[Event]) -> anyhow::Result<Scenario> {
     }
     let mut by_provider: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
     let mut domains: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for a in &arrivals {
+    for (_, a) in &arrivals {
         let list = domains
             .entry(receiver_name(&provider(&a.domain)))
             .or_default();
@@ -82,7 +83,7 @@ pub fn from_events(events: &[Event]) -> anyhow::Result<Scenario> {
         let seen = by_provider.get(name).map(Vec::as_slice).unwrap_or(&[]);
         receivers.insert(name.clone(), model(seen, start));
     }
-    let to = domains
+    let to: Vec<Destination> = domains
         .into_iter()
         .map(|(receiver, names)| Destination {
             receiver,
@@ -90,23 +91,30 @@ pub fn from_events(events: &[Event]) -> anyhow::Result<Scenario> {
             domains: Domains::Names(names),
         })
         .collect();
+    // One traffic per stream the messages came in (those without one first).
+    let mut by_stream: BTreeMap<Option<String>, Vec<Arrival>> = BTreeMap::new();
+    for (stream, a) in arrivals {
+        by_stream.entry(stream).or_default().push(a);
+    }
+    let mut traffics = by_stream.into_iter().map(|(stream, arrivals)| Traffic {
+        messages: arrivals.len() as u64,
+        over: Duration::ZERO,
+        recipients: 1,
+        sizes: vec![super::scenario::Size {
+            bytes: 5 * 1024,
+            weight: 1,
+        }],
+        senders: vec!["sender@knock.example".into()],
+        to: to.clone(),
+        mailboxes: None,
+        arrivals,
+        stream,
+    });
+    let traffic = traffics.next().expect("some arrivals");
     Ok(Scenario {
         simulation: Simulation::default(),
-        traffic: Traffic {
-            messages: arrivals.len() as u64,
-            over: Duration::ZERO,
-            recipients: 1,
-            sizes: vec![super::scenario::Size {
-                bytes: 5 * 1024,
-                weight: 1,
-            }],
-            senders: vec!["sender@knock.example".into()],
-            to,
-            mailboxes: None,
-            arrivals,
-            stream: None,
-        },
-        flows: Vec::new(),
+        traffic,
+        flows: traffics.collect(),
         receivers,
     })
 }
@@ -122,20 +130,25 @@ fn receiver_name(provider: &str) -> String {
         .collect()
 }
 
-/// Each accepted message's domains, with their recipients, at the time they came.
-fn arrivals(events: &[Event], start: Timestamp) -> Vec<Arrival> {
-    let mut by_message: BTreeMap<(Timestamp, &str, &str), u64> = BTreeMap::new();
+/// Each accepted message's domains, with their recipients, at the time they came, and
+/// the stream each came in.
+fn arrivals(events: &[Event], start: Timestamp) -> Vec<(Option<String>, Arrival)> {
+    type Key<'a> = (Timestamp, &'a str, &'a str, Option<&'a str>);
+    let mut by_message: BTreeMap<Key, u64> = BTreeMap::new();
     for e in events.iter().filter(|e| e.event == Kind::Processed) {
         *by_message
-            .entry((e.timestamp, &e.message_id, &e.domain))
+            .entry((e.timestamp, &e.message_id, &e.domain, e.stream.as_deref()))
             .or_default() += 1;
     }
     by_message
         .into_iter()
-        .map(|((at, _, domain), recipients)| Arrival {
-            at: at.since(start).as_secs_f64(),
-            domain: domain.to_string(),
-            recipients,
+        .map(|((at, _, domain, stream), recipients)| {
+            let arrival = Arrival {
+                at: at.since(start).as_secs_f64(),
+                domain: domain.to_string(),
+                recipients,
+            };
+            (stream.map(str::to_string), arrival)
         })
         .collect()
 }

@@ -357,7 +357,7 @@ impl<'a> World<'a> {
                 domain,
             }),
             // Nothing outlives a simulation.
-            Effect::SaveWarmup(_) => None,
+            Effect::SaveSource(_) => None,
             Effect::Persist(p) => {
                 for e in &p.updated.events {
                     if let Some(&place) = self.place_of.get(&e.domain) {
