@@ -115,7 +115,10 @@ async fn each_source_binds_its_address_says_its_name_and_is_paced_on_its_own() {
             .filter(|e| e["source"] == name && e["event"] != "processed")
             .map(|e| format!("{} {} {}", e["timestamp"], e["event"], e["recipient"]))
             .collect();
-        assert!(refused <= 4, "source {name} was refused {refused} times: {times:#?}");
+        assert!(
+            refused <= 4,
+            "source {name} was refused {refused} times: {times:#?}"
+        );
     }
     // The destinations are per provider and source.
     let (_, json) = http_get(&engine, "/api/v1/destinations").await;

@@ -189,7 +189,10 @@ rate = "2/30s"
         // arrived at once: its slowest delivery is its drain).
         let drain = bulk.delivery_seconds.unwrap().max;
         let ideal = r.total.ideal_drain_seconds;
-        assert!(drain <= 1.15 * ideal, "bulk drained in {drain} s, ideal {ideal} s");
+        assert!(
+            drain <= 1.15 * ideal,
+            "bulk drained in {drain} s, ideal {ideal} s"
+        );
         // And nobody hammers: under 1 % of attempts refused.
         assert!(r.total.refused_share < 0.01, "{}", r.total.refused_share);
         // Without streams, the same mail waits behind the backlog.
@@ -330,7 +333,13 @@ rate = "2/30s"
              [[flow.to]]\nreceiver = \"busy\"\ndomains = 5\n"
         );
         let config = Config::default();
-        run(&Scenario::parse(&text).unwrap(), &config, Some(&log), |_, _| {}).unwrap();
+        run(
+            &Scenario::parse(&text).unwrap(),
+            &config,
+            Some(&log),
+            |_, _| {},
+        )
+        .unwrap();
         let replayed = replay::scenario(&log).unwrap();
         let streams: Vec<(Option<&str>, usize)> = replayed
             .traffics()
