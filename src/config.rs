@@ -774,6 +774,20 @@ pub struct SmtpConfig {
     /// The stream of mail that names none (no `X-Knock-Stream` header) from a client whose
     /// user is in no stream's `users`.
     pub stream: String,
+    /// What to do with a message that has a bare CR or LF (not part of a CRLF): make each
+    /// a CRLF, or refuse the message. Never relayed as it came (SMTP smuggling).
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// `[smtp] bare_line_endings`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Each bare CR and bare LF becomes a CRLF (the message is kept, its lines intact).
+    #[default]
+    Normalize,
+    /// `550 5.5.2`, as Postfix's `smtpd_forbid_bare_newline` does.
+    Refuse,
 }
 
 /// Limits per client IP address, so one client cannot take the whole listener.
@@ -882,6 +896,7 @@ impl Default for SmtpConfig {
             credentials: None,
             client_limits: ClientLimitsConfig::default(),
             stream: DEFAULT_STREAM.into(),
+            bare_line_endings: BareLineEndings::Normalize,
         }
     }
 }
@@ -1668,6 +1683,20 @@ path = "knock-data/events.jsonl"
         assert!(c.smtp.is_trusted("127.0.0.9".parse().unwrap()));
         assert!(c.smtp.is_trusted("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!c.smtp.is_trusted("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bare_line_endings_are_normalized_unless_refused_and_nothing_else_is_taken() {
+        assert_eq!(
+            Config::default().smtp.bare_line_endings,
+            BareLineEndings::Normalize
+        );
+        let c = Config::parse("[smtp]\nbare_line_endings = \"refuse\"\n").unwrap();
+        assert_eq!(c.smtp.bare_line_endings, BareLineEndings::Refuse);
+        let e = Config::parse("[smtp]\nbare_line_endings = \"strip\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bare_line_endings"), "{e}");
     }
 
     #[test]

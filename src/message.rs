@@ -340,6 +340,33 @@ pub struct NewMessage {
 /// message is stored, so receivers never see it.
 pub const STREAM_HEADER: &str = "X-Knock-Stream";
 
+/// `body` with every bare CR and bare LF (one not part of a CRLF pair) made a CRLF: lines
+/// end in CRLF only (RFC 5321 section 2.3.8). Borrowed when it has none. A receiver that
+/// ended DATA on a bare `LF . LF` or `CR . CR` would otherwise read what follows such a
+/// line as commands of its own (SMTP smuggling); made CRLF, that line is dot-stuffed when
+/// relayed and stays part of the message.
+pub fn crlf(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare = |i: usize| match body[i] {
+        b'\r' => body.get(i + 1) != Some(&b'\n'),
+        _ => i == 0 || body[i - 1] != b'\r',
+    };
+    let Some(first) = memchr::memchr2_iter(b'\r', b'\n', body).find(|&i| bare(i)) else {
+        return std::borrow::Cow::Borrowed(body);
+    };
+    let mut out = Vec::with_capacity(body.len() + body.len() / 32 + 2);
+    out.extend_from_slice(&body[..first]);
+    let mut from = first;
+    for i in memchr::memchr2_iter(b'\r', b'\n', &body[first..]).map(|i| i + first) {
+        if bare(i) {
+            out.extend_from_slice(&body[from..i]);
+            out.extend_from_slice(b"\r\n");
+            from = i + 1;
+        }
+    }
+    out.extend_from_slice(&body[from..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Takes every `name:` field out of the header section of `message` (folded lines too)
 /// and returns the first one's value, unfolded and trimmed, with the message without
 /// them. A message without the field comes back as it was.
@@ -410,6 +437,27 @@ pub fn take_header(message: &[u8], name: &str) -> (Option<String>, Option<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_line_endings_become_crlf_and_clean_text_is_borrowed() {
+        let clean = b"a\r\nb\r\n.\r\n";
+        assert!(matches!(crlf(clean), std::borrow::Cow::Borrowed(_)));
+        // The SMTP smuggling sequences, and the odd ends of a body.
+        for (input, want) in [
+            (&b"x\n.\nMAIL"[..], &b"x\r\n.\r\nMAIL"[..]),
+            (b"x\n.\r\nMAIL", b"x\r\n.\r\nMAIL"),
+            (b"x\r.\rMAIL", b"x\r\n.\r\nMAIL"),
+            (b"x\r\n.\rMAIL", b"x\r\n.\r\nMAIL"),
+            (b"x\r.\r\nMAIL", b"x\r\n.\r\nMAIL"),
+            (b"\nstart", b"\r\nstart"),
+            (b"end\r", b"end\r\n"),
+            (b"\r\r\n\n", b"\r\n\r\n\r\n"),
+        ] {
+            let got = crlf(input);
+            assert_eq!(got.as_ref(), want, "{:?}", String::from_utf8_lossy(input));
+            assert!(matches!(crlf(&got), std::borrow::Cow::Borrowed(_)));
+        }
+    }
     use crate::address::Address;
 
     #[test]

@@ -5,7 +5,7 @@
 //! the connection limit and the per-client limits.
 
 use crate::address::Address;
-use crate::config::SmtpConfig;
+use crate::config::{BareLineEndings, SmtpConfig};
 use crate::engine::handle::SchedulerHandle;
 use crate::engine::scheduler::Queued;
 use crate::engine::spool::{Op, Spool, SpoolError};
@@ -238,6 +238,20 @@ impl Handler for IngestHandler {
     }
 
     async fn data(&self, session: &Session, body: Vec<u8>) -> Reply {
+        // Never kept (nor relayed) with a bare CR or LF: SMTP smuggling.
+        let body = match crate::message::crlf(&body) {
+            std::borrow::Cow::Borrowed(_) => body,
+            std::borrow::Cow::Owned(fixed) => match self.config.bare_line_endings {
+                BareLineEndings::Normalize => fixed,
+                BareLineEndings::Refuse => {
+                    return Reply::new(
+                        550,
+                        "5.5.2",
+                        "Error: bare <CR> or <LF> in the message: lines must end in <CR><LF>",
+                    );
+                }
+            },
+        };
         let id = new_id();
         let from = session.from.clone().unwrap_or_default();
         let (named, without) = take_header(&body, STREAM_HEADER);

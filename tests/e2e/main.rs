@@ -21,6 +21,7 @@ mod reload;
 mod security;
 mod simulate;
 mod sink;
+mod smuggling;
 mod sources;
 mod stats;
 mod steer;

@@ -9,8 +9,12 @@ pub mod server;
 pub mod wire;
 
 /// Dot-stuffs a message for DATA (RFC 5321 section 4.5.2) and appends the terminating
-/// `CRLF . CRLF`, adding a final CRLF first when the body does not end with one.
+/// `CRLF . CRLF`, adding a final CRLF first when the body does not end with one. Every line
+/// goes out ending in CRLF: a bare CR or LF (a message spooled before ingest made them
+/// CRLF) becomes one first, so the dot-stuffing sees every line break and no receiver can
+/// read a line of the message as the end of DATA (SMTP smuggling).
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
+    let body = &*crate::message::crlf(body);
     out.reserve(body.len() + body.len() / 64 + 5);
     let mut at_line_start = true;
     let mut rest = body;
@@ -54,7 +58,9 @@ mod tests {
             (b"a\r\n.\r\nb\r\n", b"a\r\n..\r\nb\r\n.\r\n"),
             (b"a\r\n..two\r\n", b"a\r\n...two\r\n.\r\n"),
             (b"no.dot.here\r\n", b"no.dot.here\r\n.\r\n"),
-            (b"bare\n.lf\n", b"bare\n..lf\r\n.\r\n"),
+            (b"bare\n.lf\n", b"bare\r\n..lf\r\n.\r\n"),
+            (b"a\r.\rMAIL\r\n", b"a\r\n..\r\nMAIL\r\n.\r\n"),
+            (b"a\r\n.\rb", b"a\r\n..\r\nb\r\n.\r\n"),
         ];
         for (input, expected) in cases {
             let mut out = Vec::new();

@@ -184,11 +184,11 @@ fn raw_message(raw: &str) -> Result<Bytes, ApiError> {
             "not an RFC 5322 message: it must start with a header field",
         ));
     }
-    // Normalise line endings to CRLF, as SMTP carries them.
-    let mut out = String::with_capacity(raw.len() + raw.len() / 40);
-    for line in raw.split_inclusive('\n') {
-        out.push_str(line.trim_end_matches(['\r', '\n']));
-        out.push_str("\r\n");
+    // Every line ends in CRLF, as SMTP carries them: a bare CR or LF is never stored nor
+    // relayed (SMTP smuggling), and the last line ends too.
+    let mut out = crate::message::crlf(raw.as_bytes()).into_owned();
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
     }
     Ok(out.into())
 }
