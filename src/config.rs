@@ -54,6 +54,117 @@ pub struct Config {
     /// configured.
     #[serde(rename = "pool")]
     pub pools: BTreeMap<String, PoolConfig>,
+    /// DKIM keys: each signs the mail of a From domain, or every message (`domain = "*"`).
+    pub dkim: Vec<DkimConfig>,
+}
+
+/// One `[[dkim]]`: a key that signs mail at ingest (RFC 6376; RSA-SHA256 or Ed25519-SHA256
+/// by the key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// Mail whose From address is at this domain is signed; `"*"`: every message (a
+    /// platform's signature beside the sender's).
+    pub domain: String,
+    /// The signing domain (`d=`): `domain` unless set; needed with `"*"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_domain: Option<String>,
+    /// The selector (`s=`): the key's TXT record is at `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// The private key: PEM, RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8), as `knock dkim
+    /// keygen` writes it.
+    pub key: PathBuf,
+    /// The header fields signed (those present; `From` always).
+    #[serde(default = "dkim_headers")]
+    pub headers: Vec<String>,
+    /// Header and body canonicalization, `relaxed/relaxed` unless set.
+    #[serde(default = "dkim_canonicalization")]
+    pub canonicalization: String,
+}
+
+fn dkim_headers() -> Vec<String> {
+    [
+        "From",
+        "To",
+        "Cc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "In-Reply-To",
+        "References",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn dkim_canonicalization() -> String {
+    "relaxed/relaxed".into()
+}
+
+impl DkimConfig {
+    fn validate(&self, i: usize) -> anyhow::Result<()> {
+        let at = |k: &str| format!("dkim[{i}].{k}");
+        if self.domain != "*" && crate::address::check_domain(&self.domain).is_err() {
+            bail!(
+                "{}: {:?} is not a domain (or \"*\")",
+                at("domain"),
+                self.domain
+            );
+        }
+        match (&self.signing_domain, self.domain.as_str()) {
+            (None, "*") => bail!(
+                "{}: needed when domain is \"*\" (the domain every message is signed for)",
+                at("signing_domain")
+            ),
+            (Some(d), _) if crate::address::check_domain(d).is_err() => {
+                bail!("{}: {d:?} is not a domain", at("signing_domain"))
+            }
+            _ => {}
+        }
+        if self.selector.is_empty()
+            || !self
+                .selector
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            bail!(
+                "{}: {:?} is not a selector (letters, digits, '-', dots between)",
+                at("selector"),
+                self.selector
+            );
+        }
+        if !self.headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+            bail!("{}: must include From (RFC 6376 5.4)", at("headers"));
+        }
+        self.canonicalization()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at("canonicalization")))?;
+        Ok(())
+    }
+
+    /// (header, body): each `relaxed` or `simple`.
+    pub fn canonicalization(&self) -> anyhow::Result<(bool, bool)> {
+        let relaxed = |s: &str| match s {
+            "relaxed" => Ok(true),
+            "simple" => Ok(false),
+            other => Err(anyhow::anyhow!("{other:?}: relaxed or simple")),
+        };
+        let (h, b) = self
+            .canonicalization
+            .split_once('/')
+            .unwrap_or((&self.canonicalization, "simple"));
+        Ok((relaxed(h)?, relaxed(b)?))
+    }
+
+    /// The signing domain (`d=`).
+    pub fn signing_domain(&self) -> &str {
+        self.signing_domain.as_deref().unwrap_or(&self.domain)
+    }
 }
 
 /// One `[[source]]`: where knock's connections come from.
@@ -1394,6 +1505,9 @@ impl Config {
         }
         self.streams.check("smtp.stream", &self.smtp.stream)?;
         self.validate_sources()?;
+        for (i, d) in self.dkim.iter().enumerate() {
+            d.validate(i)?;
+        }
         self.streams.check("http.stream", &self.http.stream)?;
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate(i)?;

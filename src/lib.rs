@@ -22,6 +22,7 @@
 pub mod address;
 pub mod config;
 pub mod control;
+pub mod dkim;
 pub mod dsn;
 pub mod engine;
 pub mod event;

@@ -90,6 +90,7 @@ impl Engine {
     ) -> anyhow::Result<Engine> {
         config.check_host()?;
         let mut policy = Policy::from_config(&config)?;
+        let dkim = crate::dkim::Dkim::from_config(&config.dkim)?;
         // Warm-ups go on from the day they reached, limits from the hour's and day's counts.
         policy.sources = {
             let spool = spool.clone();
@@ -192,6 +193,7 @@ impl Engine {
             events,
             clock,
             streams: Arc::new(config.streams.clone()),
+            dkim: Arc::new(dkim),
         });
         let smtp_addr = smtp_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;

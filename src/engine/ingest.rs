@@ -38,6 +38,8 @@ pub struct Intake {
     pub clock: WallClock,
     /// The streams a message may name (as knock started: a new set needs a restart).
     pub streams: Arc<crate::config::Streams>,
+    /// The DKIM keys a message is signed with before it is stored.
+    pub dkim: Arc<crate::dkim::Dkim>,
 }
 
 /// A stream named at submission that is not configured.
@@ -89,6 +91,11 @@ impl Intake {
         stream: String,
     ) -> Result<NewMessage, SpoolError> {
         let now = self.clock.now();
+        // Signed once, before it is stored: every attempt sends the same bytes.
+        let body = match self.dkim.sign(&body) {
+            Some(signed) => Bytes::from(signed),
+            None => body,
+        };
         let mut message = NewMessage {
             envelope: Envelope {
                 id,

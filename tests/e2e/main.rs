@@ -9,6 +9,7 @@ mod crash;
 mod dashboard;
 mod delivery;
 mod disk;
+mod dkim;
 mod dns;
 mod http;
 mod knobs;

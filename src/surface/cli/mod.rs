@@ -134,6 +134,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// DKIM keys: make one and print the DNS record to publish.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Print a credentials-file line (`user:argon2-hash`) for SMTP AUTH; the password is
     /// read from stdin (first line), so it stays out of the shell history.
     Passwd {
@@ -155,6 +160,24 @@ pub enum Command {
         /// Lines, e.g. "450 4.2.0 Greylisted" or "host mx.example[192.0.2.1] said: 550
         /// 5.1.1 User unknown"; read from stdin when none are given.
         replies: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DkimCommand {
+    /// Write a new private key to DIR/DOMAIN.SELECTOR.pem (mode 0600, never over an existing
+    /// file) and print the TXT record to publish at SELECTOR._domainkey.DOMAIN, with the
+    /// `[[dkim]]` table that uses it.
+    Keygen {
+        domain: String,
+        selector: String,
+        /// An Ed25519 key (RFC 8463) instead of RSA 2048. Not every receiver verifies
+        /// Ed25519 yet: sign with both where it matters.
+        #[arg(long)]
+        ed25519: bool,
+        /// Where the key file goes.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -529,6 +552,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             json,
         } => diagnose(api, provider, window, json).await,
         Command::Passwd { user } => passwd(&user),
+        Command::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    ed25519,
+                    dir,
+                },
+        } => dkim_keygen(&domain, &selector, ed25519, &dir),
         Command::Simulate(args) => simulate(args),
         Command::Classify {
             rules,
@@ -597,6 +629,7 @@ fn check_named_files(config: &Config) -> anyhow::Result<()> {
     if let Some(path) = &config.smtp.credentials {
         crate::net::auth::Credentials::load(path)?;
     }
+    crate::dkim::Dkim::from_config(&config.dkim)?;
     Ok(())
 }
 
@@ -947,6 +980,46 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
     };
     let resp = args.api.client()?.send(&req).await?;
     outln!("{}", resp.id)?;
+    Ok(())
+}
+
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    ed25519: bool,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let probe = crate::config::DkimConfig {
+        domain: domain.to_string(),
+        signing_domain: None,
+        selector: selector.to_string(),
+        key: dir.join("-"),
+        headers: vec!["From".into()],
+        canonicalization: "relaxed/relaxed".into(),
+    };
+    // The same checks as the configuration's (domain, selector).
+    let config = crate::config::Config {
+        dkim: vec![probe],
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("dkim[0].", "")))?;
+    let (path, name, record) = crate::dkim::keygen(dir, domain, selector, ed25519)?;
+    // The record's value in 255-byte strings, as one TXT record may hold.
+    let strings: Vec<String> = record
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    outln!("# wrote {} (readable by its owner only)", path.display())?;
+    outln!("# publish this TXT record:")?;
+    outln!("{name}. IN TXT ( {} )", strings.join(" "))?;
+    outln!("# and sign with it:")?;
+    outln!("[[dkim]]")?;
+    outln!("domain = \"{domain}\"")?;
+    outln!("selector = \"{selector}\"")?;
+    outln!("key = \"{}\"", path.display())?;
     Ok(())
 }
 

@@ -1,0 +1,238 @@
+//! DKIM: knock signs at ingest with the sender's key and the platform's, and the message a
+//! receiver gets verifies with two verifiers knock did not write (mail-auth's, asking a
+//! real DNS server on loopback for the keys, and Python's dkimpy), after a deferral, a
+//! restart and a retry: the signed bytes were stored, so every attempt sends the same.
+
+use crate::dns::Dnsmasq;
+use crate::world::*;
+use knock::config::DkimConfig;
+use knock::net::resolve::StaticResolver;
+use knock::tools::sink::SinkConfig;
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
+};
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// dnsmasq's argument for a TXT record, its value in strings of at most 255 bytes.
+fn txt_record(name: &str, value: &str) -> String {
+    let parts: Vec<&str> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!("--txt-record={name},{}", parts.join(","))
+}
+
+fn key(domain: &str, signing: Option<&str>, selector: &str, path: &std::path::Path) -> DkimConfig {
+    DkimConfig {
+        domain: domain.into(),
+        signing_domain: signing.map(String::from),
+        selector: selector.into(),
+        key: path.to_path_buf(),
+        headers: vec!["From".into(), "To".into(), "Subject".into(), "Date".into()],
+        canonicalization: "relaxed/relaxed".into(),
+    }
+}
+
+async fn verify_with_mail_auth(dns: std::net::SocketAddr, message: &[u8]) -> Vec<String> {
+    let on = |protocol| {
+        let mut c = ConnectionConfig::new(protocol);
+        c.port = dns.port();
+        c
+    };
+    let server = NameServerConfig::new(
+        dns.ip(),
+        true,
+        vec![on(ProtocolConfig::Udp), on(ProtocolConfig::Tcp)],
+    );
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(2);
+    let authenticator = MessageAuthenticator::new(
+        ResolverConfig::from_parts(None, Vec::new(), vec![server]),
+        opts,
+    )
+    .unwrap();
+    let parsed = AuthenticatedMessage::parse(message).expect("a message");
+    let outputs = authenticator.verify_dkim(&parsed).await;
+    assert_eq!(outputs.len(), 2, "two signatures");
+    outputs
+        .iter()
+        .map(|o| {
+            let d = o.signature().map(|s| s.d.clone()).unwrap_or_default();
+            match o.result() {
+                DkimResult::Pass => format!("{d} pass"),
+                other => format!("{d} {other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// dkimpy's verdict on every signature, the keys given as the DNS would give them.
+fn verify_with_dkimpy(message: &[u8], records: &[(String, String)]) -> String {
+    let table: String = records
+        .iter()
+        .map(|(name, value)| format!("{:?}: {:?},", format!("{name}."), value))
+        .collect();
+    let script = format!(
+        r#"
+import sys, dkim
+records = {{{table}}}
+def dnsfunc(name, timeout=5):
+    return records.get(name.decode()).encode()
+message = sys.stdin.buffer.read()
+d = dkim.DKIM(message)
+def verify(i):
+    try:
+        return d.verify(idx=i, dnsfunc=dnsfunc)
+    except dkim.ValidationError:
+        return False
+count = message.count(b"DKIM-Signature:")
+print(" ".join(str(verify(i)) for i in range(count)))
+"#
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "dkimpy (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn signatures_verify_independently_after_a_deferral_a_restart_and_a_retry() {
+    let keys = tempfile::tempdir().unwrap();
+    let (sender_key, sender_name, sender_record) =
+        knock::dkim::keygen(keys.path(), "tx.test", "s1", false).unwrap();
+    let (platform_key, platform_name, platform_record) =
+        knock::dkim::keygen(keys.path(), "platform.test", "p1", true).unwrap();
+    assert_eq!(sender_name, "s1._domainkey.tx.test");
+    // The key is its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sender_key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dns = Dnsmasq::start(&[
+        txt_record(&sender_name, &sender_record),
+        txt_record(&platform_name, &platform_record),
+    ]);
+
+    // The receiver greylists the first attempt.
+    let rx = sink(SinkConfig {
+        greylist: Some(Duration::from_millis(500)),
+        ..Default::default()
+    })
+    .await;
+    let mut w = World::new(&["1s"], "1h");
+    w.config.dkim = vec![
+        key("tx.test", None, "s1", &sender_key),
+        key("*", Some("platform.test"), "p1", &platform_key),
+    ];
+    w.config.validate().unwrap();
+    let resolver = route(StaticResolver::new(), "rx.test", rx.addr);
+    let engine = w.start(resolver.clone()).await;
+    let body = b"From: Shop <news@tx.test>\r\nTo: a@rx.test\r\nSubject: signed\r\nDate: Wed, 2 Dec 2026 12:00:00 +0000\r\n\r\nHello,  world  \r\n\r\n";
+    let replies = smtp_send(engine.smtp_addr, "news@tx.test", &["a@rx.test"], body).await;
+    assert!(replies[0].starts_with("250 "), "{replies:?}");
+    w.wait_event(T, is("deferred", "a@rx.test")).await;
+    engine.shutdown().await;
+    // Restarted: the retry sends what was stored.
+    let engine = w.start(resolver).await;
+    w.wait_event(T, is("delivered", "a@rx.test")).await;
+    engine.shutdown().await;
+
+    let received = rx.received();
+    assert_eq!(received.len(), 1);
+    let message = &received[0].body;
+    let text = String::from_utf8_lossy(message);
+    assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
+    // The platform's signature above the sender's.
+    assert!(
+        text.find("d=platform.test").unwrap() < text.find("d=tx.test").unwrap(),
+        "{text}"
+    );
+    let mut verdicts = verify_with_mail_auth(dns.addr, message).await;
+    verdicts.sort();
+    assert_eq!(verdicts, ["platform.test pass", "tx.test pass"]);
+    let records = [
+        (sender_name.clone(), sender_record.clone()),
+        (platform_name.clone(), platform_record.clone()),
+    ];
+    assert_eq!(verify_with_dkimpy(message, &records), "True True");
+    // And a message changed on the way does not verify.
+    let tampered = String::from_utf8_lossy(message).replace("Hello", "Hullo");
+    assert_eq!(
+        verify_with_dkimpy(tampered.as_bytes(), &records),
+        "False False"
+    );
+}
+
+#[tokio::test]
+async fn mail_from_another_domain_is_not_signed_with_the_sender_s_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let (sender_key, ..) = knock::dkim::keygen(keys.path(), "tx.test", "s1", true).unwrap();
+    let rx = plain_sink().await;
+    let mut w = World::new(&["1s"], "1h");
+    w.config.dkim = vec![key("tx.test", None, "s1", &sender_key)];
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    let body = b"From: other@elsewhere.test\r\nSubject: x\r\n\r\nhi\r\n";
+    smtp_send(
+        engine.smtp_addr,
+        "other@elsewhere.test",
+        &["a@rx.test"],
+        body,
+    )
+    .await;
+    w.wait_event(T, is("delivered", "a@rx.test")).await;
+    let text = String::from_utf8_lossy(&rx.received()[0].body).to_string();
+    assert!(!text.contains("DKIM-Signature"), "{text}");
+    engine.shutdown().await;
+}
+
+#[test]
+fn a_bad_key_is_a_start_up_error_naming_it_and_keygen_never_overwrites() {
+    let keys = tempfile::tempdir().unwrap();
+    let garbage = keys.path().join("bad.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let e = knock::dkim::Dkim::from_config(&[key("tx.test", None, "s1", &garbage)]).unwrap_err();
+    assert!(format!("{e:#}").starts_with("dkim[0].key"), "{e:#}");
+    knock::dkim::keygen(keys.path(), "tx.test", "s1", true).unwrap();
+    let again = knock::dkim::keygen(keys.path(), "tx.test", "s1", true).unwrap_err();
+    assert!(
+        format!("{again:#}").contains("never overwritten"),
+        "{again:#}"
+    );
+}
+
+#[test]
+fn knock_dkim_keygen_writes_the_key_and_prints_the_record_and_the_table() {
+    let keys = tempfile::tempdir().unwrap();
+    let dir = keys.path().to_str().unwrap();
+    let (ok, out, err) = knock(&["dkim", "keygen", "tx.test", "s1", "--ed25519", "--dir", dir]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("s1._domainkey.tx.test. IN TXT ( \"v=DKIM1; k=ed25519; p="),
+        "{out}"
+    );
+    assert!(
+        out.contains("[[dkim]]\ndomain = \"tx.test\"\nselector = \"s1\""),
+        "{out}"
+    );
+    assert!(keys.path().join("tx.test.s1.pem").exists());
+    let (ok, _, err) = knock(&["dkim", "keygen", "not a domain", "s1", "--dir", dir]);
+    assert!(!ok);
+    assert!(err.contains("domain"), "{err}");
+}
