@@ -4,6 +4,7 @@
 //! ([`tail`]).
 
 pub mod api;
+pub mod check_domain;
 pub mod cli;
 pub mod client;
 pub mod dashboard;

@@ -236,3 +236,120 @@ fn knock_dkim_keygen_writes_the_key_and_prints_the_record_and_the_table() {
     assert!(!ok);
     assert!(err.contains("domain"), "{err}");
 }
+
+/// `knock check-domain` against a real DNS server on loopback: one source and one key set
+/// up right, another source SPF does not name, and a key whose published record belongs to
+/// another key.
+#[test]
+fn check_domain_says_what_is_right_and_what_to_fix() {
+    let keys = tempfile::tempdir().unwrap();
+    let (good, good_name, good_record) =
+        knock::dkim::keygen(keys.path(), "tx.test", "s1", true).unwrap();
+    let (stale, stale_name, _) = knock::dkim::keygen(keys.path(), "tx.test", "s2", true).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (_, _, other_record) = knock::dkim::keygen(other.path(), "tx.test", "s2", true).unwrap();
+    let dns = Dnsmasq::start(&[
+        "--mx-host=tx.test,mx.tx.test,10".into(),
+        "--host-record=mx.tx.test,127.0.0.1".into(),
+        txt_record("tx.test", "v=spf1 ip4:127.0.0.2 -all"),
+        txt_record(&good_name, &good_record),
+        txt_record(&stale_name, &other_record),
+        txt_record("_dmarc.tx.test", "v=DMARC1; p=reject"),
+    ]);
+    let config = keys.path().join("knock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[dns]
+servers = ["{}"]
+timeout = "1s"
+
+[[source]]
+name = "a"
+ip = "127.0.0.2"
+ehlo = "mta1.tx.test"
+
+[[source]]
+name = "b"
+ip = "127.0.0.3"
+ehlo = "mta2.tx.test"
+
+[[dkim]]
+domain = "tx.test"
+selector = "s1"
+key = "{}"
+
+[[dkim]]
+domain = "tx.test"
+selector = "s2"
+key = "{}"
+"#,
+            dns.addr,
+            good.display(),
+            stale.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = knock(&[
+        "check-domain",
+        "tx.test",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(!ok, "errors make it fail: {out}");
+    assert!(err.contains("error(s) to fix"), "{err}");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let status = |check: &str, subject: &str| -> String {
+        checks
+            .iter()
+            .find(|c| c["check"] == check && c["subject"].as_str().unwrap().contains(subject))
+            .unwrap_or_else(|| panic!("no {check} {subject}: {out}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("mx", "tx.test"), "ok");
+    assert_eq!(status("spf", "127.0.0.2"), "ok");
+    assert_eq!(status("spf", "127.0.0.3"), "error");
+    assert_eq!(status("dkim", "s1._domainkey"), "ok");
+    assert_eq!(status("dkim", "s2._domainkey"), "error");
+    assert_eq!(status("dmarc", "_dmarc.tx.test"), "ok");
+    // Resolvers answer reverse lookups of loopback addresses themselves (RFC 6761), so
+    // the forward-confirmed reverse DNS cannot be tried here: loopback sources are said
+    // to be unchecked.
+    assert_eq!(status("ptr", "127.0.0.2"), "warning");
+    // Every error says what to fix.
+    for c in checks.iter().filter(|c| c["status"] == "error") {
+        assert!(c["fix"].is_string(), "{c}");
+    }
+    let spf_fix = checks
+        .iter()
+        .find(|c| c["check"] == "spf" && c["status"] == "error")
+        .unwrap()["fix"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(spf_fix.contains("ip4:127.0.0.3"), "{spf_fix}");
+
+    // A domain with nothing published: each missing record is named, with what to publish.
+    let (ok, out, _) = knock(&[
+        "check-domain",
+        "bare.test",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    for line in [
+        "mx      warning  bare.test",
+        "spf     error    bare.test                                no SPF record",
+        "dkim    warning  bare.test",
+        "dmarc   warning  _dmarc.bare.test",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    assert!(
+        out.contains("\"v=spf1 ip4:127.0.0.2 ip4:127.0.0.3 -all\""),
+        "{out}"
+    );
+}

@@ -134,6 +134,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a sending domain's DNS against the configuration: MX, SPF for every source
+    /// address, each DKIM key's published record, DMARC, and each source's reverse DNS.
+    /// Exits non-zero when something is an error.
+    CheckDomain {
+        domain: String,
+        /// The configuration whose sources and keys are checked (embedded defaults if left
+        /// out); its `[dns] servers` are asked.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// DKIM keys: make one and print the DNS record to publish.
     Dkim {
         #[command(subcommand)]
@@ -552,6 +565,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             json,
         } => diagnose(api, provider, window, json).await,
         Command::Passwd { user } => passwd(&user),
+        Command::CheckDomain {
+            domain,
+            config,
+            json,
+        } => check_domain(&domain, config.as_deref(), json).await,
         Command::Dkim {
             command:
                 DkimCommand::Keygen {
@@ -980,6 +998,29 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
     };
     let resp = args.api.client()?.send(&req).await?;
     outln!("{}", resp.id)?;
+    Ok(())
+}
+
+async fn check_domain(
+    domain: &str,
+    file: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::surface::check_domain::{self, Status};
+    let config = match file {
+        Some(path) => Config::load(path)?,
+        None => Config::parse("")?,
+    };
+    let checks = check_domain::run(&config, domain).await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&checks)?)?;
+    } else {
+        out!("{}", check_domain::table(&checks))?;
+    }
+    let errors = checks.iter().filter(|c| c.status == Status::Error).count();
+    if errors > 0 {
+        anyhow::bail!("{domain}: {errors} error(s) to fix");
+    }
     Ok(())
 }
 
