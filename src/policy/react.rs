@@ -328,6 +328,9 @@ pub fn apply(
         event.class = o.class;
         event.failure = o.failure;
         event.next_attempt = retry_at;
+        if o.class == Some(Class::Auth) {
+            event.reason = Some(auth_reason(&o.text, &envelope.from));
+        }
         if a.elsewhere && o.class == Some(Class::Block) {
             event.reason = Some(format!(
                 "{} blocks source {}: tried again from another source of the pool",
@@ -630,9 +633,80 @@ pub fn destination_report<'a>(
     }
 }
 
+/// The record an authentication failure's reply names, as people call it: DMARC before the
+/// SPF and DKIM a DMARC failure also mentions; both SPF and DKIM when the reply asks for
+/// either (Gmail's 5.7.26); reverse DNS for a missing PTR (Gmail's 5.7.25).
+pub fn auth_record(text: &str) -> Option<&'static str> {
+    let t = text.to_ascii_lowercase();
+    let spf = t.contains("spf") || t.contains("sender policy");
+    let dkim = t.contains("dkim");
+    Some(if t.contains("dmarc") {
+        "DMARC"
+    } else if spf && dkim {
+        "SPF and DKIM"
+    } else if dkim {
+        "DKIM"
+    } else if spf {
+        "SPF"
+    } else if t.contains("ptr") || t.contains("reverse dns") || t.contains("rdns") {
+        "reverse DNS (PTR)"
+    } else {
+        return None;
+    })
+}
+
+/// What an `auth`-class reply asks of the sender, in words: the record it names and where
+/// to check it.
+pub fn auth_reason(text: &str, from: &str) -> String {
+    let domain = from.rsplit_once('@').map_or("", |(_, d)| d);
+    let check = match domain.is_empty() {
+        true => "the sending domain".to_string(),
+        false => format!("{domain} (knock check-domain {domain})"),
+    };
+    match auth_record(text) {
+        Some(record) => format!("the receiver names {record}: check the {record} of {check}"),
+        None => format!(
+            "the receiver refuses unauthenticated mail: check SPF, DKIM and DMARC of {check}"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_auth_reply_points_at_the_record_it_names() {
+        for (text, record) in [
+            (
+                "5.7.26 Unauthenticated email from tx.test is not accepted due to domain's DMARC policy",
+                Some("DMARC"),
+            ),
+            (
+                "5.7.26 This mail is unauthenticated. The sender must authenticate with at least one of SPF or DKIM",
+                Some("SPF and DKIM"),
+            ),
+            (
+                "5.7.23 The message was rejected because of Sender Policy Framework violation",
+                Some("SPF"),
+            ),
+            (
+                "5.7.9 Message not accepted for policy reasons: DKIM signature invalid",
+                Some("DKIM"),
+            ),
+            (
+                "5.7.25 The IP address sending this message does not have a PTR record setup",
+                Some("reverse DNS (PTR)"),
+            ),
+            ("5.7.1 Message rejected", None),
+        ] {
+            assert_eq!(auth_record(text), record, "{text}");
+        }
+        assert_eq!(
+            auth_reason("5.7.23 SPF check failed", "news@tx.test"),
+            "the receiver names SPF: check the SPF of tx.test (knock check-domain tx.test)"
+        );
+    }
 
     const MIN: Duration = Duration::from_secs(60);
 

@@ -590,10 +590,33 @@ fn response(cause: Cause, dest: Option<&DestinationView>, f: &Figures) -> (Strin
                 "set the limit with [shaping.\"<provider>\"] rate if it is known, and spread volume over time or IPs",
             ),
         ),
-        Cause::Authentication => (
-            format!("{}; {pacing}", failed(f, RETRYING, RETRYING_DEFERRED)),
-            operator("check SPF, DKIM and DMARC for the sending domain; retries will not fix this"),
-        ),
+        Cause::Authentication => {
+            // The record the receiver's auth replies name most.
+            let named = f
+                .top_replies
+                .iter()
+                .filter(|r| r.class == Some(Class::Auth))
+                .filter_map(|r| crate::policy::react::auth_record(&r.reply).map(|w| (w, r.count)))
+                .fold(BTreeMap::<&str, usize>::new(), |mut m, (w, n)| {
+                    *m.entry(w).or_default() += n;
+                    m
+                })
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(w, _)| w);
+            let check = match named {
+                Some(record) => format!(
+                    "the receiver names {record}: check the {record} of the sending domains"
+                ),
+                None => "check SPF, DKIM and DMARC for the sending domain".to_string(),
+            };
+            (
+                format!("{}; {pacing}", failed(f, RETRYING, RETRYING_DEFERRED)),
+                Some(format!(
+                    "{check} (knock check-domain DOMAIN); retries will not fix this"
+                )),
+            )
+        }
         Cause::Reputation => (
             format!("{}; {pacing}", failed(f, RETRYING, RETRYING_DEFERRED)),
             operator(
@@ -714,6 +737,27 @@ mod tests {
                 .contains("100 % of greylisted recipients were delivered"),
             "{}",
             d[0].summary
+        );
+    }
+
+    #[test]
+    fn authentication_failures_name_the_record_the_receiver_names() {
+        let mut recs = Vec::new();
+        for i in 0..20 {
+            recs.push(rec(
+                "bounced",
+                i,
+                &format!("a{i}"),
+                Some(Class::Auth),
+                "550 5.7.26 Unauthenticated email from tx.test is not accepted due to domain's DMARC policy",
+            ));
+        }
+        let d = &diagnose(&recs, &[], Some("p"), Duration::from_secs(3600))[0];
+        assert_eq!(d.cause, Cause::Authentication);
+        let can = d.operator_can.as_deref().unwrap();
+        assert!(
+            can.contains("names DMARC") && can.contains("knock check-domain"),
+            "{can}"
         );
     }
 
