@@ -157,16 +157,16 @@ fn delivery_status(
     s
 }
 
-/// The original message's header section, up to the blank line.
+/// The original message's header section, up to the blank line, every line ending in
+/// CRLF (a bare CR or LF in a message spooled before ingest normalized them included:
+/// found by fuzzing).
 fn header_section(original: &[u8]) -> String {
-    let end = find(original, b"\r\n\r\n")
+    let original = crate::message::crlf(original);
+    let end = find(&original, b"\r\n\r\n")
         .map(|i| i + 2)
-        .or_else(|| find(original, b"\n\n").map(|i| i + 1))
         .unwrap_or(original.len());
-    let headers = String::from_utf8_lossy(&original[..end]);
-    let mut out = String::with_capacity(headers.len() + 16);
-    for line in headers.lines() {
-        out.push_str(line);
+    let mut out = String::from_utf8_lossy(&original[..end]).into_owned();
+    if !out.is_empty() && !out.ends_with("\r\n") {
         out.push_str("\r\n");
     }
     out
@@ -180,6 +180,25 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::reply::Reply;
+
+    #[test]
+    fn the_returned_headers_end_every_line_in_crlf_whatever_the_original() {
+        // The input the fuzzer found: an original spooled with bare LF and CR.
+        let original = b"From: a@x.test\n\r.\rMAIL FRO\nbody\r.\rMAIL FROM:<e@x>\n";
+        let headers = header_section(original);
+        assert!(
+            matches!(
+                crate::message::crlf(headers.as_bytes()),
+                std::borrow::Cow::Borrowed(_)
+            ),
+            "{headers:?}"
+        );
+        assert!(headers.starts_with("From: a@x.test\r\n"), "{headers:?}");
+        assert_eq!(
+            header_section(b"Subject: s\r\n\r\nbody\r\n"),
+            "Subject: s\r\n"
+        );
+    }
 
     fn envelope(from: &str) -> Envelope {
         Envelope {

@@ -128,8 +128,61 @@ pub async fn serve<H: Handler>(
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
+    serve_stream(
+        Stream::Plain(stream),
+        peer,
+        local,
+        handler,
+        limits,
+        shutdown,
+    )
+    .await;
+}
+
+/// One whole session over an in-memory pipe: the client sends `input` (and then nothing
+/// more), and what the server answered comes back, up to where it closed. For fuzzing and
+/// tests: every path a session takes on bytes from a client, without a socket.
+pub async fn converse<H: Handler>(input: &[u8], handler: Arc<H>, limits: Arc<Limits>) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
+    let local = SocketAddr::from(([192, 0, 2, 2], 25));
+    let session = serve_stream(
+        Stream::Memory(server),
+        peer,
+        local,
+        handler,
+        limits,
+        CancellationToken::new(),
+    );
+    let (mut read, mut write) = tokio::io::split(client);
+    let talk = async move {
+        let _ = write.write_all(input).await;
+        let _ = write.shutdown().await;
+        // Held open until the server is done: dropping it would close the pipe early.
+        write
+    };
+    let listen = async move {
+        let mut out = Vec::new();
+        let _ = read.read_to_end(&mut out).await;
+        out
+    };
+    let ((), _write, out) = tokio::join!(session, talk, listen);
+    out
+}
+
+/// Runs one SMTP session over any [`Stream`] (an in-memory one for fuzzing), as if from
+/// `peer` to `local`. Never panics on client input.
+pub async fn serve_stream<H: Handler>(
+    stream: Stream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    handler: Arc<H>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
     let mut conn = Conn {
-        wire: Wire::new(Stream::Plain(stream)),
+        wire: Wire::new(stream),
         session: Session {
             peer,
             local,
@@ -395,6 +448,9 @@ impl<H: Handler> Conn<H> {
         if self.session.tls.is_some() {
             return Ok(self.error(Reply::new(554, "5.5.1", "Error: TLS already active")));
         }
+        if matches!(self.wire.get_ref(), Stream::Memory(_)) {
+            return Ok(self.error(Reply::new(454, "4.7.0", "TLS not available")));
+        }
         self.reply(&Reply::new(220, "2.0.0", "Ready to start TLS"));
         self.wire.flush().await?;
         // Anything pipelined after STARTTLS was sent in the clear and must not be taken as
@@ -650,6 +706,59 @@ fn cannot_decode() -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Accept(std::sync::Mutex<Vec<Vec<u8>>>);
+
+    #[async_trait]
+    impl Handler for Accept {
+        async fn mail(&self, _: &Session, _: &str) -> Reply {
+            Reply::new(250, "2.1.0", "Ok")
+        }
+        async fn rcpt(&self, _: &Session, _: &Address) -> Reply {
+            Reply::new(250, "2.1.5", "Ok")
+        }
+        async fn data(&self, _: &Session, body: Vec<u8>) -> Reply {
+            self.0.lock().unwrap().push(body);
+            Reply::new(250, "2.0.0", "Ok: queued")
+        }
+    }
+
+    fn limits() -> Arc<Limits> {
+        Arc::new(Limits {
+            hostname: "knock.test".into(),
+            max_message_size: 1 << 20,
+            max_recipients: 100,
+            idle_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+            max_errors: 20,
+            ehlo: EhloMode::Full,
+            tls: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_whole_session_runs_over_memory_and_ends_data_only_on_crlf_dot_crlf() {
+        let handler = Arc::new(Accept(Default::default()));
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
+            Subject: s\r\n\r\none\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\n\
+            DATA\r\nforged\r\n.\r\nSTARTTLS\r\nQUIT\r\n";
+        let out = converse(input, handler.clone(), limits()).await;
+        let out = String::from_utf8(out).unwrap();
+        let codes: Vec<&str> = out
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect();
+        // Greeting, EHLO, MAIL, RCPT, 354, one message, STARTTLS not offered, QUIT.
+        assert_eq!(
+            codes,
+            ["220", "250", "250", "250", "354", "250", "502", "221"],
+            "{out}"
+        );
+        let bodies = handler.0.lock().unwrap();
+        assert_eq!(bodies.len(), 1, "one message, not a smuggled second");
+        assert!(String::from_utf8_lossy(&bodies[0]).contains("MAIL FROM:<evil@x.test>"));
+    }
 
     #[test]
     fn sasl_plain_decoding_table() {
