@@ -138,6 +138,7 @@ pub enum Command {
     /// address, each DKIM key's published record, DMARC, and each source's reverse DNS.
     /// Exits non-zero when something is an error.
     CheckDomain {
+        /// The sending domain (the domain of your From addresses).
         domain: String,
         /// The configuration whose sources and keys are checked (embedded defaults if left
         /// out); its `[dns] servers` are asked.
@@ -182,7 +183,9 @@ pub enum DkimCommand {
     /// file) and print the TXT record to publish at SELECTOR._domainkey.DOMAIN, with the
     /// `[[dkim]]` table that uses it.
     Keygen {
+        /// The signing domain (`d=`), usually your From addresses' domain.
         domain: String,
+        /// The selector (`s=`): the record goes at SELECTOR._domainkey.DOMAIN.
         selector: String,
         /// An Ed25519 key (RFC 8463) instead of RSA 2048. Not every receiver verifies
         /// Ed25519 yet: sign with both where it matters.
