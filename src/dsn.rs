@@ -200,6 +200,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_reply_text_with_a_cr_or_lf_stays_one_line_in_the_dsn() {
+        let outcome = Outcome {
+            disposition: crate::outcome::Disposition::Permanent,
+            class: None,
+            code: Some(550),
+            enhanced: None,
+            text: "User u\rX-Injected: yes\nmore".into(),
+            failure: None,
+        };
+        assert_eq!(outcome.diagnostic(), "550 User u X-Injected: yes more");
+    }
+
     fn envelope(from: &str) -> Envelope {
         Envelope {
             id: new_id(),

@@ -258,12 +258,15 @@ impl Outcome {
     }
 
     /// The reply as a DSN's Diagnostic-Code or a log shows it.
+    /// The reply as one line (a CR or LF in a receiver's text becomes a space: it goes
+    /// into a DSN's header fields and must not end or add one; found by fuzzing).
     pub fn diagnostic(&self) -> String {
+        let text = self.text.replace(['\r', '\n'], " ");
         match (self.code, self.enhanced) {
-            (Some(code), Some(e)) => format!("{code} {e} {}", self.text),
-            (Some(code), None) => format!("{code} {}", self.text),
-            (None, Some(e)) => format!("{e} {}", self.text),
-            (None, None) => self.text.clone(),
+            (Some(code), Some(e)) => format!("{code} {e} {text}"),
+            (Some(code), None) => format!("{code} {text}"),
+            (None, Some(e)) => format!("{e} {text}"),
+            (None, None) => text,
         }
     }
 
