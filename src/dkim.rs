@@ -9,7 +9,7 @@
 use crate::config::DkimConfig;
 use anyhow::{Context, anyhow};
 use base64::Engine as _;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls_pki_types::PrivateKeyDer;
@@ -109,38 +109,34 @@ fn signer(c: &DkimConfig) -> anyhow::Result<Signer> {
     let pem = std::fs::read(&c.key).with_context(|| format!("reading {}", c.key.display()))?;
     let der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| anyhow!("{}: not a PEM private key ({e})", c.key.display()))?;
-    let (relaxed_header, relaxed_body) = c.canonicalization()?;
-    let canon = |relaxed| match relaxed {
-        true => Canonicalization::Relaxed,
-        false => Canonicalization::Simple,
-    };
-    let headers: Vec<&str> = c.headers.iter().map(String::as_str).collect();
     let ed25519 = match &der {
         PrivateKeyDer::Pkcs8(k) => Ed25519Key::from_pkcs8_der(k.secret_pkcs8_der()).ok(),
         _ => None,
     };
     Ok(match ed25519 {
-        Some(key) => Signer::Ed25519(
-            DkimSigner::from_key(key)
-                .domain(c.signing_domain())
-                .selector(&c.selector)
-                .headers(headers)
-                .header_canonicalization(canon(relaxed_header))
-                .body_canonicalization(canon(relaxed_body)),
-        ),
+        Some(key) => Signer::Ed25519(configured(key, c)?),
         None => {
             let key = RsaKey::<Sha256>::from_key_der(der)
                 .map_err(|e| anyhow!("{}: not an RSA or Ed25519 key ({e})", c.key.display()))?;
-            Signer::Rsa(
-                DkimSigner::from_key(key)
-                    .domain(c.signing_domain())
-                    .selector(&c.selector)
-                    .headers(headers)
-                    .header_canonicalization(canon(relaxed_header))
-                    .body_canonicalization(canon(relaxed_body)),
-            )
+            Signer::Rsa(configured(key, c)?)
         }
     })
+}
+
+/// A signer with `key` for the domain, selector, header fields and canonicalization `c`
+/// names.
+fn configured<T: SigningKey>(key: T, c: &DkimConfig) -> anyhow::Result<DkimSigner<T, Done>> {
+    let (relaxed_header, relaxed_body) = c.canonicalization()?;
+    let canon = |relaxed| match relaxed {
+        true => Canonicalization::Relaxed,
+        false => Canonicalization::Simple,
+    };
+    Ok(DkimSigner::from_key(key)
+        .domain(c.signing_domain())
+        .selector(&c.selector)
+        .headers(c.headers.iter().map(String::as_str))
+        .header_canonicalization(canon(relaxed_header))
+        .body_canonicalization(canon(relaxed_body)))
 }
 
 /// A new key: the private key as PEM, and the TXT record's value (`v=DKIM1; k=…; p=…`).

@@ -7,7 +7,7 @@ use crate::config::DnsConfig;
 use async_trait::async_trait;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig,
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
@@ -52,38 +52,48 @@ impl DnsResolver {
     /// the system's configuration when there are none. `attempts` is how many times a query
     /// is tried in all (hickory counts the retries after the first).
     pub fn new(config: &DnsConfig) -> anyhow::Result<DnsResolver> {
-        let servers = &config.servers;
-        let mut builder = if servers.is_empty() {
+        let mut builder = if config.servers.is_empty() {
             TokioResolver::builder_tokio()?
         } else {
-            let name_servers = servers
-                .iter()
-                .map(|s| {
-                    let on = |protocol| {
-                        let mut c = ConnectionConfig::new(protocol);
-                        c.port = s.port();
-                        c
-                    };
-                    NameServerConfig::new(
-                        s.ip(),
-                        true,
-                        vec![on(ProtocolConfig::Udp), on(ProtocolConfig::Tcp)],
-                    )
-                })
-                .collect();
             TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, Vec::new(), name_servers),
+                servers_config(&config.servers),
                 TokioRuntimeProvider::default(),
             )
         };
-        let options = builder.options_mut();
-        options.timeout = config.timeout;
-        options.attempts = config.attempts.saturating_sub(1);
-        options.cache_size = config.cache_size;
+        apply_options(config, builder.options_mut());
         Ok(DnsResolver {
             inner: builder.build()?,
         })
     }
+}
+
+/// `[dns] servers` as a resolver's configuration: each asked over UDP, and TCP for long
+/// answers, on its own port. (Also what `knock check-domain` hands mail-auth's resolver.)
+pub fn servers_config(servers: &[SocketAddr]) -> ResolverConfig {
+    let name_servers = servers
+        .iter()
+        .map(|s| {
+            let on = |protocol| {
+                let mut c = ConnectionConfig::new(protocol);
+                c.port = s.port();
+                c
+            };
+            NameServerConfig::new(
+                s.ip(),
+                true,
+                vec![on(ProtocolConfig::Udp), on(ProtocolConfig::Tcp)],
+            )
+        })
+        .collect();
+    ResolverConfig::from_parts(None, Vec::new(), name_servers)
+}
+
+/// `[dns] timeout`, `attempts` (hickory counts the retries after the first) and
+/// `cache_size` on a resolver's options.
+pub fn apply_options(config: &DnsConfig, options: &mut ResolverOpts) {
+    options.timeout = config.timeout;
+    options.attempts = config.attempts.saturating_sub(1);
+    options.cache_size = config.cache_size;
 }
 
 #[async_trait]

@@ -9,9 +9,7 @@
 use crate::config::Config;
 use mail_auth::common::cache::NoCache;
 use mail_auth::dmarc::Dmarc;
-use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
-};
+use mail_auth::hickory_resolver::config::ResolverOpts;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, SpfResult};
 use serde::Serialize;
@@ -56,31 +54,13 @@ impl Check {
 }
 
 fn authenticator(config: &Config) -> anyhow::Result<MessageAuthenticator> {
-    let mut opts = ResolverOpts::default();
-    opts.timeout = config.dns.timeout;
-    opts.attempts = config.dns.attempts.max(1);
     if config.dns.servers.is_empty() {
         return Ok(MessageAuthenticator::new_system_conf()?);
     }
-    let servers = config
-        .dns
-        .servers
-        .iter()
-        .map(|s| {
-            let on = |protocol| {
-                let mut c = ConnectionConfig::new(protocol);
-                c.port = s.port();
-                c
-            };
-            NameServerConfig::new(
-                s.ip(),
-                true,
-                vec![on(ProtocolConfig::Udp), on(ProtocolConfig::Tcp)],
-            )
-        })
-        .collect();
+    let mut opts = ResolverOpts::default();
+    crate::net::resolve::apply_options(&config.dns, &mut opts);
     Ok(MessageAuthenticator::new(
-        ResolverConfig::from_parts(None, Vec::new(), servers),
+        crate::net::resolve::servers_config(&config.dns.servers),
         opts,
     )?)
 }
@@ -180,7 +160,10 @@ pub async fn run(config: &Config, domain: &str) -> anyhow::Result<Vec<Check>> {
                 "spf",
                 subject,
                 Status::Error,
-                format!("{ip} is not authorized ({})", spf_word(other)),
+                format!(
+                    "{ip} is not authorized ({})",
+                    other.to_string().to_lowercase()
+                ),
             )
             .fix(format!("add {} to the SPF record", spf_term(*ip))),
         });
@@ -394,18 +377,6 @@ fn spf_terms(sources: &[(String, Option<IpAddr>, String)]) -> String {
     match terms.is_empty() {
         true => "ip4:YOUR.ADDRESS".into(),
         false => terms.join(" "),
-    }
-}
-
-fn spf_word(r: SpfResult) -> &'static str {
-    match r {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
     }
 }
 

@@ -8,9 +8,7 @@ use crate::world::*;
 use knock::config::DkimConfig;
 use knock::net::resolve::StaticResolver;
 use knock::tools::sink::SinkConfig;
-use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
-};
+use mail_auth::hickory_resolver::config::ResolverOpts;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use std::time::Duration;
 
@@ -38,23 +36,10 @@ fn key(domain: &str, signing: Option<&str>, selector: &str, path: &std::path::Pa
 }
 
 async fn verify_with_mail_auth(dns: std::net::SocketAddr, message: &[u8]) -> Vec<String> {
-    let on = |protocol| {
-        let mut c = ConnectionConfig::new(protocol);
-        c.port = dns.port();
-        c
-    };
-    let server = NameServerConfig::new(
-        dns.ip(),
-        true,
-        vec![on(ProtocolConfig::Udp), on(ProtocolConfig::Tcp)],
-    );
     let mut opts = ResolverOpts::default();
     opts.timeout = Duration::from_secs(2);
-    let authenticator = MessageAuthenticator::new(
-        ResolverConfig::from_parts(None, Vec::new(), vec![server]),
-        opts,
-    )
-    .unwrap();
+    let authenticator =
+        MessageAuthenticator::new(knock::net::resolve::servers_config(&[dns]), opts).unwrap();
     let parsed = AuthenticatedMessage::parse(message).expect("a message");
     let outputs = authenticator.verify_dkim(&parsed).await;
     assert_eq!(outputs.len(), 2, "two signatures");
