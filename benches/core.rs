@@ -52,14 +52,11 @@ fn new_message(i: u128) -> Queued {
         source: "bench".into(),
         stream: None,
         done_at: None,
+        params: Default::default(),
     };
     let group = Group {
         domain: "gmail.com".into(),
-        recipients: vec![Recipient {
-            address: format!("u{i}@gmail.com"),
-            state: State::Queued,
-            attempts: vec![],
-        }],
+        recipients: vec![Recipient::new(format!("u{i}@gmail.com"), State::Queued)],
         next_attempt: Some(T0),
     };
     Queued::held(Arc::new(envelope), group, Some(Bytes::from_static(b"x"))).unwrap()

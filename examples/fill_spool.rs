@@ -42,13 +42,13 @@ fn message(n: usize, domains: usize, body: &bytes::Bytes, now: Timestamp) -> New
             source: "smtp 127.0.0.1:40000".into(),
             stream: None,
             done_at: None,
+            params: Default::default(),
         },
         groups: vec![Group {
             domain,
             recipients: vec![Recipient {
-                address,
-                state: State::Deferred,
                 attempts: vec![attempt],
+                ..Recipient::new(address, State::Deferred)
             }],
             next_attempt: Some(now + Duration::from_secs(86_400)),
         }],

@@ -1203,6 +1203,10 @@ pub struct RetryConfig {
     pub max_age: Duration,
     /// Up to this share of a wait is added at random so a backlog does not return at once.
     pub jitter: f64,
+    /// A recipient still deferred this long after acceptance, whose sender asked for
+    /// delay notices (`NOTIFY=DELAY`), gets one delay warning; `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
 }
 
 impl Default for RetryConfig {
@@ -1212,6 +1216,7 @@ impl Default for RetryConfig {
             schedule: vec![m(5), m(15), m(30), m(60), m(120), m(240)],
             max_age: Duration::from_secs(72 * 3600),
             jitter: 0.1,
+            delay_warning: Duration::from_secs(4 * 3600),
         }
     }
 }

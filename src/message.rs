@@ -108,11 +108,127 @@ pub struct Envelope {
     /// When every recipient reached a final state; the body is gone from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_at: Option<Timestamp>,
+    /// What the sender asked of MAIL FROM beyond the address (DSN's RET and ENVID,
+    /// SMTPUTF8).
+    #[serde(default, skip_serializing_if = "MailParams::is_empty")]
+    pub params: MailParams,
 }
 
 impl Envelope {
     pub fn is_null_sender(&self) -> bool {
         self.from.is_empty()
+    }
+}
+
+/// The parameters of MAIL FROM that follow a message to its DSNs and its next hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailParams {
+    /// RFC 3461 RET: what of the message a failure DSN returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// RFC 3461 ENVID: the sender's id for the transaction, given back in every DSN
+    /// (decoded from xtext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// RFC 6531: the message was submitted as internationalized (UTF-8 addresses or
+    /// header fields); relaying it needs a receiver that offers SMTPUTF8 when it really
+    /// has UTF-8 in an address or the header section.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub smtputf8: bool,
+}
+
+impl MailParams {
+    pub fn is_empty(&self) -> bool {
+        *self == MailParams::default()
+    }
+}
+
+/// An ENVID as RFC 3461 allows it once decoded: 1 to 100 printable ASCII characters.
+pub fn valid_envid(envid: &str) -> bool {
+    (1..=100).contains(&envid.len()) && envid.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// RFC 3461 RET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ret {
+    /// The whole message (up to [`crate::dsn::MAX_RETURNED`]).
+    Full,
+    /// Its header section only.
+    Hdrs,
+}
+
+/// RFC 3461 NOTIFY: which DSNs the sender wants for one recipient. All false is
+/// `NOTIFY=NEVER`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failure: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay: bool,
+}
+
+impl Notify {
+    /// As an RCPT TO parameter value: `SUCCESS,FAILURE,DELAY` or `NEVER`.
+    pub fn keyword(self) -> String {
+        let words: Vec<&str> = [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ]
+        .into_iter()
+        .filter_map(|(on, word)| on.then_some(word))
+        .collect();
+        match words.is_empty() {
+            true => "NEVER".into(),
+            false => words.join(","),
+        }
+    }
+
+    /// From the words of `NOTIFY=` (any case): `NEVER` alone, or some of `SUCCESS`,
+    /// `FAILURE`, `DELAY`.
+    pub fn parse(words: &[&str]) -> Result<Notify, String> {
+        let mut n = Notify::default();
+        let mut never = false;
+        for w in words {
+            match w.to_ascii_uppercase().as_str() {
+                "NEVER" => never = true,
+                "SUCCESS" => n.success = true,
+                "FAILURE" => n.failure = true,
+                "DELAY" => n.delay = true,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a notify keyword (never, success, failure, delay)"
+                    ));
+                }
+            }
+        }
+        if words.is_empty() || (never && n != Notify::default()) {
+            return Err("notify is \"never\" alone, or some of success, failure, delay".into());
+        }
+        Ok(n)
+    }
+}
+
+/// A recipient as the sender gave it: the address and what RCPT TO said of DSNs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rcpt {
+    pub address: crate::address::Address,
+    /// `None`: not said (knock reports failures only).
+    pub notify: Option<Notify>,
+    /// RFC 3461 ORCPT, the address the sender first gave (decoded from xtext).
+    pub orcpt: Option<String>,
+}
+
+impl From<crate::address::Address> for Rcpt {
+    fn from(address: crate::address::Address) -> Rcpt {
+        Rcpt {
+            address,
+            notify: None,
+            orcpt: None,
+        }
     }
 }
 
@@ -225,6 +341,42 @@ pub struct Recipient {
     pub state: State,
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// What the sender asked to hear of it (RFC 3461 NOTIFY); `None` when not said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// RFC 3461 ORCPT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// A delay warning went to the sender.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warned: bool,
+}
+
+impl Recipient {
+    pub fn new(address: impl Into<String>, state: State) -> Recipient {
+        Recipient {
+            address: address.into(),
+            state,
+            attempts: Vec::new(),
+            notify: None,
+            orcpt: None,
+            warned: false,
+        }
+    }
+
+    /// Whether the sender wants a DSN that says `action` of this recipient: failures
+    /// unless NOTIFY left them out, delays and success only when NOTIFY asked for them (a
+    /// bulk sender that says nothing is not sent a warning per deferred recipient).
+    pub fn wants(&self, action: crate::dsn::Action) -> bool {
+        use crate::dsn::Action;
+        match (self.notify, action) {
+            (None, Action::Failed) => true,
+            (None, Action::Delayed | Action::Relayed) => false,
+            (Some(n), Action::Failed) => n.failure,
+            (Some(n), Action::Delayed) => n.delay,
+            (Some(n), Action::Relayed) => n.success,
+        }
+    }
 }
 
 /// The recipients of one message at one domain.
@@ -305,16 +457,16 @@ impl Group {
 }
 
 /// Splits recipients by domain, keeping their order, in groups due at `now`.
-pub fn group_by_domain(rcpts: &[crate::address::Address], now: Timestamp) -> Vec<Group> {
+pub fn group_by_domain(rcpts: &[Rcpt], now: Timestamp) -> Vec<Group> {
     let mut by_domain: BTreeMap<&str, Vec<Recipient>> = BTreeMap::new();
-    for a in rcpts {
-        let list = by_domain.entry(a.domain.as_str()).or_default();
-        let address = a.to_string();
+    for r in rcpts {
+        let list = by_domain.entry(r.address.domain.as_str()).or_default();
+        let address = r.address.to_string();
         if !list.iter().any(|r| r.address == address) {
             list.push(Recipient {
-                address,
-                state: State::Queued,
-                attempts: Vec::new(),
+                notify: r.notify,
+                orcpt: r.orcpt.clone(),
+                ..Recipient::new(address, State::Queued)
             });
         }
     }
@@ -326,6 +478,17 @@ pub fn group_by_domain(rcpts: &[crate::address::Address], now: Timestamp) -> Vec
             next_attempt: Some(now),
         })
         .collect()
+}
+
+/// Whether relaying needs SMTPUTF8 (RFC 6531): a UTF-8 reverse path or recipient, or
+/// UTF-8 in the message's header section (RFC 6532). A body in UTF-8 needs only 8BITMIME.
+pub fn needs_smtputf8<'a>(
+    from: &str,
+    mut rcpts: impl Iterator<Item = &'a str>,
+    message: &[u8],
+) -> bool {
+    let end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
+    !from.is_ascii() || rcpts.any(|r| !r.is_ascii()) || !message[..end].is_ascii()
 }
 
 /// A message as it enters the spool.
@@ -507,9 +670,9 @@ mod tests {
 
     #[test]
     fn groups_by_domain_without_duplicates() {
-        let rcpts: Vec<Address> = ["a@x.test", "b@y.test", "c@X.test", "a@x.test"]
+        let rcpts: Vec<Rcpt> = ["a@x.test", "b@y.test", "c@X.test", "a@x.test"]
             .iter()
-            .map(|t| Address::parse(t).unwrap())
+            .map(|t| Address::parse(t).unwrap().into())
             .collect();
         let groups = group_by_domain(&rcpts, Timestamp(5));
         let summary: Vec<(String, Vec<String>)> = groups

@@ -179,6 +179,9 @@ pub enum FailureKind {
     DnsTemporary,
     /// Every mail exchanger was tried and none could be used.
     NoMailExchanger,
+    /// The message needs SMTPUTF8 (a UTF-8 address or header field) and the receiver
+    /// does not offer it: it cannot be relayed there as it is (RFC 6531 section 3.5).
+    Smtputf8NotOffered,
     /// The message body is missing from the spool.
     SpoolMissing,
     /// The spool could not be read.
@@ -198,6 +201,7 @@ impl FailureKind {
             NullMx => (5, 1, 10),
             NoAddress => (4, 4, 4),
             DnsTemporary => (4, 4, 3),
+            Smtputf8NotOffered => (5, 6, 7),
             SpoolMissing => (5, 3, 0),
             SpoolUnreadable => (4, 3, 0),
         };
@@ -210,7 +214,7 @@ impl FailureKind {
         match self {
             ConnectFailed | ConnectTimeout | Timeout | Reset | Closed | Protocol
             | NoMailExchanger | NoAddress | DnsTemporary => Class::Network,
-            TlsNotOffered | TlsRefused | TlsHandshake => Class::Policy,
+            TlsNotOffered | TlsRefused | TlsHandshake | Smtputf8NotOffered => Class::Policy,
             NoSuchDomain | NullMx => Class::Hard,
             SpoolMissing | SpoolUnreadable => Class::System,
         }
@@ -233,6 +237,7 @@ impl FailureKind {
             NoAddress => "no_address",
             DnsTemporary => "dns_temporary",
             NoMailExchanger => "no_mail_exchanger",
+            Smtputf8NotOffered => "smtputf8_not_offered",
             SpoolMissing => "spool_missing",
             SpoolUnreadable => "spool_unreadable",
         }
@@ -257,8 +262,7 @@ impl Outcome {
         self.disposition == Disposition::Transient
     }
 
-    /// The reply as a DSN's Diagnostic-Code or a log shows it.
-    /// The reply as one line (a CR or LF in a receiver's text becomes a space: it goes
+    /// The reply as a DSN's Diagnostic-Code or a log shows it: one line (a CR or LF in a receiver's text becomes a space: it goes
     /// into a DSN's header fields and must not end or add one; found by fuzzing).
     pub fn diagnostic(&self) -> String {
         let text = self.text.replace(['\r', '\n'], " ");

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use knock::address::Address;
-use knock::net::smtp::server::{EhloMode, Handler, Limits, Session, converse};
+use knock::net::smtp::server::{EhloMode, Extensions, Handler, Limits, Session, converse};
 use knock::reply::Reply;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         max_errors: 10,
         ehlo: EhloMode::Full,
         tls: None,
+        extensions: Extensions::ALL,
     });
     let out = runtime.block_on(converse(data, Arc::new(Accept), limits));
     // Every line the server wrote is a reply line: three digits, then space or hyphen.

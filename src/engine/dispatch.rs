@@ -15,6 +15,7 @@ use crate::engine::handle::SchedulerHandle;
 use crate::engine::scheduler::{Delivery, Held, Input, Job, Return, WorkerId};
 use crate::engine::spool::{Spool, SpoolError};
 use crate::message::{Group, MessageId};
+use crate::net::smtp::client::{OutRcpt, Transaction};
 use crate::net::transport::{Connection, Transport};
 use crate::outcome::{Failure, FailureKind, Observed};
 use crate::policy::react::{Seen, Where};
@@ -332,13 +333,27 @@ impl Inner {
                 true => o.conn.passed_over().to_vec(),
                 false => Vec::new(),
             },
+            dsn: o.conn.offers_dsn(),
         };
         let mx = o.conn.mx().to_string();
-        let pending: Vec<&str> = group.pending().map(|r| r.address.as_str()).collect();
+        let pending: Vec<OutRcpt<'_>> = group
+            .pending()
+            .map(|r| OutRcpt {
+                address: &r.address,
+                notify: r.notify,
+                orcpt: r.orcpt.as_deref(),
+            })
+            .collect();
         let mut results = Vec::with_capacity(pending.len());
         for chunk in pending.chunks(self.max_recipients_per_transaction) {
             let replies = if o.conn.is_reusable() {
-                o.conn.send(&held.envelope.from, chunk, body).await
+                let tx = Transaction {
+                    from: &held.envelope.from,
+                    params: &held.envelope.params,
+                    rcpts: chunk,
+                    body,
+                };
+                o.conn.send(&tx).await
             } else {
                 let closed = Failure::new(FailureKind::Closed, "connection closed by the server");
                 chunk.iter().map(|_| Err(closed.clone())).collect()

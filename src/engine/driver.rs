@@ -249,7 +249,7 @@ impl Driver {
     /// and tells the core. Submission happens here, in the order the core gave, so the
     /// states of one group are written in order.
     fn persist(&self, p: Persist, permit: Option<OwnedSemaphorePermit>) {
-        let needs_dsn = !p.updated.failed.is_empty() && !p.envelope.is_null_sender();
+        let needs_dsn = !p.updated.reports.is_empty() && !p.envelope.is_null_sender();
         if needs_dsn && p.body.is_none() {
             // Only a group expired while waiting comes without its message; it is final, so
             // nothing of it is submitted after this and the read may come first.
@@ -297,16 +297,13 @@ impl Teller {
             pending,
         } = p;
         let (id, domain) = (envelope.id, updated.group.domain.clone());
-        let bounce = match updated.failed.is_empty() {
-            true => None,
-            false => dsn::build(
-                &self.hostname,
-                &envelope,
-                body.as_deref().unwrap_or_default(),
-                &updated.failed,
-                self.clock.now(),
-            ),
-        };
+        let bounce = dsn::build(
+            &self.hostname,
+            &envelope,
+            body.as_deref().unwrap_or_default(),
+            &updated.reports,
+            self.clock.now(),
+        );
         let mut ops = vec![Op::Update {
             id,
             group: updated.group,

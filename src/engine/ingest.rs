@@ -11,11 +11,12 @@ use crate::engine::scheduler::Queued;
 use crate::engine::spool::{Op, Spool, SpoolError};
 use crate::event::{Event, Events, Kind};
 use crate::message::{
-    Envelope, MessageId, NewMessage, STREAM_HEADER, State, group_by_domain, new_id, take_header,
+    Envelope, MailParams, MessageId, NewMessage, Rcpt, STREAM_HEADER, State, group_by_domain,
+    new_id, take_header,
 };
 use crate::net::auth::Credentials;
 use crate::net::limit::ClientLimits;
-use crate::net::smtp::server::{self, EhloMode, Handler, Limits, Session};
+use crate::net::smtp::server::{self, EhloMode, Extensions, Handler, Limits, Session};
 use crate::policy::suppress::{Suppression, Suppressions};
 use crate::reply::Reply;
 use crate::time::{Timestamp, WallClock, rfc5322};
@@ -48,6 +49,19 @@ pub struct Intake {
 pub struct UnknownStream {
     pub name: String,
     pub known: String,
+}
+
+/// A message as a client handed it over, SMTP or HTTP: the envelope it gave, the bytes,
+/// where it came from and its stream.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub from: String,
+    pub params: MailParams,
+    pub rcpts: Vec<Rcpt>,
+    pub body: Bytes,
+    /// `smtp 127.0.0.1:40000`, `smtp user@127.0.0.1:40000` or `http`.
+    pub source: String,
+    pub stream: String,
 }
 
 /// What a submission says of its stream, strongest first.
@@ -84,12 +98,16 @@ impl Intake {
     pub async fn accept(
         &self,
         id: MessageId,
-        from: String,
-        rcpts: &[Address],
-        body: Bytes,
-        source: String,
-        stream: String,
+        submission: Submission,
     ) -> Result<NewMessage, SpoolError> {
+        let Submission {
+            from,
+            params,
+            rcpts,
+            body,
+            source,
+            stream,
+        } = submission;
         let now = self.clock.now();
         // Signed once, before it is stored: every attempt sends the same bytes.
         let body = match self.dkim.sign(&body) {
@@ -105,8 +123,9 @@ impl Intake {
                 source,
                 stream: Some(stream),
                 done_at: None,
+                params,
             },
-            groups: group_by_domain(rcpts, now),
+            groups: group_by_domain(&rcpts, now),
             body,
         };
         let mut events = crate::event::processed(&message, now);
@@ -277,11 +296,15 @@ impl Handler for IngestHandler {
             Some(user) => format!("smtp {user}@{}", session.peer),
             None => format!("smtp {}", session.peer),
         };
-        match self
-            .intake
-            .accept(id, from, &session.rcpts, body, source, stream)
-            .await
-        {
+        let submission = Submission {
+            from,
+            params: session.params.clone(),
+            rcpts: session.rcpts.clone(),
+            body,
+            source,
+            stream,
+        };
+        match self.intake.accept(id, submission).await {
             Ok(_) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
             Err(e) => {
                 tracing::error!(error = %e, "could not store an incoming message");
@@ -297,7 +320,7 @@ impl Handler for IngestHandler {
 fn with_received(hostname: &str, session: &Session, id: MessageId, body: Vec<u8>) -> Bytes {
     let helo = session.helo.as_deref().unwrap_or("unknown");
     let rcpt = match session.rcpts.as_slice() {
-        [one] => format!("\r\n\tfor <{one}>"),
+        [one] => format!("\r\n\tfor <{}>", one.address),
         _ => String::new(),
     };
     // RFC 3848's protocol names: S for TLS, A for an authenticated client.
@@ -344,6 +367,7 @@ pub async fn run_smtp(
         max_errors: config.max_errors,
         ehlo: EhloMode::Full,
         tls,
+        extensions: Extensions::ALL,
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let hostname = config.hostname.clone();

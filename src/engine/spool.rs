@@ -1105,7 +1105,10 @@ mod tests {
     use crate::message::{State, group_by_domain, new_id};
 
     fn message(rcpts: &[&str]) -> NewMessage {
-        let rcpts: Vec<Address> = rcpts.iter().map(|r| Address::parse(r).unwrap()).collect();
+        let rcpts: Vec<crate::message::Rcpt> = rcpts
+            .iter()
+            .map(|r| Address::parse(r).unwrap().into())
+            .collect();
         let id = new_id();
         NewMessage {
             envelope: Envelope {
@@ -1116,6 +1119,7 @@ mod tests {
                 source: "test".into(),
                 stream: None,
                 done_at: None,
+                params: Default::default(),
             },
             groups: group_by_domain(&rcpts, Timestamp::now()),
             body: Bytes::from_static(b"hello"),

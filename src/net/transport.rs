@@ -6,7 +6,7 @@
 use crate::config::{DeliveryConfig, parse_host_port};
 use crate::message::HostTried;
 use crate::net::resolve::{DnsError, MxHost, Resolver};
-use crate::net::smtp::client::{Client, ClientError};
+use crate::net::smtp::client::{Client, ClientError, Transaction};
 use crate::net::tls::{Connectors, Policy, TlsInfo};
 use crate::outcome::{Failure, FailureKind, Observed};
 use crate::reply::Reply;
@@ -94,12 +94,12 @@ pub trait Connection: Send {
     fn take_slowest_reply(&mut self) -> Option<Duration>;
     /// One transaction: each recipient's reply (its RCPT reply when that refused it, else
     /// the reply to the end of data), or the failure that cut the conversation short.
-    async fn send(
-        &mut self,
-        from: &str,
-        rcpts: &[&str],
-        body: &[u8],
-    ) -> Vec<Result<Reply, Failure>>;
+    async fn send(&mut self, tx: &Transaction<'_>) -> Vec<Result<Reply, Failure>>;
+    /// The receiver offered DSN, so NOTIFY went on with the mail: it, not knock, tells the
+    /// sender of success from there on (RFC 3461 section 5.2.2.2).
+    fn offers_dsn(&self) -> bool {
+        false
+    }
     async fn quit(self: Box<Self>);
 }
 
@@ -467,18 +467,17 @@ impl Connection for SmtpConnection {
         self.client.take_slowest_reply()
     }
 
-    async fn send(
-        &mut self,
-        from: &str,
-        rcpts: &[&str],
-        body: &[u8],
-    ) -> Vec<Result<Reply, Failure>> {
-        let replies = self.client.send(from, rcpts, body).await;
+    async fn send(&mut self, tx: &Transaction<'_>) -> Vec<Result<Reply, Failure>> {
+        let replies = self.client.send(tx).await;
         replies
             .per_recipient
             .into_iter()
             .map(|r| r.map_err(|e| Failure::from(&e)))
             .collect()
+    }
+
+    fn offers_dsn(&self) -> bool {
+        self.client.capabilities.dsn
     }
 
     async fn quit(self: Box<Self>) {

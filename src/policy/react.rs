@@ -18,7 +18,7 @@
 //! engine and on virtual time in `knock simulate`.
 
 use crate::control::Ending;
-use crate::dsn;
+use crate::dsn::{self, Action};
 use crate::event::{Event, Kind};
 use crate::message::{Attempt, Envelope, Group, Recipient, State};
 use crate::outcome::{Class, Disposition, Outcome};
@@ -36,6 +36,9 @@ pub struct Rules {
     pub schedule: Schedule,
     /// The greylist wait when the reply states none and nothing was learned.
     pub greylist_window: Duration,
+    /// A recipient whose sender asked `NOTIFY=DELAY` and that is still deferred this long
+    /// after acceptance gets one delay warning; `None`: never.
+    pub delay_warning: Option<Duration>,
 }
 
 /// The knob one outcome turns for its recipient.
@@ -220,6 +223,9 @@ pub struct Where {
     pub tls: Option<crate::net::tls::TlsInfo>,
     /// MX hosts tried before (or instead of) `mx` that would not do, and what each did.
     pub tried: Vec<crate::message::HostTried>,
+    /// The receiver offered DSN, so the sender's NOTIFY went on with the mail: success is
+    /// the receiver's to report from there.
+    pub dsn: bool,
 }
 
 /// What a delivery saw of the destination beyond the replies.
@@ -235,13 +241,14 @@ pub struct Seen {
     pub carried: usize,
 }
 
-/// A group after an attempt or an expiry: its new state, the events that tell it, the
-/// failures a DSN reports and the addresses to suppress.
+/// A group after an attempt or an expiry: its new state, the events that tell it, what
+/// a DSN reports (failures, delays and success, as each sender asked) and the addresses to
+/// suppress.
 #[derive(Debug, Clone)]
 pub struct Updated {
     pub group: Group,
     pub events: Vec<Event>,
-    pub failed: Vec<dsn::Failure>,
+    pub reports: Vec<dsn::Report>,
     pub suppress: Vec<(String, Suppression)>,
 }
 
@@ -277,7 +284,7 @@ pub fn apply(
 ) -> Updated {
     let envelope = a.envelope;
     let mut events = Vec::with_capacity(outcomes.len());
-    let mut failed = Vec::new();
+    let mut reports = Vec::new();
     let mut suppress = Vec::new();
     let mut next_attempt: Option<Timestamp> = None;
     let id = envelope.id.to_string();
@@ -337,13 +344,35 @@ pub fn apply(
                 a.provider, a.source
             ));
         }
+        let report = |action: Action, o: Outcome, until: Option<Timestamp>| dsn::Report {
+            recipient: rcpt.address.clone(),
+            orcpt: rcpt.orcpt.clone(),
+            action,
+            outcome: o,
+            mx: at.mx.clone(),
+            state,
+            operator: false,
+            until,
+        };
         match knob {
             Knob::Done => {
                 event.ee_seconds = Some(a.now.since(envelope.received_at).as_secs_f64());
+                // A receiver that offered DSN took NOTIFY on and reports success itself.
+                if !at.dsn && rcpt.wants(Action::Relayed) {
+                    reports.push(report(Action::Relayed, o, None));
+                }
             }
             // The group goes when its last deferred recipient may: never early.
             Knob::GreylistWait(t) | Knob::Pace(t) | Knob::Backoff(t) => {
                 next_attempt = next_attempt.max(Some(t));
+                let late = rules
+                    .delay_warning
+                    .is_some_and(|w| a.now.since(envelope.received_at) >= w);
+                if late && !rcpt.warned && rcpt.wants(Action::Delayed) {
+                    rcpt.warned = true;
+                    let until = rules.schedule.deadline(envelope.received_at);
+                    reports.push(report(Action::Delayed, o, Some(until)));
+                }
             }
             Knob::Bounce { .. } | Knob::Expire => {
                 if knob == Knob::Expire {
@@ -359,13 +388,9 @@ pub fn apply(
                         },
                     ));
                 }
-                failed.push(dsn::Failure {
-                    recipient: rcpt.address.clone(),
-                    outcome: o,
-                    mx: at.mx.clone(),
-                    state,
-                    operator: false,
-                });
+                if rcpt.wants(Action::Failed) {
+                    reports.push(report(Action::Failed, o, None));
+                }
             }
         }
         event.mx = at.mx;
@@ -382,7 +407,7 @@ pub fn apply(
     Updated {
         group,
         events,
-        failed,
+        reports,
         suppress,
     }
 }
@@ -418,7 +443,7 @@ pub fn defer_internal(
     Updated {
         group,
         events,
-        failed: Vec::new(),
+        reports: Vec::new(),
         suppress: Vec::new(),
     }
 }
@@ -496,19 +521,24 @@ pub fn expire(rules: &Rules, envelope: &Envelope, mut group: Group, now: Timesta
         event.class = outcome.class;
         event.failure = outcome.failure;
         events.push(event);
-        failed.push(dsn::Failure {
-            recipient: rcpt.address.clone(),
-            mx,
-            outcome,
-            operator: false,
-            state: State::Expired,
-        });
+        if rcpt.wants(Action::Failed) {
+            failed.push(dsn::Report {
+                recipient: rcpt.address.clone(),
+                orcpt: rcpt.orcpt.clone(),
+                action: Action::Failed,
+                mx,
+                outcome,
+                operator: false,
+                state: State::Expired,
+                until: None,
+            });
+        }
     }
     group.next_attempt = None;
     Updated {
         group,
         events,
-        failed,
+        reports: failed,
         suppress: Vec::new(),
     }
 }
@@ -552,9 +582,12 @@ pub fn end_by_operator(
         event.text = Some(text.clone());
         event.actor = Some(actor.to_string());
         events.push(event);
-        if matches!(how, Ending::Bounce { dsn: true }) {
-            failed.push(dsn::Failure {
+        if matches!(how, Ending::Bounce { dsn: true }) && rcpt.wants(Action::Failed) {
+            failed.push(dsn::Report {
                 recipient: rcpt.address.clone(),
+                orcpt: rcpt.orcpt.clone(),
+                action: Action::Failed,
+                until: None,
                 outcome: Outcome {
                     disposition: Disposition::Permanent,
                     class: None,
@@ -573,7 +606,7 @@ pub fn end_by_operator(
     Updated {
         group,
         events,
-        failed,
+        reports: failed,
         suppress: Vec::new(),
     }
 }
@@ -714,6 +747,7 @@ mod tests {
         Rules {
             schedule: Schedule::new(vec![5 * MIN, 15 * MIN, 30 * MIN], 72 * 60 * MIN, 0.1),
             greylist_window: 5 * MIN,
+            delay_warning: Some(240 * MIN),
         }
     }
 
@@ -865,13 +899,12 @@ mod tests {
             tried: Vec::new(),
         };
         let rcpt = Recipient {
-            address: "a@b.test".into(),
-            state: State::Deferred,
             attempts: vec![
                 attempt(Class::Throttle),
                 attempt(Class::Mailbox),
                 attempt(Class::Throttle),
             ],
+            ..Recipient::new("a@b.test", State::Deferred)
         };
         assert_eq!(
             History::of(&rcpt),
@@ -889,8 +922,6 @@ mod tests {
         let group = |class: Option<Class>| Group {
             domain: "b.test".into(),
             recipients: vec![Recipient {
-                address: "a@b.test".into(),
-                state: State::Deferred,
                 attempts: vec![Attempt {
                     at: t0,
                     mx: None,
@@ -905,6 +936,7 @@ mod tests {
                     down: false,
                     tried: Vec::new(),
                 }],
+                ..Recipient::new("a@b.test", State::Deferred)
             }],
             next_attempt: Some(t0),
         };
@@ -941,5 +973,117 @@ mod tests {
             (r.accepted, r.greylist_cleared),
             (1, Some(Duration::from_secs(90)))
         );
+    }
+
+    /// One attempt at a group of three recipients who asked different things of DSNs
+    /// (NOTIFY=DELAY,FAILURE; NEVER; not said), `age` after acceptance, each getting
+    /// `o`; `dsn` whether the receiver offered DSN. Returns the reports' (recipient,
+    /// action) and the group after.
+    fn reports_after(
+        group: Group,
+        o: &Outcome,
+        age: Duration,
+        dsn: bool,
+    ) -> (Vec<(String, Action)>, Group) {
+        let envelope = Envelope {
+            id: crate::message::new_id(),
+            from: "s@tx.test".into(),
+            received_at: Timestamp(1_000_000_000),
+            size: 10,
+            source: "test".into(),
+            stream: None,
+            done_at: None,
+            params: Default::default(),
+        };
+        let now = envelope.received_at + age;
+        let a = Attempted {
+            envelope: &envelope,
+            provider: "b.test",
+            source: "default",
+            started: now,
+            now,
+            learned_greylist: None,
+            down: false,
+            ready_at: now,
+            mailbox_ready: None,
+            elsewhere: false,
+        };
+        let n = group.pending().count();
+        let at = Where {
+            dsn,
+            ..Default::default()
+        };
+        let outcomes = (0..n).map(|_| (o.clone(), at.clone())).collect();
+        let u = apply(&rules(), &a, group, outcomes, || 0.0);
+        let reports = u
+            .reports
+            .iter()
+            .map(|r| (r.recipient.clone(), r.action))
+            .collect();
+        (reports, u.group)
+    }
+
+    fn three() -> Group {
+        use crate::message::Notify;
+        let with = |address: &str, notify: Option<Notify>| Recipient {
+            notify,
+            ..Recipient::new(address, State::Queued)
+        };
+        Group {
+            domain: "b.test".into(),
+            recipients: vec![
+                with(
+                    "delay@b.test",
+                    Some(Notify {
+                        delay: true,
+                        failure: true,
+                        success: false,
+                    }),
+                ),
+                with("never@b.test", Some(Notify::default())),
+                with("unsaid@b.test", None),
+            ],
+            next_attempt: None,
+        }
+    }
+
+    #[test]
+    fn a_delay_warning_goes_once_and_only_to_who_asked() {
+        let deferred = outcome(Disposition::Transient, Some(Class::Mailbox), "later");
+        // Before [retry] delay_warning (4 h): nothing.
+        let (reports, group) = reports_after(three(), &deferred, 60 * MIN, false);
+        assert!(reports.is_empty(), "{reports:?}");
+        // Past it: the one who asked for DELAY, once.
+        let (reports, group) = reports_after(group, &deferred, 300 * MIN, false);
+        assert_eq!(reports, [("delay@b.test".to_string(), Action::Delayed)]);
+        assert!(group.recipients[0].warned);
+        let (reports, group) = reports_after(group, &deferred, 400 * MIN, false);
+        assert!(reports.is_empty(), "warned already: {reports:?}");
+        // Then it bounces: NEVER hears nothing, the others the failure.
+        let bounce = outcome(Disposition::Permanent, Some(Class::Hard), "no such user");
+        let (reports, _) = reports_after(group, &bounce, 500 * MIN, false);
+        assert_eq!(
+            reports,
+            [
+                ("delay@b.test".to_string(), Action::Failed),
+                ("unsaid@b.test".to_string(), Action::Failed)
+            ]
+        );
+    }
+
+    #[test]
+    fn success_is_reported_as_relayed_only_when_asked_and_not_passed_on() {
+        use crate::message::Notify;
+        let ok = outcome(Disposition::Delivered, None, "Ok");
+        let mut group = three();
+        group.recipients[1].notify = Some(Notify {
+            success: true,
+            ..Notify::default()
+        });
+        let (reports, _) = reports_after(group.clone(), &ok, MIN, false);
+        assert_eq!(reports, [("never@b.test".to_string(), Action::Relayed)]);
+        // A receiver that offered DSN got NOTIFY=SUCCESS and reports it itself.
+        let (reports, _) = reports_after(group, &ok, MIN, true);
+        assert!(reports.is_empty(), "{reports:?}");
     }
 }

@@ -63,6 +63,7 @@ impl Streams {
                     rules: Rules {
                         schedule,
                         greylist_window: config.greylist.window,
+                        delay_warning: Some(retry.delay_warning).filter(|w| !w.is_zero()),
                     },
                     pool: pools.iter().position(|p| p == s.pool()).unwrap_or(0),
                 }

@@ -856,7 +856,7 @@ async fn session(
         traffic.write_message(i, &mut rcpts, &mut message);
         let to: Vec<&str> = rcpts.iter().map(String::as_str).collect();
         let t0 = Instant::now();
-        let replies = c.send(&config.from, &to, &message).await;
+        let replies = c.send_to(&config.from, &to, &message).await;
         let took = t0.elapsed();
         // Each recipient's reply is its RCPT refusal, else the reply to the data.
         let accepted = replies

@@ -14,7 +14,8 @@
 
 use crate::address::Address;
 use crate::config::Rate;
-use crate::net::smtp::server::{self, EhloMode, Handler, Limits, Session};
+use crate::message::{MailParams, Rcpt};
+use crate::net::smtp::server::{self, EhloMode, Extensions, Handler, Limits, Session};
 use crate::reply::Reply;
 use crate::time::WallClock;
 use crate::tools::receiver::{
@@ -62,6 +63,8 @@ pub struct SinkConfig {
     pub max_message_size: u64,
     /// What EHLO offers (play a server without PIPELINING, or one that knows only HELO).
     pub ehlo: EhloMode,
+    /// Which of DSN, SMTPUTF8 and CHUNKING EHLO offers.
+    pub extensions: Extensions,
     /// Offer STARTTLS with a self-signed certificate made at start.
     pub tls: bool,
     /// Offer STARTTLS with this certificate chain and key (PEM files) instead.
@@ -128,6 +131,7 @@ impl Default for SinkConfig {
             slow_above: None,
             max_message_size: 50 * 1024 * 1024,
             ehlo: EhloMode::Full,
+            extensions: Extensions::ALL,
             tls: false,
             tls_files: None,
             model: None,
@@ -204,6 +208,10 @@ pub struct Received {
     pub client: IpAddr,
     pub from: String,
     pub rcpts: Vec<String>,
+    /// What MAIL FROM said beyond the address (DSN, SMTPUTF8).
+    pub params: MailParams,
+    /// The recipients with what RCPT TO said of DSNs.
+    pub rcpt_params: Vec<Rcpt>,
     pub body: Vec<u8>,
     /// The TLS the message arrived over.
     pub tls: Option<crate::net::tls::TlsInfo>,
@@ -232,13 +240,13 @@ impl SinkHandler {
     }
 
     /// Allocates only for a domain not seen before.
-    fn count_domains(&self, rcpts: &[Address]) {
+    fn count_domains(&self, rcpts: &[Rcpt]) {
         let mut domains = self.domains.lock().expect("sink lock");
         for rcpt in rcpts {
-            match domains.get_mut(rcpt.domain.as_str()) {
+            match domains.get_mut(rcpt.address.domain.as_str()) {
                 Some(n) => *n += 1,
                 None => {
-                    domains.insert(rcpt.domain.clone(), 1);
+                    domains.insert(rcpt.address.domain.clone(), 1);
                 }
             }
         }
@@ -392,7 +400,13 @@ impl Handler for SinkHandler {
             self.received.lock().expect("sink lock").push(Received {
                 client: session.peer.ip(),
                 from: session.from.clone().unwrap_or_default(),
-                rcpts: session.rcpts.iter().map(|a| a.to_string()).collect(),
+                rcpts: session
+                    .rcpts
+                    .iter()
+                    .map(|r| r.address.to_string())
+                    .collect(),
+                params: session.params.clone(),
+                rcpt_params: session.rcpts.clone(),
                 body,
                 tls: session.tls.clone(),
                 helo: session.helo.clone(),
@@ -458,6 +472,7 @@ impl Sink {
             max_errors: 1000,
             ehlo: config.ehlo,
             tls,
+            extensions: config.extensions,
         });
         let model = config.model();
         model.validate().map_err(std::io::Error::other)?;

@@ -37,7 +37,7 @@ async fn load(
             "Subject: crash-{n}\r\nMessage-ID: <crash-{n}@load.test>\r\n\r\nmessage {n}\r\n"
         );
         let replies = c
-            .send("load@load.test", &["user@crash.test"], body.as_bytes())
+            .send_to("load@load.test", &["user@crash.test"], body.as_bytes())
             .await;
         match replies.per_recipient.first() {
             Some(Ok(r)) if r.code == 250 => acked.lock().unwrap().push(n),

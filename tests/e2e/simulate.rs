@@ -65,7 +65,7 @@ async fn both_ways(
         tokio::time::sleep_until(start + Duration::from_micros(m.at)).await;
         let to = plan.address(m, 0, &plan.domains[m.domain as usize]);
         let from = &plan.senders[m.sender as usize];
-        let r = c.send(from, &[&to], b"Subject: s\r\n\r\nx\r\n").await;
+        let r = c.send_to(from, &[&to], b"Subject: s\r\n\r\nx\r\n").await;
         assert!(r.per_recipient[0].as_ref().unwrap().is_positive());
     }
     c.quit().await;

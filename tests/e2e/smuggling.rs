@@ -3,7 +3,8 @@
 //! by commands of a forged second message. knock ends DATA only on `CRLF . CRLF`, and
 //! never keeps or relays a bare CR or LF: each becomes a CRLF at ingest (or the message is
 //! refused, `[smtp] bare_line_endings = "refuse"`), so the receiver gets one message whose
-//! every line ends in CRLF, the dot line stuffed and then unstuffed as text.
+//! every line ends in CRLF, the dot line stuffed and then unstuffed as text. The same
+//! holds for a message sent in BDAT chunks (RFC 3030), which carry bytes as they are.
 
 use crate::world::*;
 use knock::config::BareLineEndings;
@@ -107,6 +108,75 @@ async fn a_smuggled_message_reaches_the_receiver_as_text_of_the_real_one() {
     engine.shutdown().await;
 }
 
+/// The same, sent in BDAT chunks: the sequence and the forged commands split across
+/// two chunks, the second the last. Returns the reply to the last chunk.
+async fn submit_in_chunks(addr: std::net::SocketAddr, rcpt: &str, sequence: &[u8]) -> String {
+    let (mut s, _) = Raw::connect(addr).await;
+    let ehlo = s.cmd("EHLO attacker.test").await;
+    assert!(ehlo.contains("CHUNKING"), "{ehlo}");
+    assert!(s.cmd("MAIL FROM:<s@tx.test>").await.starts_with("250"));
+    assert!(s.cmd(&format!("RCPT TO:<{rcpt}>")).await.starts_with("250"));
+    let mut first = b"Subject: hello\r\n\r\nthe real message".to_vec();
+    first.extend_from_slice(sequence);
+    s.send(format!("BDAT {}\r\n", first.len()).as_bytes()).await;
+    s.send(&first).await;
+    let reply = s.reply().await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    s.send(format!("BDAT {} LAST\r\n", FORGED.len()).as_bytes())
+        .await;
+    s.send(FORGED).await;
+    let reply = s.reply().await;
+    assert!(
+        s.cmd("NOOP").await.starts_with("250"),
+        "the session goes on"
+    );
+    reply
+}
+
+#[tokio::test]
+async fn a_message_in_bdat_chunks_is_normalized_too() {
+    let rx = plain_sink().await;
+    let w = World::new(&["1s"], "1h");
+    let engine = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    for (i, sequence) in SEQUENCES.iter().enumerate() {
+        let reply = submit_in_chunks(engine.smtp_addr, &format!("u{i}@rx.test"), sequence).await;
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rx.received().len() < SEQUENCES.len() {
+        assert!(tokio::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = rx.received();
+    assert_eq!(
+        received.len(),
+        SEQUENCES.len(),
+        "one message each, none forged"
+    );
+    for (i, sequence) in SEQUENCES.iter().enumerate() {
+        let m = received
+            .iter()
+            .find(|m| m.rcpts[0] == format!("u{i}@rx.test"))
+            .unwrap();
+        assert!(
+            every_line_ends_in_crlf(&m.body),
+            "a bare line ending reached the receiver: {:?}",
+            String::from_utf8_lossy(&m.body)
+        );
+        // BDAT carries no dot-stuffing: the dot of the sequence is text from the start,
+        // on a line of its own once its line endings are made CRLF.
+        let text = String::from_utf8_lossy(&m.body);
+        assert!(
+            text.contains("the real message\r\n.\r\nMAIL FROM"),
+            "{sequence:?}: {text}"
+        );
+    }
+    engine.shutdown().await;
+}
+
 #[tokio::test]
 async fn bare_line_endings_can_be_refused_instead() {
     let rx = plain_sink().await;
@@ -118,6 +188,8 @@ async fn bare_line_endings_can_be_refused_instead() {
     for sequence in SEQUENCES {
         let reply = submit(engine.smtp_addr, "u@rx.test", sequence).await;
         assert!(reply.starts_with("550 5.5.2"), "{reply}");
+        let reply = submit_in_chunks(engine.smtp_addr, "u@rx.test", sequence).await;
+        assert!(reply.starts_with("550 5.5.2"), "BDAT: {reply}");
     }
     // A clean message still goes.
     let reply = submit(engine.smtp_addr, "u@rx.test", b"\r\n").await;

@@ -150,7 +150,7 @@ pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]
         .unwrap();
     c.read_greeting().await.unwrap();
     c.hello("client.test").await.unwrap();
-    let replies = c.send(from, rcpts, body).await;
+    let replies = c.send_to(from, rcpts, body).await;
     c.quit().await;
     replies
         .per_recipient

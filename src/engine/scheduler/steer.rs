@@ -261,12 +261,12 @@ impl Scheduler {
         let ended = react::end_by_operator(envelope, updated.group, &how, &actor, now);
         let mut events = updated.events;
         events.extend(ended.events);
-        let mut failed = updated.failed;
-        failed.extend(ended.failed);
+        let mut reports = updated.reports;
+        reports.extend(ended.reports);
         react::Updated {
             group: ended.group,
             events,
-            failed,
+            reports,
             suppress: updated.suppress,
         }
     }

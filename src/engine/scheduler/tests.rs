@@ -134,16 +134,13 @@ fn message(n: u128, rcpts: &[&str], now: Timestamp) -> Queued {
         source: "test".into(),
         stream: None,
         done_at: None,
+        params: Default::default(),
     };
     let group = Group {
         domain,
         recipients: rcpts
             .iter()
-            .map(|r| Recipient {
-                address: r.to_string(),
-                state: State::Queued,
-                attempts: Vec::new(),
-            })
+            .map(|r| Recipient::new(r.to_string(), State::Queued))
             .collect(),
         next_attempt: Some(now),
     };
@@ -413,7 +410,7 @@ fn the_retry_schedule_then_expiry_with_a_dsn() {
     let effects = h.report(w, job, &["452 4.2.2 Mailbox full"]);
     let p = persists(&effects);
     assert_eq!(p[0].updated.events[0].event, crate::event::Kind::Expired);
-    assert_eq!(p[0].updated.failed.len(), 1, "the sender hears of it");
+    assert_eq!(p[0].updated.reports.len(), 1, "the sender hears of it");
     assert!(h.core.is_empty());
 }
 
@@ -947,7 +944,7 @@ fn cancel_and_bounce_end_waiting_groups_at_once_and_in_flight_ones_after_their_a
     let p = persists(&effects);
     assert_eq!(p.len(), 1);
     assert!(p[0].updated.group.is_done());
-    assert!(p[0].updated.failed.is_empty(), "a cancel sends no DSN");
+    assert!(p[0].updated.reports.is_empty(), "a cancel sends no DSN");
     let kinds: Vec<_> = p[0]
         .updated
         .events
@@ -979,8 +976,8 @@ fn cancel_and_bounce_end_waiting_groups_at_once_and_in_flight_ones_after_their_a
         kinds,
         vec![crate::event::Kind::Deferred, crate::event::Kind::Bounced]
     );
-    assert_eq!(p[0].updated.failed.len(), 1, "the DSN's entry");
-    assert!(p[0].updated.failed[0].operator);
+    assert_eq!(p[0].updated.reports.len(), 1, "the DSN's entry");
+    assert!(p[0].updated.reports[0].operator);
     assert!(h.core.is_empty());
 }
 

@@ -4,11 +4,14 @@
 //! and by `knock bench`.
 
 use crate::config::TimeoutConfig;
+use crate::message::{MailParams, Notify, Ret};
 use crate::net::smtp::wire::Wire;
 use crate::net::tls::{Connectors, Policy, Stream, TlsInfo};
 use crate::outcome::{Failure, FailureKind};
 use crate::reply::{Reply, ReplyError};
-use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse};
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +45,10 @@ pub enum ClientError {
     Protocol { stage: &'static str, detail: String },
     #[error("TLS handshake failed: {0}")]
     Handshake(Arc<std::io::Error>),
+    #[error(
+        "the message needs SMTPUTF8 (a UTF-8 address or header field) and the server does not offer it"
+    )]
+    Smtputf8NotOffered,
 }
 
 impl ClientError {
@@ -58,6 +65,7 @@ impl ClientError {
             ClientError::Closed { .. } => FailureKind::Closed,
             ClientError::Protocol { .. } => FailureKind::Protocol,
             ClientError::Handshake(_) => FailureKind::TlsHandshake,
+            ClientError::Smtputf8NotOffered => FailureKind::Smtputf8NotOffered,
         }
     }
 }
@@ -76,6 +84,52 @@ pub struct Capabilities {
     /// Zero when the server announced no limit (or no SIZE).
     pub size: Option<usize>,
     pub starttls: bool,
+    /// RFC 3461: NOTIFY, ORCPT, RET and ENVID may be passed on.
+    pub dsn: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+}
+
+/// One transaction as the client sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Transaction<'a> {
+    pub from: &'a str,
+    /// RET and ENVID (passed on where the server offers DSN) and whether the message was
+    /// submitted as internationalized.
+    pub params: &'a MailParams,
+    pub rcpts: &'a [OutRcpt<'a>],
+    pub body: &'a [u8],
+}
+
+impl Transaction<'_> {
+    /// Whether it cannot go without SMTPUTF8: submitted as internationalized, and a UTF-8
+    /// address or header field really is there.
+    pub fn needs_smtputf8(&self) -> bool {
+        self.params.smtputf8
+            && crate::message::needs_smtputf8(
+                self.from,
+                self.rcpts.iter().map(|r| r.address),
+                self.body,
+            )
+    }
+}
+
+/// A recipient as the client sends it, with what its sender asked of DSNs.
+#[derive(Debug, Clone, Copy)]
+pub struct OutRcpt<'a> {
+    pub address: &'a str,
+    pub notify: Option<Notify>,
+    pub orcpt: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for OutRcpt<'a> {
+    fn from(address: &'a str) -> OutRcpt<'a> {
+        OutRcpt {
+            address,
+            notify: None,
+            orcpt: None,
+        }
+    }
 }
 
 /// The replies of one transaction, one per recipient in the order given.
@@ -181,6 +235,8 @@ impl Client {
                     eightbitmime: ehlo.has_capability(EXT_8BIT_MIME),
                     size: ehlo.has_capability(EXT_SIZE).then_some(ehlo.size),
                     starttls: ehlo.has_capability(EXT_START_TLS),
+                    dsn: ehlo.has_capability(EXT_DSN),
+                    smtputf8: ehlo.has_capability(EXT_SMTP_UTF8),
                 };
             }
             return Ok(reply);
@@ -227,11 +283,23 @@ impl Client {
     /// Sends one message to `rcpts` and returns each recipient's reply: its RCPT reply when
     /// that refused it, else the reply to the end of data. A failure to talk is `Err(text)`
     /// for every recipient not yet answered.
-    pub async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies {
+    pub async fn send(&mut self, tx: &Transaction<'_>) -> TransactionReplies {
+        let rcpts = tx.rcpts;
+        let utf8 = tx.needs_smtputf8();
+        if utf8 && !self.capabilities.smtputf8 {
+            // Nothing was said: the connection stays good for other mail.
+            return TransactionReplies {
+                per_recipient: rcpts
+                    .iter()
+                    .map(|_| Err(ClientError::Smtputf8NotOffered))
+                    .collect(),
+                reusable: !self.broken,
+            };
+        }
         let result = if self.capabilities.pipelining {
-            self.send_pipelined(from, rcpts, body).await
+            self.send_pipelined(tx, utf8).await
         } else {
-            self.send_stepwise(from, rcpts, body).await
+            self.send_stepwise(tx, utf8).await
         };
         match result {
             Ok(replies) => {
@@ -251,27 +319,28 @@ impl Client {
         }
     }
 
-    fn mail_command(&self, from: &str, size: usize) -> String {
-        let mut cmd = format!("MAIL FROM:<{from}>");
-        if self.capabilities.size.is_some() {
-            cmd.push_str(&format!(" SIZE={size}"));
-        }
-        if self.capabilities.eightbitmime {
-            cmd.push_str(" BODY=8BITMIME");
-        }
-        cmd.push_str("\r\n");
-        cmd
+    /// [`Client::send`] with no DSN or SMTPUTF8 parameters: what a load generator or a
+    /// test sends.
+    pub async fn send_to(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> TransactionReplies {
+        let rcpts: Vec<OutRcpt<'_>> = rcpts.iter().map(|r| OutRcpt::from(*r)).collect();
+        let tx = Transaction {
+            from,
+            params: &MailParams::default(),
+            rcpts: &rcpts,
+            body,
+        };
+        self.send(&tx).await
     }
 
     async fn send_pipelined(
         &mut self,
-        from: &str,
-        rcpts: &[&str],
-        body: &[u8],
+        tx: &Transaction<'_>,
+        utf8: bool,
     ) -> Result<Vec<Reply>, ClientError> {
-        let mut batch = self.mail_command(from, body.len());
+        let (rcpts, body) = (tx.rcpts, tx.body);
+        let mut batch = mail_command(&self.capabilities, tx, utf8);
         for rcpt in rcpts {
-            batch.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+            batch.push_str(&rcpt_command(&self.capabilities, rcpt));
         }
         batch.push_str("DATA\r\n");
         self.write("MAIL", batch.as_bytes()).await?;
@@ -314,11 +383,11 @@ impl Client {
 
     async fn send_stepwise(
         &mut self,
-        from: &str,
-        rcpts: &[&str],
-        body: &[u8],
+        tx: &Transaction<'_>,
+        utf8: bool,
     ) -> Result<Vec<Reply>, ClientError> {
-        let mail_cmd = self.mail_command(from, body.len());
+        let (rcpts, body) = (tx.rcpts, tx.body);
+        let mail_cmd = mail_command(&self.capabilities, tx, utf8);
         let mail = self.command(mail_cmd, "MAIL").await?;
         if mail.code == 421 {
             return Ok(self.closing(Vec::new(), rcpts.len(), mail));
@@ -330,7 +399,7 @@ impl Client {
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
             let reply = self
-                .command(format!("RCPT TO:<{rcpt}>\r\n"), "RCPT")
+                .command(rcpt_command(&self.capabilities, rcpt), "RCPT")
                 .await?;
             if reply.code == 421 {
                 return Ok(self.closing(rcpt_replies, rcpts.len(), reply));
@@ -507,6 +576,66 @@ impl Client {
     }
 }
 
+/// MAIL FROM with what the server offers: SIZE, BODY=8BITMIME, SMTPUTF8 when needed, and
+/// the sender's RET and ENVID where it offers DSN.
+fn mail_command(c: &Capabilities, tx: &Transaction<'_>, utf8: bool) -> String {
+    use std::fmt::Write;
+    let mut cmd = format!("MAIL FROM:<{}>", tx.from);
+    if c.size.is_some() {
+        let _ = write!(cmd, " SIZE={}", tx.body.len());
+    }
+    if c.eightbitmime {
+        cmd.push_str(" BODY=8BITMIME");
+    }
+    if utf8 {
+        cmd.push_str(" SMTPUTF8");
+    }
+    if c.dsn {
+        match tx.params.ret {
+            Some(Ret::Full) => cmd.push_str(" RET=FULL"),
+            Some(Ret::Hdrs) => cmd.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &tx.params.envid {
+            let _ = write!(cmd, " ENVID={}", xtext(envid));
+        }
+    }
+    cmd.push_str("\r\n");
+    cmd
+}
+
+/// RCPT TO with the sender's NOTIFY and ORCPT where the server offers DSN.
+fn rcpt_command(c: &Capabilities, rcpt: &OutRcpt<'_>) -> String {
+    use std::fmt::Write;
+    let mut cmd = format!("RCPT TO:<{}>", rcpt.address);
+    if c.dsn {
+        if let Some(notify) = rcpt.notify {
+            let _ = write!(cmd, " NOTIFY={}", notify.keyword());
+        }
+        if let Some(orcpt) = rcpt.orcpt {
+            let _ = write!(cmd, " ORCPT=rfc822;{}", xtext(orcpt));
+        }
+    }
+    cmd.push_str("\r\n");
+    cmd
+}
+
+/// RFC 3461 section 4: `+` and `=`, controls, space and anything past ASCII as `+HH`
+/// (UTF-8 octet by octet).
+fn xtext(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'!'..=b'~' if b != b'+' && b != b'=' => out.push(b as char),
+            _ => {
+                let _ = write!(out, "+{b:02X}");
+            }
+        }
+    }
+    out
+}
+
 fn parse_reply(raw: &[u8], stage: &'static str) -> Result<Reply, ClientError> {
     Reply::parse(raw).map_err(|e| match e {
         ReplyError::Incomplete => ClientError::Protocol {
@@ -529,4 +658,92 @@ fn merge(rcpt_replies: Vec<Reply>, final_reply: &Reply) -> Vec<Reply> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_parameters_go_on_only_where_dsn_is_offered() {
+        let params = MailParams {
+            ret: Some(Ret::Full),
+            envid: Some("id+1=2 é".into()),
+            smtputf8: false,
+        };
+        let rcpt = OutRcpt {
+            address: "b@y.test",
+            notify: Some(Notify {
+                success: true,
+                failure: true,
+                delay: false,
+            }),
+            orcpt: Some("Old+B@y.test"),
+        };
+        let tx = Transaction {
+            from: "a@x.test",
+            params: &params,
+            rcpts: std::slice::from_ref(&rcpt),
+            body: b"Subject: s\r\n\r\nx\r\n",
+        };
+        let plain = Capabilities::default();
+        assert_eq!(mail_command(&plain, &tx, false), "MAIL FROM:<a@x.test>\r\n");
+        assert_eq!(rcpt_command(&plain, &rcpt), "RCPT TO:<b@y.test>\r\n");
+        let dsn = Capabilities {
+            dsn: true,
+            eightbitmime: true,
+            size: Some(0),
+            ..Capabilities::default()
+        };
+        assert_eq!(
+            mail_command(&dsn, &tx, false),
+            "MAIL FROM:<a@x.test> SIZE=17 BODY=8BITMIME RET=FULL ENVID=id+2B1+3D2+20+C3+A9\r\n"
+        );
+        assert_eq!(
+            rcpt_command(&dsn, &rcpt),
+            "RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Old+2BB@y.test\r\n"
+        );
+        let never = OutRcpt {
+            notify: Some(Notify::default()),
+            orcpt: None,
+            ..rcpt
+        };
+        assert_eq!(
+            rcpt_command(&dsn, &never),
+            "RCPT TO:<b@y.test> NOTIFY=NEVER\r\n"
+        );
+    }
+
+    #[test]
+    fn smtputf8_is_needed_only_for_utf8_in_an_address_or_the_header() {
+        let utf8 = MailParams {
+            smtputf8: true,
+            ..MailParams::default()
+        };
+        let tx = |params, from, rcpt, body| {
+            let rcpts = [OutRcpt::from(rcpt)];
+            Transaction {
+                from,
+                params,
+                rcpts: &rcpts,
+                body,
+            }
+            .needs_smtputf8()
+        };
+        let ascii = b"Subject: s\r\n\r\nb\xc3\xa9\r\n".as_slice();
+        assert!(
+            !tx(&utf8, "a@x.test", "b@y.test", ascii),
+            "a UTF-8 body needs 8BITMIME only"
+        );
+        assert!(tx(&utf8, "ü@x.test", "b@y.test", ascii));
+        assert!(tx(&utf8, "a@x.test", "b@ÿ.test", ascii));
+        assert!(tx(
+            &utf8,
+            "a@x.test",
+            "b@y.test",
+            "Subject: é\r\n\r\nx".as_bytes()
+        ));
+        // Not submitted as internationalized: sent as it is, as before.
+        assert!(!tx(&MailParams::default(), "ü@x.test", "b@y.test", ascii));
+    }
 }

@@ -1,11 +1,13 @@
 //! The SMTP server session engine (RFC 5321), shared by ingest and the sink. It owns the
 //! command sequence, the limits (line length, message size, recipients, errors, idle time)
 //! pipelining, STARTTLS (RFC 3207) and the SASL exchange of AUTH PLAIN and LOGIN
-//! (RFC 4954, offered only once TLS is on); a [`Handler`] decides what to answer to MAIL,
-//! RCPT and the message, and whether a user name and password are good. Every reply
+//! (RFC 4954, offered only once TLS is on), the parameters of DSN (RFC 3461), SMTPUTF8
+//! (RFC 6531) and CHUNKING's BDAT (RFC 3030); a [`Handler`] decides what to answer to
+//! MAIL, RCPT and the message, and whether a user name and password are good. Every reply
 //! carries an enhanced status code.
 
 use crate::address::Address;
+use crate::message::{MailParams, Notify, Rcpt, Ret};
 use crate::net::smtp::wire::{Line, Wire};
 use crate::net::tls::{Stream, TlsInfo};
 use crate::reply::Reply;
@@ -39,6 +41,33 @@ pub struct Limits {
     pub ehlo: EhloMode,
     /// STARTTLS is offered when set.
     pub tls: Option<TlsAcceptor>,
+    /// The service extensions offered beyond the basic ones (with [`EhloMode`]'s).
+    pub extensions: Extensions,
+}
+
+/// Service extensions a server may offer or not (the sink plays servers without them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extensions {
+    /// RFC 3461: NOTIFY and ORCPT on RCPT, RET and ENVID on MAIL.
+    pub dsn: bool,
+    /// RFC 6531: UTF-8 in addresses and header fields.
+    pub smtputf8: bool,
+    /// RFC 3030: the message in BDAT chunks.
+    pub chunking: bool,
+}
+
+impl Extensions {
+    pub const ALL: Extensions = Extensions {
+        dsn: true,
+        smtputf8: true,
+        chunking: true,
+    };
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Extensions::ALL
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +88,10 @@ pub struct Session {
     pub helo: Option<String>,
     /// The reverse path of the open transaction; `Some("")` is the null sender.
     pub from: Option<String>,
-    pub rcpts: Vec<Address>,
+    /// What MAIL FROM asked beyond the address.
+    pub params: MailParams,
+    /// The accepted recipients, with what each RCPT TO asked of DSNs.
+    pub rcpts: Vec<Rcpt>,
     /// Set once STARTTLS has succeeded.
     pub tls: Option<TlsInfo>,
     /// The user AUTH succeeded for.
@@ -69,6 +101,7 @@ pub struct Session {
 impl Session {
     fn reset(&mut self) {
         self.from = None;
+        self.params = MailParams::default();
         self.rcpts.clear();
     }
 }
@@ -188,6 +221,7 @@ pub async fn serve_stream<H: Handler>(
             local,
             helo: None,
             from: None,
+            params: MailParams::default(),
             rcpts: Vec::new(),
             tls: None,
             user: None,
@@ -196,6 +230,7 @@ pub async fn serve_stream<H: Handler>(
         limits,
         errors: 0,
         shutdown,
+        chunks: None,
     };
     if let Err(e) = conn.run().await {
         tracing::debug!(%peer, error = %e, "smtp session ended with an I/O error");
@@ -211,6 +246,15 @@ struct Conn<H> {
     limits: Arc<Limits>,
     errors: u32,
     shutdown: CancellationToken,
+    /// The message so far, when the open transaction sends it in BDAT chunks.
+    chunks: Option<Chunks>,
+}
+
+/// A message arriving in BDAT chunks.
+struct Chunks {
+    body: Vec<u8>,
+    /// Past the size limit: the rest is read and dropped, and the last chunk gets a 552.
+    too_big: bool,
 }
 
 enum Next {
@@ -279,6 +323,12 @@ impl<H: Handler> Conn<H> {
         reply.write_to(&mut self.wire.out);
     }
 
+    /// Ends the open transaction, if any: no sender, recipients nor chunks.
+    fn reset(&mut self) {
+        self.session.reset();
+        self.chunks = None;
+    }
+
     /// Sends an error reply and closes the session when the client has made too many.
     fn error(&mut self, reply: Reply) -> Next {
         self.errors += 1;
@@ -302,7 +352,7 @@ impl<H: Handler> Conn<H> {
         match request {
             Request::Ehlo { host } => Ok(self.ehlo(host)),
             Request::Helo { host } => {
-                self.session.reset();
+                self.reset();
                 self.session.helo = Some(host);
                 self.reply(&Reply::new(250, "2.0.0", self.limits.hostname.clone()));
                 Ok(Next::Continue)
@@ -311,10 +361,14 @@ impl<H: Handler> Conn<H> {
                 Ok(self.error(Reply::new(500, "5.5.1", "Error: LHLO is for LMTP")))
             }
             Request::Mail { from } => Ok(self.mail(from).await),
-            Request::Rcpt { to } => Ok(self.rcpt(to.address).await),
+            Request::Rcpt { to } => Ok(self.rcpt(to).await),
             Request::Data => self.data().await,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last).await,
             Request::Rset => {
-                self.session.reset();
+                self.reset();
                 self.reply(&Reply::new(250, "2.0.0", "Ok"));
                 Ok(Next::Continue)
             }
@@ -355,7 +409,7 @@ impl<H: Handler> Conn<H> {
             EhloMode::NoPipelining => "",
             EhloMode::Full => "\nPIPELINING",
         };
-        self.session.reset();
+        self.reset();
         self.session.helo = Some(host);
         let starttls = match (&self.limits.tls, &self.session.tls) {
             (Some(_), None) => "\nSTARTTLS",
@@ -366,8 +420,15 @@ impl<H: Handler> Conn<H> {
         } else {
             ""
         };
+        let offer = |on: bool, keyword: &'static str| if on { keyword } else { "" };
+        let x = self.limits.extensions;
+        let (dsn, utf8, chunking) = (
+            offer(x.dsn, "\nDSN"),
+            offer(x.smtputf8, "\nSMTPUTF8"),
+            offer(x.chunking, "\nCHUNKING"),
+        );
         let text = format!(
-            "{}{pipelining}\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES{starttls}{auth}",
+            "{}{pipelining}\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES{dsn}{utf8}{chunking}{starttls}{auth}",
             self.limits.hostname, self.limits.max_message_size
         );
         // EHLO replies carry no enhanced code on their keyword lines (RFC 2034 section 3).
@@ -396,21 +457,61 @@ impl<H: Handler> Conn<H> {
         if !from.address.is_empty() && Address::parse(&from.address).is_err() {
             return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax"));
         }
+        let params = match self.mail_params(&from) {
+            Ok(params) => params,
+            Err(reply) => return self.error(reply),
+        };
+        if !from.address.is_ascii() && !params.smtputf8 {
+            return self.error(not_declared_utf8());
+        }
         let reply = self.handler.mail(&self.session, &from.address).await;
         if reply.is_positive() {
             self.session.from = Some(from.address);
+            self.session.params = params;
         }
         self.answer(reply)
     }
 
-    async fn rcpt(&mut self, to: String) -> Next {
+    /// The DSN and SMTPUTF8 parameters of MAIL FROM, refused when not offered (RFC 5321
+    /// section 4.1.1.11: 555).
+    fn mail_params(&self, from: &smtp_proto::MailFrom<String>) -> Result<MailParams, Reply> {
+        let x = self.limits.extensions;
+        let ret = match from.flags {
+            f if f & smtp_proto::MAIL_RET_FULL != 0 => Some(Ret::Full),
+            f if f & smtp_proto::MAIL_RET_HDRS != 0 => Some(Ret::Hdrs),
+            _ => None,
+        };
+        if (ret.is_some() || from.env_id.is_some()) && !x.dsn {
+            return Err(not_offered("RET and ENVID (DSN)"));
+        }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if smtputf8 && !x.smtputf8 {
+            return Err(not_offered("SMTPUTF8"));
+        }
+        if let Some(envid) = &from.env_id
+            && !crate::message::valid_envid(envid)
+        {
+            return Err(Reply::new(
+                501,
+                "5.5.4",
+                "Error: ENVID is 1 to 100 printable characters once decoded",
+            ));
+        }
+        Ok(MailParams {
+            ret,
+            envid: from.env_id.clone(),
+            smtputf8,
+        })
+    }
+
+    async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) -> Next {
         if self.session.from.is_none() {
             return self.error(Reply::new(503, "5.5.1", "Error: need MAIL command"));
         }
         if self.session.rcpts.len() >= self.limits.max_recipients {
             return self.error(Reply::new(452, "4.5.3", "Error: too many recipients"));
         }
-        let address = match Address::parse(&to) {
+        let address = match Address::parse(&to.address) {
             Ok(address) => address,
             Err(e) => {
                 return self.error(Reply::new(
@@ -420,9 +521,30 @@ impl<H: Handler> Conn<H> {
                 ));
             }
         };
+        if !to.address.is_ascii() && !self.session.params.smtputf8 {
+            return self.error(not_declared_utf8());
+        }
+        // Decoded from xtext, it goes into a DSN's fields: no line breaks nor controls.
+        if let Some(orcpt) = &to.orcpt
+            && orcpt.chars().any(char::is_control)
+        {
+            return self.error(Reply::new(
+                501,
+                "5.5.4",
+                "Error: ORCPT has a control character once decoded",
+            ));
+        }
+        let notify = notify(to.flags);
+        if (notify.is_some() || to.orcpt.is_some()) && !self.limits.extensions.dsn {
+            return self.error(not_offered("NOTIFY and ORCPT (DSN)"));
+        }
         let reply = self.handler.rcpt(&self.session, &address).await;
         if reply.is_positive() {
-            self.session.rcpts.push(address);
+            self.session.rcpts.push(Rcpt {
+                address,
+                notify,
+                orcpt: to.orcpt,
+            });
         }
         self.answer(reply)
     }
@@ -466,7 +588,7 @@ impl<H: Handler> Conn<H> {
             }
             Err(_) => return Ok(Next::Close),
         }
-        self.session.reset();
+        self.reset();
         self.session.helo = None;
         self.session.tls = self.wire.get_ref().info(false);
         Ok(Next::Continue)
@@ -604,6 +726,13 @@ impl<H: Handler> Conn<H> {
         if self.session.rcpts.is_empty() {
             return Ok(self.error(Reply::new(503, "5.5.1", "Error: need RCPT command")));
         }
+        if self.chunks.is_some() {
+            return Ok(self.error(Reply::new(
+                503,
+                "5.5.1",
+                "Error: DATA after BDAT in one transaction",
+            )));
+        }
         self.reply(&Reply::new(354, "2.0.0", "End data with <CR><LF>.<CR><LF>"));
         self.wire.flush().await?;
         let Some(body) = self.receive_body().await? else {
@@ -613,7 +742,7 @@ impl<H: Handler> Conn<H> {
             Body::Complete(body) => self.handler.data(&self.session, body).await,
             Body::TooBig => Reply::new(552, "5.3.4", "Error: message file too big"),
         };
-        self.session.reset();
+        self.reset();
         Ok(self.answer(reply))
     }
 
@@ -655,6 +784,119 @@ impl<H: Handler> Conn<H> {
             }
         }
     }
+}
+
+impl<H: Handler> Conn<H> {
+    /// RFC 3030: one chunk of exactly `size` octets follows the command, taken as they are
+    /// (no dot-stuffing); the last one ends the message. The chunk is read even when the
+    /// command is refused, so that its octets are never taken for commands.
+    async fn bdat(&mut self, size: usize, last: bool) -> std::io::Result<Next> {
+        let refusal = if !self.limits.extensions.chunking {
+            Some(Reply::new(502, "5.5.1", "Error: BDAT not implemented"))
+        } else if self.session.from.is_none() {
+            Some(Reply::new(503, "5.5.1", "Error: need MAIL command"))
+        } else if self.session.rcpts.is_empty() {
+            Some(Reply::new(503, "5.5.1", "Error: need RCPT command"))
+        } else {
+            None
+        };
+        let max = self.limits.max_message_size as usize;
+        let mut chunks = match refusal {
+            Some(_) => None,
+            None => Some(self.chunks.take().unwrap_or(Chunks {
+                body: Vec::with_capacity(size.min(1 << 20)),
+                too_big: false,
+            })),
+        };
+        if let Some(c) = chunks.as_mut()
+            && c.body.len().saturating_add(size) > max
+        {
+            c.too_big = true;
+            c.body = Vec::new();
+        }
+        let keep = chunks.as_mut().filter(|c| !c.too_big).map(|c| &mut c.body);
+        if !self.read_chunk(size, keep).await? {
+            return Ok(Next::Close);
+        }
+        if let Some(reply) = refusal {
+            return Ok(self.error(reply));
+        }
+        let chunks = chunks.expect("refused above otherwise");
+        if !last {
+            self.chunks = Some(chunks);
+            let text = format!("Ok: {size} octets received");
+            self.reply(&Reply::new(250, "2.0.0", text));
+            return Ok(Next::Continue);
+        }
+        let reply = match chunks.too_big {
+            true => Reply::new(552, "5.3.4", "Error: message file too big"),
+            false => self.handler.data(&self.session, chunks.body).await,
+        };
+        self.reset();
+        Ok(self.answer(reply))
+    }
+
+    /// Reads `size` octets of a chunk, into `keep` or dropped; `false` when the client went
+    /// away or idled before they all came (a 421 was sent for the latter).
+    async fn read_chunk(
+        &mut self,
+        size: usize,
+        mut keep: Option<&mut Vec<u8>>,
+    ) -> std::io::Result<bool> {
+        let deadline = tokio::time::Instant::now() + self.limits.data_timeout;
+        let mut left = size;
+        loop {
+            let buffered = self.wire.buffered();
+            let n = buffered.len().min(left);
+            if let Some(body) = keep.as_deref_mut() {
+                body.extend_from_slice(&buffered[..n]);
+            }
+            self.wire.consume(n);
+            left -= n;
+            if left == 0 {
+                return Ok(true);
+            }
+            let wait = deadline.min(tokio::time::Instant::now() + self.limits.idle_timeout);
+            match tokio::time::timeout_at(wait, self.wire.fill()).await {
+                Ok(Ok(0)) => return Ok(false),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let text = format!("{} Error: timeout exceeded", self.limits.hostname);
+                    self.reply(&Reply::new(421, "4.4.2", text));
+                    self.wire.flush().await?;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+/// RCPT TO's NOTIFY flags as [`Notify`]; `None` when it had none.
+fn notify(flags: u64) -> Option<Notify> {
+    use smtp_proto::{
+        RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+    };
+    let any = RCPT_NOTIFY_NEVER | RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY;
+    (flags & any != 0).then_some(Notify {
+        success: flags & RCPT_NOTIFY_SUCCESS != 0,
+        failure: flags & RCPT_NOTIFY_FAILURE != 0,
+        delay: flags & RCPT_NOTIFY_DELAY != 0,
+    })
+}
+
+/// A parameter of an extension this server does not offer.
+fn not_offered(what: &str) -> Reply {
+    Reply::new(555, "5.5.4", format!("Error: {what} not offered here"))
+}
+
+/// RFC 6531 section 3.4: a UTF-8 address needs the SMTPUTF8 parameter on MAIL FROM.
+fn not_declared_utf8() -> Reply {
+    Reply::new(
+        553,
+        "5.6.7",
+        "Error: SMTPUTF8 must be declared on MAIL FROM for a UTF-8 address",
+    )
 }
 
 enum Body {
@@ -707,7 +949,12 @@ fn cannot_decode() -> Reply {
 mod tests {
     use super::*;
 
-    struct Accept(std::sync::Mutex<Vec<Vec<u8>>>);
+    /// Takes everything, keeping each message with its envelope.
+    #[derive(Default)]
+    struct Accept(
+        std::sync::Mutex<Vec<Vec<u8>>>,
+        std::sync::Mutex<Vec<Session>>,
+    );
 
     #[async_trait]
     impl Handler for Accept {
@@ -717,8 +964,9 @@ mod tests {
         async fn rcpt(&self, _: &Session, _: &Address) -> Reply {
             Reply::new(250, "2.1.5", "Ok")
         }
-        async fn data(&self, _: &Session, body: Vec<u8>) -> Reply {
+        async fn data(&self, session: &Session, body: Vec<u8>) -> Reply {
             self.0.lock().unwrap().push(body);
+            self.1.lock().unwrap().push(session.clone());
             Reply::new(250, "2.0.0", "Ok: queued")
         }
     }
@@ -733,12 +981,13 @@ mod tests {
             max_errors: 20,
             ehlo: EhloMode::Full,
             tls: None,
+            extensions: Extensions::ALL,
         })
     }
 
     #[tokio::test]
     async fn a_whole_session_runs_over_memory_and_ends_data_only_on_crlf_dot_crlf() {
-        let handler = Arc::new(Accept(Default::default()));
+        let handler = Arc::new(Accept::default());
         let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n\
             Subject: s\r\n\r\none\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\n\
             DATA\r\nforged\r\n.\r\nSTARTTLS\r\nQUIT\r\n";
@@ -758,6 +1007,164 @@ mod tests {
         let bodies = handler.0.lock().unwrap();
         assert_eq!(bodies.len(), 1, "one message, not a smuggled second");
         assert!(String::from_utf8_lossy(&bodies[0]).contains("MAIL FROM:<evil@x.test>"));
+    }
+
+    /// The status line of each reply (the last line of a multi-line one).
+    fn codes(out: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bdat_chunks_make_one_message_and_are_read_even_when_refused() {
+        let handler = Arc::new(Accept::default());
+        let mut input = b"EHLO c.test\r\nBDAT 13\r\nRCPT TO:<x>\r\nMAIL FROM:<a@x.test>\r\n\
+            RCPT TO:<b@y.test>\r\nBDAT 5\r\n.\r\nXYBDAT 0\r\nBDAT 9 LAST\r\n\r\nQUIT\r\nZ"
+            .to_vec();
+        input.extend_from_slice(
+            b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3\r\nabcDATA\r\nQUIT\r\n",
+        );
+        let out = converse(&input, handler.clone(), limits()).await;
+        assert_eq!(
+            codes(&out),
+            [
+                "220 2.0.0",
+                "250 CHUNKING", // the EHLO reply's last line
+                "503 5.5.1",    // BDAT before MAIL: its 12 octets were read, not run
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.0.0", // 5 octets
+                "250 2.0.0", // 0 octets
+                "250 2.0.0", // the last chunk: the message
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.0.0",
+                "503 5.5.1", // DATA after BDAT
+                "221 2.0.0",
+            ],
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let bodies = handler.0.lock().unwrap();
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0], b".\r\nXY\r\nQUIT\r\nZ", "as sent, no unstuffing");
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_size_limit_in_chunks_is_refused_at_the_last() {
+        let handler = Arc::new(Accept::default());
+        let mut l = (*limits()).clone();
+        l.max_message_size = 10;
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+            BDAT 8\r\n12345678BDAT 8 LAST\r\n12345678NOOP\r\n";
+        let out = converse(input, handler.clone(), Arc::new(l)).await;
+        let codes = codes(&out);
+        assert_eq!(
+            codes[4..],
+            ["250 2.0.0", "552 5.3.4", "250 2.0.0"],
+            "{codes:?}"
+        );
+        assert!(handler.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dsn_and_smtputf8_parameters_reach_the_handler() {
+        let handler = Arc::new(Accept::default());
+        let input = "EHLO c.test\r\n\
+            MAIL FROM:<a@x.test> RET=HDRS ENVID=QQ+2B1\r\n\
+            RCPT TO:<b@y.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;old+2Bb@y.test\r\n\
+            RCPT TO:<c@y.test> NOTIFY=NEVER\r\n\
+            RCPT TO:<d@y.test>\r\n\
+            RCPT TO:<jös@y.test>\r\n\
+            DATA\r\nx\r\n.\r\n\
+            MAIL FROM:<ü@x.test>\r\n\
+            MAIL FROM:<ü@x.test> SMTPUTF8\r\n\
+            RCPT TO:<jös@y.test>\r\n\
+            DATA\r\nx\r\n.\r\n\
+            MAIL FROM:<a@x.test> ENVID=a+0Db\r\n\
+            QUIT\r\n";
+        let out = converse(input.as_bytes(), handler.clone(), limits()).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        for keyword in ["DSN", "SMTPUTF8", "CHUNKING", "8BITMIME"] {
+            let offered = text.lines().any(|l| l.len() > 4 && &l[4..] == keyword);
+            assert!(offered, "{keyword} not offered: {text}");
+        }
+        assert_eq!(
+            codes(&out)[2..],
+            [
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.1.5",
+                "250 2.1.5",
+                "553 5.6.7", // a UTF-8 recipient without SMTPUTF8
+                "354 2.0.0",
+                "250 2.0.0",
+                "553 5.6.7", // a UTF-8 sender without SMTPUTF8
+                "250 2.1.0",
+                "250 2.1.5",
+                "354 2.0.0",
+                "250 2.0.0",
+                "501 5.5.4", // a CR in ENVID once decoded
+                "221 2.0.0",
+            ],
+            "{text}"
+        );
+        let sessions = handler.1.lock().unwrap();
+        let first = &sessions[0];
+        assert_eq!(first.params.ret, Some(Ret::Hdrs));
+        assert_eq!(first.params.envid.as_deref(), Some("QQ+1"));
+        assert!(!first.params.smtputf8);
+        let r = &first.rcpts;
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r[0].notify,
+            Some(Notify {
+                success: true,
+                failure: false,
+                delay: true
+            })
+        );
+        assert_eq!(r[0].orcpt.as_deref(), Some("old+b@y.test"));
+        assert_eq!(r[1].notify, Some(Notify::default()), "NEVER");
+        assert_eq!((r[2].notify, &r[2].orcpt), (None, &None));
+        assert!(sessions[1].params.smtputf8);
+        assert_eq!(sessions[1].rcpts[0].address.local, "jös");
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_extensions_refuses_their_parameters() {
+        let handler = Arc::new(Accept::default());
+        let mut l = (*limits()).clone();
+        l.extensions = Extensions {
+            dsn: false,
+            smtputf8: false,
+            chunking: false,
+        };
+        let input = "EHLO c.test\r\nMAIL FROM:<a@x.test> RET=FULL\r\n\
+            MAIL FROM:<a@x.test> SMTPUTF8\r\nMAIL FROM:<a@x.test>\r\n\
+            RCPT TO:<b@y.test> NOTIFY=FAILURE\r\nRCPT TO:<b@y.test>\r\nBDAT 1 LAST\r\nxQUIT\r\n";
+        let out = converse(input.as_bytes(), handler.clone(), Arc::new(l)).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        for keyword in ["DSN", "SMTPUTF8", "CHUNKING"] {
+            let offered = text.lines().any(|l| l.len() > 4 && &l[4..] == keyword);
+            assert!(!offered, "{keyword} offered: {text}");
+        }
+        assert_eq!(
+            codes(&out)[2..],
+            [
+                "555 5.5.4",
+                "555 5.5.4",
+                "250 2.1.0",
+                "555 5.5.4",
+                "250 2.1.5",
+                "502 5.5.1",
+                "221 2.0.0"
+            ],
+            "{text}"
+        );
     }
 
     #[test]

@@ -467,6 +467,7 @@ mod tests {
             source: "test".into(),
             stream: None,
             done_at: None,
+            params: Default::default(),
         }
     }
 
@@ -493,9 +494,8 @@ mod tests {
             recipients: rcpts
                 .iter()
                 .map(|(a, state, attempt)| Recipient {
-                    address: a.to_string(),
-                    state: *state,
                     attempts: attempt.iter().cloned().collect(),
+                    ..Recipient::new(a.to_string(), *state)
                 })
                 .collect(),
             next_attempt: Some(NOW + MIN),

@@ -5,8 +5,10 @@
 
 use super::{ApiError, ApiState};
 use crate::address::Address;
-use crate::engine::ingest::StreamChoice;
-use crate::message::{Attempt, IdPrefix, MessageId, STREAM_HEADER, State, new_id};
+use crate::engine::ingest::{StreamChoice, Submission};
+use crate::message::{
+    Attempt, IdPrefix, MailParams, MessageId, Notify, Rcpt, Ret, STREAM_HEADER, State, new_id,
+};
 use crate::time::Timestamp;
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
@@ -28,6 +30,16 @@ pub struct SendRequest {
     /// The stream (`[stream.NAME]`); `[http] stream` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// Which DSNs the sender wants for every recipient (RFC 3461 NOTIFY): `["never"]`, or
+    /// some of `success`, `failure`, `delay`. Absent: failures and delay warnings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<String>>,
+    /// What a failure DSN returns (RFC 3461 RET): `full` or `headers` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
+    /// The sender's id for this message, given back in every DSN (RFC 3461 ENVID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
 }
 
 /// A request as it arrives: every field may be missing, and each that must be there is
@@ -41,6 +53,9 @@ struct SendBody {
     subject: Option<String>,
     text: Option<String>,
     stream: Option<String>,
+    notify: Option<Vec<String>>,
+    ret: Option<String>,
+    envid: Option<String>,
 }
 
 impl TryFrom<SendBody> for SendRequest {
@@ -57,8 +72,49 @@ impl TryFrom<SendBody> for SendRequest {
             subject: b.subject,
             text: b.text,
             stream: b.stream,
+            notify: b.notify,
+            ret: b.ret,
+            envid: b.envid,
         })
     }
+}
+
+/// What a request asks of DSNs: NOTIFY for its recipients, RET and ENVID.
+fn dsn_request(req: &SendRequest) -> Result<(Option<Notify>, MailParams), ApiError> {
+    let notify = match &req.notify {
+        None => None,
+        Some(words) => {
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            Some(Notify::parse(&words).map_err(|e| ApiError::field("notify", e))?)
+        }
+    };
+    let ret = match req.ret.as_deref() {
+        None => None,
+        Some(r) if r.eq_ignore_ascii_case("full") => Some(Ret::Full),
+        Some(r) if r.eq_ignore_ascii_case("headers") || r.eq_ignore_ascii_case("hdrs") => {
+            Some(Ret::Hdrs)
+        }
+        Some(other) => {
+            return Err(ApiError::field(
+                "ret",
+                format!("{other:?}: give \"full\" or \"headers\""),
+            ));
+        }
+    };
+    if let Some(envid) = &req.envid
+        && !crate::message::valid_envid(envid)
+    {
+        return Err(ApiError::field(
+            "envid",
+            "1 to 100 printable ASCII characters, no spaces (RFC 3461)",
+        ));
+    }
+    let params = MailParams {
+        ret,
+        envid: req.envid.clone(),
+        smtputf8: false,
+    };
+    Ok((notify, params))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -148,9 +204,33 @@ pub(super) async fn post_message(
         };
         ApiError::field(field, e.to_string())
     })?;
+    let (notify, params) = dsn_request(&req)?;
+    let params = MailParams {
+        smtputf8: crate::message::needs_smtputf8(
+            &req.from,
+            req.to.iter().map(String::as_str),
+            &message,
+        ),
+        ..params
+    };
+    let submission = Submission {
+        from: from.to_string(),
+        params,
+        rcpts: rcpts
+            .into_iter()
+            .map(|address| Rcpt {
+                address,
+                notify,
+                orcpt: None,
+            })
+            .collect(),
+        body: message,
+        source: "http".into(),
+        stream,
+    };
     let stored = state
         .intake
-        .accept(id, from.to_string(), &rcpts, message, "http".into(), stream)
+        .accept(id, submission)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "could not store a message from the API");

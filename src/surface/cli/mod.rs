@@ -383,6 +383,16 @@ pub struct SendArgs {
     /// not given.
     #[arg(long)]
     stream: Option<String>,
+    /// Which DSNs to get for the recipients (RFC 3461 NOTIFY): never, or some of success,
+    /// failure, delay, comma-separated. Without it: failures only.
+    #[arg(long, value_delimiter = ',')]
+    notify: Option<Vec<String>>,
+    /// What a failure DSN returns: full or headers (the default).
+    #[arg(long)]
+    ret: Option<String>,
+    /// An id of yours for the message, given back in every DSN (RFC 3461 ENVID).
+    #[arg(long)]
+    envid: Option<String>,
 }
 
 #[derive(Args)]
@@ -432,6 +442,12 @@ pub struct SinkArgs {
     /// Refuse EHLO (502), so clients fall back to HELO.
     #[arg(long)]
     helo_only: bool,
+    /// Do not offer DSN (RFC 3461): a relay must not pass NOTIFY, ORCPT, RET or ENVID on.
+    #[arg(long)]
+    no_dsn: bool,
+    /// Do not offer SMTPUTF8 (RFC 6531): mail that needs it must bounce (5.6.7).
+    #[arg(long)]
+    no_smtputf8: bool,
     /// Offer STARTTLS (with a self-signed certificate made at start).
     #[arg(long)]
     tls: bool,
@@ -998,6 +1014,9 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
         subject: args.subject,
         text: args.text,
         stream: args.stream,
+        notify: args.notify,
+        ret: args.ret,
+        envid: args.envid,
     };
     let resp = args.api.client()?.send(&req).await?;
     outln!("{}", resp.id)?;
@@ -1154,6 +1173,11 @@ async fn sink(args: SinkArgs) -> anyhow::Result<()> {
                 (_, true) => EhloMode::HeloOnly,
                 (true, _) => EhloMode::NoPipelining,
                 _ => EhloMode::Full,
+            },
+            extensions: crate::net::smtp::server::Extensions {
+                dsn: !args.no_dsn,
+                smtputf8: !args.no_smtputf8,
+                chunking: true,
             },
             tls: args.tls,
             model,

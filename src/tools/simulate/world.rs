@@ -274,13 +274,10 @@ impl<'a> World<'a> {
             source: "simulate".into(),
             stream: self.plan.streams[p.traffic as usize].clone(),
             done_at: None,
+            params: Default::default(),
         };
         let recipients = (0..p.recipients)
-            .map(|k| Recipient {
-                address: self.plan.address(p, k, domain),
-                state: State::Queued,
-                attempts: Vec::new(),
-            })
+            .map(|k| Recipient::new(self.plan.address(p, k, domain), State::Queued))
             .collect();
         let group = Group {
             domain: domain.clone(),
