@@ -11,6 +11,7 @@ mod delivery;
 mod disk;
 mod dkim;
 mod dns;
+mod extensions;
 mod http;
 mod knobs;
 mod logging;
