@@ -92,6 +92,11 @@ impl Reloader {
         }
     }
 
+    /// The configuration in force.
+    pub async fn config(&self) -> Config {
+        self.current.lock().await.clone()
+    }
+
     /// The file a reload reads (`knock serve --config FILE`).
     pub fn set_path(&self, path: PathBuf) {
         *self.path.lock().expect("reload path lock") = Some(path);

@@ -3,9 +3,10 @@
 //! state: delivered, bounced, greylisted, throttled, and held back by a suspended domain. The
 //! page must show each provider in its state, group the replies, find a message and its
 //! attempts, show a retry's dry-run count, and suspend a provider from its confirm step; the
-//! suspension is then checked through the API. The screenshot is kept in
-//! `target/dashboard.png`.
+//! suspension is then checked through the API. It lists the sending domain and checks its
+//! DNS (served by dnsmasq) when asked. The screenshot is kept in `target/dashboard.png`.
 
+use crate::dns::{Dnsmasq, txt_record};
 use crate::world::*;
 use knock::config::Rate;
 use knock::net::resolve::StaticResolver;
@@ -78,7 +79,18 @@ async fn drive(args: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_every_state_and_suspends_a_provider_after_a_confirm_step() {
     // A long retry step: what is deferred stays in the queue while the page looks at it.
-    let world = World::new(&["1h"], "1d");
+    let mut world = World::new(&["1h"], "1d");
+    // A sending domain with a key, whose records a DNS server on loopback serves.
+    let keys = tempfile::tempdir().unwrap();
+    let (key, name, record) = knock::dkim::keygen(keys.path(), "tx.test", "s1", true).unwrap();
+    let dns = Dnsmasq::start(&[
+        "--mx-host=tx.test,mx.tx.test,10".into(),
+        "--host-record=mx.tx.test,127.0.0.1".into(),
+        txt_record("tx.test", "v=spf1 ip4:127.0.0.1 -all"),
+        txt_record(&name, &record),
+    ]);
+    world.config.dns.servers = vec![dns.addr];
+    world.config.dkim = vec![crate::dkim::key("tx.test", None, "s1", &key)];
     let rx = plain_sink().await;
     let grey = sink(SinkConfig {
         greylist: Some(Duration::from_secs(600)),
@@ -156,6 +168,8 @@ async fn the_dashboard_shows_every_state_and_suspends_a_provider_after_a_confirm
         "search": "g@grey",
         "suspend": {"provider": greylisted, "pending": 2},
         "retry": throttled,
+        // No DMARC record is published: the one warning.
+        "domain": {"name": "tx.test", "expect": {"mx": "ok", "dkim": "ok", "dmarc": "warning"}},
     }))
     .await;
     eprintln!("the page showed: {seen:#}");

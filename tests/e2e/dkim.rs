@@ -3,7 +3,7 @@
 //! real DNS server on loopback for the keys, and Python's dkimpy), after a deferral, a
 //! restart and a retry: the signed bytes were stored, so every attempt sends the same.
 
-use crate::dns::Dnsmasq;
+use crate::dns::{Dnsmasq, txt_record};
 use crate::world::*;
 use knock::config::DkimConfig;
 use knock::net::resolve::StaticResolver;
@@ -15,16 +15,12 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(20);
 
 /// dnsmasq's argument for a TXT record, its value in strings of at most 255 bytes.
-fn txt_record(name: &str, value: &str) -> String {
-    let parts: Vec<&str> = value
-        .as_bytes()
-        .chunks(255)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!("--txt-record={name},{}", parts.join(","))
-}
-
-fn key(domain: &str, signing: Option<&str>, selector: &str, path: &std::path::Path) -> DkimConfig {
+pub fn key(
+    domain: &str,
+    signing: Option<&str>,
+    selector: &str,
+    path: &std::path::Path,
+) -> DkimConfig {
     DkimConfig {
         domain: domain.into(),
         signing_domain: signing.map(String::from),
@@ -337,4 +333,63 @@ key = "{}"
         out.contains("\"v=spf1 ip4:127.0.0.2 ip4:127.0.0.3 -all\""),
         "{out}"
     );
+}
+
+/// The same checks over the HTTP API, on the running configuration: the sending domains
+/// (those with a key) are listed, and any domain is checked on demand.
+#[tokio::test]
+async fn the_api_lists_the_sending_domains_and_checks_one() {
+    let keys = tempfile::tempdir().unwrap();
+    let (good, good_name, good_record) =
+        knock::dkim::keygen(keys.path(), "tx.test", "s1", true).unwrap();
+    let dns = Dnsmasq::start(&[
+        "--mx-host=tx.test,mx.tx.test,10".into(),
+        "--host-record=mx.tx.test,127.0.0.1".into(),
+        txt_record("tx.test", "v=spf1 ip4:127.0.0.1 -all"),
+        txt_record(&good_name, &good_record),
+        txt_record("_dmarc.tx.test", "v=DMARC1; p=quarantine"),
+    ]);
+    let mut w = World::new(&["1s"], "1h");
+    w.config.dns.servers = vec![dns.addr];
+    w.config.dkim = vec![
+        key("tx.test", None, "s1", &good),
+        key("*", Some("platform.test"), "p1", &good),
+    ];
+    let engine = w.start(StaticResolver::new()).await;
+    let (status, body) = http_get(&engine, "/api/v1/domains").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"domains": [
+            {"domain": "platform.test", "selectors": ["p1"]},
+            {"domain": "tx.test", "selectors": ["s1"]},
+        ]})
+    );
+    let (status, body) = http_get(&engine, "/api/v1/domains/TX.test/check").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["domain"], "tx.test");
+    let status_of = |check: &str| -> Vec<String> {
+        body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["check"] == check)
+            .map(|c| c["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(status_of("mx"), ["ok"], "{body}");
+    assert_eq!(status_of("dkim"), ["ok"], "{body}");
+    assert_eq!(status_of("dmarc"), ["ok"], "{body}");
+    assert_eq!(body["errors"], 0, "{body}");
+    // A domain with nothing published: its missing records, counted.
+    let (status, body) = http_get(&engine, "/api/v1/domains/bare.test/check").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["errors"].as_u64().unwrap() >= 1, "{body}");
+    let (status, body) = http_get(&engine, "/api/v1/domains/not%20a%20domain/check").await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("domain")),
+        "{body}"
+    );
+    engine.shutdown().await;
 }

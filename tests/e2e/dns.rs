@@ -85,3 +85,14 @@ async fn mx_and_addresses_come_from_a_real_dns_server() {
     assert_eq!(e["enhanced"], "5.1.2", "{e}");
     engine.shutdown().await;
 }
+
+/// A dnsmasq argument serving a TXT record, split into strings of 255 octets at most (a
+/// DKIM key is longer).
+pub fn txt_record(name: &str, value: &str) -> String {
+    let parts: Vec<&str> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!("--txt-record={name},{}", parts.join(","))
+}

@@ -1,11 +1,12 @@
 //! The HTTP API under `/api/v1/`, one module per resource: [`messages`] (inject, read
 //! back, the stored message), [`listing`] (the queue listed and searched), [`queue`] (per
 //! domain, per destination, and its shape), [`suppressions`], [`diagnose`], [`stats`] (the
-//! deferral time series). Here:
+//! deferral time series), [`domains`] (the sending domains and their DNS checks). Here:
 //! the router, the bearer-token check, and the one error type: every error is JSON naming
 //! what is wrong (`{"error": "...", "field": "to[1]"}`). Documented in `docs/http-api.md`.
 
 pub mod diagnose;
+pub mod domains;
 pub mod listing;
 pub mod messages;
 pub mod metrics;
@@ -150,6 +151,8 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(queue::get_shape))
         .routes(routes!(queue::get_destinations))
         .routes(routes!(diagnose::get_diagnose))
+        .routes(routes!(domains::get_domains))
+        .routes(routes!(domains::get_check))
         .routes(routes!(stats::get_stats))
         .routes(routes!(suppressions::get_suppressions))
         .routes(routes!(

@@ -9,6 +9,7 @@
 //   replies    GET /api/v1/diagnose (top replies, EE p50/p95, deferral share), every 10 s
 //   messages   GET /api/v1/messages (search), /api/v1/messages/{id} (drill-down)
 //   actions    POST /api/v1/suspend, /resume, /retry (a dry run first), /messages/{id}/release
+//   domains    GET /api/v1/domains once, /api/v1/domains/{domain}/check when asked
 "use strict";
 
 (() => {
@@ -894,6 +895,61 @@
     detail.scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
+  // --- sending domains: their DNS checked when asked ---------------------------------------
+
+  async function loadDomains() {
+    let list = [];
+    try {
+      list = (await api("/api/v1/domains")).domains;
+    } catch (e) {
+      return;
+    }
+    $("#domains").replaceChildren(
+      ...list.map((d) =>
+        el(
+          "li",
+          { "data-domain": d.domain },
+          el("span", { class: "name" }, d.domain),
+          " ",
+          el("span", { class: "sub" }, `selectors ${d.selectors.join(", ")}`),
+          " ",
+          el("button", { type: "button", "data-action": "check", onclick: () => checkDomain(d.domain) }, "Check"),
+        ),
+      ),
+    );
+    $("#domains-empty").hidden = list.length > 0;
+  }
+
+  async function checkDomain(domain) {
+    const table = $("#domain-checks");
+    table.dataset.domain = "";
+    table.dataset.state = "checking";
+    let view;
+    try {
+      view = await api(`/api/v1/domains/${encodeURIComponent(domain)}/check`);
+    } catch (e) {
+      table.dataset.state = "failed";
+      toast(`check of ${domain}: ${e.message}`);
+      return;
+    }
+    $("#domain-checks tbody").replaceChildren(
+      ...view.checks.map((c) =>
+        el(
+          "tr",
+          { "data-check": c.check, "data-status": c.status },
+          el("td", {}, c.check),
+          el("td", {}, badge(c.status)),
+          el("td", {}, c.subject),
+          el("td", {}, c.detail),
+          el("td", {}, c.fix || "–"),
+        ),
+      ),
+    );
+    table.hidden = false;
+    table.dataset.domain = view.domain;
+    table.dataset.state = view.errors ? "errors" : view.warnings ? "warnings" : "ok";
+  }
+
   // --- start ----------------------------------------------------------------------------
 
   function start() {
@@ -913,6 +969,12 @@
       search();
     });
     $("#detail-close").addEventListener("click", () => ($("#detail").hidden = true));
+    $("#domain-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const domain = $("#domain-form input[name=domain]").value.trim();
+      if (domain) checkDomain(domain);
+    });
+    loadDomains();
     let resizing = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizing);

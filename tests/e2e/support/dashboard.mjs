@@ -8,7 +8,9 @@
 //    "classes": ["greylist", "throttle", "hard"],      deferral/bounce classes expected
 //    "search": "g@grey",                               a recipient to search for
 //    "suspend": {"provider": "NAME", "pending": N},    suspended from the page
-//    "retry": "NAME"}                                  a retry dry run, then cancelled
+//    "retry": "NAME",                                  a retry dry run, then cancelled
+//    "domain": {"name": "tx.test", "expect": {"dkim": "ok", ...}}}
+//                                                      a sending domain listed and checked
 // Prints what it saw as one JSON line and exits 0, or prints the failure and exits 1.
 import { chromium } from "playwright-core";
 
@@ -118,6 +120,23 @@ try {
   await page.locator(`#suspensions tr[data-target="provider:${provider}"]`).waitFor();
   await page.locator(`#providers tr[data-provider="${provider}"][data-suspended="true"]`).waitFor();
   await page.locator(`#providers tr[data-provider="${provider}"] button[data-action="resume"]`).waitFor();
+
+  // The sending domain is listed; its DNS is checked when asked.
+  {
+    const { name, expect } = args.domain;
+    const item = page.locator(`#domains li[data-domain="${name}"]`);
+    await item.waitFor();
+    await item.locator('button[data-action="check"]').click();
+    await page.locator(`#domain-checks[data-domain="${name}"]`).waitFor();
+    const rows = await page
+      .locator("#domain-checks tbody tr")
+      .evaluateAll((trs) => trs.map((r) => ({ check: r.dataset.check, status: r.dataset.status, text: r.innerText })));
+    seen.domain = rows;
+    for (const [kind, status] of Object.entries(expect)) {
+      check(rows.some((r) => r.check === kind && r.status === status), `${kind} ${status} among ${JSON.stringify(rows)}`);
+    }
+    check(rows.filter((r) => r.status === "error").every((r) => !r.text.trim().endsWith("–")), "every error says what to fix");
+  }
 
   // Polling stops while the tab is hidden and starts again when it shows.
   const hide = (hidden) =>
