@@ -335,6 +335,80 @@ key = "{}"
     );
 }
 
+/// Forward-confirmed reverse DNS of sources at addresses a resolver does not answer for
+/// itself (documentation addresses: check-domain only asks about them, nothing is sent):
+/// a PTR that resolves back to the EHLO name, one that names another host, one whose name
+/// does not resolve back, and none at all.
+#[test]
+fn check_domain_confirms_each_sources_reverse_dns() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = Dnsmasq::start(&[
+        // A host record serves the name's address and the address's PTR.
+        "--host-record=mta1.tx.test,192.0.2.10".into(),
+        "--host-record=mta2.tx.test,192.0.2.11".into(),
+        "--ptr-record=12.2.0.192.in-addr.arpa,ghost.tx.test".into(),
+        txt_record("tx.test", "v=spf1 ip4:192.0.2.0/24 -all"),
+    ]);
+    let config = dir.path().join("knock.toml");
+    let mut text = format!("[dns]\nservers = [\"{}\"]\ntimeout = \"1s\"\n", dns.addr);
+    for (name, last, ehlo) in [
+        ("a", 10, "mta1.tx.test"),
+        ("b", 11, "mta9.tx.test"),
+        ("c", 12, "ghost.tx.test"),
+        ("d", 13, "mta4.tx.test"),
+    ] {
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"{name}\"\nip = \"192.0.2.{last}\"\nehlo = \"{ehlo}\"\n"
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let (ok, out, _) = knock(&[
+        "check-domain",
+        "tx.test",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(!ok, "errors make it fail: {out}");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let ptr = |ip: &str| -> (String, String) {
+        let c = checks
+            .iter()
+            .find(|c| c["check"] == "ptr" && c["subject"].as_str().unwrap().contains(ip))
+            .unwrap_or_else(|| panic!("no ptr check of {ip}: {out}"));
+        (
+            c["status"].as_str().unwrap().to_string(),
+            c["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        ptr("192.0.2.10"),
+        (
+            "ok".into(),
+            "mta1.tx.test, which resolves back, is the EHLO name".into()
+        )
+    );
+    let (status, detail) = ptr("192.0.2.11");
+    assert_eq!(status, "warning", "{detail}");
+    assert!(detail.contains("the EHLO name is mta9.tx.test"), "{detail}");
+    let (status, detail) = ptr("192.0.2.12");
+    assert_eq!(status, "error", "{detail}");
+    assert!(
+        detail.contains("ghost.tx.test) do not resolve back"),
+        "{detail}"
+    );
+    assert_eq!(ptr("192.0.2.13").0, "error");
+    // SPF passes for all four: the failures are the reverse DNS alone.
+    assert_eq!(
+        checks
+            .iter()
+            .filter(|c| c["check"] == "spf" && c["status"] == "ok")
+            .count(),
+        4,
+        "{out}"
+    );
+}
+
 /// The same checks over the HTTP API, on the running configuration: the sending domains
 /// (those with a key) are listed, and any domain is checked on demand.
 #[tokio::test]
