@@ -56,6 +56,75 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// DKIM keys: each signs the mail of a From domain, or every message (`domain = "*"`).
     pub dkim: Vec<DkimConfig>,
+    /// A fleet of nodes sharing their limits through Redis (docs/fleet.md); alone without.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: this node in a fleet of nodes that send for one sender, each with its own
+/// spool, which share what receivers limit through Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`; none: this node is alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// This node's name in the fleet: `[smtp] hostname` unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How often the node tells Redis it is alive; one silent for three of these is gone.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// The fleet's size until Redis has said how many nodes are alive (and, while it
+    /// cannot be reached, the last size it said): each node takes this share of every
+    /// limit.
+    pub nodes: usize,
+    /// The prefix of every key knock keeps in Redis (several fleets on one Redis).
+    pub prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: None,
+            node: None,
+            heartbeat: Duration::from_secs(1),
+            nodes: 1,
+            prefix: "knock".into(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.redis {
+            if url.starts_with("rediss://") {
+                bail!(
+                    "cluster.redis: rediss:// (Redis over TLS) is not supported yet; use redis:// over a trusted network or a TLS tunnel"
+                );
+            }
+            if !url.starts_with("redis://") {
+                bail!("cluster.redis: {url:?} is not a redis:// URL");
+            }
+        }
+        if let Some(node) = &self.node
+            && (node.is_empty()
+                || !node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            bail!("cluster.node: {node:?}: letters, digits, - _ . only");
+        }
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(60) {
+            bail!("cluster.heartbeat: between 100ms and 60s");
+        }
+        if self.nodes == 0 {
+            bail!("cluster.nodes: at least 1");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            bail!("cluster.prefix: a word without spaces");
+        }
+        Ok(())
+    }
 }
 
 /// One `[[dkim]]`: a key that signs mail at ingest (RFC 6376; RSA-SHA256 or Ed25519-SHA256
@@ -275,6 +344,38 @@ pub const DEFAULT_POOL: &str = "default";
 pub const DEFAULT_SOURCE: &str = "default";
 
 impl Config {
+    /// This node's part of every limit when `nodes` nodes share them (a fleet without
+    /// Redis to count against, or until it answers): each configured rate spread over
+    /// `nodes` times its period, each connection cap and hourly or daily quota divided
+    /// (never below 1). One node: the configuration as it is.
+    pub fn share_of(&self, nodes: usize) -> Config {
+        let mut c = self.clone();
+        let n = nodes.max(1);
+        if n == 1 {
+            return c;
+        }
+        let part = |x: usize| (x / n).max(1);
+        let part32 = |x: u32| (x / n as u32).max(1);
+        for s in c.shaping.values_mut() {
+            if let Some(r) = s.rate.as_mut() {
+                r.per *= n as u32;
+            }
+            s.max_connections = s.max_connections.map(part);
+        }
+        c.delivery.max_connections = part(c.delivery.max_connections);
+        c.delivery.total_connections = c.delivery.total_connections.map(part);
+        for s in &mut c.sources {
+            s.hourly = s.hourly.map(part32);
+            s.daily = s.daily.map(part32);
+            s.max_connections = s.max_connections.map(part);
+            if let Some(w) = s.warmup.as_mut() {
+                w.hourly = part32(w.hourly);
+                w.daily = part32(w.daily);
+            }
+        }
+        c
+    }
+
     /// The sources: those configured, or the host's own address under `default`.
     pub fn effective_sources(&self) -> Vec<SourceConfig> {
         match self.sources.is_empty() {
@@ -1510,6 +1611,7 @@ impl Config {
         }
         self.streams.check("smtp.stream", &self.smtp.stream)?;
         self.validate_sources()?;
+        self.cluster.validate()?;
         for (i, d) in self.dkim.iter().enumerate() {
             d.validate(i)?;
         }
@@ -1816,6 +1918,59 @@ path = "knock-data/events.jsonl"
             .unwrap_err()
             .to_string();
         assert!(e.contains("bare_line_endings"), "{e}");
+    }
+
+    #[test]
+    fn a_nodes_share_of_the_limits() {
+        let c = Config::parse(
+            r#"
+[shaping."*"]
+rate = "300/10s"
+max_connections = 10
+[delivery]
+max_connections = 4
+total_connections = 2
+[[source]]
+name = "a"
+hourly = 1000
+daily = 10000
+max_connections = 5
+warmup = { hourly = 50, daily = 500, growth = 2.0, max_deferral_rate = 0.05 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            toml::to_string(&c.share_of(1)).unwrap(),
+            toml::to_string(&c).unwrap()
+        );
+        let third = c.share_of(3);
+        let s = &third.shaping["*"];
+        let r = s.rate.unwrap();
+        assert_eq!(
+            (r.count, r.per),
+            (300, Duration::from_secs(30)),
+            "the same 300, over 30 s"
+        );
+        assert_eq!(s.max_connections, Some(3));
+        assert_eq!(third.delivery.max_connections, 1);
+        assert_eq!(third.delivery.total_connections, Some(1), "never below one");
+        let a = &third.sources[0];
+        assert_eq!(
+            (a.hourly, a.daily, a.max_connections),
+            (Some(333), Some(3333), Some(1))
+        );
+        let w = a.warmup.as_ref().unwrap();
+        assert_eq!((w.hourly, w.daily), (16, 166));
+        for (text, key) in [
+            ("[cluster]\nredis = \"rediss://r:6380\"\n", "cluster.redis"),
+            ("[cluster]\nredis = \"http://r\"\n", "cluster.redis"),
+            ("[cluster]\nnodes = 0\n", "cluster.nodes"),
+            ("[cluster]\nnode = \"a b\"\n", "cluster.node"),
+            ("[cluster]\nheartbeat = \"10ms\"\n", "cluster.heartbeat"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

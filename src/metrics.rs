@@ -45,6 +45,8 @@ pub const WEBHOOK_BACKLOG: &str = "knock_webhook_backlog_events";
 pub const WEBHOOK_POSTS: &str = "knock_webhook_posts_total";
 pub const WEBHOOK_DROPPED: &str = "knock_webhook_dropped_events_total";
 pub const WEBHOOK_FAILING: &str = "knock_webhook_failing";
+pub const FLEET_NODES: &str = "knock_fleet_nodes";
+pub const FLEET_REDIS_UP: &str = "knock_fleet_redis_up";
 
 /// Every metric knock exports, with its type and help text.
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -206,6 +208,16 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "gauge",
         "1 while the webhook's last POST failed, by webhook.",
     ),
+    (
+        FLEET_NODES,
+        "gauge",
+        "Nodes of the fleet this node shares every limit with, itself included ([cluster]).",
+    ),
+    (
+        FLEET_REDIS_UP,
+        "gauge",
+        "1 while the fleet's Redis answers this node's heartbeats, 0 while it delivers on its last share.",
+    ),
 ];
 
 /// Bounds of the end-to-end time buckets, in seconds: from transactional (tenths of a
@@ -350,6 +362,12 @@ pub fn webhook_dropped(webhook: &str, events: usize) {
 }
 
 /// An event could not be written to the log.
+/// The fleet's size this node shares its limits by, and whether Redis answers.
+pub fn fleet(nodes: usize, redis_up: bool) {
+    gauge!(FLEET_NODES).set(nodes as f64);
+    gauge!(FLEET_REDIS_UP).set(if redis_up { 1.0 } else { 0.0 });
+}
+
 pub fn event_dropped() {
     counter!(EVENTS_DROPPED).increment(1);
 }

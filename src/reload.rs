@@ -55,6 +55,8 @@ pub struct Reloader {
     shutdown: CancellationToken,
     tls: Arc<RwLock<TlsConfig>>,
     transport: Arc<dyn Transport>,
+    /// How many nodes share every limit (`[cluster]`); 1 alone.
+    share: std::sync::atomic::AtomicUsize,
 }
 
 /// What a reloader works on, as the engine starts it.
@@ -68,6 +70,8 @@ pub struct Parts {
     pub shutdown: CancellationToken,
     pub tls: Arc<RwLock<TlsConfig>>,
     pub transport: Arc<dyn Transport>,
+    /// How many nodes share every limit at the start.
+    pub share: usize,
 }
 
 /// Top-level sections a reload applies as a whole.
@@ -89,6 +93,27 @@ impl Reloader {
             shutdown: p.shutdown,
             tls: p.tls,
             transport: p.transport,
+            share: std::sync::atomic::AtomicUsize::new(p.share.max(1)),
+        }
+    }
+
+    /// `nodes` nodes share every limit from now on (a fleet grew or shrank): the
+    /// scheduler takes this node's part of the configuration in force.
+    pub async fn set_fleet_size(&self, nodes: usize) {
+        use std::sync::atomic::Ordering;
+        let nodes = nodes.max(1);
+        let current = self.current.lock().await;
+        if self.share.swap(nodes, Ordering::Relaxed) == nodes {
+            return;
+        }
+        let part = current.share_of(nodes);
+        drop(current);
+        match tokio::task::spawn_blocking(move || Policy::from_config(&part)).await {
+            Ok(Ok(policy)) => self.scheduler.reconfigure(policy),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "fleet: the shared limits could not be applied")
+            }
+            Err(e) => tracing::error!(error = %e, "fleet: the shared limits could not be applied"),
         }
     }
 
@@ -110,10 +135,12 @@ impl Reloader {
             .expect("reload path lock")
             .clone()
             .ok_or(ReloadError::NoFile)?;
+        let share = self.share.load(std::sync::atomic::Ordering::Relaxed);
         let new = tokio::task::spawn_blocking(move || {
             let config = Config::load(&path)?;
-            // Builds the classifier too: its rules file is read now.
-            let policy = Policy::from_config(&config)?;
+            // Builds the classifier too: its rules file is read now. In a fleet, of this
+            // node's part of each limit.
+            let policy = Policy::from_config(&config.share_of(share))?;
             Ok::<_, anyhow::Error>((config, policy))
         })
         .await

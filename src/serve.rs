@@ -89,7 +89,13 @@ impl Engine {
         spool: Arc<dyn Spool>,
     ) -> anyhow::Result<Engine> {
         config.check_host()?;
-        let mut policy = Policy::from_config(&config)?;
+        // In a fleet, each limit is shared by `[cluster] nodes` until Redis says how many
+        // nodes are alive.
+        let share = match config.cluster.redis {
+            Some(_) => config.cluster.nodes.max(1),
+            None => 1,
+        };
+        let mut policy = Policy::from_config(&config.share_of(share))?;
         let dkim = crate::dkim::Dkim::from_config(&config.dkim)?;
         // Warm-ups go on from the day they reached, limits from the hour's and day's counts.
         policy.sources = {
@@ -219,7 +225,24 @@ impl Engine {
             shutdown: shutdown.clone(),
             tls: tls_policy,
             transport: reload_transport,
+            share,
         }));
+        let me = crate::net::fleet::Member {
+            node: crate::net::fleet::node_name(&config.cluster, &config.smtp.hostname),
+            smtp: Some(smtp_addr.to_string()),
+            http: Some(http_addr.to_string()),
+            started: Timestamp::now(),
+        };
+        let fleet = crate::net::fleet::Fleet::new(&config.cluster, me)?;
+        let fleet_view = fleet.as_ref().map(|f| f.view());
+        if let Some(fleet) = fleet {
+            let reloader = reloader.clone();
+            let apply = move |nodes: usize| {
+                let reloader = reloader.clone();
+                async move { reloader.set_fleet_size(nodes).await }
+            };
+            tasks.push(tokio::spawn(fleet.run(apply, shutdown.clone())));
+        }
         let app = api::router(Arc::new(ApiState {
             intake,
             operator,
@@ -233,6 +256,7 @@ impl Engine {
             scraped: Default::default(),
             providers: crate::policy::provider::Providers::new(config.providers.clone()),
             stats: stats.clone(),
+            fleet: fleet_view,
         }));
         // Histograms gather samples until they are drained: drain them between scrapes.
         crate::metrics::handle();

@@ -17,7 +17,7 @@ use crate::config::Rate;
 use crate::message::{MailParams, Rcpt};
 use crate::net::smtp::server::{self, EhloMode, Extensions, Handler, Limits, Session};
 use crate::reply::Reply;
-use crate::time::WallClock;
+use crate::time::{Timestamp, WallClock};
 use crate::tools::receiver::{
     Answer, Greeting, Greylisting, Limit, OutageKind, Receiver, ReceiverModel, Replies, Scope,
     Session as ModelSession, Shape, Stage, Verdict,
@@ -217,6 +217,8 @@ pub struct Received {
     pub tls: Option<crate::net::tls::TlsInfo>,
     /// The name the client gave in EHLO or HELO.
     pub helo: Option<String>,
+    /// When the message was taken.
+    pub at: Timestamp,
 }
 
 struct SinkHandler {
@@ -410,6 +412,7 @@ impl Handler for SinkHandler {
                 body,
                 tls: session.tls.clone(),
                 helo: session.helo.clone(),
+                at: now,
             });
         }
         Reply {

@@ -12,6 +12,7 @@ mod disk;
 mod dkim;
 mod dns;
 mod extensions;
+mod fleet;
 mod http;
 mod knobs;
 mod logging;

@@ -51,6 +51,8 @@ pub struct ApiState {
     pub providers: crate::policy::provider::Providers,
     /// The time series' counts not yet in the spool.
     pub stats: Arc<crate::stats::Stats>,
+    /// The fleet as this node sees it (`[cluster]`); `None` alone.
+    pub fleet: Option<crate::net::fleet::Shared>,
 }
 
 impl ApiState {
@@ -118,10 +120,33 @@ async fn post_reload(
     }
 }
 
-/// `GET /api/v1/health`: answers while the engine runs; needs no token.
+/// `GET /api/v1/health`: answers while the engine runs; needs no token. In a fleet it says
+/// whether Redis answers (`"redis": "down"` while this node delivers on its last share).
 #[utoipa::path(get, path = "/api/v1/health", tag = "health", security(()), responses((status = 200, description = "The engine runs")))]
-async fn get_health() -> axum::Json<serde_json::Value> {
-    axum::Json(json!({"status": "ok"}))
+async fn get_health(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<serde_json::Value> {
+    match &state.fleet {
+        None => axum::Json(json!({"status": "ok"})),
+        Some(fleet) => {
+            let v = fleet.read().expect("fleet view");
+            let redis = if v.redis_up { "up" } else { "down" };
+            axum::Json(json!({"status": "ok", "redis": redis, "share": v.share}))
+        }
+    }
+}
+
+/// `GET /api/v1/fleet`: this node, the nodes alive, whether Redis answers, and how many
+/// nodes share each limit. 404 when knock runs alone (no `[cluster] redis`).
+#[utoipa::path(get, path = "/api/v1/fleet", tag = "health", responses((status = 200, description = "The fleet as this node sees it"), (status = 404, description = "Not in a fleet")))]
+async fn get_fleet(
+    AxState(state): AxState<Arc<ApiState>>,
+) -> Result<axum::Json<crate::net::fleet::FleetView>, ApiError> {
+    match &state.fleet {
+        Some(fleet) => Ok(axum::Json(fleet.read().expect("fleet view").clone())),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "knock runs alone here: no [cluster] redis",
+        )),
+    }
 }
 
 /// The OpenAPI 3 document of this API.
@@ -140,6 +165,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
     use utoipa_axum::routes;
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(get_health))
+        .routes(routes!(get_fleet))
         .routes(routes!(crate::surface::dashboard::get_index))
         .routes(routes!(crate::surface::dashboard::get_asset))
         .routes(routes!(post_reload))

@@ -1,0 +1,227 @@
+//! A fleet of knock nodes (`[cluster] redis`, docs/fleet.md): each node keeps its own spool
+//! and tells Redis it is alive every heartbeat (a key that expires after three), and reads
+//! back who else is. The nodes alive share every configured limit: each takes `1/N` of it
+//! (`Config::share_of`), applied through the reloader whenever N changes. While Redis cannot
+//! be reached, a node keeps the last N it read (or `[cluster] nodes` before it read one) and
+//! goes on delivering: no limit is exceeded by more than the shares allow, and nothing waits
+//! for Redis.
+
+use crate::config::ClusterConfig;
+use crate::time::Timestamp;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A node as it tells the others about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: String,
+    /// Where it takes SMTP and HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    pub started: Timestamp,
+}
+
+/// What this node knows of the fleet (`GET /api/v1/fleet`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetView {
+    /// This node.
+    pub node: String,
+    /// The last heartbeat reached Redis.
+    pub redis_up: bool,
+    /// The nodes alive at the last heartbeat that reached Redis, by name.
+    pub nodes: Vec<Member>,
+    /// How many nodes this node's limits are shared by (it takes `1/share` of each).
+    pub share: usize,
+    /// When Redis last answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<Timestamp>,
+    /// Why the last heartbeat failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The fleet as this node sees it, shared with the API.
+pub type Shared = Arc<RwLock<FleetView>>;
+
+pub struct Fleet {
+    conn: ConnectionManager,
+    me: Member,
+    prefix: String,
+    heartbeat: Duration,
+    view: Shared,
+}
+
+/// What `[cluster]` names this node: `node`, else the SMTP host name.
+pub fn node_name(cluster: &ClusterConfig, hostname: &str) -> String {
+    cluster.node.clone().unwrap_or_else(|| hostname.to_string())
+}
+
+impl Fleet {
+    /// A node of the fleet `cluster` describes; it connects when it first needs Redis.
+    /// `None` without `[cluster] redis`.
+    pub fn new(cluster: &ClusterConfig, me: Member) -> anyhow::Result<Option<Fleet>> {
+        let Some(url) = &cluster.redis else {
+            return Ok(None);
+        };
+        let client =
+            redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+        // A heartbeat never waits long: a Redis that does not answer is one that is down.
+        let wait = cluster.heartbeat.max(Duration::from_millis(500));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(wait))
+            .set_response_timeout(Some(wait))
+            .set_number_of_retries(1)
+            .set_max_delay(cluster.heartbeat);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+        let view = Arc::new(RwLock::new(FleetView {
+            node: me.node.clone(),
+            redis_up: false,
+            nodes: Vec::new(),
+            share: cluster.nodes.max(1),
+            last_contact: None,
+            error: None,
+        }));
+        Ok(Some(Fleet {
+            conn,
+            me,
+            prefix: cluster.prefix.clone(),
+            heartbeat: cluster.heartbeat,
+            view,
+        }))
+    }
+
+    pub fn view(&self) -> Shared {
+        self.view.clone()
+    }
+
+    fn key(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// One heartbeat: this node's key set to expire after three heartbeats, then every
+    /// node's key read back. Two round trips, and one more per hundred nodes.
+    async fn beat(&mut self) -> redis::RedisResult<Vec<Member>> {
+        let me = serde_json::to_string(&self.me).expect("a member serializes");
+        let ttl = (self.heartbeat * 3).as_millis() as u64;
+        redis::cmd("SET")
+            .arg(self.key(&self.me.node))
+            .arg(me)
+            .arg("PX")
+            .arg(ttl)
+            .query_async::<()>(&mut self.conn)
+            .await?;
+        let pattern = format!("{}:node:*", self.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(100)
+                .query_async(&mut self.conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        let values: Vec<Option<String>> = match keys.is_empty() {
+            true => Vec::new(),
+            false => {
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut self.conn)
+                    .await?
+            }
+        };
+        let mut members: Vec<Member> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        members.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(members)
+    }
+
+    /// Beats until `shutdown`, telling `apply` the fleet's size whenever it changes (and
+    /// once at the start), then takes this node out of the fleet.
+    pub async fn run<F, Fut>(mut self, apply: F, shutdown: CancellationToken)
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut applied = self.view.read().expect("fleet view").share;
+        apply(applied).await;
+        crate::metrics::fleet(applied, false);
+        loop {
+            let wait = self.heartbeat.max(Duration::from_millis(500));
+            let beat = tokio::time::timeout(wait, self.beat()).await;
+            let share = {
+                let mut v = self.view.write().expect("fleet view");
+                match beat {
+                    Ok(Ok(members)) => {
+                        if !v.redis_up {
+                            tracing::info!(nodes = members.len(), "fleet: Redis reached");
+                        }
+                        v.redis_up = true;
+                        v.error = None;
+                        v.last_contact = Some(Timestamp::now());
+                        // This node counts even before its own key can be read back.
+                        let mut n = members.len();
+                        if !members.iter().any(|m| m.node == self.me.node) {
+                            n += 1;
+                        }
+                        v.share = n.max(1);
+                        v.nodes = members;
+                    }
+                    failed => {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "no answer within the heartbeat".to_string(),
+                        };
+                        if v.redis_up || v.error.is_none() {
+                            tracing::warn!(
+                                error,
+                                share = v.share,
+                                "fleet: Redis cannot be reached; each limit stays shared by the last fleet size"
+                            );
+                        }
+                        v.redis_up = false;
+                        v.error = Some(error);
+                    }
+                }
+                crate::metrics::fleet(v.share, v.redis_up);
+                v.share
+            };
+            if share != applied {
+                tracing::info!(
+                    from = applied,
+                    to = share,
+                    "fleet: nodes sharing the limits"
+                );
+                apply(share).await;
+                applied = share;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.heartbeat) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let key = self.key(&self.me.node);
+        let mut del = redis::cmd("DEL");
+        del.arg(key);
+        let gone = del.query_async::<()>(&mut self.conn);
+        let _ = tokio::time::timeout(Duration::from_secs(1), gone).await;
+    }
+}

@@ -1,0 +1,297 @@
+//! A fleet of knock nodes sharing their limits through a real `redis-server` (Debian's,
+//! started here on loopback): three nodes with a receiver's limit configured stay within
+//! it together (measured on when the receiver got each message), where three nodes alone
+//! send up to three times too much; Redis going away keeps each node on its last share and
+//! loses nothing; a node that stops leaves the fleet.
+
+use crate::world::*;
+use knock::config::{Rate, ShapingConfig};
+use knock::net::resolve::StaticResolver;
+use knock::serve::Engine;
+use knock::tools::sink::Sink;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of its own on a loopback port, with nothing kept on disk.
+pub struct Redis {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis { child: None, port };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it (again, on the same port) and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 7];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node: its own spool and events, the receiver's limit configured for every provider,
+/// in the fleet of `redis` when given.
+async fn node(name: &str, redis: Option<&Redis>, rx: SocketAddr, rate: Rate) -> (World, Engine) {
+    let mut w = World::new(&["200ms"], "1h");
+    w.config.shaping.insert(
+        "*".into(),
+        ShapingConfig {
+            rate: Some(rate),
+            max_connections: None,
+            messages_per_connection: None,
+        },
+    );
+    w.config.smtp.hostname = format!("{name}.knock.test");
+    if let Some(r) = redis {
+        w.config.cluster.redis = Some(r.url());
+        w.config.cluster.node = Some(name.into());
+        w.config.cluster.heartbeat = Duration::from_millis(200);
+    }
+    let engine = w.start(route(StaticResolver::new(), "rx.test", rx)).await;
+    (w, engine)
+}
+
+async fn fleet_of(engine: &Engine) -> Value {
+    let (status, body) = http_get(engine, "/api/v1/fleet").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `per_node` messages to each node (distinct recipients) while the receiver's
+/// domain is suspended on every node, then resumes them all at once, and waits until the
+/// receiver has every message. Returns how long delivery took and the most messages the
+/// receiver got within any one second.
+async fn run(engines: &[&Engine], rx: &Sink, per_node: usize) -> (Duration, usize) {
+    let before = rx.received().len();
+    for e in engines {
+        let (status, body) = http_post(e, "/api/v1/suspend", r#"{"domain": "rx.test"}"#).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut sent = 0;
+    for (k, e) in engines.iter().enumerate() {
+        for i in 0..per_node {
+            let to = format!("u{k}-{i}@rx.test");
+            let r = smtp_send(
+                e.smtp_addr,
+                "s@tx.test",
+                &[&to],
+                b"Subject: fleet\r\n\r\nx\r\n",
+            )
+            .await;
+            assert!(r[0].starts_with("250"), "{r:?}");
+            sent += 1;
+        }
+    }
+    let t0 = Instant::now();
+    for e in engines {
+        let (status, body) = http_post(e, "/api/v1/resume", r#"{"domain": "rx.test"}"#).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until(
+        "every message at the receiver",
+        Duration::from_secs(60),
+        async || rx.received().len() >= before + sent,
+    )
+    .await;
+    let took = t0.elapsed();
+    let mut at: Vec<u64> = rx.received()[before..]
+        .iter()
+        .map(|m| m.at.millis())
+        .collect();
+    at.sort();
+    let mut most = 0;
+    let mut from = 0;
+    for to in 0..at.len() {
+        while at[to] - at[from] >= 1000 {
+            from += 1;
+        }
+        most = most.max(to - from + 1);
+    }
+    (took, most)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_a_receivers_limit_and_three_alone_exceed_it() {
+    // The receiver's limit is 40 messages a second from the fleet's one address, and
+    // each node is told so.
+    let rate = Rate {
+        count: 40,
+        per: Duration::from_secs(1),
+    };
+    let rx = plain_sink().await;
+
+    // Three nodes alone: each sends at the whole rate.
+    let mut alone = Vec::new();
+    for name in ["a1", "a2", "a3"] {
+        alone.push(node(name, None, rx.addr, rate).await);
+    }
+    let engines: Vec<&Engine> = alone.iter().map(|(_, e)| e).collect();
+    let (took_alone, most_alone) = run(&engines, &rx, 60).await;
+    for (_, e) in alone {
+        e.shutdown().await;
+    }
+
+    // Three nodes of a fleet: each takes a third.
+    let redis = Redis::start();
+    let mut fleet = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        fleet.push(node(name, Some(&redis), rx.addr, rate).await);
+    }
+    for (_, e) in &fleet {
+        wait_until(
+            "each node sees three",
+            Duration::from_secs(10),
+            async || fleet_of(e).await["share"] == 3,
+        )
+        .await;
+    }
+    let view = fleet_of(&fleet[0].1).await;
+    assert_eq!(view["redis_up"], true, "{view}");
+    let names: Vec<&str> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["n1", "n2", "n3"], "{view}");
+    let engines: Vec<&Engine> = fleet.iter().map(|(_, e)| e).collect();
+    let (took, most) = run(&engines, &rx, 60).await;
+    eprintln!(
+        "180 messages, limit 40/s: alone {took_alone:?}, at most {most_alone} in a second; \
+         fleet {took:?}, at most {most} in a second"
+    );
+    assert!(
+        most_alone >= 80,
+        "three nodes alone send two or three times the limit: {most_alone} in a second"
+    );
+    assert!(
+        most <= 42,
+        "the fleet keeps within 5 % of the limit: {most} in a second"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "180 at 40 a second take 4.5 s: {took:?}"
+    );
+
+    // A node that stops leaves the fleet: the others take half each.
+    let (_, gone) = fleet.pop().unwrap();
+    gone.shutdown().await;
+    for (_, e) in &fleet {
+        wait_until("each node sees two", Duration::from_secs(5), async || {
+            fleet_of(e).await["share"] == 2
+        })
+        .await;
+    }
+    for (_, e) in fleet {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_each_node_keeps_its_last_share_and_delivers() {
+    let rate = Rate {
+        count: 50,
+        per: Duration::from_secs(1),
+    };
+    let mut redis = Redis::start();
+    let rx = plain_sink().await;
+    let (_w1, n1) = node("n1", Some(&redis), rx.addr, rate).await;
+    let (_w2, n2) = node("n2", Some(&redis), rx.addr, rate).await;
+    for e in [&n1, &n2] {
+        wait_until("each node sees two", Duration::from_secs(10), async || {
+            fleet_of(e).await["share"] == 2
+        })
+        .await;
+    }
+    redis.kill();
+    for e in [&n1, &n2] {
+        wait_until("Redis seen down", Duration::from_secs(10), async || {
+            let (_, h) = http_get(e, "/api/v1/health").await;
+            h["redis"] == "down"
+        })
+        .await;
+        let view = fleet_of(e).await;
+        assert_eq!(view["share"], 2, "the last share is kept: {view}");
+        assert!(view["error"].is_string(), "{view}");
+    }
+    // Mail goes on, on the last share: 25 a second each.
+    let (_, most) = run(&[&n1, &n2], &rx, 40).await;
+    assert!(most <= 53, "within the shares: {most} in a second");
+    // Redis back: the nodes find it again, and the fleet as it is.
+    redis.restart();
+    n2.shutdown().await;
+    wait_until(
+        "Redis back, one node",
+        Duration::from_secs(10),
+        async || {
+            let v = fleet_of(&n1).await;
+            v["redis_up"] == true && v["share"] == 1
+        },
+    )
+    .await;
+    n1.shutdown().await;
+}
