@@ -227,13 +227,13 @@ impl Engine {
             transport: reload_transport,
             share,
         }));
-        let me = crate::net::fleet::Member {
-            node: crate::net::fleet::node_name(&config.cluster, &config.smtp.hostname),
+        let me = crate::engine::fleet::Member {
+            node: crate::engine::fleet::node_name(&config.cluster, &config.smtp.hostname),
             smtp: Some(smtp_addr.to_string()),
             http: Some(http_addr.to_string()),
             started: Timestamp::now(),
         };
-        let fleet = crate::net::fleet::Fleet::new(&config.cluster, me)?;
+        let fleet = crate::engine::fleet::Fleet::new(&config.cluster, me)?;
         let fleet_view = fleet.as_ref().map(|f| f.view());
         if let Some(fleet) = fleet {
             let reloader = reloader.clone();
@@ -241,7 +241,11 @@ impl Engine {
                 let reloader = reloader.clone();
                 async move { reloader.set_fleet_size(nodes).await }
             };
-            tasks.push(tokio::spawn(fleet.run(apply, shutdown.clone())));
+            tasks.push(tokio::spawn(fleet.run(
+                apply,
+                intake.clone(),
+                shutdown.clone(),
+            )));
         }
         let app = api::router(Arc::new(ApiState {
             intake,

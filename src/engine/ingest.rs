@@ -153,6 +153,27 @@ impl Intake {
         Ok(())
     }
 
+    /// A change another node of the fleet made to the suppression list: kept in the spool,
+    /// then applied (and not passed on again).
+    pub async fn apply_suppression(
+        &self,
+        change: &crate::policy::suppress::Change,
+    ) -> Result<(), SpoolError> {
+        use crate::policy::suppress::Change;
+        let op = match change {
+            Change::Add { address, entry } => Op::Suppress {
+                address: crate::policy::suppress::key(address),
+                entry: entry.clone(),
+            },
+            Change::Remove { address } => Op::Unsuppress {
+                address: crate::policy::suppress::key(address),
+            },
+        };
+        self.spool.commit(vec![op]).await?;
+        self.suppressions.apply(change);
+        Ok(())
+    }
+
     /// Takes `address` off the suppression list, durably; `false` when it was not on it.
     pub async fn unsuppress(&self, address: &str) -> Result<bool, SpoolError> {
         if !self.suppressions.contains(address) {

@@ -295,3 +295,90 @@ async fn without_redis_each_node_keeps_its_last_share_and_delivers() {
     .await;
     n1.shutdown().await;
 }
+
+/// Another node's suppression list: what one node adds (an operator, a hard bounce) the
+/// others refuse within a heartbeat or two; what one takes off, the others send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suppression_on_one_node_holds_on_every_node() {
+    let rate = Rate {
+        count: 100,
+        per: Duration::from_secs(1),
+    };
+    let redis = Redis::start();
+    let rx = plain_sink().await;
+    let (_w1, n1) = node("n1", Some(&redis), rx.addr, rate).await;
+    let (w2, n2) = node("n2", Some(&redis), rx.addr, rate).await;
+    for e in [&n1, &n2] {
+        wait_until("each node sees two", Duration::from_secs(10), async || {
+            fleet_of(e).await["share"] == 2
+        })
+        .await;
+    }
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!(
+            "http://{}/api/v1/suppressions/stop@rx.test",
+            n1.http_addr
+        ))
+        .body(r#"{"reason": "asked to stop"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    wait_until(
+        "n2 has n1's suppression",
+        Duration::from_secs(5),
+        async || http_get(&n2, "/api/v1/suppressions/stop@rx.test").await.0 == 200,
+    )
+    .await;
+    let (_, entry) = http_get(&n2, "/api/v1/suppressions/stop@rx.test").await;
+    assert_eq!(entry["reason"], "asked to stop", "{entry}");
+    let r = smtp_send(
+        n2.smtp_addr,
+        "s@tx.test",
+        &["stop@rx.test"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    w2.wait_event(Duration::from_secs(5), is("suppressed", "stop@rx.test"))
+        .await;
+
+    // A hard bounce on n1 suppresses on n2.
+    let r = smtp_send(
+        n1.smtp_addr,
+        "s@tx.test",
+        &["unknown@rx.test"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    wait_until("n2 has n1's bounce", Duration::from_secs(10), async || {
+        http_get(&n2, "/api/v1/suppressions/unknown@rx.test")
+            .await
+            .0
+            == 200
+    })
+    .await;
+
+    // Taken off on n2, it is off on n1.
+    let del = http
+        .delete(format!(
+            "http://{}/api/v1/suppressions/stop@rx.test",
+            n2.http_addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    wait_until("n1 took it off", Duration::from_secs(5), async || {
+        http_get(&n1, "/api/v1/suppressions/stop@rx.test").await.0 == 404
+    })
+    .await;
+    assert!(
+        rx.received().is_empty(),
+        "nothing went to a suppressed address"
+    );
+    n1.shutdown().await;
+    n2.shutdown().await;
+}

@@ -52,7 +52,7 @@ pub struct ApiState {
     /// The time series' counts not yet in the spool.
     pub stats: Arc<crate::stats::Stats>,
     /// The fleet as this node sees it (`[cluster]`); `None` alone.
-    pub fleet: Option<crate::net::fleet::Shared>,
+    pub fleet: Option<crate::engine::fleet::Shared>,
 }
 
 impl ApiState {
@@ -139,7 +139,7 @@ async fn get_health(AxState(state): AxState<Arc<ApiState>>) -> axum::Json<serde_
 #[utoipa::path(get, path = "/api/v1/fleet", tag = "health", responses((status = 200, description = "The fleet as this node sees it"), (status = 404, description = "Not in a fleet")))]
 async fn get_fleet(
     AxState(state): AxState<Arc<ApiState>>,
-) -> Result<axum::Json<crate::net::fleet::FleetView>, ApiError> {
+) -> Result<axum::Json<crate::engine::fleet::FleetView>, ApiError> {
     match &state.fleet {
         Some(fleet) => Ok(axum::Json(fleet.read().expect("fleet view").clone())),
         None => Err(ApiError::new(

@@ -1,12 +1,17 @@
 //! A fleet of knock nodes (`[cluster] redis`, docs/fleet.md): each node keeps its own spool
 //! and tells Redis it is alive every heartbeat (a key that expires after three), and reads
 //! back who else is. The nodes alive share every configured limit: each takes `1/N` of it
-//! (`Config::share_of`), applied through the reloader whenever N changes. While Redis cannot
-//! be reached, a node keeps the last N it read (or `[cluster] nodes` before it read one) and
-//! goes on delivering: no limit is exceeded by more than the shares allow, and nothing waits
-//! for Redis.
+//! (`Config::share_of`), applied through the reloader whenever N changes. The suppression
+//! list is shared too: at each heartbeat the changes made on this node go to a hash of the
+//! whole list and a stream of changes, and the others' changes come back from the stream
+//! (kept in this node's spool before they apply). While Redis cannot be reached, a node
+//! keeps the last N it read (or `[cluster] nodes` before it read one), keeps its changes
+//! for later and goes on delivering: no limit is exceeded by more than the shares allow,
+//! and nothing waits for Redis.
 
 use crate::config::ClusterConfig;
+use crate::engine::ingest::Intake;
+use crate::policy::suppress::{Change, Suppression};
 use crate::time::Timestamp;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
@@ -54,7 +59,15 @@ pub struct Fleet {
     prefix: String,
     heartbeat: Duration,
     view: Shared,
+    /// The last entry of the stream of suppression changes this node has applied; `None`
+    /// until the whole list has been read (at the first contact, and again after Redis
+    /// was lost).
+    suppressions_seen: Option<String>,
 }
+
+/// Entries kept in the stream of suppression changes: a node away for longer than this
+/// many changes reads the whole list again when it is back.
+const CHANGES_KEPT: u64 = 100_000;
 
 /// What `[cluster]` names this node: `node`, else the SMTP host name.
 pub fn node_name(cluster: &ClusterConfig, hostname: &str) -> String {
@@ -93,6 +106,7 @@ impl Fleet {
             prefix: cluster.prefix.clone(),
             heartbeat: cluster.heartbeat,
             view,
+            suppressions_seen: None,
         }))
     }
 
@@ -154,19 +168,155 @@ impl Fleet {
         Ok(members)
     }
 
+    /// Passes this node's suppression changes on and applies the others'. The first time
+    /// (and after Redis was lost), the whole list: each side gets what the other has (a
+    /// removal made while this node could not hear of it is not undone here).
+    async fn sync_suppressions(&mut self, intake: &Intake) -> anyhow::Result<()> {
+        let list = format!("{}:suppressed", self.prefix);
+        let stream = format!("{}:suppressions", self.prefix);
+        let mine = intake.suppressions.take_changes();
+        if !mine.is_empty() {
+            let mut pipe = redis::pipe();
+            for c in &mine {
+                match c {
+                    Change::Add { address, entry } => {
+                        let entry = serde_json::to_string(entry)?;
+                        pipe.cmd("HSET").arg(&list).arg(address).arg(entry).ignore();
+                    }
+                    Change::Remove { address } => {
+                        pipe.cmd("HDEL").arg(&list).arg(address).ignore();
+                    }
+                }
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(CHANGES_KEPT)
+                    .arg("*")
+                    .arg("node")
+                    .arg(&self.me.node)
+                    .arg("change")
+                    .arg(serde_json::to_string(c)?)
+                    .ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
+                intake.suppressions.put_back(mine);
+                return Err(e.into());
+            }
+        }
+        let seen = match self.suppressions_seen.clone() {
+            Some(seen) => seen,
+            None => {
+                // Where the stream ends now, then the whole list: nothing falls between.
+                let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+                    .arg(&stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut self.conn)
+                    .await?;
+                let theirs: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(&list)
+                    .query_async(&mut self.conn)
+                    .await?;
+                for (address, entry) in &theirs {
+                    if intake.suppressions.contains(address) {
+                        continue;
+                    }
+                    if let Ok(entry) = serde_json::from_str::<Suppression>(entry) {
+                        let change = Change::Add {
+                            address: address.clone(),
+                            entry,
+                        };
+                        intake.apply_suppression(&change).await?;
+                    }
+                }
+                let mut pipe = redis::pipe();
+                let mut missing = 0;
+                for (address, entry) in intake.suppressions.list() {
+                    if !theirs.contains_key(&address) {
+                        let entry = serde_json::to_string(&entry)?;
+                        pipe.cmd("HSETNX")
+                            .arg(&list)
+                            .arg(address)
+                            .arg(entry)
+                            .ignore();
+                        missing += 1;
+                    }
+                }
+                if missing > 0 {
+                    pipe.query_async::<()>(&mut self.conn).await?;
+                }
+                tracing::info!(
+                    from_fleet = theirs.len(),
+                    to_fleet = missing,
+                    "fleet: suppression list merged"
+                );
+                let seen = last.first().map_or("0-0".to_string(), |(id, _)| id.clone());
+                self.suppressions_seen = Some(seen.clone());
+                seen
+            }
+        };
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("({seen}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut self.conn)
+            .await?;
+        for (id, fields) in entries {
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1))
+            };
+            let from_me = field("node") == Some(&self.me.node);
+            let change = field("change").and_then(|c| serde_json::from_str::<Change>(c).ok());
+            if let (false, Some(change)) = (from_me, change) {
+                intake.apply_suppression(&change).await?;
+            }
+            self.suppressions_seen = Some(id);
+        }
+        Ok(())
+    }
+
     /// Beats until `shutdown`, telling `apply` the fleet's size whenever it changes (and
-    /// once at the start), then takes this node out of the fleet.
-    pub async fn run<F, Fut>(mut self, apply: F, shutdown: CancellationToken)
-    where
+    /// once at the start), passing suppressions on both ways, then takes this node out of
+    /// the fleet.
+    pub async fn run<F, Fut>(
+        mut self,
+        apply: F,
+        intake: std::sync::Arc<Intake>,
+        shutdown: CancellationToken,
+    ) where
         F: Fn(usize) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         let mut applied = self.view.read().expect("fleet view").share;
         apply(applied).await;
+        intake.suppressions.share();
         crate::metrics::fleet(applied, false);
         loop {
             let wait = self.heartbeat.max(Duration::from_millis(500));
             let beat = tokio::time::timeout(wait, self.beat()).await;
+            if let Ok(Ok(_)) = &beat {
+                let synced = tokio::time::timeout(wait, self.sync_suppressions(&intake)).await;
+                let failed = match synced {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("suppression list: {e:#}")),
+                    Err(_) => Some("suppression list: no answer within the heartbeat".into()),
+                };
+                if let Some(e) = failed {
+                    tracing::warn!(error = e, "fleet: the suppression list could not be shared");
+                    self.suppressions_seen = None;
+                }
+            } else {
+                // Read the whole list again once Redis is back.
+                self.suppressions_seen = None;
+            }
             let share = {
                 let mut v = self.view.write().expect("fleet view");
                 match beat {
