@@ -295,3 +295,67 @@ async fn swaks_sees_the_extensions_pipelines_and_is_refused_a_utf8_address() {
     assert!(String::from_utf8_lossy(&m.body).contains("sent by swaks"));
     engine.shutdown().await;
 }
+
+/// The HTTP API takes the same DSN parameters for every recipient of a message, and says
+/// which field is wrong.
+#[tokio::test]
+async fn the_api_takes_notify_ret_and_envid_and_names_a_bad_one() {
+    let rx = plain_sink().await;
+    let tx = plain_sink().await;
+    let resolver = route(
+        route(StaticResolver::new(), "rx.test", rx.addr),
+        "tx.test",
+        tx.addr,
+    );
+    let w = World::new(&["1s"], "1h");
+    let engine = w.start(resolver).await;
+    for (body, field) in [
+        (
+            serde_json::json!({"from": "s@tx.test", "to": ["a@rx.test"], "subject": "s", "text": "t", "notify": ["never", "success"]}),
+            "notify",
+        ),
+        (
+            serde_json::json!({"from": "s@tx.test", "to": ["a@rx.test"], "subject": "s", "text": "t", "notify": ["sometimes"]}),
+            "notify",
+        ),
+        (
+            serde_json::json!({"from": "s@tx.test", "to": ["a@rx.test"], "subject": "s", "text": "t", "ret": "all"}),
+            "ret",
+        ),
+        (
+            serde_json::json!({"from": "s@tx.test", "to": ["a@rx.test"], "subject": "s", "text": "t", "envid": "two words"}),
+            "envid",
+        ),
+    ] {
+        let (status, json) = http_post(&engine, "/api/v1/messages", &body.to_string()).await;
+        assert_eq!(
+            (status, json["field"].as_str()),
+            (400, Some(field)),
+            "{json}"
+        );
+    }
+    let body = serde_json::json!({
+        "from": "s@tx.test", "to": ["u1@rx.test", "permfail@rx.test"], "subject": "s", "text": "t",
+        "notify": ["success", "failure"], "ret": "full", "envid": "api-1",
+    });
+    let (status, json) = http_post(&engine, "/api/v1/messages", &body.to_string()).await;
+    assert_eq!(status, 202, "{json}");
+    wait_for("the message and the DSN", Duration::from_secs(20), || {
+        !rx.received().is_empty() && !dsns_for(&tx.received(), "api-1").is_empty()
+    })
+    .await;
+    let m = &rx.received()[0];
+    assert_eq!(m.params.envid.as_deref(), Some("api-1"));
+    assert_eq!(m.params.ret, Some(Ret::Full));
+    assert!(
+        m.rcpt_params[0]
+            .notify
+            .is_some_and(|n| n.success && n.failure)
+    );
+    let dsn = &dsns_for(&tx.received(), "api-1")[0];
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; permfail@rx.test\r\nAction: failed"),
+        "{dsn}"
+    );
+    engine.shutdown().await;
+}
