@@ -34,6 +34,19 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether `rcpt`'s sender wants a DSN that says this of it: failures unless NOTIFY
+    /// left them out, delays and success only when NOTIFY asked for them (a bulk sender
+    /// that says nothing is not sent a warning per deferred recipient).
+    pub fn wanted_for(self, rcpt: &crate::message::Recipient) -> bool {
+        match (rcpt.notify, self) {
+            (None, Action::Failed) => true,
+            (None, Action::Delayed | Action::Relayed) => false,
+            (Some(n), Action::Failed) => n.failure,
+            (Some(n), Action::Delayed) => n.delay,
+            (Some(n), Action::Relayed) => n.success,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Failed => "failed",

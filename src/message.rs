@@ -363,20 +363,6 @@ impl Recipient {
             warned: false,
         }
     }
-
-    /// Whether the sender wants a DSN that says `action` of this recipient: failures
-    /// unless NOTIFY left them out, delays and success only when NOTIFY asked for them (a
-    /// bulk sender that says nothing is not sent a warning per deferred recipient).
-    pub fn wants(&self, action: crate::dsn::Action) -> bool {
-        use crate::dsn::Action;
-        match (self.notify, action) {
-            (None, Action::Failed) => true,
-            (None, Action::Delayed | Action::Relayed) => false,
-            (Some(n), Action::Failed) => n.failure,
-            (Some(n), Action::Delayed) => n.delay,
-            (Some(n), Action::Relayed) => n.success,
-        }
-    }
 }
 
 /// The recipients of one message at one domain.

@@ -358,7 +358,7 @@ pub fn apply(
             Knob::Done => {
                 event.ee_seconds = Some(a.now.since(envelope.received_at).as_secs_f64());
                 // A receiver that offered DSN took NOTIFY on and reports success itself.
-                if !at.dsn && rcpt.wants(Action::Relayed) {
+                if !at.dsn && Action::Relayed.wanted_for(rcpt) {
                     reports.push(report(Action::Relayed, o, None));
                 }
             }
@@ -368,7 +368,7 @@ pub fn apply(
                 let late = rules
                     .delay_warning
                     .is_some_and(|w| a.now.since(envelope.received_at) >= w);
-                if late && !rcpt.warned && rcpt.wants(Action::Delayed) {
+                if late && !rcpt.warned && Action::Delayed.wanted_for(rcpt) {
                     rcpt.warned = true;
                     let until = rules.schedule.deadline(envelope.received_at);
                     reports.push(report(Action::Delayed, o, Some(until)));
@@ -388,7 +388,7 @@ pub fn apply(
                         },
                     ));
                 }
-                if rcpt.wants(Action::Failed) {
+                if Action::Failed.wanted_for(rcpt) {
                     reports.push(report(Action::Failed, o, None));
                 }
             }
@@ -521,7 +521,7 @@ pub fn expire(rules: &Rules, envelope: &Envelope, mut group: Group, now: Timesta
         event.class = outcome.class;
         event.failure = outcome.failure;
         events.push(event);
-        if rcpt.wants(Action::Failed) {
+        if Action::Failed.wanted_for(rcpt) {
             failed.push(dsn::Report {
                 recipient: rcpt.address.clone(),
                 orcpt: rcpt.orcpt.clone(),
@@ -582,7 +582,7 @@ pub fn end_by_operator(
         event.text = Some(text.clone());
         event.actor = Some(actor.to_string());
         events.push(event);
-        if matches!(how, Ending::Bounce { dsn: true }) && rcpt.wants(Action::Failed) {
+        if matches!(how, Ending::Bounce { dsn: true }) && Action::Failed.wanted_for(rcpt) {
             failed.push(dsn::Report {
                 recipient: rcpt.address.clone(),
                 orcpt: rcpt.orcpt.clone(),
