@@ -106,10 +106,19 @@ impl Engine {
         let (events, events_writer) = Events::open(&config.events.path).await?;
         let webhook_kinds: Vec<_> = config.webhooks.iter().flat_map(|w| w.kinds()).collect();
         let stats = Arc::new(Stats::new());
-        let events = events
+        let mut events = events
             .with_outbox(&webhook_kinds)
             .with_observer(Arc::new(crate::metrics::Recorder))
             .with_observer(stats.clone());
+        // In a fleet, this node's refusals go to the others as they happen.
+        let refusals = match config.cluster.redis {
+            Some(_) => {
+                let (observer, refusals) = crate::engine::fleet::RefusalObserver::new();
+                events = events.with_observer(Arc::new(observer));
+                Some(refusals)
+            }
+            None => None,
+        };
         let stored = {
             let spool = spool.clone();
             tokio::task::spawn_blocking(move || spool.suppressions()).await??
@@ -235,7 +244,7 @@ impl Engine {
         };
         let fleet = crate::engine::fleet::Fleet::new(&config.cluster, me)?;
         let fleet_view = fleet.as_ref().map(|f| f.view());
-        if let Some(fleet) = fleet {
+        if let (Some(fleet), Some(refusals)) = (fleet, refusals) {
             let reloader = reloader.clone();
             let apply = move |nodes: usize| {
                 let reloader = reloader.clone();
@@ -244,6 +253,8 @@ impl Engine {
             tasks.push(tokio::spawn(fleet.run(
                 apply,
                 intake.clone(),
+                intake.scheduler.clone(),
+                refusals,
                 shutdown.clone(),
             )));
         }

@@ -4,13 +4,20 @@
 //! (`Config::share_of`), applied through the reloader whenever N changes. The suppression
 //! list is shared too: at each heartbeat the changes made on this node go to a hash of the
 //! whole list and a stream of changes, and the others' changes come back from the stream
-//! (kept in this node's spool before they apply). While Redis cannot be reached, a node
+//! (kept in this node's spool before they apply). A refusal for being too fast is passed on
+//! at once through a stream the others read every quarter second, and slows their
+//! destinations of that provider as if they had been refused themselves. While Redis
+//! cannot be reached, a node
 //! keeps the last N it read (or `[cluster] nodes` before it read one), keeps its changes
 //! for later and goes on delivering: no limit is exceeded by more than the shares allow,
 //! and nothing waits for Redis.
 
 use crate::config::ClusterConfig;
+use crate::engine::handle::SchedulerHandle;
 use crate::engine::ingest::Intake;
+use crate::engine::scheduler::Input;
+use crate::event::{Event, Kind};
+use crate::outcome::Class;
 use crate::policy::suppress::{Change, Suppression};
 use crate::time::Timestamp;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -63,11 +70,48 @@ pub struct Fleet {
     /// until the whole list has been read (at the first contact, and again after Redis
     /// was lost).
     suppressions_seen: Option<String>,
+    /// The last entry of the stream of refusals read; `None` until the first read, which
+    /// starts from the stream's end (a refusal from before does not count).
+    refusals_seen: Option<String>,
 }
 
 /// Entries kept in the stream of suppression changes: a node away for longer than this
 /// many changes reads the whole list again when it is back.
 const CHANGES_KEPT: u64 = 100_000;
+
+/// Refusals kept in their stream (they matter for seconds).
+const REFUSALS_KEPT: u64 = 1_000;
+
+/// How often a node reads the others' refusals, at most: one refused by a receiver slows
+/// the rest within about this (plus a round trip).
+const REFUSALS_EVERY: Duration = Duration::from_millis(250);
+
+/// Hears this node's refusals for being too fast as they are emitted, for the fleet: the
+/// provider of each deferral of the throttle class (not a mailbox over its own rate,
+/// 4.2.x, nor knock's own holding back).
+pub struct RefusalObserver(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl RefusalObserver {
+    pub fn new() -> (RefusalObserver, Refusals) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (RefusalObserver(tx), Refusals(rx))
+    }
+}
+
+/// The providers that refused this node, as [`RefusalObserver`] heard them.
+pub struct Refusals(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl crate::event::Observer for RefusalObserver {
+    fn observe(&self, e: &Event) {
+        let throttled = e.event == Kind::Deferred
+            && e.class == Some(Class::Throttle)
+            && !e.internal
+            && !e.enhanced.is_some_and(|x| x.subject == 2);
+        if let (true, Some(provider)) = (throttled, &e.provider) {
+            let _ = self.0.send(provider.clone());
+        }
+    }
+}
 
 /// What `[cluster]` names this node: `node`, else the SMTP host name.
 pub fn node_name(cluster: &ClusterConfig, hostname: &str) -> String {
@@ -107,6 +151,7 @@ impl Fleet {
             heartbeat: cluster.heartbeat,
             view,
             suppressions_seen: None,
+            refusals_seen: None,
         }))
     }
 
@@ -283,13 +328,79 @@ impl Fleet {
         Ok(())
     }
 
+    /// Passes this node's refusals on (one entry per provider, however many recipients
+    /// the refusal deferred).
+    async fn publish_refusals(&mut self, providers: &[String]) -> redis::RedisResult<()> {
+        let stream = format!("{}:refusals", self.prefix);
+        let mut pipe = redis::pipe();
+        for provider in providers {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(REFUSALS_KEPT)
+                .arg("*")
+                .arg("node")
+                .arg(&self.me.node)
+                .arg("provider")
+                .arg(provider)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn).await
+    }
+
+    /// The providers that refused other nodes since the last read.
+    async fn read_refusals(&mut self) -> redis::RedisResult<Vec<String>> {
+        let stream = format!("{}:refusals", self.prefix);
+        let Some(seen) = self.refusals_seen.clone() else {
+            let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+                .arg(&stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.conn)
+                .await?;
+            self.refusals_seen = Some(last.first().map_or("0-0".into(), |(id, _)| id.clone()));
+            return Ok(Vec::new());
+        };
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("({seen}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut providers = Vec::new();
+        for (id, fields) in entries {
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1))
+                    .cloned()
+            };
+            if field("node").as_deref() != Some(self.me.node.as_str())
+                && let Some(p) = field("provider")
+                && !providers.contains(&p)
+            {
+                providers.push(p);
+            }
+            self.refusals_seen = Some(id);
+        }
+        Ok(providers)
+    }
+
     /// Beats until `shutdown`, telling `apply` the fleet's size whenever it changes (and
-    /// once at the start), passing suppressions on both ways, then takes this node out of
-    /// the fleet.
+    /// once at the start), passing suppressions on both ways and refusals to the
+    /// scheduler, then takes this node out of the fleet.
     pub async fn run<F, Fut>(
         mut self,
         apply: F,
         intake: std::sync::Arc<Intake>,
+        scheduler: SchedulerHandle,
+        mut refusals: Refusals,
         shutdown: CancellationToken,
     ) where
         F: Fn(usize) -> Fut,
@@ -363,9 +474,42 @@ impl Fleet {
                 apply(share).await;
                 applied = share;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.heartbeat) => {}
-                _ = shutdown.cancelled() => break,
+            // Until the next heartbeat: this node's refusals go out as they come, the
+            // others' are read every quarter second.
+            let next_beat = tokio::time::Instant::now() + self.heartbeat;
+            loop {
+                let poll = (tokio::time::Instant::now() + REFUSALS_EVERY).min(next_beat);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(poll) => {}
+                    Some(first) = refusals.0.recv() => {
+                        let mut providers = vec![first];
+                        while let Ok(p) = refusals.0.try_recv() {
+                            if !providers.contains(&p) {
+                                providers.push(p);
+                            }
+                        }
+                        let sent = tokio::time::timeout(wait, self.publish_refusals(&providers)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            tracing::debug!(?providers, "fleet: a refusal could not be passed on");
+                        }
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+                if let Ok(Ok(providers)) = tokio::time::timeout(wait, self.read_refusals()).await {
+                    for provider in providers {
+                        tracing::info!(
+                            provider,
+                            "fleet: another node was refused as too fast; slowing down"
+                        );
+                        scheduler.input(Input::PeerRefused { provider });
+                    }
+                }
+                if tokio::time::Instant::now() >= next_beat {
+                    break;
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
             }
         }
         let key = self.key(&self.me.node);

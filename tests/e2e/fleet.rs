@@ -382,3 +382,94 @@ async fn a_suppression_on_one_node_holds_on_every_node() {
     n1.shutdown().await;
     n2.shutdown().await;
 }
+
+/// A receiver that refuses one node for going too fast slows the others within a second:
+/// their destination of that provider starts looking for the window, as for its own
+/// refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_on_one_node_slows_the_others_within_a_second() {
+    let redis = Redis::start();
+    // 5 messages a second from the fleet's one address, and knock not told so.
+    let rx = sink(knock::tools::sink::SinkConfig {
+        rate: Some(Rate {
+            count: 5,
+            per: Duration::from_secs(1),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let unlimited = Rate {
+        count: 10_000,
+        per: Duration::from_secs(1),
+    };
+    let (w1, n1) = node("n1", Some(&redis), rx.addr, unlimited).await;
+    let (w2, n2) = node("n2", Some(&redis), rx.addr, unlimited).await;
+    for e in [&n1, &n2] {
+        wait_until("each node sees two", Duration::from_secs(10), async || {
+            fleet_of(e).await["share"] == 2
+        })
+        .await;
+    }
+    // n2 knows the destination (one message delivered), and is not looking for a window.
+    let r = smtp_send(
+        n2.smtp_addr,
+        "s@tx.test",
+        &["first@rx.test"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+    w2.wait_event(Duration::from_secs(10), is("delivered", "first@rx.test"))
+        .await;
+    let probing = async || -> Option<String> {
+        let (_, d) = http_get(&n2, "/api/v1/destinations").await;
+        d["destinations"]
+            .as_array()?
+            .iter()
+            .find_map(|d| d["shaping"]["allowance"]["probing_since"].as_str())
+            .map(String::from)
+    };
+    assert_eq!(probing().await, None);
+    // n1 sends a burst: the receiver refuses it past five.
+    for i in 0..20 {
+        let to = format!("b{i}@rx.test");
+        let r = smtp_send(
+            n1.smtp_addr,
+            "s@tx.test",
+            &[&to],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+        assert!(r[0].starts_with("250"), "{r:?}");
+    }
+    let refused = w1
+        .wait_event(Duration::from_secs(10), |e| {
+            e["event"] == "deferred" && e["class"] == "throttle"
+        })
+        .await;
+    let refused_at: chrono_free::Millis = refused["timestamp"].as_str().unwrap().into();
+    let mut since = None;
+    wait_until("n2 slows down", Duration::from_secs(5), async || {
+        since = probing().await;
+        since.is_some()
+    })
+    .await;
+    let slowed_at: chrono_free::Millis = since.unwrap().as_str().into();
+    let lag = slowed_at.0 - refused_at.0;
+    eprintln!("n2 slowed {lag} ms after n1's refusal");
+    assert!(lag < 1000, "within a second: {lag} ms");
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+/// RFC 3339 timestamps as milliseconds, through knock's own parser.
+mod chrono_free {
+    pub struct Millis(pub i64);
+    impl From<&str> for Millis {
+        fn from(text: &str) -> Millis {
+            let t: knock::time::Timestamp =
+                serde_json::from_value(serde_json::Value::String(text.into())).unwrap();
+            Millis(t.millis() as i64)
+        }
+    }
+}

@@ -203,6 +203,9 @@ pub enum Input {
         domain: String,
         attempts: usize,
     },
+    /// Another node of the fleet was refused as too fast by `provider`'s receivers
+    /// (`engine::fleet`): this node's destinations of it slow down as for their own.
+    PeerRefused { provider: String },
     /// The time has come ([`Scheduler::next_wake`]).
     Tick,
     /// Stop: start nothing more; running workers finish and report.
@@ -580,6 +583,15 @@ impl Scheduler {
                 domain,
                 attempts,
             } => self.committed(id, &domain, attempts),
+            Input::PeerRefused { provider } => {
+                for d in self
+                    .destinations
+                    .iter_mut()
+                    .filter(|d| *d.name == *provider)
+                {
+                    d.shaping.peer_refused(now);
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.stop(),
         }

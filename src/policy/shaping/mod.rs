@@ -377,6 +377,14 @@ impl Shaping {
         }
     }
 
+    /// Another node of the fleet, sending from the same addresses, was refused as too
+    /// fast here: the receiver's window is full for this node too. It pauses as for its
+    /// own refusal and its allowance starts looking for the window (one probe at a time).
+    pub fn peer_refused(&mut self, now: Timestamp) {
+        self.pause(now);
+        self.allowance.report(now, now, 0, true, false);
+    }
+
     fn outage_report(&mut self, now: Timestamp, r: &Report) {
         if r.unreachable {
             let (min, max) = (self.tuning.outage_min, self.tuning.outage_max);
@@ -878,6 +886,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(s.drain_rate(), Some(10.0));
+    }
+
+    #[test]
+    fn another_nodes_refusal_pauses_and_starts_the_search_here() {
+        let mut s = Shaping::new(limits(None), Tuning::default(), at(0));
+        for i in 1..=5 {
+            s.report(at(i * 100), &accepted(at(i * 100), 1));
+        }
+        assert!(s.view(at(600)).allowance.probing_since.is_none());
+        s.peer_refused(at(700));
+        let v = s.view(at(700));
+        assert_eq!(v.allowance.probing_since, Some(at(700)));
+        assert!(v.paused_for_seconds.is_some_and(|p| p > 0.0), "{v:?}");
+        assert!(
+            s.admit(at(700), 0, true).is_err(),
+            "nothing starts during the pause"
+        );
     }
 
     #[test]
