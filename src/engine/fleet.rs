@@ -106,7 +106,7 @@ impl crate::event::Observer for RefusalObserver {
         let throttled = e.event == Kind::Deferred
             && e.class == Some(Class::Throttle)
             && !e.internal
-            && !e.enhanced.is_some_and(|x| x.subject == 2);
+            && e.enhanced.is_none_or(|x| x.subject != 2);
         if let (true, Some(provider)) = (throttled, &e.provider) {
             let _ = self.0.send(provider.clone());
         }
