@@ -71,7 +71,7 @@ pub struct Fleet {
     /// was lost).
     suppressions_seen: Option<String>,
     /// The last entry of the stream of refusals read; `None` until the first read, which
-    /// starts from the stream's end (a refusal from before does not count).
+    /// starts [`RECENT_REFUSALS`] back.
     refusals_seen: Option<String>,
 }
 
@@ -81,6 +81,9 @@ const CHANGES_KEPT: u64 = 100_000;
 
 /// Refusals kept in their stream (they matter for seconds).
 const REFUSALS_KEPT: u64 = 1_000;
+
+/// How far back, in milliseconds, a node starting takes the others' refusals.
+const RECENT_REFUSALS: u64 = 2_000;
 
 /// How often a node reads the others' refusals, at most: one refused by a receiver slows
 /// the rest within about this (plus a round trip).
@@ -352,18 +355,13 @@ impl Fleet {
     /// The providers that refused other nodes since the last read.
     async fn read_refusals(&mut self) -> redis::RedisResult<Vec<String>> {
         let stream = format!("{}:refusals", self.prefix);
-        let Some(seen) = self.refusals_seen.clone() else {
-            let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-                .arg(&stream)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.conn)
-                .await?;
-            self.refusals_seen = Some(last.first().map_or("0-0".into(), |(id, _)| id.clone()));
-            return Ok(Vec::new());
-        };
+        // The first read takes the last few seconds' refusals (entry ids are Redis's
+        // milliseconds): older ones are over, a newer one may have come while this node
+        // was starting.
+        let seen = self.refusals_seen.clone().unwrap_or_else(|| {
+            let recent = Timestamp::now().millis().saturating_sub(RECENT_REFUSALS);
+            format!("{recent}-0")
+        });
         let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
             .arg(&stream)
             .arg(format!("({seen}"))

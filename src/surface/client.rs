@@ -159,6 +159,21 @@ impl ApiClient {
         self.read(resp).await
     }
 
+    /// The fleet as the node sees it; `None` when it runs alone (no `[cluster] redis`).
+    pub async fn fleet(&self) -> anyhow::Result<Option<crate::engine::fleet::FleetView>> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/fleet", self.base))
+            .send()
+            .await;
+        if let Ok(r) = &resp
+            && r.status() == reqwest::StatusCode::NOT_FOUND
+        {
+            return Ok(None);
+        }
+        self.read(resp).await.map(Some)
+    }
+
     /// GETs `path` (`/api/v1/...`) and reads the answer.
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await;

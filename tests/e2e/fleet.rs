@@ -267,6 +267,17 @@ async fn without_redis_each_node_keeps_its_last_share_and_delivers() {
         })
         .await;
     }
+    let api = n1.http_addr.to_string();
+    let (ok, out, err) = knock_async(&["fleet", "--api", &api]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("fleet: node n1 of 2, Redis up, each limit shared by 2 nodes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("n1 ") && out.contains("(this node)") && out.contains("\nn2 "),
+        "{out}"
+    );
     redis.kill();
     for e in [&n1, &n2] {
         wait_until("Redis seen down", Duration::from_secs(10), async || {
@@ -278,6 +289,17 @@ async fn without_redis_each_node_keeps_its_last_share_and_delivers() {
         assert_eq!(view["share"], 2, "the last share is kept: {view}");
         assert!(view["error"].is_string(), "{view}");
     }
+    let (ok, out, err) = knock_async(&["queue", "--api", &api]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("fleet: node n1, Redis DOWN ("), "{out}");
+    let metrics = reqwest::get(format!("http://{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("knock_fleet_redis_up 0"), "{metrics}");
+    assert!(metrics.contains("knock_fleet_nodes 2"), "{metrics}");
     // Mail goes on, on the last share: 25 a second each.
     let (_, most) = run(&[&n1, &n2], &rx, 40).await;
     assert!(most <= 53, "within the shares: {most} in a second");

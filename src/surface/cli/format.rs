@@ -256,6 +256,44 @@ pub fn short_age(seconds: u64) -> String {
     }
 }
 
+/// One line on the fleet, under `knock queue` and above `knock diagnose` while Redis is away.
+pub fn fleet_line(f: &crate::engine::fleet::FleetView) -> String {
+    let shared = format!("each limit shared by {} node{}", f.share, plural(f.share));
+    match f.redis_up {
+        true => format!(
+            "fleet: node {} of {}, Redis up, {shared}",
+            f.node,
+            f.nodes.len()
+        ),
+        false => format!(
+            "fleet: node {}, Redis DOWN ({}): {shared} (the last size it said) until it answers",
+            f.node,
+            f.error.as_deref().unwrap_or("no answer")
+        ),
+    }
+}
+
+/// `knock fleet`: the line, then a row per node alive.
+pub fn fleet(f: &crate::engine::fleet::FleetView, now: Timestamp) -> String {
+    let mut out = fleet_line(f);
+    out.push('\n');
+    if !f.nodes.is_empty() {
+        let _ = writeln!(out, "{:<20} {:<22} {:<22} up", "node", "smtp", "http");
+        for n in &f.nodes {
+            let me = if n.node == f.node { " (this node)" } else { "" };
+            let _ = writeln!(
+                out,
+                "{:<20} {:<22} {:<22} {}{me}",
+                n.node,
+                n.smtp.as_deref().unwrap_or("-"),
+                n.http.as_deref().unwrap_or("-"),
+                short_age(now.since(n.started).as_secs())
+            );
+        }
+    }
+    out
+}
+
 /// `knock queue list`: a row per listed recipient under its message's id and age (given
 /// once per message), the last reply last; then how many, and how to see more.
 pub fn list(page: &ListView, now: Timestamp) -> String {

@@ -120,6 +120,15 @@ pub enum Command {
     /// Send N messages of a chosen shape over C concurrent SMTP sessions and report the
     /// rates.
     Bench(BenchArgs),
+    /// Show the fleet this node belongs to: the nodes alive, whether Redis answers, and how
+    /// many nodes share each limit (docs/fleet.md).
+    Fleet {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Say, per provider, what is behind the deferrals and bounces and what is being done
     /// about it.
     Diagnose {
@@ -583,6 +592,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             window,
             json,
         } => diagnose(api, provider, window, json).await,
+        Command::Fleet { api, json } => fleet(api, json).await,
         Command::Passwd { user } => passwd(&user),
         Command::CheckDomain {
             domain,
@@ -789,12 +799,15 @@ async fn queue(api: ApiArgs, json: bool, show: Option<QueueCommand>) -> anyhow::
         None => {
             let q = client.queue().await?;
             let d = client.destinations().await?;
+            let fleet = client.fleet().await?;
             if json {
-                let both =
-                    serde_json::json!({"domains": q.domains, "destinations": d.destinations});
+                let both = serde_json::json!({"domains": q.domains, "destinations": d.destinations, "fleet": fleet});
                 outln!("{}", serde_json::to_string_pretty(&both)?)?;
             } else {
                 out!("{}\n{}", format::queue(&q), format::destinations(&d))?;
+                if let Some(f) = &fleet {
+                    outln!("\n{}", format::fleet_line(f))?;
+                }
             }
         }
     }
@@ -917,13 +930,29 @@ fn event_shown(args: &EventsArgs, line: &str) -> Option<String> {
     }
 }
 
+async fn fleet(api: ApiArgs, json: bool) -> anyhow::Result<()> {
+    match api.client()?.fleet().await? {
+        None => outln!("knock runs alone here: no [cluster] redis (docs/fleet.md)")?,
+        Some(f) if json => outln!("{}", serde_json::to_string_pretty(&f)?)?,
+        Some(f) => out!("{}", format::fleet(&f, crate::time::Timestamp::now()))?,
+    }
+    Ok(())
+}
+
 async fn diagnose(
     api: ApiArgs,
     provider: Option<String>,
     window: String,
     json: bool,
 ) -> anyhow::Result<()> {
-    let report = api.client()?.diagnose(provider.as_deref(), &window).await?;
+    let client = api.client()?;
+    let report = client.diagnose(provider.as_deref(), &window).await?;
+    if !json
+        && let Some(f) = client.fleet().await?
+        && !f.redis_up
+    {
+        outln!("{}", format::fleet_line(&f))?;
+    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else if report.providers.is_empty() {

@@ -10,6 +10,7 @@
 //   messages   GET /api/v1/messages (search), /api/v1/messages/{id} (drill-down)
 //   actions    POST /api/v1/suspend, /resume, /retry (a dry run first), /messages/{id}/release
 //   domains    GET /api/v1/domains once, /api/v1/domains/{domain}/check when asked
+//   fleet      the knock_fleet_nodes and knock_fleet_redis_up gauges of /metrics
 "use strict";
 
 (() => {
@@ -302,6 +303,7 @@
     const t = Date.now() / 1000;
     const samples = parseMetrics(metrics);
     state.metrics = samples;
+    renderFleet(samples);
     recordSample(t, samples);
     const rows = providerRows();
     recordDepth(t, rows);
@@ -893,6 +895,19 @@
     const detail = $("#detail");
     detail.hidden = false;
     detail.scrollIntoView({ behavior: "smooth", block: "start" });
+  }
+
+  // --- the fleet (docs/fleet.md), from the knock_fleet_* gauges of a clustered node ---------
+
+  function renderFleet(samples) {
+    const nodes = samples.find((s) => s.name === "knock_fleet_nodes");
+    const up = samples.find((s) => s.name === "knock_fleet_redis_up");
+    const badge = $("#fleet");
+    badge.hidden = !nodes;
+    if (!nodes) return;
+    const redis = up && up.value === 1;
+    badge.dataset.state = redis ? "live" : "error";
+    badge.textContent = `fleet of ${nodes.value} · Redis ${redis ? "up" : "down: last share kept"}`;
   }
 
   // --- sending domains: their DNS checked when asked ---------------------------------------
