@@ -495,3 +495,123 @@ mod chrono_free {
         }
     }
 }
+
+/// A free loopback port (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node killed with kill -9 leaves the fleet when its heartbeat key expires (three
+/// heartbeats): the others take its part of the limits back. Its mail stays in its spool
+/// and is delivered once it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_leaves_the_fleet_and_delivers_its_mail_when_back() {
+    let redis = Redis::start();
+    let rx = plain_sink().await;
+    let rate = Rate {
+        count: 100,
+        per: Duration::from_secs(1),
+    };
+    let (_wa, a) = node("a", Some(&redis), rx.addr, rate).await;
+    // Node b runs as a process of its own, to be killed.
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, http) = (free_port(), free_port());
+    let config = dir.path().join("knock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[smtp]
+listen = "127.0.0.1:{smtp}"
+hostname = "b.knock.test"
+[http]
+listen = "127.0.0.1:{http}"
+[spool]
+path = "{spool}"
+[events]
+path = "{events}"
+[routes]
+"rx.test" = ["{rx}"]
+[retry]
+schedule = ["200ms"]
+[cluster]
+redis = "{redis}"
+node = "b"
+heartbeat = "200ms"
+"#,
+            spool = dir.path().join("spool").display(),
+            events = dir.path().join("events.jsonl").display(),
+            rx = rx.addr,
+            redis = redis.url(),
+        ),
+    )
+    .unwrap();
+    let start_b = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_knock"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let b_api = format!("http://127.0.0.1:{http}");
+    let b_up = async || reqwest::get(format!("{b_api}/api/v1/health")).await.is_ok();
+    let mut b = start_b();
+    wait_until("b answers", Duration::from_secs(20), b_up).await;
+    wait_until("a sees b", Duration::from_secs(10), async || {
+        fleet_of(&a).await["share"] == 2
+    })
+    .await;
+    // Mail queued on b, held back by a suspension (kept in b's spool).
+    let http_client = reqwest::Client::new();
+    let suspend = http_client
+        .post(format!("{b_api}/api/v1/suspend"))
+        .body(r#"{"domain": "rx.test"}"#)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suspend.status(), 200);
+    let b_smtp: SocketAddr = format!("127.0.0.1:{smtp}").parse().unwrap();
+    for i in 0..5 {
+        let to = format!("k{i}@rx.test");
+        let r = smtp_send(b_smtp, "s@tx.test", &[&to], b"Subject: k\r\n\r\nx\r\n").await;
+        assert!(r[0].starts_with("250"), "{r:?}");
+    }
+    b.kill().unwrap(); // SIGKILL
+    b.wait().unwrap();
+    let killed = Instant::now();
+    wait_until("a sees b gone", Duration::from_secs(5), async || {
+        fleet_of(&a).await["share"] == 1
+    })
+    .await;
+    let gone_after = killed.elapsed();
+    eprintln!("a took b's share back {gone_after:?} after kill -9");
+    assert!(gone_after < Duration::from_secs(2), "{gone_after:?}");
+    // Back: its mail goes once the suspension is lifted.
+    let mut b = start_b();
+    wait_until("b answers again", Duration::from_secs(20), b_up).await;
+    let resume = http_client
+        .post(format!("{b_api}/api/v1/resume"))
+        .body(r#"{"domain": "rx.test"}"#)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resume.status(), 200);
+    wait_until("b's mail delivered", Duration::from_secs(20), async || {
+        rx.received().len() >= 5
+    })
+    .await;
+    assert_eq!(rx.received().len(), 5, "each once");
+    wait_until("a sees b again", Duration::from_secs(10), async || {
+        fleet_of(&a).await["share"] == 2
+    })
+    .await;
+    b.kill().unwrap();
+    b.wait().unwrap();
+    a.shutdown().await;
+}
