@@ -282,13 +282,27 @@ impl Fleet {
                 }
                 let mut pipe = redis::pipe();
                 let mut missing = 0;
+                // What only this node has goes to the list and, for the nodes that read
+                // only the stream, as changes.
                 for (address, entry) in intake.suppressions.list() {
                     if !theirs.contains_key(&address) {
-                        let entry = serde_json::to_string(&entry)?;
+                        let json = serde_json::to_string(&entry)?;
                         pipe.cmd("HSETNX")
                             .arg(&list)
-                            .arg(address)
-                            .arg(entry)
+                            .arg(&address)
+                            .arg(json)
+                            .ignore();
+                        let change = serde_json::to_string(&Change::Add { address, entry })?;
+                        pipe.cmd("XADD")
+                            .arg(&stream)
+                            .arg("MAXLEN")
+                            .arg("~")
+                            .arg(CHANGES_KEPT)
+                            .arg("*")
+                            .arg("node")
+                            .arg(&self.me.node)
+                            .arg("change")
+                            .arg(change)
                             .ignore();
                         missing += 1;
                     }

@@ -615,3 +615,47 @@ heartbeat = "200ms"
     b.wait().unwrap();
     a.shutdown().await;
 }
+
+/// A node that joins with suppressions of its own (kept in its spool from before it was in
+/// the fleet) passes them to the nodes already there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_brings_its_own_suppressions() {
+    let rate = Rate {
+        count: 100,
+        per: Duration::from_secs(1),
+    };
+    let redis = Redis::start();
+    let rx = plain_sink().await;
+    let (_w1, n1) = node("n1", Some(&redis), rx.addr, rate).await;
+    wait_until("n1 in the fleet", Duration::from_secs(10), async || {
+        fleet_of(&n1).await["redis_up"] == true
+    })
+    .await;
+    // n2 alone first: it suppresses an address, then stops.
+    let (mut w2, n2) = node("n2", None, rx.addr, rate).await;
+    let put = reqwest::Client::new()
+        .put(format!(
+            "http://{}/api/v1/suppressions/early@rx.test",
+            n2.http_addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    n2.shutdown().await;
+    // Back as a node of the fleet, on the same spool.
+    w2.config.cluster.redis = Some(redis.url());
+    w2.config.cluster.node = Some("n2".into());
+    w2.config.cluster.heartbeat = Duration::from_millis(200);
+    let n2 = w2
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    wait_until(
+        "n1 has n2's suppression",
+        Duration::from_secs(5),
+        async || http_get(&n1, "/api/v1/suppressions/early@rx.test").await.0 == 200,
+    )
+    .await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
