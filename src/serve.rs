@@ -258,9 +258,17 @@ impl Engine {
                 shutdown.clone(),
             )));
         }
+        let drainer = Arc::new(crate::engine::drain::Drainer {
+            operator: operator.clone(),
+            spool: spool.clone(),
+            hostname: config.smtp.hostname.clone(),
+            timeouts: config.delivery.timeouts.clone(),
+            moved: Default::default(),
+        });
         let app = api::router(Arc::new(ApiState {
             intake,
             operator,
+            drainer,
             events_path: config.events.path.clone(),
             access,
             reloader: reloader.clone(),

@@ -5,6 +5,7 @@
 //! through Redis ([`fleet`]). `serve` wires it to the listeners and the API.
 
 pub mod dispatch;
+pub mod drain;
 pub mod driver;
 pub mod fleet;
 pub mod handle;

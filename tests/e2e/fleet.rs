@@ -659,3 +659,81 @@ async fn a_node_joining_brings_its_own_suppressions() {
     n1.shutdown().await;
     n2.shutdown().await;
 }
+
+/// `knock drain --to`: a node's queue moves to another node, each message whole, and is
+/// cancelled here once the other took it; a message the other will not take for every
+/// recipient stays, and is delivered from here later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_the_queue_to_another_node_whole_messages_only() {
+    let rx = plain_sink().await;
+    let rate = Rate {
+        count: 1000,
+        per: Duration::from_secs(1),
+    };
+    let (wa, a) = node("a", None, rx.addr, rate).await;
+    // b takes two recipients per message at most (452 4.5.3 past them).
+    let mut wb = World::new(&["200ms"], "1h");
+    wb.config.smtp.max_recipients = 2;
+    let b = wb
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    let (status, body) = http_post(&a, "/api/v1/suspend", r#"{"domain": "rx.test"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    for i in 0..10 {
+        let to = format!("d{i}@rx.test");
+        let r = smtp_send(a.smtp_addr, "s@tx.test", &[&to], b"Subject: d\r\n\r\nx\r\n").await;
+        assert!(r[0].starts_with("250"), "{r:?}");
+    }
+    let r = smtp_send(
+        a.smtp_addr,
+        "s@tx.test",
+        &["t1@rx.test", "t2@rx.test", "t3@rx.test"],
+        b"Subject: three\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r[0].starts_with("250"), "{r:?}");
+
+    let api = a.http_addr.to_string();
+    let to = b.smtp_addr.to_string();
+    let (ok, out, err) = knock_async(&["drain", "--api", &api, "--to", &to, "--limit", "4"]).await;
+    assert!(!ok, "one message stays: {out}");
+    assert!(out.contains("(10 in all), 1 left"), "{out}");
+    assert!(out.contains("4.5.3"), "why it stayed: {out}");
+    assert!(err.contains("1 message(s) stay here"), "{err}");
+    // b delivers the ten, each once; a cancelled them, by the drain.
+    wait_until("b delivers the ten", Duration::from_secs(20), async || {
+        rx.received().len() >= 10
+    })
+    .await;
+    let cancelled: Vec<_> = wa
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "cancelled")
+        .collect();
+    assert_eq!(cancelled.len(), 10);
+    assert!(
+        cancelled
+            .iter()
+            .all(|e| e["actor"] == format!("drain to {to}"))
+    );
+    // The one left goes from a once its domain is resumed.
+    let (status, body) = http_post(&a, "/api/v1/resume", r#"{"domain": "rx.test"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    wait_until("a delivers the last", Duration::from_secs(20), async || {
+        rx.received().len() >= 11
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = rx.received();
+    assert_eq!(received.len(), 11, "nothing twice");
+    assert!(received.iter().any(|m| m.rcpts.len() == 3));
+    // Bad requests name their field.
+    let (status, body) = http_post(&a, "/api/v1/drain", r#"{"limit": 5}"#).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("to")),
+        "{body}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -132,6 +132,15 @@ impl<'a> From<&'a str> for OutRcpt<'a> {
     }
 }
 
+/// Why [`Client::send_whole`] moved nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WholeRefused {
+    #[error("refused: {0}")]
+    Refused(Reply),
+    #[error("{0}")]
+    Failed(ClientError),
+}
+
 /// The replies of one transaction, one per recipient in the order given.
 #[derive(Debug, Clone)]
 pub struct TransactionReplies {
@@ -317,6 +326,54 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// One transaction that moves the message for every recipient or for none: the first
+    /// refusal (of MAIL, a RCPT or DATA) resets it before any data goes, and is returned.
+    /// `Ok` is the reply to the end of data (which may itself refuse). For handing mail
+    /// to another MTA (`knock drain`), where half a message moved is a duplicate.
+    pub async fn send_whole(&mut self, tx: &Transaction<'_>) -> Result<Reply, WholeRefused> {
+        let utf8 = tx.needs_smtputf8();
+        if utf8 && !self.capabilities.smtputf8 {
+            return Err(WholeRefused::Failed(ClientError::Smtputf8NotOffered));
+        }
+        let mail = self
+            .command(mail_command(&self.capabilities, tx, utf8), "MAIL")
+            .await
+            .map_err(WholeRefused::Failed)?;
+        let mut refused = (!mail.is_positive()).then_some(mail);
+        for rcpt in tx.rcpts {
+            if refused.is_some() {
+                break;
+            }
+            let reply = self
+                .command(rcpt_command(&self.capabilities, rcpt), "RCPT")
+                .await
+                .map_err(WholeRefused::Failed)?;
+            if !reply.is_positive() {
+                refused = Some(reply);
+            }
+        }
+        if refused.is_none() {
+            let data = self
+                .command("DATA\r\n".into(), "DATA")
+                .await
+                .map_err(WholeRefused::Failed)?;
+            if !data.is_intermediate() {
+                refused = Some(data);
+            }
+        }
+        if let Some(reply) = refused {
+            self.close_on_421(&reply);
+            self.reset().await.map_err(WholeRefused::Failed)?;
+            return Err(WholeRefused::Refused(reply));
+        }
+        let done = self
+            .finish_data(tx.body)
+            .await
+            .map_err(WholeRefused::Failed)?;
+        self.close_on_421(&done);
+        Ok(done)
     }
 
     /// [`Client::send`] with no DSN or SMTPUTF8 parameters: what a load generator or a

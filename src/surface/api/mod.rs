@@ -33,6 +33,8 @@ pub use suppressions::{SuppressionView, SuppressionsView};
 pub struct ApiState {
     pub intake: Arc<Intake>,
     pub operator: Arc<crate::engine::operator::Operator>,
+    /// Moves queued mail to another MTA (`POST /api/v1/drain`).
+    pub drainer: Arc<crate::engine::drain::Drainer>,
     /// The event log, which diagnosis reads.
     pub events_path: std::path::PathBuf,
     /// Who may call without a token, and the tokens (never logged); a reload replaces
@@ -196,6 +198,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(steer::post_retry))
         .routes(routes!(steer::post_cancel))
         .routes(routes!(steer::post_bounce))
+        .routes(routes!(steer::post_drain))
         .split_for_parts()
 }
 

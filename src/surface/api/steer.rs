@@ -399,3 +399,40 @@ async fn end(
         .map_err(operator_error)?;
     Ok(done(steered, r.dry_run))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DrainRequest {
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `POST /api/v1/drain` with `{"to": "host:port", "limit": 100}`: moves up to `limit`
+/// queued messages (100 unless given, at most 1,000) to another MTA, each whole in one
+/// transaction; cancelled here (`cancelled`, actor `drain to …`) once it took the data,
+/// kept when it refused any recipient. Call again until `left` is 0.
+#[utoipa::path(post, path = "/api/v1/drain", tag = "steering", request_body(content = serde_json::Value, content_type = "application/json", description = "to (host:port), and an optional limit"), responses((status = 200, description = "What moved, what stayed and why, and how many are left"), (status = 400, description = "A bad field")))]
+pub(super) async fn post_drain(
+    AxState(state): AxState<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<axum::Json<crate::engine::drain::Drained>, ApiError> {
+    let req: DrainRequest = super::parse_json(&body)?;
+    let to = req
+        .to
+        .ok_or_else(|| ApiError::field("to", "missing: the host:port to move the mail to"))?;
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(to.as_str())
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ApiError::field("to", format!("{to:?} is not a host:port that resolves")))?;
+    let limit = req.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "from 1 to 1000"));
+    }
+    let drained = state
+        .drainer
+        .round(addr, limit)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(axum::Json(drained))
+}

@@ -120,6 +120,18 @@ pub enum Command {
     /// Send N messages of a chosen shape over C concurrent SMTP sessions and report the
     /// rates.
     Bench(BenchArgs),
+    /// Move this node's queued mail to another node (or any MTA that relays for it) before
+    /// maintenance: each message whole, cancelled here once the other took it.
+    Drain {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The other node's SMTP address, host:port.
+        #[arg(long)]
+        to: String,
+        /// Messages per round (each round is one API call).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Show the fleet this node belongs to: the nodes alive, whether Redis answers, and how
     /// many nodes share each limit (docs/fleet.md).
     Fleet {
@@ -593,6 +605,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             json,
         } => diagnose(api, provider, window, json).await,
         Command::Fleet { api, json } => fleet(api, json).await,
+        Command::Drain { api, to, limit } => drain(api, &to, limit).await,
         Command::Passwd { user } => passwd(&user),
         Command::CheckDomain {
             domain,
@@ -927,6 +940,34 @@ fn event_shown(args: &EventsArgs, line: &str) -> Option<String> {
         (false, _) => None,
         (true, true) => Some(line.to_string()),
         (true, false) => Some(format::event(&event)),
+    }
+}
+
+/// Rounds of `POST /api/v1/drain` until nothing is left, or a round moves nothing.
+async fn drain(api: ApiArgs, to: &str, limit: usize) -> anyhow::Result<()> {
+    let client = api.client()?;
+    let body = serde_json::json!({"to": to, "limit": limit});
+    let mut moved = 0;
+    loop {
+        let round: crate::engine::drain::Drained = client.post("/api/v1/drain", &body).await?;
+        moved += round.moved;
+        outln!(
+            "moved {} ({moved} in all), {} left",
+            round.moved,
+            round.left
+        )?;
+        if round.left == 0 {
+            return Ok(());
+        }
+        if round.moved == 0 {
+            for k in &round.kept {
+                outln!("  kept {}: {}", k.id, k.why)?;
+            }
+            anyhow::bail!(
+                "{} message(s) stay here: the last round moved none (run again once they can go)",
+                round.left
+            );
+        }
     }
 }
 
