@@ -65,9 +65,14 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://[user:password@]host:port[/db]`; none: this node is alone.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for Redis over TLS; none:
+    /// this node is alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<String>,
+    /// With `rediss://`: the CA certificate (PEM) Redis's certificate chains to, for a
+    /// private CA; the system's roots otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
     /// This node's name in the fleet: `[smtp] hostname` unless set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -86,6 +91,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             redis: None,
+            ca: None,
             node: None,
             heartbeat: Duration::from_secs(1),
             nodes: 1,
@@ -96,14 +102,25 @@ impl Default for ClusterConfig {
 
 impl ClusterConfig {
     fn validate(&self) -> anyhow::Result<()> {
-        if let Some(url) = &self.redis {
-            if url.starts_with("rediss://") {
-                bail!(
-                    "cluster.redis: rediss:// (Redis over TLS) is not supported yet; use redis:// over a trusted network or a TLS tunnel"
-                );
+        if let Some(url) = &self.redis
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+        {
+            bail!("cluster.redis: {url:?} is not a redis:// or rediss:// URL");
+        }
+        if let Some(ca) = &self.ca {
+            if !self
+                .redis
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                bail!("cluster.ca: only with a rediss:// cluster.redis");
             }
-            if !url.starts_with("redis://") {
-                bail!("cluster.redis: {url:?} is not a redis:// URL");
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("cluster.ca: reading {}: {e}", ca.display()))?;
+            use rustls_pki_types::pem::PemObject;
+            if !rustls_pki_types::CertificateDer::pem_slice_iter(&pem).any(|c| c.is_ok()) {
+                bail!("cluster.ca: {} holds no PEM certificate", ca.display());
             }
         }
         if let Some(node) = &self.node
@@ -1962,7 +1979,7 @@ warmup = { hourly = 50, daily = 500, growth = 2.0, max_deferral_rate = 0.05 }
         let w = a.warmup.as_ref().unwrap();
         assert_eq!((w.hourly, w.daily), (16, 166));
         for (text, key) in [
-            ("[cluster]\nredis = \"rediss://r:6380\"\n", "cluster.redis"),
+            ("[cluster]\nca = \"/etc/ca.pem\"\n", "cluster.ca"),
             ("[cluster]\nredis = \"http://r\"\n", "cluster.redis"),
             ("[cluster]\nnodes = 0\n", "cluster.nodes"),
             ("[cluster]\nnode = \"a b\"\n", "cluster.node"),

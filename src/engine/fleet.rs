@@ -128,8 +128,20 @@ impl Fleet {
         let Some(url) = &cluster.redis else {
             return Ok(None);
         };
-        let client =
-            redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+        let client = match &cluster.ca {
+            // A private CA: Redis's chain must end at it.
+            Some(ca) => {
+                let root = std::fs::read(ca)
+                    .map_err(|e| anyhow::anyhow!("cluster.ca: reading {}: {e}", ca.display()))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                redis::Client::build_with_tls(url.as_str(), certs)
+            }
+            None => redis::Client::open(url.as_str()),
+        }
+        .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
         // A heartbeat never waits long: a Redis that does not answer is one that is down.
         let wait = cluster.heartbeat.max(Duration::from_millis(500));
         let config = ConnectionManagerConfig::new()

@@ -13,10 +13,12 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A `redis-server` of its own on a loopback port, with nothing kept on disk.
+/// A `redis-server` of its own on a loopback port, with nothing kept on disk; with `tls`,
+/// on TLS only (its certificate, its key, and the CA that signed it).
 pub struct Redis {
     child: Option<std::process::Child>,
     pub port: u16,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Redis {
@@ -26,7 +28,47 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
-        let mut r = Redis { child: None, port };
+        let mut r = Redis {
+            child: None,
+            port,
+            tls: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// On TLS only, with a certificate for 127.0.0.1 signed by a CA of its own, written to
+    /// `dir` (`ca.pem` is the CA's).
+    pub fn start_tls(dir: &std::path::Path) -> Redis {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let (ca_pem, cert, key_pem) = (
+            dir.join("ca.pem"),
+            dir.join("redis.pem"),
+            dir.join("redis.key"),
+        );
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis {
+            child: None,
+            port,
+            tls: Some((cert, key_pem, ca_pem)),
+        };
         r.restart();
         r
     }
@@ -37,21 +79,39 @@ impl Redis {
 
     /// Starts it (again, on the same port) and waits until it answers.
     pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .map(String::from)
+            .to_vec();
+        match &self.tls {
+            None => args.extend(["--port".into(), port]),
+            Some((cert, key, ca)) => {
+                args.extend(["--port".into(), "0".into(), "--tls-port".into(), port]);
+                for (flag, path) in [
+                    ("--tls-cert-file", cert),
+                    ("--tls-key-file", key),
+                    ("--tls-ca-cert-file", ca),
+                ] {
+                    args.extend([flag.to_string(), path.display().to_string()]);
+                }
+                args.extend(["--tls-auth-clients".into(), "no".into()]);
+            }
+        }
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
         self.child = Some(child);
+        if self.tls.is_some() {
+            // Not PING in plaintext: wait for the port, then give it a moment.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
@@ -736,4 +796,68 @@ async fn drain_moves_the_queue_to_another_node_whole_messages_only() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Redis over TLS (`rediss://`), its certificate checked against a private CA
+/// (`[cluster] ca`): the fleet forms as over plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_over_tls_to_redis_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start_tls(dir.path());
+    let rx = plain_sink().await;
+    let rate = Rate {
+        count: 100,
+        per: Duration::from_secs(1),
+    };
+    let tls_node = async |name: &str| {
+        let mut w = World::new(&["200ms"], "1h");
+        w.config.cluster.redis = Some(format!("rediss://127.0.0.1:{}/", redis.port));
+        w.config.cluster.ca = Some(dir.path().join("ca.pem"));
+        w.config.cluster.node = Some(name.into());
+        w.config.cluster.heartbeat = Duration::from_millis(200);
+        w.config.shaping.insert(
+            "*".into(),
+            ShapingConfig {
+                rate: Some(rate),
+                max_connections: None,
+                messages_per_connection: None,
+            },
+        );
+        let e = w
+            .start(route(StaticResolver::new(), "rx.test", rx.addr))
+            .await;
+        (w, e)
+    };
+    let (_w1, n1) = tls_node("t1").await;
+    let (_w2, n2) = tls_node("t2").await;
+    for e in [&n1, &n2] {
+        wait_until(
+            "each node sees two over TLS",
+            Duration::from_secs(10),
+            async || {
+                let v = fleet_of(e).await;
+                v["redis_up"] == true && v["share"] == 2
+            },
+        )
+        .await;
+    }
+    // Without the CA, the certificate is not trusted: Redis stays down for that node.
+    let mut w = World::new(&["200ms"], "1h");
+    w.config.cluster.redis = Some(format!("rediss://127.0.0.1:{}/", redis.port));
+    w.config.cluster.node = Some("untrusting".into());
+    w.config.cluster.heartbeat = Duration::from_millis(200);
+    let n3 = w
+        .start(route(StaticResolver::new(), "rx.test", rx.addr))
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let v = fleet_of(&n3).await;
+    assert_eq!(v["redis_up"], false, "{v}");
+    assert_eq!(
+        fleet_of(&n1).await["share"],
+        2,
+        "the untrusting node never joined"
+    );
+    n1.shutdown().await;
+    n2.shutdown().await;
+    n3.shutdown().await;
 }
