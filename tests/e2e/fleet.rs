@@ -765,11 +765,20 @@ async fn drain_moves_the_queue_to_another_node_whole_messages_only() {
         rx.received().len() >= 10
     })
     .await;
-    let cancelled: Vec<_> = wa
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "cancelled")
-        .collect();
+    // The cancellations' events follow their commit.
+    let cancelled = || -> Vec<Value> {
+        wa.events()
+            .into_iter()
+            .filter(|e| e["event"] == "cancelled")
+            .collect()
+    };
+    wait_until(
+        "a's ten cancelled events",
+        Duration::from_secs(10),
+        async || cancelled().len() >= 10,
+    )
+    .await;
+    let cancelled = cancelled();
     assert_eq!(cancelled.len(), 10);
     assert!(
         cancelled
