@@ -89,6 +89,31 @@ const RECENT_REFUSALS: u64 = 2_000;
 /// the rest within about this (plus a round trip).
 const REFUSALS_EVERY: Duration = Duration::from_millis(250);
 
+/// Adds to `pipe` an entry of this node's to `stream` (trimmed to about `kept`): `node`,
+/// and `field` with `value`.
+fn xadd(pipe: &mut redis::Pipeline, stream: &str, kept: u64, node: &str, field: &str, value: &str) {
+    pipe.cmd("XADD")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(kept)
+        .arg("*")
+        .arg("node")
+        .arg(node)
+        .arg(field)
+        .arg(value)
+        .ignore();
+}
+
+/// The value of `name` among a stream entry's fields (name, value, name, value …).
+fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
+    fields
+        .chunks(2)
+        .find(|kv| kv[0] == name)
+        .and_then(|kv| kv.get(1))
+        .map(String::as_str)
+}
+
 /// Hears this node's refusals for being too fast as they are emitted, for the fleet: the
 /// provider of each deferral of the throttle class (not a mailbox over its own rate,
 /// 4.2.x, nor knock's own holding back).
@@ -247,17 +272,15 @@ impl Fleet {
                         pipe.cmd("HDEL").arg(&list).arg(address).ignore();
                     }
                 }
-                pipe.cmd("XADD")
-                    .arg(&stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(CHANGES_KEPT)
-                    .arg("*")
-                    .arg("node")
-                    .arg(&self.me.node)
-                    .arg("change")
-                    .arg(serde_json::to_string(c)?)
-                    .ignore();
+                let change = serde_json::to_string(c)?;
+                xadd(
+                    &mut pipe,
+                    &stream,
+                    CHANGES_KEPT,
+                    &self.me.node,
+                    "change",
+                    &change,
+                );
             }
             if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
                 intake.suppressions.put_back(mine);
@@ -305,17 +328,14 @@ impl Fleet {
                             .arg(json)
                             .ignore();
                         let change = serde_json::to_string(&Change::Add { address, entry })?;
-                        pipe.cmd("XADD")
-                            .arg(&stream)
-                            .arg("MAXLEN")
-                            .arg("~")
-                            .arg(CHANGES_KEPT)
-                            .arg("*")
-                            .arg("node")
-                            .arg(&self.me.node)
-                            .arg("change")
-                            .arg(change)
-                            .ignore();
+                        xadd(
+                            &mut pipe,
+                            &stream,
+                            CHANGES_KEPT,
+                            &self.me.node,
+                            "change",
+                            &change,
+                        );
                         missing += 1;
                     }
                 }
@@ -332,23 +352,10 @@ impl Fleet {
                 seen
             }
         };
-        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("({seen}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut self.conn)
-            .await?;
-        for (id, fields) in entries {
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv[0] == name)
-                    .and_then(|kv| kv.get(1))
-            };
-            let from_me = field("node") == Some(&self.me.node);
-            let change = field("change").and_then(|c| serde_json::from_str::<Change>(c).ok());
+        for (id, fields) in self.entries_after(&stream, &seen).await? {
+            let from_me = field(&fields, "node") == Some(self.me.node.as_str());
+            let change =
+                field(&fields, "change").and_then(|c| serde_json::from_str::<Change>(c).ok());
             if let (false, Some(change)) = (from_me, change) {
                 intake.apply_suppression(&change).await?;
             }
@@ -363,19 +370,32 @@ impl Fleet {
         let stream = format!("{}:refusals", self.prefix);
         let mut pipe = redis::pipe();
         for provider in providers {
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(REFUSALS_KEPT)
-                .arg("*")
-                .arg("node")
-                .arg(&self.me.node)
-                .arg("provider")
-                .arg(provider)
-                .ignore();
+            xadd(
+                &mut pipe,
+                &stream,
+                REFUSALS_KEPT,
+                &self.me.node,
+                "provider",
+                provider,
+            );
         }
         pipe.query_async::<()>(&mut self.conn).await
+    }
+
+    /// The entries of `stream` after the one with id `after` (1,000 at most): id and fields.
+    async fn entries_after(
+        &mut self,
+        stream: &str,
+        after: &str,
+    ) -> redis::RedisResult<Vec<(String, Vec<String>)>> {
+        redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut self.conn)
+            .await
     }
 
     /// The providers that refused other nodes since the last read.
@@ -388,28 +408,13 @@ impl Fleet {
             let recent = Timestamp::now().millis().saturating_sub(RECENT_REFUSALS);
             format!("{recent}-0")
         });
-        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("({seen}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut self.conn)
-            .await?;
-        let mut providers = Vec::new();
-        for (id, fields) in entries {
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv[0] == name)
-                    .and_then(|kv| kv.get(1))
-                    .cloned()
-            };
-            if field("node").as_deref() != Some(self.me.node.as_str())
-                && let Some(p) = field("provider")
-                && !providers.contains(&p)
+        let mut providers: Vec<String> = Vec::new();
+        for (id, fields) in self.entries_after(&stream, &seen).await? {
+            if field(&fields, "node") != Some(self.me.node.as_str())
+                && let Some(p) = field(&fields, "provider")
+                && !providers.iter().any(|q| q == p)
             {
-                providers.push(p);
+                providers.push(p.to_string());
             }
             self.refusals_seen = Some(id);
         }
