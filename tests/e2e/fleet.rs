@@ -145,6 +145,25 @@ impl Drop for Redis {
 /// A node: its own spool and events, the receiver's limit configured for every provider,
 /// in the fleet of `redis` when given.
 async fn node(name: &str, redis: Option<&Redis>, rx: SocketAddr, rate: Rate) -> (World, Engine) {
+    node_in(name, redis.map(|r| (r.url(), None)), rx, rate).await
+}
+
+/// Makes `w` the node `name` of the fleet at `url` (with a private CA for `rediss://`),
+/// heartbeating every 200 ms.
+fn join(w: &mut World, name: &str, url: String, ca: Option<std::path::PathBuf>) {
+    w.config.cluster.redis = Some(url);
+    w.config.cluster.ca = ca;
+    w.config.cluster.node = Some(name.into());
+    w.config.cluster.heartbeat = Duration::from_millis(200);
+}
+
+/// [`node`], in the fleet at a URL (and with a CA) of the caller's.
+async fn node_in(
+    name: &str,
+    fleet: Option<(String, Option<std::path::PathBuf>)>,
+    rx: SocketAddr,
+    rate: Rate,
+) -> (World, Engine) {
     let mut w = World::new(&["200ms"], "1h");
     w.config.shaping.insert(
         "*".into(),
@@ -155,10 +174,8 @@ async fn node(name: &str, redis: Option<&Redis>, rx: SocketAddr, rate: Rate) -> 
         },
     );
     w.config.smtp.hostname = format!("{name}.knock.test");
-    if let Some(r) = redis {
-        w.config.cluster.redis = Some(r.url());
-        w.config.cluster.node = Some(name.into());
-        w.config.cluster.heartbeat = Duration::from_millis(200);
+    if let Some((url, ca)) = fleet {
+        join(&mut w, name, url, ca);
     }
     let engine = w.start(route(StaticResolver::new(), "rx.test", rx)).await;
     (w, engine)
@@ -168,6 +185,16 @@ async fn fleet_of(engine: &Engine) -> Value {
     let (status, body) = http_get(engine, "/api/v1/fleet").await;
     assert_eq!(status, 200, "{body}");
     body
+}
+
+/// Waits until each of `engines` sees `nodes` nodes sharing the limits, `within` each.
+async fn all_see(engines: &[&Engine], nodes: u64, within: Duration) {
+    for e in engines {
+        wait_until(&format!("each node sees {nodes}"), within, async || {
+            fleet_of(e).await["share"] == nodes
+        })
+        .await;
+    }
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -261,14 +288,12 @@ async fn three_nodes_share_a_receivers_limit_and_three_alone_exceed_it() {
     for name in ["n1", "n2", "n3"] {
         fleet.push(node(name, Some(&redis), rx.addr, rate).await);
     }
-    for (_, e) in &fleet {
-        wait_until(
-            "each node sees three",
-            Duration::from_secs(10),
-            async || fleet_of(e).await["share"] == 3,
-        )
-        .await;
-    }
+    all_see(
+        &fleet.iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
     let view = fleet_of(&fleet[0].1).await;
     assert_eq!(view["redis_up"], true, "{view}");
     let names: Vec<&str> = view["nodes"]
@@ -300,12 +325,12 @@ async fn three_nodes_share_a_receivers_limit_and_three_alone_exceed_it() {
     // A node that stops leaves the fleet: the others take half each.
     let (_, gone) = fleet.pop().unwrap();
     gone.shutdown().await;
-    for (_, e) in &fleet {
-        wait_until("each node sees two", Duration::from_secs(5), async || {
-            fleet_of(e).await["share"] == 2
-        })
-        .await;
-    }
+    all_see(
+        &fleet.iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        2,
+        Duration::from_secs(5),
+    )
+    .await;
     for (_, e) in fleet {
         e.shutdown().await;
     }
@@ -321,12 +346,7 @@ async fn without_redis_each_node_keeps_its_last_share_and_delivers() {
     let rx = plain_sink().await;
     let (_w1, n1) = node("n1", Some(&redis), rx.addr, rate).await;
     let (_w2, n2) = node("n2", Some(&redis), rx.addr, rate).await;
-    for e in [&n1, &n2] {
-        wait_until("each node sees two", Duration::from_secs(10), async || {
-            fleet_of(e).await["share"] == 2
-        })
-        .await;
-    }
+    all_see(&[&n1, &n2], 2, Duration::from_secs(10)).await;
     let api = n1.http_addr.to_string();
     let (ok, out, err) = knock_async(&["fleet", "--api", &api]).await;
     assert!(ok, "{err}");
@@ -390,12 +410,7 @@ async fn a_suppression_on_one_node_holds_on_every_node() {
     let rx = plain_sink().await;
     let (_w1, n1) = node("n1", Some(&redis), rx.addr, rate).await;
     let (w2, n2) = node("n2", Some(&redis), rx.addr, rate).await;
-    for e in [&n1, &n2] {
-        wait_until("each node sees two", Duration::from_secs(10), async || {
-            fleet_of(e).await["share"] == 2
-        })
-        .await;
-    }
+    all_see(&[&n1, &n2], 2, Duration::from_secs(10)).await;
     let http = reqwest::Client::new();
     let put = http
         .put(format!(
@@ -486,12 +501,7 @@ async fn a_refusal_on_one_node_slows_the_others_within_a_second() {
     };
     let (w1, n1) = node("n1", Some(&redis), rx.addr, unlimited).await;
     let (w2, n2) = node("n2", Some(&redis), rx.addr, unlimited).await;
-    for e in [&n1, &n2] {
-        wait_until("each node sees two", Duration::from_secs(10), async || {
-            fleet_of(e).await["share"] == 2
-        })
-        .await;
-    }
+    all_see(&[&n1, &n2], 2, Duration::from_secs(10)).await;
     // n2 knows the destination (one message delivered), and is not looking for a window.
     let r = smtp_send(
         n2.smtp_addr,
@@ -704,9 +714,7 @@ async fn a_node_joining_brings_its_own_suppressions() {
     assert_eq!(put.status(), 200);
     n2.shutdown().await;
     // Back as a node of the fleet, on the same spool.
-    w2.config.cluster.redis = Some(redis.url());
-    w2.config.cluster.node = Some("n2".into());
-    w2.config.cluster.heartbeat = Duration::from_millis(200);
+    join(&mut w2, "n2", redis.url(), None);
     let n2 = w2
         .start(route(StaticResolver::new(), "rx.test", rx.addr))
         .await;
@@ -818,27 +826,10 @@ async fn a_fleet_over_tls_to_redis_with_a_private_ca() {
         count: 100,
         per: Duration::from_secs(1),
     };
-    let tls_node = async |name: &str| {
-        let mut w = World::new(&["200ms"], "1h");
-        w.config.cluster.redis = Some(format!("rediss://127.0.0.1:{}/", redis.port));
-        w.config.cluster.ca = Some(dir.path().join("ca.pem"));
-        w.config.cluster.node = Some(name.into());
-        w.config.cluster.heartbeat = Duration::from_millis(200);
-        w.config.shaping.insert(
-            "*".into(),
-            ShapingConfig {
-                rate: Some(rate),
-                max_connections: None,
-                messages_per_connection: None,
-            },
-        );
-        let e = w
-            .start(route(StaticResolver::new(), "rx.test", rx.addr))
-            .await;
-        (w, e)
-    };
-    let (_w1, n1) = tls_node("t1").await;
-    let (_w2, n2) = tls_node("t2").await;
+    let url = format!("rediss://127.0.0.1:{}/", redis.port);
+    let ca = Some(dir.path().join("ca.pem"));
+    let (_w1, n1) = node_in("t1", Some((url.clone(), ca.clone())), rx.addr, rate).await;
+    let (_w2, n2) = node_in("t2", Some((url.clone(), ca)), rx.addr, rate).await;
     for e in [&n1, &n2] {
         wait_until(
             "each node sees two over TLS",
@@ -851,13 +842,7 @@ async fn a_fleet_over_tls_to_redis_with_a_private_ca() {
         .await;
     }
     // Without the CA, the certificate is not trusted: Redis stays down for that node.
-    let mut w = World::new(&["200ms"], "1h");
-    w.config.cluster.redis = Some(format!("rediss://127.0.0.1:{}/", redis.port));
-    w.config.cluster.node = Some("untrusting".into());
-    w.config.cluster.heartbeat = Duration::from_millis(200);
-    let n3 = w
-        .start(route(StaticResolver::new(), "rx.test", rx.addr))
-        .await;
+    let (_w3, n3) = node_in("untrusting", Some((url, None)), rx.addr, rate).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let v = fleet_of(&n3).await;
     assert_eq!(v["redis_up"], false, "{v}");
